@@ -1,0 +1,68 @@
+"""walkbook: crash-safe walk-the-book order execution with a SQLite journal.
+
+The public, typed API for embedding walkbook in an orchestration layer.
+"""
+
+from .broker import Account, Asset, Broker, BrokerOrder, BrokerOrderStatus, MarketClock, Quote
+from .clock import Clock, RealClock, VirtualClock
+from .config import DEFAULT_LADDER, EngineConfig
+from .engine import Engine, Listener
+from .errors import (
+    BrokerError,
+    BrokerRejected,
+    BrokerUnavailable,
+    IllegalTransition,
+    InputError,
+    InvalidIntent,
+    InvalidPlan,
+    UnknownSymbol,
+    WalkbookError,
+)
+from .fsm import FailReason, OrderState
+from .intents import CloseType, OrderIntent, OrderSide, RebalancePlan, Urgency, load_plan, parse_plan
+from .order import OrderRecord
+from .results import OrderResult, PlanResult, PlanStatus
+from .sim import MarketSpec, SimBroker, SymbolSpec, load_market_spec
+
+__all__ = [
+    "DEFAULT_LADDER",
+    "Account",
+    "Asset",
+    "Broker",
+    "BrokerError",
+    "BrokerOrder",
+    "BrokerOrderStatus",
+    "BrokerRejected",
+    "BrokerUnavailable",
+    "Clock",
+    "CloseType",
+    "Engine",
+    "EngineConfig",
+    "FailReason",
+    "IllegalTransition",
+    "InputError",
+    "InvalidIntent",
+    "InvalidPlan",
+    "Listener",
+    "MarketClock",
+    "MarketSpec",
+    "OrderIntent",
+    "OrderRecord",
+    "OrderResult",
+    "OrderSide",
+    "OrderState",
+    "PlanResult",
+    "PlanStatus",
+    "Quote",
+    "RealClock",
+    "RebalancePlan",
+    "SimBroker",
+    "SymbolSpec",
+    "Urgency",
+    "UnknownSymbol",
+    "VirtualClock",
+    "WalkbookError",
+    "load_market_spec",
+    "load_plan",
+    "parse_plan",
+]

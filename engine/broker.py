@@ -1,0 +1,172 @@
+"""The one small async protocol every broker implements, and the plain data it speaks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Literal, Protocol
+
+from .intents import OrderSide
+
+__all__ = [
+    "Account",
+    "Asset",
+    "Broker",
+    "BrokerOrder",
+    "BrokerOrderStatus",
+    "MarketClock",
+    "OrderRequest",
+    "OrderType",
+    "Quote",
+    "QuoteSource",
+]
+
+OrderType = Literal["limit", "market"]
+QuoteSource = Literal["stream", "rest"]
+
+
+class BrokerOrderStatus(StrEnum):
+    """Alpaca's order statuses that walkbook distinguishes."""
+
+    NEW = "new"
+    ACCEPTED = "accepted"
+    PENDING_NEW = "pending_new"
+    PARTIALLY_FILLED = "partially_filled"
+    PENDING_CANCEL = "pending_cancel"
+    PENDING_REPLACE = "pending_replace"
+    FILLED = "filled"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    REPLACED = "replaced"
+    DONE_FOR_DAY = "done_for_day"
+
+    @property
+    def is_terminal(self) -> bool:
+        """No further fills can land on an order in a terminal status."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {
+        BrokerOrderStatus.FILLED,
+        BrokerOrderStatus.CANCELED,
+        BrokerOrderStatus.EXPIRED,
+        BrokerOrderStatus.REJECTED,
+        BrokerOrderStatus.REPLACED,
+    }
+)
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """A new order; `client_order_id` is deterministic so a retry can never double it."""
+
+    client_order_id: str
+    symbol: str
+    side: OrderSide
+    qty: Decimal
+    order_type: OrderType
+    limit_price: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class BrokerOrder:
+    """The broker's view of one order; fills are cumulative (`filled_qty`, `filled_avg_price`)."""
+
+    id: str
+    client_order_id: str
+    symbol: str
+    side: OrderSide
+    order_type: OrderType
+    qty: Decimal
+    limit_price: Decimal | None
+    status: BrokerOrderStatus
+    filled_qty: Decimal
+    filled_avg_price: Decimal | None
+    replaced_by: str | None = None
+    replaces: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+
+@dataclass(frozen=True)
+class Quote:
+    """Top of book for one symbol at one instant, as a source reported it."""
+
+    symbol: str
+    bid: Decimal
+    ask: Decimal
+    at: datetime
+    source: QuoteSource
+    bid_size: Decimal = Decimal(0)
+    ask_size: Decimal = Decimal(0)
+
+    @property
+    def mid(self) -> Decimal:
+        return (self.bid + self.ask) / 2
+
+
+@dataclass(frozen=True)
+class Asset:
+    symbol: str
+    tradable: bool
+    fractionable: bool
+    price_increment: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class Account:
+    cash: Decimal
+    buying_power: Decimal
+
+
+@dataclass(frozen=True)
+class MarketClock:
+    is_open: bool
+    at: datetime
+    next_open: datetime | None = None
+    next_close: datetime | None = None
+
+
+class Broker(Protocol):
+    """What the engine needs from a broker. Transient failures raise BrokerUnavailable,
+    refusals BrokerRejected; a side effect whose outcome is unknown raises OutcomeUnknown."""
+
+    name: str
+
+    async def get_asset(self, symbol: str) -> Asset: ...
+
+    async def get_clock(self) -> MarketClock: ...
+
+    async def get_account(self) -> Account: ...
+
+    async def get_position(self, symbol: str) -> Decimal: ...
+
+    async def stream_quote(self, symbol: str, wait_seconds: float) -> Quote | None:
+        """The latest streamed quote, waiting up to `wait_seconds` for a first one."""
+        ...
+
+    async def latest_quote(self, symbol: str) -> Quote | None:
+        """A REST snapshot of the quote."""
+        ...
+
+    async def submit_order(self, request: OrderRequest) -> BrokerOrder: ...
+
+    async def replace_order(
+        self, order_id: str, qty: Decimal, limit_price: Decimal, client_order_id: str
+    ) -> BrokerOrder: ...
+
+    async def cancel_order(self, order_id: str) -> None: ...
+
+    async def get_order(self, order_id: str) -> BrokerOrder: ...
+
+    async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None: ...
+
+    async def wait_for_update(self, order_id: str, timeout_seconds: float) -> BrokerOrder:
+        """Return the order once it changes (fill, status) or when the timeout passes."""
+        ...

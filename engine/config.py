@@ -1,0 +1,47 @@
+"""Walk configuration: the ladder, waits per urgency, and the tolerances the engine enforces."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .intents import Urgency
+
+__all__ = ["DEFAULT_LADDER", "EngineConfig"]
+
+DEFAULT_LADDER = (Decimal("0.75"), Decimal("0.85"), Decimal("0.95"))
+
+
+class EngineConfig(BaseModel):
+    """Everything that shapes a walk; journaled with each order so a resume walks the same way."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ladder: tuple[Decimal, ...] = DEFAULT_LADDER
+    medium_step_wait_seconds: float = Field(10.0, gt=0)
+    low_step_wait_seconds: float = Field(30.0, gt=0)
+    market_wait_seconds: float = Field(30.0, gt=0)
+    market_attempts: int = Field(3, ge=1)
+    settle_timeout_seconds: float = Field(30.0, gt=0)
+    quote_freshness_seconds: float = Field(5.0, gt=0)
+    stream_quote_wait_seconds: float = Field(1.0, ge=0)
+    validation_tolerance: Decimal = Field(Decimal("0.000000001"), ge=0)
+    broker_retry_attempts: int = Field(5, ge=1)
+    broker_retry_backoff_seconds: float = Field(0.5, gt=0)
+
+    @field_validator("ladder")
+    @classmethod
+    def _ladder_increasing_in_unit_interval(cls, ladder: tuple[Decimal, ...]) -> tuple[Decimal, ...]:
+        for ratio in ladder:
+            if not ratio.is_finite() or not Decimal(0) <= ratio <= Decimal(1):
+                raise ValueError(f"ladder ratio {ratio} is outside [0, 1]")
+        if any(b <= a for a, b in zip(ladder, ladder[1:], strict=False)):
+            raise ValueError("ladder ratios must strictly increase toward the aggressive side")
+        return ladder
+
+    def step_wait_seconds(self, urgency: Urgency) -> float:
+        """How long a limit step rests before the walk moves on."""
+        if urgency is Urgency.LOW:
+            return self.low_step_wait_seconds
+        return self.medium_step_wait_seconds

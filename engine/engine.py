@@ -1,0 +1,159 @@
+"""The Engine: validates intents, journals each new order, and walks them (sells before buys)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from journal import Journal, NewEvent, stamp
+
+from .broker import Broker
+from .clock import Clock, RealClock
+from .config import EngineConfig
+from .errors import BrokerRejected, BrokerUnavailable, InvalidIntent, InvalidPlan, UnknownSymbol
+from .fsm import OrderState
+from .intents import CloseType, OrderIntent, OrderSide, RebalancePlan
+from .numbers import ZERO
+from .order import EventKind, OrderRecord, make_order_id
+from .quotes import QuoteService
+from .results import OrderResult, PlanResult
+from .walk import Listener, OrderWalk, WalkContext
+
+__all__ = ["Engine", "Listener"]
+
+DEFAULT_CONCURRENCY = 8
+
+
+class Engine:
+    """Executes intents and plans against one broker, journaling into one journal file.
+
+    The engine owns the journal lock while it is open; close it (or use it as a
+    context manager) so another process can resume or run.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        journal: Journal | str | Path,
+        config: EngineConfig | None = None,
+        clock: Clock | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        self.broker = broker
+        self.journal = journal if isinstance(journal, Journal) else Journal.open(journal)
+        self.config = config or EngineConfig()
+        self.clock = clock or RealClock()
+        self.concurrency = concurrency
+        self.quotes = QuoteService(
+            broker,
+            freshness_seconds=self.config.quote_freshness_seconds,
+            stream_wait_seconds=self.config.stream_quote_wait_seconds,
+        )
+        self.context = WalkContext(self.journal, broker, self.quotes, self.clock, self.config)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.journal.close()
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener(record, kind, data)` after each of an order's events is committed."""
+        self.context.listeners.append(listener)
+
+    # -- public API -----------------------------------------------------------------
+
+    async def execute(self, intent: OrderIntent, *, plan_id: str | None = None) -> OrderResult:
+        """Execute one intent as a one-order plan."""
+        plan = RebalancePlan(
+            plan_id=plan_id or intent.correlation_id or f"adhoc-{uuid.uuid4().hex[:12]}",
+            orders=(intent,),
+        )
+        return (await self.execute_plan(plan)).orders[0]
+
+    async def execute_plan(self, plan: RebalancePlan) -> PlanResult:
+        """Validate every intent first (nothing is journaled if one is bad), then walk them all."""
+        await self.preflight(plan)
+        records = self._create_orders(plan)
+        sells = [r for r in records if r.intent.side is OrderSide.SELL]
+        buys = [r for r in records if r.intent.side is OrderSide.BUY]
+        done = await self._walk_all(sells) + await self._walk_all(buys)
+        by_id = {r.order_id: r for r in done}
+        results = [OrderResult.from_record(by_id[r.order_id]) for r in records]
+        return PlanResult.from_results(plan.plan_id, results, self.quotes.counters.as_dict())
+
+    def execute_plan_sync(self, plan: RebalancePlan) -> PlanResult:
+        """For callers without an event loop: run the plan on the engine's clock."""
+        return self.clock.run(self.execute_plan(plan))
+
+    def execute_sync(self, intent: OrderIntent, *, plan_id: str | None = None) -> OrderResult:
+        return self.clock.run(self.execute(intent, plan_id=plan_id))
+
+    async def preflight(self, plan: RebalancePlan) -> None:
+        """Refuse the whole plan, naming the order, if any intent cannot be sent as written."""
+        for index, intent in enumerate(plan.orders):
+            where = f"order {index} ({intent.symbol} {intent.side.value} {intent.quantity})"
+            try:
+                asset = await self.broker.get_asset(intent.symbol)
+            except UnknownSymbol:
+                raise InvalidIntent(f"{where}: unknown symbol", symbol=intent.symbol) from None
+            except (BrokerUnavailable, BrokerRejected) as exc:
+                raise InvalidIntent(f"{where}: cannot check the asset: {exc.message}") from None
+            if not asset.tradable:
+                raise InvalidIntent(f"{where}: asset is not tradable", symbol=intent.symbol)
+            if intent.is_fractional and not asset.fractionable:
+                raise InvalidIntent(
+                    f"{where}: asset is not fractionable; use a whole-share quantity",
+                    symbol=intent.symbol,
+                )
+            if intent.side is OrderSide.SELL and intent.close_type is not CloseType.FULL:
+                position = await self.broker.get_position(intent.symbol)
+                if intent.quantity > max(position, ZERO):
+                    raise InvalidIntent(
+                        f"{where}: sell of {intent.quantity} exceeds the position of {position}",
+                        symbol=intent.symbol,
+                    )
+
+    # -- internals ------------------------------------------------------------------
+
+    def _create_orders(self, plan: RebalancePlan) -> list[OrderRecord]:
+        order_ids = [make_order_id(plan.plan_id, i, intent) for i, intent in enumerate(plan.orders)]
+        if any(self.journal.order(order_id) is not None for order_id in order_ids):
+            raise InvalidPlan(
+                f"plan {plan.plan_id} is already in the journal; resume it or use a new plan_id",
+                plan_id=plan.plan_id,
+            )
+        config = self.config.model_dump(mode="json")
+        at = self.clock.now()
+        items: list[tuple[NewEvent, dict[str, Any] | None]] = []
+        records = []
+        for order_id, intent in zip(order_ids, plan.orders, strict=True):
+            event = NewEvent(
+                kind=EventKind.CREATED,
+                order_id=order_id,
+                plan_id=plan.plan_id,
+                to_state=OrderState.PENDING,
+                data={"intent": intent.model_dump(mode="json"), "config": config},
+            )
+            record = OrderRecord.created(event, stamp(at))
+            records.append(record)
+            items.append((event, record.projection()))
+        stored = self.journal.append_many(items, at=at)
+        return [replace(r, last_seq=e.seq) for r, e in zip(records, stored, strict=True)]
+
+    async def _walk_all(self, records: Sequence[OrderRecord]) -> list[OrderRecord]:
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def walk(record: OrderRecord) -> OrderRecord:
+            async with gate:
+                return await OrderWalk(self.context, record).run()
+
+        return list(await asyncio.gather(*(walk(r) for r in records)))
+

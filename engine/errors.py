@@ -1,0 +1,100 @@
+"""One error hierarchy for the engine, each error with structured fields.
+
+`InputError` subclasses are the user's mistakes (CLI exit 2, nothing sent to a broker);
+`BrokerError` subclasses describe what a broker answered or failed to answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+__all__ = [
+    "BrokerError",
+    "BrokerRejected",
+    "BrokerUnavailable",
+    "DuplicateClientOrderId",
+    "IllegalTransition",
+    "InputError",
+    "InvalidIntent",
+    "InvalidPlan",
+    "NotReplaceable",
+    "OrderNotFound",
+    "OutcomeUnknown",
+    "UnknownSymbol",
+    "WalkbookError",
+    "first_validation_error",
+]
+
+
+class WalkbookError(Exception):
+    """Base of every walkbook engine error; `fields` feed structured logs."""
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+
+class InputError(WalkbookError):
+    """Bad input from the caller: refused before anything is journaled as sent."""
+
+
+class InvalidIntent(InputError):
+    """An order intent that cannot be executed as written."""
+
+
+class UnknownSymbol(InvalidIntent):
+    """The broker does not know the symbol."""
+
+
+class InvalidPlan(InputError):
+    """A plan file or plan object that is malformed or inconsistent."""
+
+
+class IllegalTransition(WalkbookError):
+    """A trigger that the order state machine does not allow from its current state."""
+
+
+class BrokerError(WalkbookError):
+    """Base for answers (or silences) from a broker."""
+
+
+class BrokerRejected(BrokerError):
+    """The broker refused the request; `reason` is a FAILED reason code."""
+
+    def __init__(self, message: str, reason: str = "rejected", **fields: Any) -> None:
+        super().__init__(message, reason=reason, **fields)
+        self.reason = reason
+
+
+class DuplicateClientOrderId(BrokerRejected):
+    """The broker already has an order with this client_order_id: adopt it, never resend."""
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message, reason="duplicate_client_order_id", **fields)
+
+
+class BrokerUnavailable(BrokerError):
+    """A transient failure (timeout, 5xx, dropped connection): retry, never treat as rejected."""
+
+
+class OutcomeUnknown(BrokerUnavailable):
+    """A side effect may or may not have happened; resolve it by client_order_id."""
+
+
+class OrderNotFound(BrokerError):
+    """The broker has no order with that id or client_order_id."""
+
+
+class NotReplaceable(BrokerError):
+    """The broker refused a replace, typically because the order already filled."""
+
+
+def first_validation_error(exc: ValidationError) -> str:
+    """One readable line from a pydantic error: where, then what."""
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message

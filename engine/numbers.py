@@ -1,0 +1,32 @@
+"""Decimal helpers: money and quantities never pass through float."""
+
+from __future__ import annotations
+
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
+
+__all__ = ["ZERO", "ceil_to", "decimal_text", "floor_to", "parse_decimal", "round_to"]
+
+ZERO = Decimal(0)
+
+
+def decimal_text(value: Decimal) -> str:
+    """Shortest plain text for a decimal (no exponent, no trailing zeros): stable in the journal."""
+    if value == value.to_integral_value():
+        return str(value.quantize(Decimal(1)))
+    return format(value.normalize(), "f")
+
+
+def parse_decimal(text: str | None) -> Decimal | None:
+    return None if text is None else Decimal(text)
+
+
+def round_to(value: Decimal, step: Decimal) -> Decimal:
+    return (value / step).quantize(Decimal(1), rounding=ROUND_HALF_UP) * step
+
+
+def floor_to(value: Decimal, step: Decimal) -> Decimal:
+    return (value / step).quantize(Decimal(1), rounding=ROUND_FLOOR) * step
+
+
+def ceil_to(value: Decimal, step: Decimal) -> Decimal:
+    return (value / step).quantize(Decimal(1), rounding=ROUND_CEILING) * step

@@ -1,0 +1,130 @@
+"""Results for callers: per order and per plan, built only from journaled records."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from .fsm import OrderState
+from .intents import OrderSide
+from .numbers import ZERO
+from .order import OrderRecord
+
+__all__ = ["OrderResult", "PlanResult", "PlanStatus"]
+
+BPS = Decimal(10_000)
+
+
+class OrderResult(BaseModel):
+    """What happened to one order; JSON-serialisable with `model_dump(mode="json")`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    order_id: str
+    plan_id: str | None
+    symbol: str
+    side: OrderSide
+    quantity: Decimal
+    state: str
+    reason: str | None
+    filled_qty: Decimal
+    avg_fill_price: Decimal | None
+    steps_used: int
+    arrival_bid: Decimal | None
+    arrival_ask: Decimal | None
+    arrival_mid: Decimal | None
+    slippage_bps: Decimal | None
+    started_at: str
+    ended_at: str | None
+    correlation_id: str | None
+    strategy_id: str | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == OrderState.VALIDATED
+
+    @classmethod
+    def from_record(cls, record: OrderRecord) -> OrderResult:
+        arrival = record.arrival or {}
+        bid = Decimal(arrival["bid"]) if "bid" in arrival else None
+        ask = Decimal(arrival["ask"]) if "ask" in arrival else None
+        mid = (bid + ask) / 2 if bid is not None and ask is not None else None
+        avg = record.avg_price
+        slippage = None
+        if avg is not None and mid:
+            signed = avg - mid if record.intent.side is OrderSide.BUY else mid - avg
+            slippage = (signed / mid * BPS).quantize(Decimal("0.01"))
+        return cls(
+            order_id=record.order_id,
+            plan_id=record.plan_id,
+            symbol=record.intent.symbol,
+            side=record.intent.side,
+            quantity=record.quantity,
+            state=record.state,
+            reason=record.reason,
+            filled_qty=record.filled_qty,
+            avg_fill_price=None if avg is None else avg.quantize(Decimal("0.000001")),
+            steps_used=record.steps_used,
+            arrival_bid=bid,
+            arrival_ask=ask,
+            arrival_mid=mid,
+            slippage_bps=slippage,
+            started_at=record.created_at,
+            ended_at=record.updated_at if record.is_terminal else None,
+            correlation_id=record.intent.correlation_id,
+            strategy_id=record.intent.strategy_id,
+        )
+
+
+class PlanStatus(StrEnum):
+    SUCCESS = "SUCCESS"
+    PARTIAL_SUCCESS = "PARTIAL_SUCCESS"
+    FAILURE = "FAILURE"
+
+
+class PlanResult(BaseModel):
+    """One truthful answer for a plan: every order's result and the totals."""
+
+    model_config = ConfigDict(frozen=True)
+
+    plan_id: str
+    status: PlanStatus
+    orders: tuple[OrderResult, ...]
+    traded_value: Decimal
+    slippage_bps: Decimal | None
+    quote_counters: dict[str, int]
+
+    @classmethod
+    def from_results(
+        cls, plan_id: str, results: list[OrderResult], quote_counters: dict[str, int]
+    ) -> PlanResult:
+        succeeded = sum(1 for r in results if r.succeeded)
+        status = (
+            PlanStatus.SUCCESS
+            if succeeded == len(results)
+            else PlanStatus.FAILURE
+            if succeeded == 0
+            else PlanStatus.PARTIAL_SUCCESS
+        )
+        weighted, value = ZERO, ZERO
+        for result in results:
+            if result.avg_fill_price is None:
+                continue
+            order_value = result.filled_qty * result.avg_fill_price
+            value += order_value
+            if result.slippage_bps is not None:
+                weighted += result.slippage_bps * order_value
+        return cls(
+            plan_id=plan_id,
+            status=status,
+            orders=tuple(results),
+            traded_value=value.quantize(Decimal("0.01")),
+            slippage_bps=(weighted / value).quantize(Decimal("0.01")) if value else None,
+            quote_counters=quote_counters,
+        )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

@@ -1,0 +1,452 @@
+"""SimBroker: a seeded, in-process market and account on the engine's clock.
+
+Each symbol's mid follows a random walk in one-second ticks with its own RNG, so
+orders on different symbols never perturb each other and a run is reproducible
+from its seed. Resting limit orders fill passively with an intensity that falls
+with their distance from the far touch; a marketable order fills at the touch.
+Cancels are asynchronous like Alpaca's: the order sits in `pending_cancel` until
+the next tick and may still fill there.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from ..broker import (
+    Account,
+    Asset,
+    BrokerOrder,
+    BrokerOrderStatus,
+    MarketClock,
+    OrderRequest,
+    OrderType,
+    Quote,
+)
+from ..clock import Clock
+from ..errors import (
+    BrokerRejected,
+    BrokerUnavailable,
+    DuplicateClientOrderId,
+    NotReplaceable,
+    OrderNotFound,
+    OutcomeUnknown,
+    UnknownSymbol,
+)
+from ..intents import OrderSide
+from ..numbers import ZERO, ceil_to, floor_to
+from ..pricing import tick_size
+from .spec import MarketSpec, SymbolSpec
+
+__all__ = ["SimBroker"]
+
+TICK_SECONDS = 1
+QTY_STEP = Decimal("0.000000001")
+_OPEN = frozenset(
+    {BrokerOrderStatus.NEW, BrokerOrderStatus.PARTIALLY_FILLED, BrokerOrderStatus.PENDING_CANCEL}
+)
+
+
+@dataclass
+class _Book:
+    """One symbol's simulated top of book."""
+
+    spec: SymbolSpec
+    rng: random.Random
+    mid: float
+    tick_index: int = 0
+    bid: Decimal = ZERO
+    ask: Decimal = ZERO
+    zero_side: str | None = None
+    zero_until: int = 0
+
+
+@dataclass
+class _Order:
+    id: str
+    client_order_id: str
+    symbol: str
+    side: OrderSide
+    order_type: OrderType
+    qty: Decimal
+    limit_price: Decimal | None
+    status: BrokerOrderStatus = BrokerOrderStatus.NEW
+    filled_qty: Decimal = ZERO
+    notional: Decimal = ZERO
+    replaced_by: str | None = None
+    replaces: str | None = None
+    version: int = 0
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.qty - self.filled_qty
+
+    def snapshot(self) -> BrokerOrder:
+        return BrokerOrder(
+            id=self.id,
+            client_order_id=self.client_order_id,
+            symbol=self.symbol,
+            side=self.side,
+            order_type=self.order_type,
+            qty=self.qty,
+            limit_price=self.limit_price,
+            status=self.status,
+            filled_qty=self.filled_qty,
+            filled_avg_price=self.notional / self.filled_qty if self.filled_qty else None,
+            replaced_by=self.replaced_by,
+            replaces=self.replaces,
+        )
+
+
+@dataclass
+class SimBroker:
+    """The embedded default broker: deterministic for a given spec, seed and engine behaviour."""
+
+    spec: MarketSpec
+    clock: Clock
+    name: str = "sim"
+    cash: Decimal = field(init=False)
+    positions: dict[str, Decimal] = field(init=False)
+    orders: dict[str, _Order] = field(init=False, default_factory=dict)
+    _by_client_id: dict[str, str] = field(init=False, default_factory=dict)
+    _books: dict[str, _Book] = field(init=False, default_factory=dict)
+    _ids: itertools.count[int] = field(init=False, default_factory=lambda: itertools.count(1))
+    _start: datetime = field(init=False)
+    _start_monotonic: float = field(init=False)
+    _faults: random.Random = field(init=False)
+    _feed: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cash = self.spec.cash
+        self.positions = {s: q for s, q in self.spec.positions.items() if q}
+        self._start = self.clock.now()
+        self._start_monotonic = self.clock.monotonic()
+        self._faults = random.Random(f"{self.spec.seed}/faults")
+        self._feed = random.Random(f"{self.spec.seed}/feed")
+
+    # -- the market ---------------------------------------------------------------
+
+    def _now_tick(self) -> int:
+        return int((self.clock.monotonic() - self._start_monotonic) // TICK_SECONDS)
+
+    def _book(self, symbol: str) -> _Book:
+        book = self._books.get(symbol)
+        if book is None:
+            if symbol in self.spec.unknown_symbols:
+                raise UnknownSymbol(f"unknown symbol {symbol}", symbol=symbol)
+            spec = self.spec.symbol(symbol)
+            book = _Book(spec, random.Random(f"{self.spec.seed}/{symbol}"), float(spec.price))
+            book.tick_index = self._now_tick()
+            self._requote(book)
+            self._books[symbol] = book
+        self._advance(symbol, book)
+        return book
+
+    def _requote(self, book: _Book) -> None:
+        mid = Decimal(repr(book.mid))
+        tick = tick_size(mid, book.spec.price_increment)
+        half = max(mid * Decimal(repr(book.spec.spread_bps)) / Decimal(20_000), tick / 2)
+        book.bid = max(floor_to(mid - half, tick), tick)
+        book.ask = max(ceil_to(mid + half, tick), book.bid + tick)
+
+    def _advance(self, symbol: str, book: _Book) -> None:
+        """Run the symbol's market forward, one tick at a time, up to the clock."""
+        target = self._now_tick()
+        while book.tick_index < target:
+            book.tick_index += 1
+            rng = book.rng
+            book.mid *= math.exp(book.spec.volatility_bps / 10_000 * rng.gauss(0.0, 1.0))
+            self._requote(book)
+            if book.zero_side is not None and book.tick_index >= book.zero_until:
+                book.zero_side = None
+            if book.zero_side is None and rng.random() < book.spec.zero_quote_probability:
+                book.zero_side = rng.choice(("bid", "bid", "ask", "both"))
+                book.zero_until = book.tick_index + rng.randint(2, 8)
+            for order in self._open_orders(symbol):
+                self._tick_order(order, book)
+
+    def _open_orders(self, symbol: str) -> list[_Order]:
+        return [o for o in self.orders.values() if o.symbol == symbol and o.status in _OPEN]
+
+    def _tick_order(self, order: _Order, book: _Book) -> None:
+        cancelling = order.status is BrokerOrderStatus.PENDING_CANCEL
+        if order.order_type == "limit":
+            self._passive_fill(order, book)
+        if cancelling and order.status is not BrokerOrderStatus.FILLED:
+            self._set_status(order, BrokerOrderStatus.CANCELED)
+
+    def _passive_fill(self, order: _Order, book: _Book) -> None:
+        assert order.limit_price is not None
+        price = order.limit_price
+        touch = book.ask if order.side is OrderSide.BUY else book.bid
+        marketable = price >= book.ask if order.side is OrderSide.BUY else price <= book.bid
+        if marketable:
+            self._fill(order, order.remaining, touch)
+            return
+        spread = book.ask - book.bid
+        distance = float(abs(touch - price) / spread) if spread else 1.0
+        intensity = self.spec.fill_intensity * book.spec.liquidity
+        probability = 1.0 - math.exp(-intensity * math.exp(-self.spec.fill_decay * distance))
+        if book.rng.random() >= probability:
+            return
+        qty = order.remaining
+        if book.rng.random() < self.spec.partial_fill_probability:
+            qty = self._portion(order, book.rng.uniform(0.2, 0.8))
+        self._fill(order, qty, price)
+
+    def _portion(self, order: _Order, fraction: float) -> Decimal:
+        """A part of the remaining qty: whole shares for whole-share orders, at least one unit."""
+        step = Decimal(1) if order.qty == order.qty.to_integral_value() else QTY_STEP
+        part = floor_to(order.remaining * Decimal(repr(fraction)), step)
+        return min(max(part, step), order.remaining)
+
+    def _fill(self, order: _Order, qty: Decimal, price: Decimal) -> None:
+        if qty <= 0:
+            return
+        order.filled_qty += qty
+        order.notional += qty * price
+        signed = qty if order.side is OrderSide.BUY else -qty
+        self.positions[order.symbol] = self.positions.get(order.symbol, ZERO) + signed
+        if not self.positions[order.symbol]:
+            del self.positions[order.symbol]
+        self.cash -= signed * price
+        self._set_status(
+            order,
+            BrokerOrderStatus.FILLED
+            if order.remaining == 0
+            else (
+                order.status
+                if order.status is BrokerOrderStatus.PENDING_CANCEL
+                else BrokerOrderStatus.PARTIALLY_FILLED
+            ),
+        )
+
+    def _set_status(self, order: _Order, status: BrokerOrderStatus) -> None:
+        order.status = status
+        order.version += 1
+
+    def _quote(self, symbol: str, book: _Book, *, hide_both: bool) -> Quote:
+        bid, ask = book.bid, book.ask
+        if book.zero_side in ("bid", "both") and (hide_both or book.zero_side == "bid"):
+            bid = ZERO
+        if book.zero_side in ("ask", "both") and (hide_both or book.zero_side == "ask"):
+            ask = ZERO
+        at = self._start + timedelta(seconds=book.tick_index * TICK_SECONDS)
+        return Quote(symbol, bid, ask, at, "stream" if hide_both else "rest", Decimal(100), Decimal(100))
+
+    # -- faults and latency -------------------------------------------------------
+
+    async def _call(self, *, read: bool = True) -> None:
+        if self.spec.latency_seconds:
+            await self.clock.sleep(self.spec.latency_seconds)
+        if read and self._faults.random() < self.spec.read_error_probability:
+            raise BrokerUnavailable("simulated transient read error (HTTP 503)")
+
+    # -- Broker protocol ----------------------------------------------------------
+
+    async def get_asset(self, symbol: str) -> Asset:
+        await self._call()
+        spec = self._book(symbol).spec
+        return Asset(symbol, spec.tradable, spec.fractionable, spec.price_increment)
+
+    async def get_clock(self) -> MarketClock:
+        await self._call()
+        return MarketClock(is_open=self.spec.market_open, at=self.clock.now())
+
+    async def get_account(self) -> Account:
+        await self._call()
+        return Account(cash=self.cash, buying_power=self.cash - self._reserved_cash())
+
+    async def get_position(self, symbol: str) -> Decimal:
+        await self._call()
+        self._book(symbol)
+        return self.positions.get(symbol, ZERO)
+
+    async def stream_quote(self, symbol: str, wait_seconds: float) -> Quote | None:
+        await self._call(read=False)
+        book = self._book(symbol)
+        if self._feed.random() < self.spec.stream_gap_probability:
+            return None
+        return self._quote(symbol, book, hide_both=True)
+
+    async def latest_quote(self, symbol: str) -> Quote | None:
+        await self._call()
+        return self._quote(symbol, self._book(symbol), hide_both=False)
+
+    async def submit_order(self, request: OrderRequest) -> BrokerOrder:
+        await self._call(read=False)
+        if request.client_order_id in self._by_client_id:
+            raise DuplicateClientOrderId(
+                "client_order_id must be unique", client_order_id=request.client_order_id
+            )
+        book = self._book(request.symbol)
+        self._check_new(request.symbol, request.side, request.qty, request.limit_price, book)
+        order = _Order(
+            id=f"sim-{next(self._ids):06d}",
+            client_order_id=request.client_order_id,
+            symbol=request.symbol,
+            side=request.side,
+            order_type=request.order_type,
+            qty=request.qty,
+            limit_price=request.limit_price,
+        )
+        self._accept(order, book)
+        if self._faults.random() < self.spec.submit_timeout_probability:
+            raise OutcomeUnknown("simulated timeout after the order was accepted")
+        return order.snapshot()
+
+    def _check_new(
+        self,
+        symbol: str,
+        side: OrderSide,
+        qty: Decimal,
+        limit_price: Decimal | None,
+        book: _Book,
+        releasing: _Order | None = None,
+    ) -> None:
+        spec = book.spec
+        if not spec.tradable:
+            raise BrokerRejected(f"asset {symbol} is not tradable", reason="not_tradable")
+        if qty != qty.to_integral_value() and not spec.fractionable:
+            raise BrokerRejected(f"asset {symbol} is not fractionable", reason="rejected")
+        if limit_price is not None:
+            tick = tick_size(limit_price, spec.price_increment)
+            if limit_price % tick or limit_price <= 0:
+                raise BrokerRejected(
+                    f"invalid limit_price {limit_price}: sub-penny increment does not fulfill "
+                    "minimum pricing criteria",
+                    reason="rejected",
+                )
+        if self._faults.random() < self.spec.reject_probability:
+            raise BrokerRejected("simulated rejection", reason="rejected")
+        if side is OrderSide.BUY:
+            cost = qty * (limit_price if limit_price is not None else book.ask)
+            if cost > self.cash - self._reserved_cash(excluding=releasing):
+                raise BrokerRejected("insufficient buying power", reason="insufficient_funds")
+        else:
+            available = self.positions.get(symbol, ZERO) - self._reserved_qty(symbol, releasing)
+            if qty > available:
+                raise BrokerRejected(
+                    f"insufficient qty available for order (requested: {qty}, "
+                    f"available: {available})",
+                    reason="insufficient_position",
+                )
+
+    def _reserved_cash(self, excluding: _Order | None = None) -> Decimal:
+        total = ZERO
+        for order in self.orders.values():
+            if order is excluding or order.status not in _OPEN or order.side is not OrderSide.BUY:
+                continue
+            price = order.limit_price or self._books[order.symbol].ask
+            total += order.remaining * price
+        return total
+
+    def _reserved_qty(self, symbol: str, excluding: _Order | None = None) -> Decimal:
+        return sum(
+            (
+                o.remaining
+                for o in self._open_orders(symbol)
+                if o is not excluding and o.side is OrderSide.SELL
+            ),
+            ZERO,
+        )
+
+    def _accept(self, order: _Order, book: _Book) -> None:
+        self.orders[order.id] = order
+        self._by_client_id[order.client_order_id] = order.id
+        if order.order_type == "market":
+            self._market_fill(order, book)
+        else:
+            touch = book.ask if order.side is OrderSide.BUY else book.bid
+            assert order.limit_price is not None
+            crosses = (
+                order.limit_price >= touch
+                if order.side is OrderSide.BUY
+                else order.limit_price <= touch
+            )
+            if crosses:
+                self._fill(order, order.remaining, touch)
+
+    def _market_fill(self, order: _Order, book: _Book) -> None:
+        touch = book.ask if order.side is OrderSide.BUY else book.bid
+        if book.rng.random() < self.spec.market_partial_probability:
+            self._fill(order, self._portion(order, book.rng.uniform(0.3, 0.9)), touch)
+            self._set_status(order, BrokerOrderStatus.CANCELED)
+        else:
+            self._fill(order, order.remaining, touch)
+
+    async def replace_order(
+        self, order_id: str, qty: Decimal, limit_price: Decimal, client_order_id: str
+    ) -> BrokerOrder:
+        await self._call(read=False)
+        old = self._order(order_id)
+        book = self._book(old.symbol)
+        if old.status not in (BrokerOrderStatus.NEW, BrokerOrderStatus.PARTIALLY_FILLED):
+            raise NotReplaceable(
+                f"order {order_id} is {old.status.value} and cannot be replaced",
+                status=old.status.value,
+            )
+        if qty != qty.to_integral_value() or old.qty != old.qty.to_integral_value():
+            raise NotReplaceable("fractional orders cannot be replaced", order_id=order_id)
+        if client_order_id in self._by_client_id:
+            raise DuplicateClientOrderId(
+                "client_order_id must be unique", client_order_id=client_order_id
+            )
+        self._check_new(old.symbol, old.side, qty, limit_price, book, releasing=old)
+        new = _Order(
+            id=f"sim-{next(self._ids):06d}",
+            client_order_id=client_order_id,
+            symbol=old.symbol,
+            side=old.side,
+            order_type="limit",
+            qty=qty,
+            limit_price=limit_price,
+            replaces=old.id,
+        )
+        old.replaced_by = new.id
+        self._set_status(old, BrokerOrderStatus.REPLACED)
+        self._accept(new, book)
+        return new.snapshot()
+
+    async def cancel_order(self, order_id: str) -> None:
+        await self._call(read=False)
+        order = self._order(order_id)
+        self._book(order.symbol)
+        if order.status in (BrokerOrderStatus.NEW, BrokerOrderStatus.PARTIALLY_FILLED):
+            self._set_status(order, BrokerOrderStatus.PENDING_CANCEL)
+
+    def _order(self, order_id: str) -> _Order:
+        order = self.orders.get(order_id)
+        if order is None:
+            raise OrderNotFound(f"order {order_id} not found", order_id=order_id)
+        return order
+
+    async def get_order(self, order_id: str) -> BrokerOrder:
+        await self._call()
+        order = self._order(order_id)
+        self._book(order.symbol)
+        return order.snapshot()
+
+    async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        await self._call()
+        order_id = self._by_client_id.get(client_order_id)
+        if order_id is None:
+            return None
+        order = self.orders[order_id]
+        self._book(order.symbol)
+        return order.snapshot()
+
+    async def wait_for_update(self, order_id: str, timeout_seconds: float) -> BrokerOrder:
+        order = self._order(order_id)
+        version = order.version
+        deadline = self.clock.monotonic() + timeout_seconds
+        while True:
+            self._book(order.symbol)
+            remaining = deadline - self.clock.monotonic()
+            if order.version != version or remaining <= 0:
+                return order.snapshot()
+            await self.clock.sleep(min(float(TICK_SECONDS), remaining))

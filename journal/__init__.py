@@ -1,0 +1,38 @@
+"""walkbook's durable journal: append-only, hash-chained SQLite events with an orders projection.
+
+`journal` never imports `engine`; it stores facts and guards their integrity.
+"""
+
+from .chain import GENESIS_HASH, ChainBreak, canonical_json, event_hash, first_chain_break
+from .errors import (
+    JournalCorrupt,
+    JournalError,
+    JournalLocked,
+    JournalSchemaTooNew,
+    JournalUnavailable,
+    JournalWriteConflict,
+)
+from .schema import FORMAT_NAME, ORDER_COLUMNS, SCHEMA_VERSION
+from .store import Event, Journal, NewEvent, Synchronous, stamp
+
+__all__ = [
+    "FORMAT_NAME",
+    "GENESIS_HASH",
+    "ORDER_COLUMNS",
+    "SCHEMA_VERSION",
+    "ChainBreak",
+    "Event",
+    "Journal",
+    "JournalCorrupt",
+    "JournalError",
+    "JournalLocked",
+    "JournalSchemaTooNew",
+    "JournalUnavailable",
+    "JournalWriteConflict",
+    "NewEvent",
+    "Synchronous",
+    "canonical_json",
+    "event_hash",
+    "first_chain_break",
+    "stamp",
+]

@@ -1,0 +1,55 @@
+"""Single-owner lock for a journal.
+
+Exclusion comes from an OS lock (`flock`) on a sidecar file, which the kernel
+releases when the owner dies, even by SIGKILL, so a crash never leaves a stale
+lock. The owner's pid and host are recorded in the journal's `owner` table so
+a refused process can say who holds it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from .errors import JournalLocked, JournalUnavailable
+
+__all__ = ["JournalLock"]
+
+
+class JournalLock:
+    """An exclusive, process-lifetime lock on `<journal>.lock`."""
+
+    def __init__(self, journal_path: Path) -> None:
+        self.path = journal_path.with_name(journal_path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self, describe_owner: str) -> None:
+        """Take the lock or raise JournalLocked naming the current owner."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise JournalUnavailable(
+                f"cannot create lock file {self.path}: {exc.strerror}", path=str(self.path)
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise JournalLocked(
+                f"journal is in use by {holder}", path=str(self.path), owner=holder
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, describe_owner.encode("utf-8"), 0)
+        self._fd = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,52 @@
+"""Shared fixtures: engines on the simulator, in virtual time, over real SQLite journal files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import Engine, EngineConfig, MarketSpec, SimBroker, VirtualClock
+from journal import Journal
+
+START = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
+
+
+@dataclass
+class Rig:
+    """An engine wired to a simulator and a journal file, sharing one virtual clock."""
+
+    engine: Engine
+    broker: SimBroker
+    clock: VirtualClock
+    journal_path: Path
+
+    @property
+    def journal(self) -> Journal:
+        return self.engine.journal
+
+
+@pytest.fixture
+def make_rig(tmp_path: Path) -> Iterator[Any]:
+    """make_rig(spec=None, config=None, **spec_fields) -> Rig; closed at teardown."""
+    rigs: list[Rig] = []
+
+    def build(
+        spec: MarketSpec | None = None, config: EngineConfig | None = None, **spec_fields: Any
+    ) -> Rig:
+        clock = VirtualClock(START)
+        market = spec or MarketSpec(**spec_fields)
+        broker = SimBroker(market, clock)
+        path = tmp_path / f"journal-{len(rigs)}.db"
+        engine = Engine(broker, path, config=config, clock=clock)
+        rig = Rig(engine, broker, clock, path)
+        rigs.append(rig)
+        return rig
+
+    yield build
+    for rig in rigs:
+        rig.engine.close()

@@ -19,7 +19,15 @@ from .errors import (
     WalkbookError,
 )
 from .fsm import FailReason, OrderState
-from .intents import CloseType, OrderIntent, OrderSide, RebalancePlan, Urgency, load_plan, parse_plan
+from .intents import (
+    CloseType,
+    OrderIntent,
+    OrderSide,
+    RebalancePlan,
+    Urgency,
+    load_plan,
+    parse_plan,
+)
 from .order import OrderRecord
 from .results import OrderResult, PlanResult, PlanStatus
 from .sim import MarketSpec, SimBroker, SymbolSpec, load_market_spec
@@ -58,8 +66,8 @@ __all__ = [
     "RebalancePlan",
     "SimBroker",
     "SymbolSpec",
-    "Urgency",
     "UnknownSymbol",
+    "Urgency",
     "VirtualClock",
     "WalkbookError",
     "load_market_spec",

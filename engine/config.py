@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from itertools import pairwise
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -32,11 +33,13 @@ class EngineConfig(BaseModel):
 
     @field_validator("ladder")
     @classmethod
-    def _ladder_increasing_in_unit_interval(cls, ladder: tuple[Decimal, ...]) -> tuple[Decimal, ...]:
+    def _ladder_increasing_in_unit_interval(
+        cls, ladder: tuple[Decimal, ...]
+    ) -> tuple[Decimal, ...]:
         for ratio in ladder:
             if not ratio.is_finite() or not Decimal(0) <= ratio <= Decimal(1):
                 raise ValueError(f"ladder ratio {ratio} is outside [0, 1]")
-        if any(b <= a for a, b in zip(ladder, ladder[1:], strict=False)):
+        if any(b <= a for a, b in pairwise(ladder)):
             raise ValueError("ladder ratios must strictly increase toward the aggressive side")
         return ladder
 

@@ -156,4 +156,3 @@ class Engine:
                 return await OrderWalk(self.context, record).run()
 
         return list(await asyncio.gather(*(walk(r) for r in records)))
-

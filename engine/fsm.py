@@ -123,9 +123,7 @@ def _machine(steps: int) -> Machine:
     return Machine(
         model=None,
         states=[str(s) for s in state_names(steps)],
-        transitions=[
-            {"trigger": t, "source": s, "dest": d} for t, s, d in transition_table(steps)
-        ],
+        transitions=[{"trigger": t, "source": s, "dest": d} for t, s, d in transition_table(steps)],
         initial=str(OrderState.PENDING),
         auto_transitions=False,
         send_event=True,
@@ -159,7 +157,9 @@ class OrderMachine:
             raise IllegalTransition(str(exc.value), trigger=trigger, state=self.state) from None
 
     def _persist_transition(self, event: Any) -> None:
-        self._persist(event.event.name, event.transition.source, event.transition.dest, event.kwargs)
+        self._persist(
+            event.event.name, event.transition.source, event.transition.dest, event.kwargs
+        )
 
     def release(self) -> None:
         """Detach from the shared machine once the order is done."""

@@ -52,7 +52,7 @@ def make_order_id(plan_id: str, index: int, intent: OrderIntent) -> str:
 
 
 def client_order_id(order_id: str, step: str, attempt: int) -> str:
-    """`wb-<order>-<step>-<attempt>`: a retry after a crash reuses it, so the broker refuses a double."""
+    """`wb-<order>-<step>-<attempt>`: a retry reuses it, so the broker refuses a double."""
     value = f"wb-{order_id}-{step}-{attempt}"
     assert len(value) <= CLIENT_ORDER_ID_MAX, value
     return value

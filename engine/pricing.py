@@ -1,4 +1,4 @@
-"""Limit prices for the walk: a ratio of the spread toward the aggressive side, on tick, inside the quote."""
+"""Limit prices for the walk: a ratio of the spread toward the aggressive side, on tick."""
 
 from __future__ import annotations
 

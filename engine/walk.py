@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from functools import partial
 from typing import Any, TypeVar
 
 import structlog
@@ -230,7 +231,9 @@ class OrderWalk:
         counted = record.broker_filled.get(order.id, ZERO)
         if order.filled_qty > counted:
             delta = order.filled_qty - counted
-            avg = order.filled_avg_price if order.filled_avg_price is not None else order.limit_price
+            avg = (
+                order.filled_avg_price if order.filled_avg_price is not None else order.limit_price
+            )
             assert avg is not None, "a filled order without a price"
             cumulative = order.filled_qty * avg
             price = ((cumulative - record.broker_notional.get(order.id, ZERO)) / delta).quantize(
@@ -274,7 +277,7 @@ class OrderWalk:
             left = deadline - self.ctx.clock.monotonic()
             if left <= 0:
                 raise BrokerUnavailable(f"order {order_id} did not reach a final status")
-            order = await self._read(lambda left=left: broker.wait_for_update(order_id, left))
+            order = await self._read(partial(broker.wait_for_update, order_id, left))
         self._absorb(order)
         return order
 
@@ -338,7 +341,7 @@ class OrderWalk:
             left = deadline - self.ctx.clock.monotonic()
             if left <= 0:
                 return
-            self._absorb(await self._read(lambda left=left: broker.wait_for_update(live, left)))
+            self._absorb(await self._read(partial(broker.wait_for_update, live, left)))
 
     async def _quote(self) -> UsableQuote | None:
         quote = await self._read(
@@ -363,7 +366,9 @@ class OrderWalk:
             except BrokerRejected as exc:
                 await self._fail(_reason(exc.reason), message=exc.message)
         except BrokerUnavailable as exc:
-            self.book.write(EventKind.ERROR, {"error": "broker_unavailable", "message": exc.message})
+            self.book.write(
+                EventKind.ERROR, {"error": "broker_unavailable", "message": exc.message}
+            )
             self.log.error("order.interrupted", error=exc.message)
         finally:
             self.machine.release()
@@ -498,4 +503,3 @@ def _reason(code: str) -> FailReason:
 
 def _loggable(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k in ("trigger", "reason", "limit_price", "ratio")}
-

@@ -11,7 +11,14 @@ from sqlite_utils.migrations import Migrations
 
 from .errors import JournalCorrupt, JournalSchemaTooNew
 
-__all__ = ["FORMAT_NAME", "MIGRATIONS", "ORDER_COLUMNS", "SCHEMA_VERSION", "check_schema", "migrate"]
+__all__ = [
+    "FORMAT_NAME",
+    "MIGRATIONS",
+    "ORDER_COLUMNS",
+    "SCHEMA_VERSION",
+    "check_schema",
+    "migrate",
+]
 
 FORMAT_NAME = "walkbook-journal"
 SCHEMA_VERSION = 1
@@ -114,12 +121,16 @@ def check_schema(db: Database) -> None:
     if not tables:
         return
     if "meta" not in tables or MIGRATIONS.migrations_table not in tables:
-        raise JournalCorrupt("not a walkbook journal (no walkbook meta table)", tables=sorted(tables))
+        raise JournalCorrupt(
+            "not a walkbook journal (no walkbook meta table)", tables=sorted(tables)
+        )
     meta = {row["key"]: row["value"] for row in db.query("SELECT key, value FROM meta")}
     if meta.get("format") != FORMAT_NAME:
-        raise JournalCorrupt("not a walkbook journal (wrong format marker)", format=meta.get("format"))
+        raise JournalCorrupt(
+            "not a walkbook journal (wrong format marker)", format=meta.get("format")
+        )
     version = int(meta.get("schema_version", "0"))
-    known = {m.name for m in MIGRATIONS._migrations}  # noqa: SLF001 - sqlite-utils exposes no public list
+    known = {m.name for m in MIGRATIONS._migrations}
     unknown = [m.name for m in MIGRATIONS.applied(db) if m.name not in known]
     if version > SCHEMA_VERSION or unknown:
         raise JournalSchemaTooNew(

@@ -37,7 +37,9 @@ _EVENT_FIELDS = (
     "from_state", "to_state", "data", "prev_hash", "hash",
 )  # fmt: skip
 _EVENT_COLUMNS = ", ".join(_EVENT_FIELDS)
-_INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' for _ in _EVENT_FIELDS)})"
+_INSERT_EVENT = (
+    f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' for _ in _EVENT_FIELDS)})"
+)
 _UPSERT_ORDER = (
     f"INSERT INTO orders ({', '.join(ORDER_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in ORDER_COLUMNS)}) "
@@ -159,7 +161,9 @@ class Journal:
                 migrate(db)
             except sqlite3.DatabaseError as exc:
                 conn.close()
-                raise JournalCorrupt(f"{path} is not a walkbook journal: {exc}", path=str(path)) from exc
+                raise JournalCorrupt(
+                    f"{path} is not a walkbook journal: {exc}", path=str(path)
+                ) from exc
             except JournalError:
                 conn.close()
                 raise
@@ -182,10 +186,14 @@ class Journal:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             check_schema(db)
             if "events" not in db.table_names():
-                raise JournalCorrupt(f"{path} is not a walkbook journal (empty file)", path=str(path))
+                raise JournalCorrupt(
+                    f"{path} is not a walkbook journal (empty file)", path=str(path)
+                )
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise JournalCorrupt(f"{path} is not a walkbook journal: {exc}", path=str(path)) from exc
+            raise JournalCorrupt(
+                f"{path} is not a walkbook journal: {exc}", path=str(path)
+            ) from exc
         except JournalError:
             conn.close()
             raise
@@ -208,7 +216,8 @@ class Journal:
         now = datetime.now(UTC).isoformat()
         with self.db.atomic():
             self.db.execute(
-                "INSERT INTO owner (id, pid, host, acquired_at, heartbeat_at) VALUES (1, ?, ?, ?, ?) "
+                "INSERT INTO owner (id, pid, host, acquired_at, heartbeat_at) "
+                "VALUES (1, ?, ?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET pid = excluded.pid, host = excluded.host, "
                 "acquired_at = excluded.acquired_at, heartbeat_at = excluded.heartbeat_at",
                 [os.getpid(), socket.gethostname(), now, now],
@@ -341,6 +350,4 @@ class Journal:
 
     def verify_chain(self) -> ChainBreak | None:
         """The first break in seq continuity or the hash chain, or None when intact."""
-        return first_chain_break(
-            self.db.query(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq")
-        )
+        return first_chain_break(self.db.query(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq"))

@@ -236,7 +236,9 @@ class SimBroker:
         if book.zero_side in ("ask", "both") and (hide_both or book.zero_side == "ask"):
             ask = ZERO
         at = self._start + timedelta(seconds=book.tick_index * TICK_SECONDS)
-        return Quote(symbol, bid, ask, at, "stream" if hide_both else "rest", Decimal(100), Decimal(100))
+        return Quote(
+            symbol, bid, ask, at, "stream" if hide_both else "rest", Decimal(100), Decimal(100)
+        )
 
     # -- faults and latency -------------------------------------------------------
 

@@ -1,0 +1,275 @@
+"""`walkbook` command line: a thin click layer over the library.
+
+Exit codes: 0 every order VALIDATED; 1 some order did not validate; 2 bad input
+(one line on stderr, nothing sent to a broker).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import structlog
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from journal import Journal, JournalError
+
+from .clock import VirtualClock
+from .engine import Engine
+from .errors import InputError
+from .intents import RebalancePlan, load_plan, parse_plan
+from .order import OrderRecord
+from .results import PlanResult
+from .sim import MarketSpec, SimBroker, load_market_spec, parse_market_spec
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+REPORT_WIDTH = 160
+
+
+def _console() -> Console:
+    """A console that does not squeeze the results table when output is piped."""
+    console = _console()
+    if not console.is_terminal:
+        console.width = REPORT_WIDTH
+    return console
+
+
+def _die(message: str) -> NoReturn:
+    click.echo(f"walkbook: error: {message}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+@contextmanager
+def _bad_input_exits() -> Iterator[None]:
+    """Turn every typed input or journal error into one line and exit code 2."""
+    try:
+        yield
+    except (InputError, JournalError) as exc:
+        _die(exc.message)
+
+
+def _configure_logging(level: str) -> None:
+    """The CLI, not the library, decides where logs go: key=value lines on stderr."""
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"]),
+        ],
+    )
+
+
+class Progress:
+    """Per-order state as the walk moves: a live table on a terminal, plain lines otherwise."""
+
+    def __init__(self, console: Console, plan: RebalancePlan) -> None:
+        self.console = console
+        self.rows: dict[str, OrderRecord] = {}
+        self.live: Live | None = None
+        self.symbols = [intent.symbol for intent in plan.orders]
+
+    def __enter__(self) -> Progress:
+        if self.console.is_terminal:
+            self.live = Live(self._table(), console=self.console, refresh_per_second=8)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc_info)
+
+    def __call__(self, record: OrderRecord, kind: str, data: dict[str, Any]) -> None:
+        self.rows[record.intent.symbol] = record
+        if self.live is not None:
+            self.live.update(self._table())
+        elif kind == "transition":
+            detail = data.get("reason") or data.get("limit_price") or ""
+            self.console.print(
+                f"{record.updated_at} {record.intent.symbol:<6} {record.order_id} "
+                f"{record.state} {detail}".rstrip(),
+                highlight=False,
+            )
+
+    def _table(self) -> Table:
+        table = Table(title="walkbook: orders in flight")
+        for column in ("symbol", "side", "qty", "state", "filled"):
+            table.add_column(column)
+        for symbol in self.symbols:
+            record = self.rows.get(symbol)
+            if record is None:
+                table.add_row(symbol, "", "", "PENDING", "")
+                continue
+            table.add_row(
+                symbol,
+                record.intent.side.value,
+                str(record.quantity),
+                record.state,
+                str(record.filled_qty),
+            )
+        return table
+
+
+def result_table(result: PlanResult) -> Table:
+    table = Table(title=f"plan {result.plan_id}: {result.status.value}")
+    for column in ("symbol", "side", "qty", "state", "reason", "filled", "avg price", "steps",
+                   "arrival mid", "slippage bps"):  # fmt: skip
+        table.add_column(column, justify="right" if column not in ("symbol", "state") else "left")
+    for order in result.orders:
+        table.add_row(
+            order.symbol,
+            order.side.value,
+            str(order.quantity),
+            order.state,
+            order.reason or "",
+            str(order.filled_qty),
+            "" if order.avg_fill_price is None else str(order.avg_fill_price.normalize()),
+            str(order.steps_used),
+            "" if order.arrival_mid is None else str(order.arrival_mid.normalize()),
+            "" if order.slippage_bps is None else str(order.slippage_bps),
+        )
+    table.caption = (
+        f"traded value {result.traded_value}; value-weighted slippage "
+        f"{result.slippage_bps if result.slippage_bps is not None else '-'} bps; "
+        f"quotes {result.quote_counters}"
+    )
+    return table
+
+
+def _run_on_simulator(
+    plan: RebalancePlan, journal: Path, market: MarketSpec, console: Console
+) -> PlanResult:
+    clock = VirtualClock()
+    broker = SimBroker(market, clock)
+    with Engine(broker, journal, clock=clock) as engine, Progress(console, plan) as progress:
+        engine.subscribe(progress)
+        return engine.execute_plan_sync(plan)
+
+
+def _finish(result: PlanResult, console: Console, result_json: Path | None) -> NoReturn:
+    console.print(result_table(result))
+    if result_json is not None:
+        result_json.write_text(json.dumps(result.to_json_dict(), indent=2) + "\n")
+    sys.exit(EXIT_OK if all(o.succeeded for o in result.orders) else EXIT_FAILED)
+
+
+def _common_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--seed", type=int, default=None, help="Simulator seed (overrides the spec)."),
+        click.option(
+            "--result-json",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Also write the plan result as JSON here.",
+        ),
+        click.option(
+            "--log-level",
+            type=click.Choice(["debug", "info", "warning", "error"]),
+            default="warning",
+            show_default=True,
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@click.group()
+@click.version_option(package_name="walkbook")
+def main() -> None:
+    """walkbook: crash-safe walk-the-book order execution with a SQLite journal."""
+
+
+@main.command()
+@click.argument("plan_file", type=click.Path(path_type=Path))
+@click.option("--journal", "journal_path", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--market", type=click.Path(path_type=Path), help="Market spec JSON for the simulator."
+)
+@_common_options
+def run(
+    plan_file: Path,
+    journal_path: Path,
+    market: Path | None,
+    seed: int | None,
+    result_json: Path | None,
+    log_level: str,
+) -> None:
+    """Execute PLAN_FILE on the simulator in virtual time, journaling into --journal."""
+    _configure_logging(log_level)
+    console = _console()
+    with _bad_input_exits():
+        plan = load_plan(plan_file)
+        spec = (load_market_spec(market) if market else MarketSpec()).with_seed(seed)
+        result = _run_on_simulator(plan, journal_path, spec, console)
+    _finish(result, console, result_json)
+
+
+def _bundled(name: str) -> Any:
+    return json.loads(resources.files("engine").joinpath("data", name).read_text(), parse_float=str)
+
+
+def _fresh_demo_journal(path: Path) -> None:
+    """The demo owns its journal: replace an old demo journal, refuse any other file."""
+    if path.exists():
+        Journal.open_readonly(path).close()
+        for suffix in ("", "-wal", "-shm", ".lock"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+@main.command()
+@click.option(
+    "--journal",
+    "journal_path",
+    default=Path("demo-out/journal.db"),
+    show_default=True,
+    type=click.Path(path_type=Path),
+)
+@_common_options
+def demo(journal_path: Path, seed: int | None, result_json: Path | None, log_level: str) -> None:
+    """Run the bundled 10-order plan on the simulator into a fresh journal."""
+    _configure_logging(log_level)
+    console = _console()
+    with _bad_input_exits():
+        plan = parse_plan(_bundled("demo_plan.json"))
+        spec = parse_market_spec(_bundled("demo_market.json")).with_seed(seed)
+        _fresh_demo_journal(journal_path)
+        result = _run_on_simulator(plan, journal_path, spec, console)
+    console.print(f"journal: {journal_path}  (walkbook status --journal {journal_path})")
+    _finish(result, console, result_json)
+
+
+STATUS_COLUMNS = ("order_id", "plan_id", "symbol", "side", "quantity", "state", "reason",
+                  "filled_qty", "avg_price", "steps_used", "updated_at")  # fmt: skip
+
+
+@main.command()
+@click.option("--journal", "journal_path", required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the orders as a JSON list.")
+def status(journal_path: Path, as_json: bool) -> None:
+    """List every order in a journal and its state (read-only; safe while a run is writing)."""
+    with _bad_input_exits(), Journal.open_readonly(journal_path) as journal:
+        rows = journal.orders()
+    if as_json:
+        click.echo(json.dumps([{c: row[c] for c in STATUS_COLUMNS} for row in rows], indent=2))
+        return
+    table = Table(title=f"{journal_path}: {len(rows)} orders")
+    for column in STATUS_COLUMNS:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if row[c] is None else str(row[c]) for c in STATUS_COLUMNS))
+    _console().print(table)

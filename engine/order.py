@@ -28,7 +28,6 @@ class EventKind:
 
     CREATED = "created"
     TRANSITION = "transition"
-    QUOTE = "quote"
     POSITION_READ = "position_read"
     SUBMIT_INTENT = "submit_intent"
     SUBMIT_ACK = "submit_ack"

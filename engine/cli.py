@@ -41,7 +41,7 @@ REPORT_WIDTH = 160
 
 def _console() -> Console:
     """A console that does not squeeze the results table when output is piped."""
-    console = _console()
+    console = Console()
     if not console.is_terminal:
         console.width = REPORT_WIDTH
     return console

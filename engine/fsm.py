@@ -28,6 +28,7 @@ __all__ = [
     "is_limit_step",
     "limit_step",
     "state_names",
+    "step_number",
     "transition_table",
 ]
 
@@ -79,6 +80,11 @@ def limit_step(k: int) -> str:
 
 def is_limit_step(state: str) -> bool:
     return state.startswith(_LIMIT_PREFIX)
+
+
+def step_number(state: str) -> int:
+    """k for LIMIT_STEP_k."""
+    return int(state.removeprefix(_LIMIT_PREFIX))
 
 
 def state_names(steps: int) -> list[str]:

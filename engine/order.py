@@ -81,6 +81,12 @@ class OrderRecord:
     broker_filled: dict[str, Decimal] = field(default_factory=dict)
     broker_notional: dict[str, Decimal] = field(default_factory=dict)
     final_broker_orders: frozenset[str] = frozenset()
+    broker_order_ids: tuple[str, ...] = ()
+    client_order_ids: tuple[str, ...] = ()
+    pending_intent: dict[str, Any] | None = None
+    pending_cancel: str | None = None
+    state_entered_at: str | None = None
+    step_limit_price: Decimal | None = None
     last_seq: int = 0
 
     @property
@@ -99,6 +105,11 @@ class OrderRecord:
     @property
     def is_terminal(self) -> bool:
         return self.state in (OrderState.VALIDATED, OrderState.FAILED)
+
+    @property
+    def unfinished_broker_orders(self) -> list[str]:
+        """Broker orders acknowledged but not yet seen in a final status."""
+        return [b for b in self.broker_order_ids if b not in self.final_broker_orders]
 
     @classmethod
     def created(cls, event: NewEvent, at: str) -> OrderRecord:
@@ -119,6 +130,9 @@ class OrderRecord:
         changes: dict[str, Any] = {"updated_at": at}
         if kind == EventKind.TRANSITION and to_state is not None:
             changes["state"] = to_state
+            changes["state_entered_at"] = at
+            limit = data.get("limit_price")
+            changes["step_limit_price"] = None if limit is None else Decimal(limit)
             if to_state == OrderState.FAILED:
                 changes["reason"] = data["reason"]
             if to_state == OrderState.QUOTED:
@@ -133,9 +147,21 @@ class OrderRecord:
                     changes["target_qty"] = Decimal(data["target_qty"])
             else:
                 changes["position_after"] = qty
+        elif kind in (EventKind.SUBMIT_INTENT, EventKind.REPLACE_INTENT):
+            changes["pending_intent"] = {"kind": kind, **data}
+            changes["client_order_ids"] = (*self.client_order_ids, data["client_order_id"])
         elif kind in (EventKind.SUBMIT_ACK, EventKind.REPLACE_ACK):
             changes["live_broker_order_id"] = data["broker_order_id"]
             changes["live_client_order_id"] = data["client_order_id"]
+            changes["pending_intent"] = None
+            if data["broker_order_id"] not in self.broker_order_ids:
+                changes["broker_order_ids"] = (*self.broker_order_ids, data["broker_order_id"])
+        elif kind == EventKind.REJECTED:
+            changes["pending_intent"] = None
+        elif kind == EventKind.CANCEL_INTENT:
+            changes["pending_cancel"] = data["broker_order_id"]
+        elif kind == EventKind.CANCEL_ACK:
+            changes["pending_cancel"] = None
         elif kind == EventKind.FILL:
             broker_id = data["broker_order_id"]
             qty, price = Decimal(data["qty"]), Decimal(data["price"])

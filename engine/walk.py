@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from journal import Journal, NewEvent, stamp
 from .broker import Asset, Broker, BrokerOrder, OrderRequest
 from .clock import Clock
 from .config import EngineConfig
+from .crash import CrashPoints
 from .errors import (
     BrokerRejected,
     BrokerUnavailable,
@@ -29,7 +31,7 @@ from .errors import (
     NotReplaceable,
     OrderNotFound,
 )
-from .fsm import FailReason, OrderMachine, Trigger
+from .fsm import FailReason, OrderMachine, OrderState, Trigger, is_limit_step, step_number
 from .intents import CloseType, OrderSide, Urgency
 from .numbers import ZERO, decimal_text
 from .order import EventKind, OrderRecord, client_order_id
@@ -52,6 +54,7 @@ class WalkContext:
     quotes: QuoteService
     clock: Clock
     config: EngineConfig
+    crash_points: CrashPoints = field(default_factory=CrashPoints)
     listeners: list[Listener] = field(default_factory=list)
 
 
@@ -81,7 +84,10 @@ class OrderJournal:
             to_state=to_state or updated.state,
             data=data,
         )
+        crash_points = self.context.crash_points
+        crash_points.hit(f"before_append.{kind}")
         stored = self.context.journal.append(event, at=at, projection=updated.projection())
+        crash_points.hit(f"after_append.{kind}")
         self.record = replace(updated, last_seq=stored.seq)
         for listener in self.context.listeners:
             listener(self.record, kind, data)
@@ -106,6 +112,7 @@ class OrderWalk:
             symbol=intent.symbol,
         )
         self.asset: Asset | None = None
+        self._arrival_quote: UsableQuote | None = None
 
     @property
     def record(self) -> OrderRecord:
@@ -167,9 +174,18 @@ class OrderWalk:
         data: dict[str, Any],
         call: Callable[[], Awaitable[BrokerOrder]],
     ) -> BrokerOrder:
-        """Write-ahead: journal the intent, call, journal the ack (or the unknown, then resolve)."""
-        cid = data["client_order_id"]
+        """Write-ahead: journal the intent, then perform the call and journal its outcome."""
         self.book.write(intent_kind, data)
+        return await self._perform(intent_kind, ack_kind, data["client_order_id"], call)
+
+    async def _perform(
+        self,
+        intent_kind: str,
+        ack_kind: str,
+        cid: str,
+        call: Callable[[], Awaitable[BrokerOrder]],
+    ) -> BrokerOrder:
+        """Call the broker for a journaled intent; journal the ack, the unknown, or the refusal."""
         adopted = False
         try:
             try:
@@ -191,36 +207,45 @@ class OrderWalk:
                 {"client_order_id": cid, "reason": exc.reason, "message": exc.message},
             )
             raise
+        self._acknowledge(ack_kind, order, adopted)
+        return order
+
+    def _acknowledge(self, ack_kind: str, order: BrokerOrder, adopted: bool) -> None:
         self.book.write(
             ack_kind,
             {
-                "client_order_id": cid,
+                "client_order_id": order.client_order_id,
                 "broker_order_id": order.id,
                 "status": order.status.value,
                 "adopted": adopted,
                 **({"replaces": order.replaces} if order.replaces else {}),
             },
         )
-        return order
 
-    async def _submit(self, step: str, attempt: int, qty: Decimal, price: Decimal | None) -> None:
-        request = OrderRequest(
-            client_order_id=client_order_id(self.record.order_id, step, attempt),
+    def _request(self, data: dict[str, Any]) -> OrderRequest:
+        """The broker request a journaled submit_intent describes."""
+        limit = data["limit_price"]
+        return OrderRequest(
+            client_order_id=data["client_order_id"],
             symbol=self.record.intent.symbol,
             side=self.record.intent.side,
-            qty=qty,
-            order_type="market" if price is None else "limit",
-            limit_price=price,
+            qty=Decimal(data["qty"]),
+            order_type=data["order_type"],
+            limit_price=None if limit is None else Decimal(limit),
         )
+
+    async def _submit(self, step: str, attempt: int, qty: Decimal, price: Decimal | None) -> None:
+        data = {
+            "client_order_id": client_order_id(self.record.order_id, step, attempt),
+            "order_type": "market" if price is None else "limit",
+            "qty": decimal_text(qty),
+            "limit_price": None if price is None else decimal_text(price),
+        }
+        request = self._request(data)
         order = await self._side_effect(
             EventKind.SUBMIT_INTENT,
             EventKind.SUBMIT_ACK,
-            {
-                "client_order_id": request.client_order_id,
-                "order_type": request.order_type,
-                "qty": decimal_text(qty),
-                "limit_price": None if price is None else decimal_text(price),
-            },
+            data,
             lambda: self.ctx.broker.submit_order(request),
         )
         self._absorb(order)
@@ -287,15 +312,26 @@ class OrderWalk:
         if live is None:
             return
         self.book.write(EventKind.CANCEL_INTENT, {"broker_order_id": live})
-        try:
-            await self._read(lambda: self.ctx.broker.cancel_order(live))
-        except (OrderNotFound, NotReplaceable, BrokerRejected) as exc:
-            self.log.info("broker.cancel_refused", broker_order_id=live, error=exc.message)
-        self.book.write(EventKind.CANCEL_ACK, {"broker_order_id": live})
+        await self._send_cancel(live)
         await self._confirm_terminal(live)
 
+    async def _send_cancel(self, broker_order_id: str) -> None:
+        """Ask for a cancel (idempotent) and journal that it was answered."""
+        try:
+            await self._read(lambda: self.ctx.broker.cancel_order(broker_order_id))
+        except (OrderNotFound, NotReplaceable, BrokerRejected) as exc:
+            self.log.info(
+                "broker.cancel_refused", broker_order_id=broker_order_id, error=exc.message
+            )
+        self.book.write(EventKind.CANCEL_ACK, {"broker_order_id": broker_order_id})
+
+    def _next_attempt(self, step: str) -> int:
+        """Attempts are counted per step from the journal, so a resumed walk never reuses an id."""
+        prefix = f"wb-{self.record.order_id}-{step}-"
+        return 1 + sum(1 for cid in self.record.client_order_ids if cid.startswith(prefix))
+
     async def _replace(self, step: str, price: Decimal) -> None:
-        """Replace the live order with `qty` at `price`; fall back to cancel-confirm-new."""
+        """Replace the live order at `price` for what remains; fall back to cancel-confirm-new."""
         old_id = self.record.live_broker_order_id
         assert old_id is not None
         broker = self.ctx.broker
@@ -303,17 +339,25 @@ class OrderWalk:
         qty = self.record.remaining_qty
         if self.record.live_broker_order_id is None or qty <= 0:
             return await self._submit_remaining(step, price)
-        cid = client_order_id(self.record.order_id, step, 1)
+        cid = client_order_id(self.record.order_id, step, self._next_attempt(step))
+        data = {
+            "client_order_id": cid,
+            "broker_order_id": old_id,
+            "qty": decimal_text(qty),
+            "limit_price": decimal_text(price),
+        }
+        self.book.write(EventKind.REPLACE_INTENT, data)
+        await self._perform_replace(data, step, price)
+
+    async def _perform_replace(self, data: dict[str, Any], step: str, price: Decimal) -> None:
+        """Send a journaled replace; if the old order already finished, place anew instead."""
+        broker, old_id, cid = self.ctx.broker, data["broker_order_id"], data["client_order_id"]
+        qty = Decimal(data["qty"])
         try:
-            new = await self._side_effect(
+            new = await self._perform(
                 EventKind.REPLACE_INTENT,
                 EventKind.REPLACE_ACK,
-                {
-                    "client_order_id": cid,
-                    "broker_order_id": old_id,
-                    "qty": decimal_text(qty),
-                    "limit_price": decimal_text(price),
-                },
+                cid,
                 lambda: broker.replace_order(old_id, qty, price, cid),
             )
         except NotReplaceable as exc:
@@ -328,11 +372,11 @@ class OrderWalk:
         if new.qty > self.record.remaining_qty and not new.is_terminal:
             self.log.warning("order.replace_oversized", new_qty=str(new.qty))
             await self._cancel_live()
-            await self._submit_remaining(step, price, attempt=2)
+            await self._submit_remaining(step, price)
 
-    async def _submit_remaining(self, step: str, price: Decimal | None, attempt: int = 1) -> None:
+    async def _submit_remaining(self, step: str, price: Decimal | None) -> None:
         if self.record.remaining_qty > 0:
-            await self._submit(step, attempt, self.record.remaining_qty, price)
+            await self._submit(step, self._next_attempt(step), self.record.remaining_qty, price)
 
     async def _await_fills(self, deadline: float) -> None:
         """Count fills on the live order until it is final, fully filled, or the deadline."""
@@ -355,14 +399,30 @@ class OrderWalk:
             self.log.warning("quote.unusable", counters=self.ctx.quotes.counters.as_dict())
         return quote
 
-    # -- the walk -----------------------------------------------------------------
+    async def _fresh_quote(self) -> UsableQuote | None:
+        """The quote taken at this very instant if there is one, else a new one."""
+        quote, self._arrival_quote = self._arrival_quote, None
+        return quote if quote is not None else await self._quote()
+
+    def _deadline(self, wait_seconds: float) -> float:
+        """Monotonic deadline of a wait that began when the current state was entered."""
+        entered = self.record.state_entered_at
+        elapsed = 0.0
+        if entered is not None:
+            elapsed = (self.ctx.clock.now() - datetime.fromisoformat(entered)).total_seconds()
+        return self.ctx.clock.monotonic() + max(0.0, wait_seconds - elapsed)
+
+    # -- the walk: one handler per state, so a resumed order re-enters where it stood ----
 
     async def run(self) -> OrderRecord:
-        """Walk to a terminal state. A broker that stays unreachable leaves the order for resume."""
+        """Reconcile with the broker, then walk to a terminal state.
+
+        A broker that stays unreachable leaves the order non-terminal, for resume.
+        """
         try:
             try:
-                if not self.machine.is_terminal:
-                    await self._walk()
+                await self._reconcile()
+                await self._drive()
             except BrokerRejected as exc:
                 await self._fail(_reason(exc.reason), message=exc.message)
         except BrokerUnavailable as exc:
@@ -374,7 +434,57 @@ class OrderWalk:
             self.machine.release()
         return self.record
 
-    async def _walk(self) -> None:
+    async def _drive(self) -> None:
+        while not self.machine.is_terminal:
+            state = self.record.state
+            if state == OrderState.PENDING:
+                await self._start()
+            elif state == OrderState.QUOTED:
+                await self._leave_quoted()
+            elif is_limit_step(state):
+                await self._limit_step(step_number(state))
+            elif state == OrderState.MARKET:
+                await self._market()
+            else:
+                await self._settle()
+
+    async def _reconcile(self) -> None:
+        """Settle what a previous process left open: an unanswered intent, a cancel, fills."""
+        record, broker = self.record, self.ctx.broker
+        if record.is_terminal:
+            return
+        if record.pending_intent is not None:
+            await self._resolve_pending(record.pending_intent)
+        if self.record.pending_cancel is not None:
+            await self._send_cancel(self.record.pending_cancel)
+        for broker_order_id in self.record.unfinished_broker_orders:
+            self._absorb(await self._read(partial(broker.get_order, broker_order_id)))
+
+    async def _resolve_pending(self, intent: dict[str, Any]) -> None:
+        """An intent without an answer: adopt the broker's order if it exists, else send again."""
+        cid, kind = intent["client_order_id"], intent["kind"]
+        broker = self.ctx.broker
+        found = await self._read(lambda: broker.get_order_by_client_id(cid))
+        self.log.info("resume.pending_intent", client_order_id=cid, found=found is not None)
+        ack_kind = (
+            EventKind.SUBMIT_ACK if kind == EventKind.SUBMIT_INTENT else EventKind.REPLACE_ACK
+        )
+        if found is not None:
+            self._acknowledge(ack_kind, found, adopted=True)
+            self._absorb(found)
+            return
+        data = {k: v for k, v in intent.items() if k != "kind"}
+        if kind == EventKind.SUBMIT_INTENT:
+            request = self._request(data)
+            self._absorb(
+                await self._perform(kind, ack_kind, cid, lambda: broker.submit_order(request))
+            )
+        else:
+            step = cid.split("-")[-2]
+            await self._perform_replace(data, step, Decimal(data["limit_price"]))
+
+    async def _start(self) -> None:
+        """PENDING: market open, asset tradable, position read, a usable quote -> QUOTED."""
         broker, intent = self.ctx.broker, self.record.intent
         clock = await self._read(broker.get_clock)
         if not clock.is_open:
@@ -400,69 +510,83 @@ class OrderWalk:
         if quote is None:
             return await self._fail(FailReason.NO_QUOTE)
         self._fire(Trigger.QUOTE, quote=quote.as_data())
-        if intent.urgency is Urgency.HIGH or not self.config.ladder:
-            self._fire(Trigger.ESCALATE, quote=quote.as_data())
-            await self._market()
-        elif not await self._ladder(quote):
-            return
-        self._fire(Trigger.SETTLE)
-        await self._settle()
+        self._arrival_quote = quote
 
-    async def _ladder(self, quote: UsableQuote) -> bool:
-        """The limit steps; False when the walk ended in FAILED."""
-        wait = self.config.step_wait_seconds(self.record.intent.urgency)
-        for k, ratio in enumerate(self.config.ladder, start=1):
-            if k > 1:
-                fresh = await self._quote()
-                if fresh is None:
-                    await self._fail(FailReason.NO_QUOTE)
-                    return False
-                quote = fresh
-            price = limit_price(
-                self.record.intent.side,
-                quote.bid,
-                quote.ask,
-                ratio,
-                self.asset.price_increment if self.asset else None,
+    async def _leave_quoted(self) -> None:
+        """QUOTED: urgency HIGH (or an empty ladder) goes to market, the rest to step 1."""
+        if self.record.intent.urgency is Urgency.HIGH or not self.config.ladder:
+            quote = await self._fresh_quote()
+            self._fire(Trigger.ESCALATE, quote=None if quote is None else quote.as_data())
+            return
+        await self._enter_step(1)
+
+    async def _enter_step(self, k: int) -> None:
+        """Price step k from a fresh quote and journal the move into LIMIT_STEP_k."""
+        quote = await self._fresh_quote()
+        if quote is None:
+            return await self._fail(FailReason.NO_QUOTE)
+        if self.asset is None:
+            self.asset = await self._read(
+                lambda: self.ctx.broker.get_asset(self.record.intent.symbol)
             )
-            self._fire(
-                Trigger.START_WALK if k == 1 else Trigger.NEXT_STEP,
-                ratio=decimal_text(ratio),
-                limit_price=decimal_text(price),
-                quote=quote.as_data(),
-                wait_seconds=wait,
-            )
-            started = self.ctx.clock.monotonic()
-            await self._place_limit(f"L{k}", price)
-            await self._await_fills(started + wait)
-            if self.record.remaining_qty <= 0:
-                return True
-        quote_now = await self._quote()
-        self._fire(Trigger.ESCALATE, quote=None if quote_now is None else quote_now.as_data())
-        await self._market()
-        return True
+        ratio = self.config.ladder[k - 1]
+        price = limit_price(
+            self.record.intent.side, quote.bid, quote.ask, ratio, self.asset.price_increment
+        )
+        self._fire(
+            Trigger.START_WALK if k == 1 else Trigger.NEXT_STEP,
+            ratio=decimal_text(ratio),
+            limit_price=decimal_text(price),
+            quote=quote.as_data(),
+            wait_seconds=self.config.step_wait_seconds(self.record.intent.urgency),
+        )
+
+    async def _limit_step(self, k: int) -> None:
+        """LIMIT_STEP_k: the step's order rests for the step's wait (what is left of it)."""
+        step, price = f"L{k}", self.record.step_limit_price
+        assert price is not None, "a limit step is always entered with its price"
+        live = self.record.live_client_order_id
+        if self.record.remaining_qty > 0 and (live is None or f"-{step}-" not in live):
+            await self._place_limit(step, price)
+        await self._await_fills(
+            self._deadline(self.config.step_wait_seconds(self.record.intent.urgency))
+        )
+        if self.record.remaining_qty <= 0:
+            self._fire(Trigger.SETTLE)
+        elif k < len(self.config.ladder):
+            await self._enter_step(k + 1)
+        else:
+            quote = await self._quote()
+            self._fire(Trigger.ESCALATE, quote=None if quote is None else quote.as_data())
 
     async def _place_limit(self, step: str, price: Decimal) -> None:
         record = self.record
         if record.live_broker_order_id is None:
             return await self._submit_remaining(step, price)
-        whole = record.quantity == record.quantity.to_integral_value()
-        if whole:
+        if record.quantity == record.quantity.to_integral_value():
             return await self._replace(step, price)
         await self._cancel_live()
         await self._submit_remaining(step, price)
 
     async def _market(self) -> None:
-        await self._cancel_live()
-        for attempt in range(1, self.config.market_attempts + 1):
-            if self.record.remaining_qty <= 0:
-                return
-            await self._submit_remaining("M", None, attempt=attempt)
-            await self._await_fills(self.ctx.clock.monotonic() + self.config.market_wait_seconds)
+        """MARKET: cancel any resting limit order, then market orders for what remains."""
+        live = self.record.live_client_order_id
+        if live is not None and "-M-" not in live:
             await self._cancel_live()
+        wait = self.config.market_wait_seconds
+        if self.record.live_broker_order_id is not None:
+            await self._await_fills(self.ctx.clock.monotonic() + wait)
+            await self._cancel_live()
+        while (
+            self.record.remaining_qty > 0 and self._next_attempt("M") <= self.config.market_attempts
+        ):
+            await self._submit_remaining("M", None)
+            await self._await_fills(self.ctx.clock.monotonic() + wait)
+            await self._cancel_live()
+        self._fire(Trigger.SETTLE)
 
     async def _settle(self) -> None:
-        """Confirm nothing is live, then check the position moved by exactly what filled."""
+        """SETTLING: nothing live, then the position must have moved by exactly what filled."""
         await self._cancel_live()
         record, broker = self.record, self.ctx.broker
         assert record.position_before is not None

@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
@@ -150,12 +151,47 @@ def result_table(result: PlanResult) -> Table:
     return table
 
 
+@contextmanager
+def _simulated_engine(
+    journal_path: Path, market: MarketSpec, sim_state: Path | None, offline_seconds: float = 0.0
+) -> Iterator[Engine]:
+    """An engine on the simulator in virtual time; the journal lock is taken first.
+
+    With `sim_state` the simulator lives in that file, and virtual time continues
+    from the later of its last save and the journal's last event, plus `offline_seconds`
+    during which the market moves on without the engine.
+    """
+    journal = Journal.open(journal_path)
+    try:
+        if sim_state is None:
+            clock = VirtualClock()
+            broker = SimBroker(market, clock)
+        else:
+            times = [t for t in (SimBroker.saved_time(sim_state), journal.last_at()) if t]
+            start = max(times) + timedelta(seconds=offline_seconds) if times else None
+            clock = VirtualClock(start)
+            broker = SimBroker.open(sim_state, market, clock)
+    except BaseException:
+        journal.close()
+        raise
+    try:
+        with Engine(broker, journal, clock=clock) as engine:
+            yield engine
+    finally:
+        broker.close()
+
+
 def _run_on_simulator(
-    plan: RebalancePlan, journal: Path, market: MarketSpec, console: Console
+    plan: RebalancePlan,
+    journal_path: Path,
+    market: MarketSpec,
+    console: Console,
+    sim_state: Path | None = None,
 ) -> PlanResult:
-    clock = VirtualClock()
-    broker = SimBroker(market, clock)
-    with Engine(broker, journal, clock=clock) as engine, Progress(console, plan) as progress:
+    with (
+        _simulated_engine(journal_path, market, sim_state) as engine,
+        Progress(console, plan) as progress,
+    ):
         engine.subscribe(progress)
         return engine.execute_plan_sync(plan)
 
@@ -199,11 +235,17 @@ def main() -> None:
 @click.option(
     "--market", type=click.Path(path_type=Path), help="Market spec JSON for the simulator."
 )
+@click.option(
+    "--sim-state",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Keep the simulator's state in this SQLite file so a later resume meets the same book.",
+)
 @_common_options
 def run(
     plan_file: Path,
     journal_path: Path,
     market: Path | None,
+    sim_state: Path | None,
     seed: int | None,
     result_json: Path | None,
     log_level: str,
@@ -214,8 +256,45 @@ def run(
     with _bad_input_exits():
         plan = load_plan(plan_file)
         spec = (load_market_spec(market) if market else MarketSpec()).with_seed(seed)
-        result = _run_on_simulator(plan, journal_path, spec, console)
+        result = _run_on_simulator(plan, journal_path, spec, console, sim_state)
     _finish(result, console, result_json)
+
+
+@main.command()
+@click.option("--journal", "journal_path", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--sim-state",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The simulator state file the interrupted run used.",
+)
+@click.option(
+    "--offline-seconds",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Virtual seconds the market moves on while the engine was down.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="warning",
+    show_default=True,
+)
+def resume(journal_path: Path, sim_state: Path, offline_seconds: float, log_level: str) -> None:
+    """Finish every order a killed run left in flight: no duplicates, no lost fills."""
+    _configure_logging(log_level)
+    with _bad_input_exits():
+        if not journal_path.exists():
+            raise InputError(f"journal {journal_path} does not exist")
+        if not sim_state.exists():
+            raise InputError(f"simulator state {sim_state} does not exist")
+        with _simulated_engine(journal_path, MarketSpec(), sim_state, offline_seconds) as engine:
+            report = engine.resume_sync()
+    for line in report.lines():
+        click.echo(line)
+    failed = [o for o in report.orders if not o.result.succeeded]
+    sys.exit(EXIT_FAILED if failed else EXIT_OK)
 
 
 def _bundled(name: str) -> Any:

@@ -156,6 +156,7 @@ class Journal:
             db = Database(conn)
             try:
                 db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                check_schema(db)
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute(f"PRAGMA synchronous = {synchronous}")
                 migrate(db)
@@ -310,6 +311,11 @@ class Journal:
     @property
     def last_seq(self) -> int:
         return self._last_seq
+
+    def last_at(self) -> datetime | None:
+        """Time of the newest event, or None for an empty journal."""
+        row = self.db.execute("SELECT at FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return None if row is None else datetime.fromisoformat(row[0])
 
     def events(
         self,

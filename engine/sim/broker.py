@@ -10,12 +10,13 @@ the next tick and may still fill there.
 
 from __future__ import annotations
 
-import itertools
 import math
-import random
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ..broker import (
     Account,
@@ -40,9 +41,14 @@ from ..errors import (
 from ..intents import OrderSide
 from ..numbers import ZERO, ceil_to, floor_to
 from ..pricing import tick_size
+from .rng import SmallRandom
 from .spec import MarketSpec, SymbolSpec
+from .store import SimStore
 
 __all__ = ["SimBroker"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 TICK_SECONDS = 1
 QTY_STEP = Decimal("0.000000001")
@@ -56,7 +62,7 @@ class _Book:
     """One symbol's simulated top of book."""
 
     spec: SymbolSpec
-    rng: random.Random
+    rng: SmallRandom
     mid: float
     tick_index: int = 0
     bid: Decimal = ZERO
@@ -85,6 +91,22 @@ class _Order:
     def remaining(self) -> Decimal:
         return self.qty - self.filled_qty
 
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("qty", "limit_price", "filled_qty", "notional"):
+            data[key] = None if data[key] is None else str(data[key])
+        data["side"], data["status"] = self.side.value, self.status.value
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Order:
+        values = dict(data)
+        for key in ("qty", "limit_price", "filled_qty", "notional"):
+            values[key] = None if values[key] is None else Decimal(values[key])
+        values["side"] = OrderSide(values["side"])
+        values["status"] = BrokerOrderStatus(values["status"])
+        return cls(**values)
+
     def snapshot(self) -> BrokerOrder:
         return BrokerOrder(
             id=self.id,
@@ -102,36 +124,141 @@ class _Order:
         )
 
 
+def _persisted(
+    method: Callable[Concatenate[SimBroker, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[SimBroker, P], Coroutine[Any, Any, R]]:
+    """Save the simulator's state after the call, before the engine sees the answer."""
+
+    async def wrapper(broker: SimBroker, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(broker, *args, **kwargs)
+        finally:
+            broker._commit()
+
+    return wrapper
+
+
 @dataclass
 class SimBroker:
-    """The embedded default broker: deterministic for a given spec, seed and engine behaviour."""
+    """The embedded default broker: deterministic for a given spec, seed and engine behaviour.
+
+    With a `store` it keeps its whole state (orders, fills, positions, cash, time,
+    random generators) in its own SQLite file and picks it up again on the next start.
+    """
 
     spec: MarketSpec
     clock: Clock
+    store: SimStore | None = None
     name: str = "sim"
     cash: Decimal = field(init=False)
     positions: dict[str, Decimal] = field(init=False)
     orders: dict[str, _Order] = field(init=False, default_factory=dict)
     _by_client_id: dict[str, str] = field(init=False, default_factory=dict)
     _books: dict[str, _Book] = field(init=False, default_factory=dict)
-    _ids: itertools.count[int] = field(init=False, default_factory=lambda: itertools.count(1))
-    _start: datetime = field(init=False)
-    _start_monotonic: float = field(init=False)
-    _faults: random.Random = field(init=False)
-    _feed: random.Random = field(init=False)
+    _next_id: int = field(init=False, default=1)
+    _origin: datetime = field(init=False)
+    _faults: SmallRandom = field(init=False)
+    _feed: SmallRandom = field(init=False)
+    _dirty: set[str] = field(init=False, default_factory=set)
+    _spec_saved: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
+        saved = self.store.load() if self.store is not None else None
+        if saved is not None:
+            spec, state, orders = saved
+            self.spec = MarketSpec.model_validate(spec)
+            self._restore(state, orders)
+            self._spec_saved = True
+            return
         self.cash = self.spec.cash
         self.positions = {s: q for s, q in self.spec.positions.items() if q}
-        self._start = self.clock.now()
-        self._start_monotonic = self.clock.monotonic()
-        self._faults = random.Random(f"{self.spec.seed}/faults")
-        self._feed = random.Random(f"{self.spec.seed}/feed")
+        self._origin = self.clock.now()
+        self._faults = SmallRandom(f"{self.spec.seed}/faults")
+        self._feed = SmallRandom(f"{self.spec.seed}/feed")
+        self._commit()
+
+    @classmethod
+    def open(cls, path: str | Path, spec: MarketSpec, clock: Clock) -> SimBroker:
+        """A simulator kept in `path`: created from `spec` if new, else picked up as saved."""
+        return cls(spec, clock, store=SimStore(path))
+
+    @staticmethod
+    def saved_time(path: str | Path) -> datetime | None:
+        """The simulator clock's time at its last save, for continuing in virtual time."""
+        store = SimStore(path)
+        try:
+            saved = store.load()
+        finally:
+            store.close()
+        return None if saved is None else datetime.fromisoformat(saved[1]["now"])
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    # -- persistence --------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "cash": str(self.cash),
+            "positions": {s: str(q) for s, q in self.positions.items()},
+            "next_id": self._next_id,
+            "origin": self._origin.isoformat(),
+            "now": self.clock.now().isoformat(),
+            "faults": self._faults.getstate(),
+            "feed": self._feed.getstate(),
+            "books": {
+                symbol: {
+                    "mid": book.mid,
+                    "tick_index": book.tick_index,
+                    "bid": str(book.bid),
+                    "ask": str(book.ask),
+                    "zero_side": book.zero_side,
+                    "zero_until": book.zero_until,
+                    "rng": book.rng.getstate(),
+                }
+                for symbol, book in self._books.items()
+            },
+        }
+
+    def _restore(self, state: dict[str, Any], orders: list[dict[str, Any]]) -> None:
+        self.cash = Decimal(state["cash"])
+        self.positions = {s: Decimal(q) for s, q in state["positions"].items()}
+        self._next_id = state["next_id"]
+        self._origin = datetime.fromisoformat(state["origin"])
+        self._faults, self._feed = SmallRandom(), SmallRandom()
+        self._faults.setstate(state["faults"])
+        self._feed.setstate(state["feed"])
+        for symbol, saved in state["books"].items():
+            rng = SmallRandom()
+            rng.setstate(saved["rng"])
+            self._books[symbol] = _Book(
+                spec=self.spec.symbol(symbol),
+                rng=rng,
+                mid=saved["mid"],
+                tick_index=saved["tick_index"],
+                bid=Decimal(saved["bid"]),
+                ask=Decimal(saved["ask"]),
+                zero_side=saved["zero_side"],
+                zero_until=saved["zero_until"],
+            )
+        for data in orders:
+            order = _Order.from_json(data)
+            self.orders[order.id] = order
+            self._by_client_id[order.client_order_id] = order.id
+
+    def _commit(self) -> None:
+        if self.store is None:
+            return
+        spec = None if self._spec_saved else self.spec.model_dump(mode="json")
+        self.store.save(spec, self._state(), [self.orders[i].to_json() for i in self._dirty])
+        self._spec_saved = True
+        self._dirty.clear()
 
     # -- the market ---------------------------------------------------------------
 
     def _now_tick(self) -> int:
-        return int((self.clock.monotonic() - self._start_monotonic) // TICK_SECONDS)
+        return int((self.clock.now() - self._origin).total_seconds() // TICK_SECONDS)
 
     def _book(self, symbol: str) -> _Book:
         book = self._books.get(symbol)
@@ -139,7 +266,7 @@ class SimBroker:
             if symbol in self.spec.unknown_symbols:
                 raise UnknownSymbol(f"unknown symbol {symbol}", symbol=symbol)
             spec = self.spec.symbol(symbol)
-            book = _Book(spec, random.Random(f"{self.spec.seed}/{symbol}"), float(spec.price))
+            book = _Book(spec, SmallRandom(f"{self.spec.seed}/{symbol}"), float(spec.price))
             book.tick_index = self._now_tick()
             self._requote(book)
             self._books[symbol] = book
@@ -159,7 +286,7 @@ class SimBroker:
         while book.tick_index < target:
             book.tick_index += 1
             rng = book.rng
-            book.mid *= math.exp(book.spec.volatility_bps / 10_000 * rng.gauss(0.0, 1.0))
+            book.mid *= math.exp(book.spec.volatility_bps / 10_000 * rng.normalvariate(0.0, 1.0))
             self._requote(book)
             if book.zero_side is not None and book.tick_index >= book.zero_until:
                 book.zero_side = None
@@ -228,6 +355,7 @@ class SimBroker:
     def _set_status(self, order: _Order, status: BrokerOrderStatus) -> None:
         order.status = status
         order.version += 1
+        self._dirty.add(order.id)
 
     def _quote(self, symbol: str, book: _Book, *, hide_both: bool) -> Quote:
         bid, ask = book.bid, book.ask
@@ -235,7 +363,7 @@ class SimBroker:
             bid = ZERO
         if book.zero_side in ("ask", "both") and (hide_both or book.zero_side == "ask"):
             ask = ZERO
-        at = self._start + timedelta(seconds=book.tick_index * TICK_SECONDS)
+        at = self._origin + timedelta(seconds=book.tick_index * TICK_SECONDS)
         return Quote(
             symbol, bid, ask, at, "stream" if hide_both else "rest", Decimal(100), Decimal(100)
         )
@@ -250,24 +378,29 @@ class SimBroker:
 
     # -- Broker protocol ----------------------------------------------------------
 
+    @_persisted
     async def get_asset(self, symbol: str) -> Asset:
         await self._call()
         spec = self._book(symbol).spec
         return Asset(symbol, spec.tradable, spec.fractionable, spec.price_increment)
 
+    @_persisted
     async def get_clock(self) -> MarketClock:
         await self._call()
         return MarketClock(is_open=self.spec.market_open, at=self.clock.now())
 
+    @_persisted
     async def get_account(self) -> Account:
         await self._call()
         return Account(cash=self.cash, buying_power=self.cash - self._reserved_cash())
 
+    @_persisted
     async def get_position(self, symbol: str) -> Decimal:
         await self._call()
         self._book(symbol)
         return self.positions.get(symbol, ZERO)
 
+    @_persisted
     async def stream_quote(self, symbol: str, wait_seconds: float) -> Quote | None:
         await self._call(read=False)
         book = self._book(symbol)
@@ -275,10 +408,12 @@ class SimBroker:
             return None
         return self._quote(symbol, book, hide_both=True)
 
+    @_persisted
     async def latest_quote(self, symbol: str) -> Quote | None:
         await self._call()
         return self._quote(symbol, self._book(symbol), hide_both=False)
 
+    @_persisted
     async def submit_order(self, request: OrderRequest) -> BrokerOrder:
         await self._call(read=False)
         if request.client_order_id in self._by_client_id:
@@ -288,7 +423,7 @@ class SimBroker:
         book = self._book(request.symbol)
         self._check_new(request.symbol, request.side, request.qty, request.limit_price, book)
         order = _Order(
-            id=f"sim-{next(self._ids):06d}",
+            id=self._new_id(),
             client_order_id=request.client_order_id,
             symbol=request.symbol,
             side=request.side,
@@ -357,8 +492,14 @@ class SimBroker:
             ZERO,
         )
 
+    def _new_id(self) -> str:
+        order_id = f"sim-{self._next_id:06d}"
+        self._next_id += 1
+        return order_id
+
     def _accept(self, order: _Order, book: _Book) -> None:
         self.orders[order.id] = order
+        self._dirty.add(order.id)
         self._by_client_id[order.client_order_id] = order.id
         if order.order_type == "market":
             self._market_fill(order, book)
@@ -381,6 +522,7 @@ class SimBroker:
         else:
             self._fill(order, order.remaining, touch)
 
+    @_persisted
     async def replace_order(
         self, order_id: str, qty: Decimal, limit_price: Decimal, client_order_id: str
     ) -> BrokerOrder:
@@ -400,7 +542,7 @@ class SimBroker:
             )
         self._check_new(old.symbol, old.side, qty, limit_price, book, releasing=old)
         new = _Order(
-            id=f"sim-{next(self._ids):06d}",
+            id=self._new_id(),
             client_order_id=client_order_id,
             symbol=old.symbol,
             side=old.side,
@@ -414,6 +556,7 @@ class SimBroker:
         self._accept(new, book)
         return new.snapshot()
 
+    @_persisted
     async def cancel_order(self, order_id: str) -> None:
         await self._call(read=False)
         order = self._order(order_id)
@@ -427,12 +570,14 @@ class SimBroker:
             raise OrderNotFound(f"order {order_id} not found", order_id=order_id)
         return order
 
+    @_persisted
     async def get_order(self, order_id: str) -> BrokerOrder:
         await self._call()
         order = self._order(order_id)
         self._book(order.symbol)
         return order.snapshot()
 
+    @_persisted
     async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         await self._call()
         order_id = self._by_client_id.get(client_order_id)
@@ -442,6 +587,7 @@ class SimBroker:
         self._book(order.symbol)
         return order.snapshot()
 
+    @_persisted
     async def wait_for_update(self, order_id: str, timeout_seconds: float) -> BrokerOrder:
         order = self._order(order_id)
         version = order.version

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import structlog
 
 from journal import Journal, NewEvent, stamp
 
@@ -16,18 +19,20 @@ from .broker import Broker
 from .clock import Clock, RealClock
 from .config import EngineConfig
 from .crash import CrashingBroker, CrashPoints
-from .errors import BrokerRejected, BrokerUnavailable, InvalidIntent, InvalidPlan, UnknownSymbol
+from .errors import BrokerRejected, InvalidIntent, InvalidPlan, UnknownSymbol
 from .fsm import TERMINAL_STATES, OrderState
 from .intents import CloseType, OrderIntent, OrderSide, RebalancePlan
 from .numbers import ZERO, decimal_text
 from .order import EventKind, OrderRecord, fold_orders, make_order_id
 from .quotes import QuoteService
 from .results import OrderResult, PlanResult
+from .retry import read_with_retry
 from .walk import Listener, OrderWalk, WalkContext
 
 __all__ = ["Engine", "Listener", "ResumeReport", "ResumedOrder"]
 
 DEFAULT_CONCURRENCY = 8
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.clock = clock or RealClock()
         self.concurrency = concurrency
+        self.log = structlog.get_logger("walkbook")
         self.quotes = QuoteService(
             self.broker,
             freshness_seconds=self.config.quote_freshness_seconds,
@@ -171,11 +177,12 @@ class Engine:
         """Refuse the whole plan, naming the order, if any intent cannot be sent as written."""
         for index, intent in enumerate(plan.orders):
             where = f"order {index} ({intent.symbol} {intent.side.value} {intent.quantity})"
+            symbol = intent.symbol
             try:
-                asset = await self.broker.get_asset(intent.symbol)
+                asset = await self._read(partial(self.broker.get_asset, symbol))
             except UnknownSymbol:
-                raise InvalidIntent(f"{where}: unknown symbol", symbol=intent.symbol) from None
-            except (BrokerUnavailable, BrokerRejected) as exc:
+                raise InvalidIntent(f"{where}: unknown symbol", symbol=symbol) from None
+            except BrokerRejected as exc:
                 raise InvalidIntent(f"{where}: cannot check the asset: {exc.message}") from None
             if not asset.tradable:
                 raise InvalidIntent(f"{where}: asset is not tradable", symbol=intent.symbol)
@@ -185,7 +192,7 @@ class Engine:
                     symbol=intent.symbol,
                 )
             if intent.side is OrderSide.SELL and intent.close_type is not CloseType.FULL:
-                position = await self.broker.get_position(intent.symbol)
+                position = await self._read(partial(self.broker.get_position, symbol))
                 if intent.quantity > max(position, ZERO):
                     raise InvalidIntent(
                         f"{where}: sell of {intent.quantity} exceeds the position of {position}",
@@ -193,6 +200,9 @@ class Engine:
                     )
 
     # -- internals ------------------------------------------------------------------
+
+    async def _read(self, call: Callable[[], Awaitable[T]]) -> T:
+        return await read_with_retry(call, self.config, self.clock, self.log)
 
     def _load(self, order_id: str) -> OrderRecord:
         return fold_orders(self.journal.events(order_id=order_id))[order_id]

@@ -87,6 +87,7 @@ class OrderRecord:
     pending_cancel: str | None = None
     state_entered_at: str | None = None
     step_limit_price: Decimal | None = None
+    step_quote: dict[str, Any] | None = None
     last_seq: int = 0
 
     @property
@@ -133,6 +134,7 @@ class OrderRecord:
             changes["state_entered_at"] = at
             limit = data.get("limit_price")
             changes["step_limit_price"] = None if limit is None else Decimal(limit)
+            changes["step_quote"] = data.get("quote")
             if to_state == OrderState.FAILED:
                 changes["reason"] = data["reason"]
             if to_state == OrderState.QUOTED:

@@ -37,6 +37,7 @@ from .numbers import ZERO, decimal_text
 from .order import EventKind, OrderRecord, client_order_id
 from .pricing import limit_price
 from .quotes import QuoteService, UsableQuote
+from .retry import read_with_retry
 
 __all__ = ["OrderJournal", "OrderWalk", "WalkContext"]
 
@@ -140,16 +141,7 @@ class OrderWalk:
 
     async def _read(self, call: Callable[[], Awaitable[T]]) -> T:
         """A read that retries transient errors with backoff; never mistaken for a rejection."""
-        attempts = self.config.broker_retry_attempts
-        for attempt in range(attempts):
-            try:
-                return await call()
-            except BrokerUnavailable as exc:
-                self.log.warning("broker.read_retry", attempt=attempt + 1, error=exc.message)
-                if attempt + 1 == attempts:
-                    raise
-                await self.ctx.clock.sleep(self.config.broker_retry_backoff_seconds * 2**attempt)
-        raise AssertionError("unreachable")
+        return await read_with_retry(call, self.config, self.ctx.clock, self.log)
 
     async def _resolve_unknown(
         self, cid: str, resend: Callable[[], Awaitable[BrokerOrder]]
@@ -331,14 +323,10 @@ class OrderWalk:
         return 1 + sum(1 for cid in self.record.client_order_ids if cid.startswith(prefix))
 
     async def _replace(self, step: str, price: Decimal) -> None:
-        """Replace the live order at `price` for what remains; fall back to cancel-confirm-new."""
+        """Replace the live order at `price` for what remains (its fills were just counted)."""
         old_id = self.record.live_broker_order_id
         assert old_id is not None
-        broker = self.ctx.broker
-        self._absorb(await self._read(lambda: broker.get_order(old_id)))
         qty = self.record.remaining_qty
-        if self.record.live_broker_order_id is None or qty <= 0:
-            return await self._submit_remaining(step, price)
         cid = client_order_id(self.record.order_id, step, self._next_attempt(step))
         data = {
             "client_order_id": cid,
@@ -560,13 +548,34 @@ class OrderWalk:
             self._fire(Trigger.ESCALATE, quote=None if quote is None else quote.as_data())
 
     async def _place_limit(self, step: str, price: Decimal) -> None:
-        record = self.record
-        if record.live_broker_order_id is None:
+        live = self.record.live_broker_order_id
+        if live is not None:
+            self._absorb(await self._read(lambda: self.ctx.broker.get_order(live)))
+        if self.record.live_broker_order_id is None or self.record.remaining_qty <= 0:
             return await self._submit_remaining(step, price)
-        if record.quantity == record.quantity.to_integral_value():
+        if self._may_replace(price):
             return await self._replace(step, price)
         await self._cancel_live()
         await self._submit_remaining(step, price)
+
+    def _may_replace(self, price: Decimal) -> bool:
+        """Replace only a whole-share order with no fills, at a price that will rest.
+
+        A replace is not atomic with fills: a fill landing on the old order just before
+        the broker applies it leaves the new order sized to a stale remainder (and Alpaca
+        may even reuse the original qty once an order has filled partly). A resting new
+        order can be shrunk before it trades; a marketable one trades at once, so those
+        cases go through cancel, confirm, new.
+        """
+        record = self.record
+        live = record.live_broker_order_id
+        if live is None or record.quantity != record.quantity.to_integral_value():
+            return False
+        if record.broker_filled.get(live, ZERO) > 0 or record.step_quote is None:
+            return False
+        if record.intent.side is OrderSide.BUY:
+            return price < Decimal(record.step_quote["ask"])
+        return price > Decimal(record.step_quote["bid"])
 
     async def _market(self) -> None:
         """MARKET: cancel any resting limit order, then market orders for what remains."""

@@ -32,15 +32,18 @@ class Rig:
 
 @pytest.fixture
 def make_rig(tmp_path: Path) -> Iterator[Any]:
-    """make_rig(spec=None, config=None, **spec_fields) -> Rig; closed at teardown."""
+    """make_rig(spec=None, config=None, broker_cls=SimBroker, **spec_fields) -> Rig."""
     rigs: list[Rig] = []
 
     def build(
-        spec: MarketSpec | None = None, config: EngineConfig | None = None, **spec_fields: Any
+        spec: MarketSpec | None = None,
+        config: EngineConfig | None = None,
+        broker_cls: type[SimBroker] = SimBroker,
+        **spec_fields: Any,
     ) -> Rig:
         clock = VirtualClock(START)
         market = spec or MarketSpec(**spec_fields)
-        broker = SimBroker(market, clock)
+        broker = broker_cls(market, clock)
         path = tmp_path / f"journal-{len(rigs)}.db"
         engine = Engine(broker, path, config=config, clock=clock)
         rig = Rig(engine, broker, clock, path)

@@ -1,0 +1,35 @@
+"""Retrying broker reads: a transient error is waited out, never mistaken for an answer."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+
+from .clock import Clock
+from .config import EngineConfig
+from .errors import BrokerUnavailable
+
+__all__ = ["read_with_retry"]
+
+T = TypeVar("T")
+
+
+async def read_with_retry(
+    call: Callable[[], Awaitable[T]],
+    config: EngineConfig,
+    clock: Clock,
+    log: structlog.typing.FilteringBoundLogger,
+) -> T:
+    """Call `call`, retrying BrokerUnavailable with exponential backoff; re-raise the last one."""
+    attempts = config.broker_retry_attempts
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except BrokerUnavailable as exc:
+            log.warning("broker.read_retry", attempt=attempt + 1, error=exc.message)
+            if attempt + 1 == attempts:
+                raise
+            await clock.sleep(config.broker_retry_backoff_seconds * 2**attempt)
+    raise AssertionError("unreachable")

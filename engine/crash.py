@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import TypeVar
 
 from .broker import Account, Asset, Broker, BrokerOrder, MarketClock, OrderRequest, Quote
+from .order import EVENT_KINDS
 
 __all__ = [
     "BROKER_METHODS",
@@ -50,9 +51,9 @@ class SimulatedCrash(BaseException):
     """Raised at an armed crash point in tests: stands for the process dying there."""
 
 
-def all_crash_points(event_kinds: list[str]) -> list[str]:
+def all_crash_points() -> list[str]:
     """Every point: before and after each journal append kind and each broker call."""
-    points = [f"{when}_append.{kind}" for kind in event_kinds for when in ("before", "after")]
+    points = [f"{when}_append.{kind}" for kind in EVENT_KINDS for when in ("before", "after")]
     points += [
         f"{when}_broker.{method}" for method in BROKER_METHODS for when in ("before", "after")
     ]

@@ -18,7 +18,14 @@ from .fsm import OrderState, is_limit_step
 from .intents import OrderIntent
 from .numbers import ZERO, decimal_text
 
-__all__ = ["EventKind", "OrderRecord", "client_order_id", "fold_orders", "make_order_id"]
+__all__ = [
+    "EVENT_KINDS",
+    "EventKind",
+    "OrderRecord",
+    "client_order_id",
+    "fold_orders",
+    "make_order_id",
+]
 
 CLIENT_ORDER_ID_MAX = 48
 
@@ -40,6 +47,11 @@ class EventKind:
     FILL = "fill"
     ORDER_FINAL = "order_final"
     ERROR = "error"
+
+
+EVENT_KINDS: tuple[str, ...] = tuple(
+    value for name, value in vars(EventKind).items() if name.isupper()
+)
 
 
 def make_order_id(plan_id: str, index: int, intent: OrderIntent) -> str:

@@ -49,66 +49,88 @@ ORDER_COLUMNS = (
 )
 
 
+_INITIAL_STATEMENTS = (
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        order_id TEXT,
+        order_seq INTEGER,
+        plan_id TEXT,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        from_state TEXT,
+        to_state TEXT,
+        data TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        UNIQUE (order_id, order_seq)
+    )
+    """,
+    """
+    CREATE INDEX events_by_plan ON events (plan_id, seq)
+    """,
+    """
+    CREATE TRIGGER events_refuse_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'walkbook journal events are append-only'); END
+    """,
+    """
+    CREATE TRIGGER events_refuse_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'walkbook journal events are append-only'); END
+    """,
+    """
+    CREATE TABLE orders (
+        order_id TEXT PRIMARY KEY,
+        plan_id TEXT,
+        symbol TEXT NOT NULL,
+        side TEXT NOT NULL,
+        close_type TEXT NOT NULL,
+        urgency TEXT NOT NULL,
+        quantity TEXT NOT NULL,
+        correlation_id TEXT,
+        strategy_id TEXT,
+        state TEXT NOT NULL,
+        reason TEXT,
+        filled_qty TEXT NOT NULL,
+        notional TEXT NOT NULL,
+        avg_price TEXT,
+        live_broker_order_id TEXT,
+        live_client_order_id TEXT,
+        steps_used INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        last_seq INTEGER NOT NULL REFERENCES events (seq)
+    )
+    """,
+    """
+    CREATE INDEX orders_by_plan ON orders (plan_id)
+    """,
+    """
+    CREATE INDEX orders_by_state ON orders (state)
+    """,
+    """
+    CREATE TABLE owner (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        pid INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        acquired_at TEXT NOT NULL,
+        heartbeat_at TEXT NOT NULL
+    )
+    """,
+)
+
+
 @MIGRATIONS(name="0001_initial")
 def _initial(db: Database) -> None:
-    db.executescript(
-        """
-        CREATE TABLE meta (
-            key TEXT PRIMARY KEY,
-            value TEXT NOT NULL
-        );
-        CREATE TABLE events (
-            seq INTEGER PRIMARY KEY,
-            order_id TEXT,
-            order_seq INTEGER,
-            plan_id TEXT,
-            at TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            from_state TEXT,
-            to_state TEXT,
-            data TEXT NOT NULL,
-            prev_hash TEXT NOT NULL,
-            hash TEXT NOT NULL UNIQUE,
-            UNIQUE (order_id, order_seq)
-        );
-        CREATE INDEX events_by_plan ON events (plan_id, seq);
-        CREATE TRIGGER events_refuse_update BEFORE UPDATE ON events
-        BEGIN SELECT RAISE(ABORT, 'walkbook journal events are append-only'); END;
-        CREATE TRIGGER events_refuse_delete BEFORE DELETE ON events
-        BEGIN SELECT RAISE(ABORT, 'walkbook journal events are append-only'); END;
-        CREATE TABLE orders (
-            order_id TEXT PRIMARY KEY,
-            plan_id TEXT,
-            symbol TEXT NOT NULL,
-            side TEXT NOT NULL,
-            close_type TEXT NOT NULL,
-            urgency TEXT NOT NULL,
-            quantity TEXT NOT NULL,
-            correlation_id TEXT,
-            strategy_id TEXT,
-            state TEXT NOT NULL,
-            reason TEXT,
-            filled_qty TEXT NOT NULL,
-            notional TEXT NOT NULL,
-            avg_price TEXT,
-            live_broker_order_id TEXT,
-            live_client_order_id TEXT,
-            steps_used INTEGER NOT NULL,
-            created_at TEXT NOT NULL,
-            updated_at TEXT NOT NULL,
-            last_seq INTEGER NOT NULL REFERENCES events (seq)
-        );
-        CREATE INDEX orders_by_plan ON orders (plan_id);
-        CREATE INDEX orders_by_state ON orders (state);
-        CREATE TABLE owner (
-            id INTEGER PRIMARY KEY CHECK (id = 1),
-            pid INTEGER NOT NULL,
-            host TEXT NOT NULL,
-            acquired_at TEXT NOT NULL,
-            heartbeat_at TEXT NOT NULL
-        );
-        """
-    )
+    # One statement at a time: executescript() would COMMIT first and break the
+    # migration's transaction, so a crash could leave a half-built journal.
+    for statement in _INITIAL_STATEMENTS:
+        db.execute(statement)
     db.execute(
         "INSERT INTO meta (key, value) VALUES ('format', ?), ('schema_version', ?)",
         [FORMAT_NAME, str(SCHEMA_VERSION)],
@@ -118,8 +140,8 @@ def _initial(db: Database) -> None:
 def check_schema(db: Database) -> None:
     """Refuse a file that is not a walkbook journal or was written by a newer schema."""
     tables = set(db.table_names())
-    if not tables:
-        return
+    if tables <= {MIGRATIONS.migrations_table} and not list(MIGRATIONS.applied(db)):
+        return  # a new file, or one whose creation was interrupted before the schema committed
     if "meta" not in tables or MIGRATIONS.migrations_table not in tables:
         raise JournalCorrupt(
             "not a walkbook journal (no walkbook meta table)", tables=sorted(tables)

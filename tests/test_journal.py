@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import journal.schema as schema_module
 from engine import parse_plan
 from engine.order import OrderRecord, fold_orders
 from journal import (
@@ -675,3 +676,21 @@ def test_fully_filled_order_is_never_failed(make_rig: Any, race: str) -> None:
         if row["state"] == "FAILED" and Decimal(row["filled_qty"]) == Decimal(row["quantity"])
     ]
     assert misreported == []
+
+
+def test_schema_creation_is_all_or_nothing(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A creation that fails part-way leaves no half-built schema; the next open builds it."""
+    monkeypatch.setattr(
+        schema_module, "_INITIAL_STATEMENTS", (*schema_module._INITIAL_STATEMENTS, "CREATE oops")
+    )
+    with pytest.raises(JournalCorrupt):
+        Journal.open(path)
+    conn = raw(path)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    conn.close()
+    assert tables <= {"_sqlite_migrations"}
+    monkeypatch.undo()
+    with Journal.open(path) as journal:
+        journal.append(NewEvent("note"), at=AT)
+        assert journal.last_seq == 1
+        assert journal.verify_chain() is None

@@ -1,0 +1,213 @@
+"""Crash at every named crash point of every walk scenario, then resume on a fresh Engine.
+
+The simulator stands for the broker that outlives the engine process: the same SimBroker
+(its book, fills and positions) meets a new Engine opened on the same journal file. A crash
+is `SimulatedCrash`, raised at the armed point and caught by nothing in the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from walk_support import NEVER, RecordingSimBroker, check_invariants, steady
+
+from engine import (
+    Engine,
+    MarketSpec,
+    OrderSide,
+    RebalancePlan,
+    SymbolSpec,
+    VirtualClock,
+    parse_plan,
+)
+from engine.crash import CrashPoints, SimulatedCrash, all_crash_points
+from engine.order import EVENT_KINDS, EventKind, fold_orders
+
+START = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    market: dict[str, Any]
+    orders: list[dict[str, Any]]
+
+    def plan(self) -> RebalancePlan:
+        return parse_plan({"plan_id": "crash", "orders": self.orders})
+
+
+SPY = SymbolSpec(price=Decimal("480"), spread_bps=4, volatility_bps=2, fractionable=True)
+SCENARIOS = {
+    "fill_at_step_1": Scenario(
+        {"symbols": steady(spread_bps=20), "fill_intensity": 1e9, "partial_fill_probability": 0},
+        [{"symbol": "AAPL", "side": "buy", "quantity": "10"}],
+    ),
+    "partial_fills_across_steps": Scenario(
+        {
+            "seed": 8,
+            "symbols": steady(spread_bps=20),
+            "fill_intensity": 0.1,
+            "partial_fill_probability": 1.0,
+        },
+        [{"symbol": "AAPL", "side": "buy", "quantity": "6"}],
+    ),
+    "escalation_to_market": Scenario(
+        {
+            "symbols": steady(spread_bps=20),
+            "fill_intensity": NEVER,
+            "market_partial_probability": 0.5,
+            "seed": 3,
+        },
+        [{"symbol": "AAPL", "side": "buy", "quantity": "10"}],
+    ),
+    "full_close": Scenario(
+        {"symbols": steady(spread_bps=20), "positions": {"AAPL": 7}, "fill_intensity": 0.05},
+        [{"symbol": "AAPL", "side": "sell", "quantity": "7", "close_type": "full"}],
+    ),
+    "fractional": Scenario(
+        {"symbols": {"SPY": SPY}, "fill_intensity": 0.05, "partial_fill_probability": 0.8},
+        [{"symbol": "SPY", "side": "buy", "quantity": "2.5"}],
+    ),
+}
+
+
+@dataclass
+class Survivor:
+    """What outlives a crash: the journal file, the broker and the market's clock."""
+
+    engine: Engine
+    broker: RecordingSimBroker
+    clock: VirtualClock
+
+    @property
+    def journal(self) -> Any:
+        return self.engine.journal
+
+
+def _run(scenario: Scenario, path: Path, points: CrashPoints) -> tuple[Survivor, bool]:
+    clock = VirtualClock(START)
+    broker = RecordingSimBroker(MarketSpec(**scenario.market), clock)
+    engine = Engine(broker, path, clock=clock, crash_points=points)
+    try:
+        engine.execute_plan_sync(scenario.plan())
+    except SimulatedCrash:
+        return Survivor(engine, broker, clock), True
+    return Survivor(engine, broker, clock), False
+
+
+def _crash_sites() -> list[Any]:
+    """Every (scenario, point, nth) a clean run of the scenario actually reaches.
+
+    Each point is crashed at its first hit and at its last, so both the first
+    attempt and the last step of a walk are covered.
+    """
+    known = set(all_crash_points())
+    sites = []
+    for name, scenario in SCENARIOS.items():
+        points = CrashPoints()
+        with _TemporaryJournal() as path:
+            survivor, crashed = _run(scenario, path, points)
+            survivor.engine.close()
+        assert not crashed
+        for point, hits in sorted(points.hits.items()):
+            assert point in known, point
+            for nth in sorted({1, hits}):
+                sites.append(pytest.param(name, point, nth, id=f"{name}-{point}-{nth}"))
+    return sites
+
+
+class _TemporaryJournal:
+    """A journal path in a fresh temporary directory, for collection-time dry runs."""
+
+    def __enter__(self) -> Path:
+        import tempfile
+
+        self._dir = tempfile.TemporaryDirectory()
+        return Path(self._dir.name) / "dry.db"
+
+    def __exit__(self, *exc: object) -> None:
+        self._dir.cleanup()
+
+
+CRASH_SITES = _crash_sites()
+
+
+def test_every_named_point_is_reached_by_some_scenario() -> None:
+    """The sweep is exhaustive: each append kind and broker call the walk uses gets a crash."""
+    reached = {site.values[1] for site in CRASH_SITES}
+    walk_kinds = set(EVENT_KINDS) - {EventKind.ERROR, EventKind.OUTCOME_UNKNOWN, EventKind.REJECTED}
+    expected = {f"{w}_append.{kind}" for kind in walk_kinds for w in ("before", "after")}
+    expected |= {
+        f"{w}_broker.{method}"
+        for w in ("before", "after")
+        for method in (
+            "get_clock",
+            "get_asset",
+            "get_position",
+            "stream_quote",
+            "submit_order",
+            "replace_order",
+            "cancel_order",
+            "get_order",
+            "wait_for_update",
+        )
+    }
+    assert expected <= reached, sorted(expected - reached)
+
+
+@pytest.mark.parametrize(("scenario_name", "point", "nth"), CRASH_SITES)
+def test_crash_then_resume_keeps_every_invariant(
+    tmp_path: Path, scenario_name: str, point: str, nth: int
+) -> None:
+    scenario = SCENARIOS[scenario_name]
+    path = tmp_path / "journal.db"
+    survivor, crashed = _run(scenario, path, CrashPoints(armed=point, nth=nth))
+    assert crashed
+    survivor.engine.close()
+
+    resumed = Survivor(
+        Engine(survivor.broker, path, clock=survivor.clock), survivor.broker, survivor.clock
+    )
+    try:
+        report = resumed.engine.resume_sync()
+        if not resumed.journal.orders():
+            # killed before the order was journaled: nothing was sent, the plan is re-delivered
+            assert not survivor.broker.orders
+            resumed.engine.execute_plan_sync(scenario.plan())
+        _assert_outcome(resumed, scenario)
+        again = resumed.engine.resume_sync()
+        assert again.nothing_in_flight
+        assert report.nothing_in_flight == (not report.orders)
+    finally:
+        resumed.engine.close()
+
+
+def _assert_outcome(survivor: Survivor, scenario: Scenario) -> None:
+    records = check_invariants(survivor)
+    assert len(records) == len(scenario.orders)
+    broker = survivor.broker
+    for record in records.values():
+        assert record.is_terminal, record.state
+        start = broker.spec.positions.get(record.intent.symbol, Decimal(0))
+        moved = broker.positions.get(record.intent.symbol, Decimal(0)) - start
+        intended = record.quantity if record.intent.side is OrderSide.BUY else -record.quantity
+        if record.state == "VALIDATED":
+            assert moved == intended
+        else:
+            assert record.reason is not None
+            assert abs(moved) <= abs(intended)
+    # no second order was ever placed while one of the same engine order was live
+    for cid, live in broker.live_at_submit:
+        assert not live, (cid, live)
+    # resume never invented a broker order the journal does not know about
+    journaled = {
+        e.data["client_order_id"]
+        for e in survivor.journal.events()
+        if e.kind in (EventKind.SUBMIT_INTENT, EventKind.REPLACE_INTENT)
+    }
+    assert {o.client_order_id for o in broker.orders.values()} <= journaled
+    assert fold_orders(survivor.journal.events()).keys() == records.keys()

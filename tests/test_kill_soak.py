@@ -1,0 +1,218 @@
+"""Real processes killed with SIGKILL mid-walk, then `walkbook resume`, checked from both files.
+
+`walkbook run --sim-state S` runs in a child process that is SIGKILLed at a seeded random
+moment; `walkbook resume` (sometimes itself killed, then resumed again) must finish the plan.
+The truth is read back from the journal and from the simulator's own state file, which
+stands for the broker's book. Most kills fork a child that already imported walkbook (the
+command is the same `engine.cli.main`), so many seeded kills fit in `make test`; a few run
+the installed `walkbook` executable end to end. WALKBOOK_SOAK=long runs a longer soak.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from walk_support import check_invariants
+
+from engine import MarketSpec, OrderSide, VirtualClock
+from engine.cli import main as cli_main
+from engine.sim import SimBroker
+from journal import Journal, JournalError
+
+SHORT_KILLS, LONG_KILLS = 200, 2000
+KILLS = LONG_KILLS if os.environ.get("WALKBOOK_SOAK") == "long" else SHORT_KILLS
+EXEC_KILLS = 4
+WALKBOOK = Path(sys.executable).with_name("walkbook")
+
+PLAN = {
+    "plan_id": "soak",
+    "orders": [
+        {"symbol": "TSLA", "side": "sell", "quantity": "5", "close_type": "full"},
+        {"symbol": "AAPL", "side": "buy", "quantity": "10"},
+        {"symbol": "SPY", "side": "buy", "quantity": "2.5"},
+    ],
+}
+MARKET = {
+    "positions": {"TSLA": "5"},
+    "fill_intensity": 0.05,
+    "partial_fill_probability": 0.6,
+    "market_partial_probability": 0.3,
+    "symbols": {"SPY": {"price": "480", "spread_bps": 4, "fractionable": True}},
+}
+
+
+@dataclass(frozen=True)
+class Files:
+    plan: Path
+    market: Path
+    journal: Path
+    sim_state: Path
+
+    @classmethod
+    def make(cls, root: Path, seed: int) -> Files:
+        root.mkdir(parents=True, exist_ok=True)
+        files = cls(root / "plan.json", root / "market.json", root / "j.db", root / "sim.db")
+        files.plan.write_text(json.dumps(PLAN))
+        files.market.write_text(json.dumps({**MARKET, "seed": seed}))
+        return files
+
+    def run_args(self) -> list[str]:
+        return ["run", str(self.plan), "--journal", str(self.journal),
+                "--market", str(self.market), "--sim-state", str(self.sim_state)]  # fmt: skip
+
+    def resume_args(self) -> list[str]:
+        return ["resume", "--journal", str(self.journal), "--sim-state", str(self.sim_state),
+                "--offline-seconds", "3"]  # fmt: skip
+
+
+def _fork_cli(args: list[str]) -> int:
+    """Start `walkbook ARGS` in a forked child (already imported); return its pid."""
+    pid = os.fork()
+    if pid == 0:  # the child: run the command and leave without running pytest's cleanups
+        code = 70
+        try:
+            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives until _exit
+            cli_main.main(args=args, prog_name="walkbook")
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _wait(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _kill_after(pid: int, delay: float) -> int:
+    """SIGKILL the child after `delay` seconds (unless it already finished); its exit code."""
+    deadline = time.monotonic() + delay
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.002)
+    os.kill(pid, signal.SIGKILL)
+    return _wait(pid)
+
+
+def _clean_run_seconds(tmp_path: Path) -> float:
+    files = Files.make(tmp_path / "calibrate", seed=0)
+    started = time.monotonic()
+    assert _wait(_fork_cli(files.run_args())) in (0, 1)
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def run_seconds(tmp_path_factory: pytest.TempPathFactory) -> float:
+    return _clean_run_seconds(tmp_path_factory.mktemp("calibrate"))
+
+
+def check_files(files: Files) -> None:
+    """Every invariant, read from the journal and the simulator's own state file."""
+    journal = Journal.open_readonly(files.journal)
+    broker = SimBroker.open(files.sim_state, MarketSpec(), VirtualClock())
+    try:
+        records = check_invariants(_Reader(journal, broker))
+        assert len(records) == len(PLAN["orders"])
+        for record in records.values():
+            assert record.is_terminal, (record.order_id, record.state)
+            start = broker.spec.positions.get(record.intent.symbol, Decimal(0))
+            moved = broker.positions.get(record.intent.symbol, Decimal(0)) - start
+            signed = record.quantity if record.intent.side is OrderSide.BUY else -record.quantity
+            if record.state == "VALIDATED":
+                assert moved == signed, record.intent.symbol
+            else:
+                assert record.reason is not None
+    finally:
+        broker.close()
+        journal.close()
+
+
+@dataclass
+class _Reader:
+    journal: Journal
+    broker: SimBroker
+
+
+def kill_and_resume(files: Files, rng: random.Random, run_seconds: float, fork: bool) -> bool:
+    """Kill a run at a random moment, resume (maybe killing that too), then resume to the end.
+
+    True when the kill left orders in flight (so resume had real work to do).
+    """
+    start = _fork_cli if fork else _exec_cli
+    pid = start(files.run_args())
+    if not fork:
+        _wait_for_first_event(files, pid)
+    code = _kill_after(pid, rng.uniform(0.0, run_seconds))
+    assert code in (0, 1, -signal.SIGKILL), code
+    in_flight = files.journal.exists() and any(
+        row["state"] not in ("VALIDATED", "FAILED") for row in _journaled_orders(files)
+    )
+    if not files.journal.exists() or not _journaled_orders(files):
+        # killed before the plan reached the journal: nothing was sent; deliver it again
+        assert _wait(start(files.run_args())) in (0, 1)
+    if rng.random() < 0.3:
+        _kill_after(start(files.resume_args()), rng.uniform(0.0, run_seconds * 0.5))
+    assert _wait(start(files.resume_args())) in (0, 1)
+    assert _wait(start(files.resume_args())) == 0, "a second resume found work to do"
+    check_files(files)
+    return in_flight
+
+
+def _exec_cli(args: list[str]) -> int:
+    return subprocess.Popen(
+        [str(WALKBOOK), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    ).pid
+
+
+def _journaled_orders(files: Files) -> list[dict[str, Any]]:
+    """The orders the journal holds; none while its creation had not yet committed."""
+    try:
+        journal = Journal.open_readonly(files.journal)
+    except JournalError:
+        return []
+    with journal:
+        return journal.orders()
+
+
+def _wait_for_first_event(files: Files, pid: int) -> None:
+    """Past the executable's start-up: the journal holds the plan, so the walk is under way."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if files.journal.exists() and _journaled_orders(files):
+            return
+        time.sleep(0.005)
+
+
+@pytest.mark.soak
+def test_sigkilled_runs_resume_without_duplicates_or_lost_fills(
+    tmp_path: Path, run_seconds: float
+) -> None:
+    mid_walk = sum(
+        kill_and_resume(
+            Files.make(tmp_path / f"kill-{seed}", seed), random.Random(seed), run_seconds, fork=True
+        )
+        for seed in range(KILLS)
+    )
+    assert mid_walk >= KILLS * 2 // 5, f"only {mid_walk} of {KILLS} kills landed mid-walk"
+
+
+@pytest.mark.parametrize("seed", range(EXEC_KILLS))
+def test_installed_walkbook_killed_mid_walk_resumes(
+    tmp_path: Path, run_seconds: float, seed: int
+) -> None:
+    kill_and_resume(Files.make(tmp_path, seed), random.Random(seed), run_seconds, fork=False)

@@ -307,6 +307,20 @@ class OrderWalk:
         await self._send_cancel(live)
         await self._confirm_terminal(live)
 
+    async def _pull_live_order(self) -> None:
+        """Giving up for now: ask the broker to cancel the live order so nothing trades unwatched.
+
+        The cancel is journaled first, so if it cannot be sent either, resume sends it.
+        """
+        live = self.record.live_broker_order_id
+        if live is None or self.record.pending_cancel == live:
+            return
+        self.book.write(EventKind.CANCEL_INTENT, {"broker_order_id": live})
+        try:
+            await self._send_cancel(live)
+        except BrokerUnavailable as exc:
+            self.log.error("broker.cancel_unsent", broker_order_id=live, error=exc.message)
+
     async def _send_cancel(self, broker_order_id: str) -> None:
         """Ask for a cancel (idempotent) and journal that it was answered."""
         try:
@@ -418,6 +432,7 @@ class OrderWalk:
                 EventKind.ERROR, {"error": "broker_unavailable", "message": exc.message}
             )
             self.log.error("order.interrupted", error=exc.message)
+            await self._pull_live_order()
         finally:
             self.machine.release()
         return self.record

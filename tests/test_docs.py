@@ -92,3 +92,15 @@ def test_demo_target_is_what_the_readme_says() -> None:
     assert re.search(r"^demo:", makefile, flags=re.M)
     assert re.search(r"^test:", makefile, flags=re.M)
     assert os.access(ROOT / ".ci" / "run", os.X_OK)
+
+
+def test_every_crash_point_is_in_the_crash_recovery_doc() -> None:
+    """docs/crash-recovery.md has a row for every journal append kind and every broker call."""
+    from engine.crash import BROKER_METHODS
+    from engine.order import EVENT_KINDS
+
+    text = (ROOT / "docs" / "crash-recovery.md").read_text()
+    rows = set(re.findall(r"^\| (.+?) \|", text, flags=re.M))
+    named = {name for row in rows for name in re.findall(r"`(\w+)`", row)}
+    assert set(EVENT_KINDS) <= named, set(EVENT_KINDS) - named
+    assert set(BROKER_METHODS) <= named, set(BROKER_METHODS) - named

@@ -21,8 +21,8 @@ from walk_support import (
     steady,
 )
 
-from engine import BrokerOrderStatus, EngineConfig, SimBroker, SymbolSpec
-from engine.broker import Asset, BrokerOrder
+from engine import BrokerOrderStatus, Engine, EngineConfig, SimBroker, SymbolSpec
+from engine.broker import Asset, BrokerOrder, OrderRequest
 from engine.errors import BrokerUnavailable, InvalidIntent, NotReplaceable, OutcomeUnknown
 from engine.order import EventKind
 
@@ -406,3 +406,83 @@ def test_replace_with_unknown_outcome_is_adopted_not_repeated(make_rig):
         assert rig.broker.orders[new.replaces].status is BrokerOrderStatus.REPLACED
     assert len(by_cid) == len(rig.broker.orders)
     check_invariants(rig, result)
+
+
+# -- cancel races and outages ------------------------------------------------------------
+
+
+class FillsAtCancelBroker(SimBroker):
+    """Part or all of an order fills after the cancel was sent, before it takes effect."""
+
+    fill_share: Decimal = Decimal(1)
+
+    async def cancel_order(self, order_id: str) -> None:
+        order = self.orders[order_id]
+        if not order.status.is_terminal:
+            assert order.limit_price is not None
+            qty = (order.remaining * self.fill_share).to_integral_value()
+            self._fill(order, qty, order.limit_price)
+        await super().cancel_order(order_id)
+
+
+@pytest.mark.parametrize("fill_share", [Decimal(1), Decimal("0.3")], ids=["all", "part"])
+def test_fill_arriving_after_the_cancel_is_counted_before_the_market_order(make_rig, fill_share):
+    """Escalating to market cancels the last limit order; fills that beat the cancel count."""
+    rig = make_rig(broker_cls=FillsAtCancelBroker, **resting())
+    rig.broker.fill_share = fill_share
+    result = run_one(rig, symbol="AAPL", side="buy", quantity="10")
+    oid = result.order_id
+
+    assert result.state == "VALIDATED"
+    assert result.filled_qty == Decimal(10)
+    assert rig.broker.positions["AAPL"] == Decimal(10)
+    by_cid = broker_orders_by_cid(rig)
+    limit_fill = sum(o.filled_qty for cid, o in by_cid.items() if "-M-" not in cid)
+    assert limit_fill == (Decimal(10) * fill_share).to_integral_value()  # the race happened
+    market = [o for cid, o in by_cid.items() if "-M-" in cid]
+    assert sum(o.qty for o in market) == Decimal(10) - limit_fill  # only what was left
+    (cancel,) = of_kind(rig, oid, EventKind.CANCEL_INTENT)
+    assert all(e.seq > cancel.seq for e in of_kind(rig, oid, EventKind.SUBMIT_INTENT)[1:])
+    check_invariants(rig, result)
+
+
+class ReadOutageBroker(SimBroker):
+    """Once the first order is on the book, every read fails for a while (HTTP 503)."""
+
+    outage_seconds: float = 120.0
+    outage_until: float | None = None
+
+    async def submit_order(self, request: OrderRequest) -> BrokerOrder:
+        order = await super().submit_order(request)
+        if self.outage_until is None:
+            self.outage_until = self.clock.monotonic() + self.outage_seconds
+        return order
+
+    async def _call(self, *, read: bool = True) -> None:
+        await super()._call(read=read)
+        if read and self.outage_until is not None and self.clock.monotonic() < self.outage_until:
+            raise BrokerUnavailable("simulated outage (HTTP 503)")
+
+
+def test_status_reads_that_keep_failing_pull_the_order_and_leave_it_for_resume(make_rig):
+    """An outage longer than the retries: not a rejection, no live order left, resume finishes."""
+    rig = make_rig(broker_cls=ReadOutageBroker, **resting())
+    result = run_one(rig, symbol="AAPL", side="buy", quantity="10")
+    oid = result.order_id
+
+    assert result.state.startswith("LIMIT_STEP_")  # interrupted mid-walk, not FAILED
+    assert not of_kind(rig, oid, EventKind.REJECTED)
+    (error,) = of_kind(rig, oid, EventKind.ERROR)
+    assert error.data["error"] == "broker_unavailable"
+    (l1,) = rig.broker.orders.values()
+    assert l1.status in (BrokerOrderStatus.PENDING_CANCEL, BrokerOrderStatus.CANCELED)
+    (cancel,) = of_kind(rig, oid, EventKind.CANCEL_INTENT)
+    assert cancel.data["broker_order_id"] == l1.id
+
+    rig.clock.run(rig.clock.sleep(rig.broker.outage_seconds))  # the outage passes
+    rig.engine.close()
+    rig.engine = Engine(rig.broker, rig.journal_path, clock=rig.clock)  # a fresh process
+    (order,) = rig.engine.resume_sync().orders
+    assert order.result.state == "VALIDATED"
+    assert order.result.filled_qty == Decimal(10)
+    check_invariants(rig, order.result)

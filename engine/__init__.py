@@ -3,6 +3,7 @@
 The public, typed API for embedding walkbook in an orchestration layer.
 """
 
+from .audit import export, export_ledger, replay, report, report_html, verify
 from .broker import Account, Asset, Broker, BrokerOrder, BrokerOrderStatus, MarketClock, Quote
 from .clock import Clock, RealClock, VirtualClock
 from .config import DEFAULT_LADDER, EngineConfig
@@ -70,7 +71,13 @@ __all__ = [
     "Urgency",
     "VirtualClock",
     "WalkbookError",
+    "export",
+    "export_ledger",
     "load_market_spec",
     "load_plan",
     "parse_plan",
+    "replay",
+    "report",
+    "report_html",
+    "verify",
 ]

@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
@@ -24,7 +24,9 @@ from rich.table import Table
 
 from journal import Journal, JournalError
 
+from .cli_alpaca import BrokerChoice, alpaca_engine, broker_options, sim_server
 from .clock import VirtualClock
+from .config import EngineConfig
 from .engine import Engine
 from .errors import InputError
 from .intents import RebalancePlan, load_plan, parse_plan
@@ -153,7 +155,11 @@ def result_table(result: PlanResult) -> Table:
 
 @contextmanager
 def _simulated_engine(
-    journal_path: Path, market: MarketSpec, sim_state: Path | None, offline_seconds: float = 0.0
+    journal_path: Path,
+    market: MarketSpec,
+    sim_state: Path | None,
+    offline_seconds: float = 0.0,
+    config: EngineConfig | None = None,
 ) -> Iterator[Engine]:
     """An engine on the simulator in virtual time; the journal lock is taken first.
 
@@ -175,10 +181,18 @@ def _simulated_engine(
         journal.close()
         raise
     try:
-        with Engine(broker, journal, clock=clock) as engine:
+        with Engine(broker, journal, config=config, clock=clock) as engine:
             yield engine
     finally:
         broker.close()
+
+
+def _run_plan(
+    engine_context: AbstractContextManager[Engine], plan: RebalancePlan, console: Console
+) -> PlanResult:
+    with engine_context as engine, Progress(console, plan) as progress:
+        engine.subscribe(progress)
+        return engine.execute_plan_sync(plan)
 
 
 def _run_on_simulator(
@@ -187,13 +201,10 @@ def _run_on_simulator(
     market: MarketSpec,
     console: Console,
     sim_state: Path | None = None,
+    config: EngineConfig | None = None,
 ) -> PlanResult:
-    with (
-        _simulated_engine(journal_path, market, sim_state) as engine,
-        Progress(console, plan) as progress,
-    ):
-        engine.subscribe(progress)
-        return engine.execute_plan_sync(plan)
+    engine_context = _simulated_engine(journal_path, market, sim_state, config=config)
+    return _run_plan(engine_context, plan, console)
 
 
 def _finish(result: PlanResult, console: Console, result_json: Path | None) -> NoReturn:
@@ -241,6 +252,7 @@ def main() -> None:
     help="Keep the simulator's state in this SQLite file so a later resume meets the same book.",
 )
 @_common_options
+@broker_options
 def run(
     plan_file: Path,
     journal_path: Path,
@@ -249,14 +261,21 @@ def run(
     seed: int | None,
     result_json: Path | None,
     log_level: str,
+    broker_choice: BrokerChoice,
 ) -> None:
-    """Execute PLAN_FILE on the simulator in virtual time, journaling into --journal."""
+    """Execute PLAN_FILE, journaling into --journal: on the simulator in virtual time,
+    or with --broker alpaca on an Alpaca account (paper unless --live) in real time."""
     _configure_logging(log_level)
     console = _console()
     with _bad_input_exits():
+        broker_choice.check(market=market, sim_state=sim_state, seed=seed)
         plan = load_plan(plan_file)
-        spec = (load_market_spec(market) if market else MarketSpec()).with_seed(seed)
-        result = _run_on_simulator(plan, journal_path, spec, console, sim_state)
+        if broker_choice.is_alpaca:
+            result = _run_plan(alpaca_engine(journal_path, broker_choice), plan, console)
+        else:
+            spec = (load_market_spec(market) if market else MarketSpec()).with_seed(seed)
+            config = broker_choice.engine_config()
+            result = _run_on_simulator(plan, journal_path, spec, console, sim_state, config)
     _finish(result, console, result_json)
 
 
@@ -264,9 +283,8 @@ def run(
 @click.option("--journal", "journal_path", required=True, type=click.Path(path_type=Path))
 @click.option(
     "--sim-state",
-    required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The simulator state file the interrupted run used.",
+    help="The simulator state file the interrupted run used (required on the simulator).",
 )
 @click.option(
     "--offline-seconds",
@@ -281,15 +299,36 @@ def run(
     default="warning",
     show_default=True,
 )
-def resume(journal_path: Path, sim_state: Path, offline_seconds: float, log_level: str) -> None:
+@broker_options
+def resume(
+    journal_path: Path,
+    sim_state: Path | None,
+    offline_seconds: float,
+    log_level: str,
+    broker_choice: BrokerChoice,
+) -> None:
     """Finish every order a killed run left in flight: no duplicates, no lost fills."""
     _configure_logging(log_level)
     with _bad_input_exits():
+        broker_choice.check(sim_state=sim_state)
         if not journal_path.exists():
             raise InputError(f"journal {journal_path} does not exist")
-        if not sim_state.exists():
+        engine_context: AbstractContextManager[Engine]
+        if broker_choice.is_alpaca:
+            engine_context = alpaca_engine(journal_path, broker_choice)
+        elif sim_state is None:
+            raise InputError("--sim-state is required to resume on the simulator")
+        elif not sim_state.exists():
             raise InputError(f"simulator state {sim_state} does not exist")
-        with _simulated_engine(journal_path, MarketSpec(), sim_state, offline_seconds) as engine:
+        else:
+            engine_context = _simulated_engine(
+                journal_path,
+                MarketSpec(),
+                sim_state,
+                offline_seconds,
+                broker_choice.engine_config(),
+            )
+        with engine_context as engine:
             report = engine.resume_sync()
     for line in report.lines():
         click.echo(line)
@@ -352,3 +391,10 @@ def status(journal_path: Path, as_json: bool) -> None:
     for row in rows:
         table.add_row(*("" if row[c] is None else str(row[c]) for c in STATUS_COLUMNS))
     _console().print(table)
+
+
+from .cli_audit import journal_group, report_command  # noqa: E402 -- registered together at the end
+
+main.add_command(journal_group)
+main.add_command(report_command)
+main.add_command(sim_server)

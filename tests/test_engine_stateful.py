@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -214,4 +215,4 @@ EngineUnderFaults.TestCase.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-test_engine_under_faults = EngineUnderFaults.TestCase
+test_engine_under_faults = pytest.mark.soak(EngineUnderFaults.TestCase)

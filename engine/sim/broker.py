@@ -196,6 +196,28 @@ class SimBroker:
         if self.store is not None:
             self.store.close()
 
+    # -- for a server that runs the market between calls (walkbook sim-server) -------
+
+    def advance(self) -> None:
+        """Run every symbol's market up to the clock; in-process, only calls do that."""
+        for symbol, book in self._books.items():
+            self._advance(symbol, book)
+        self._commit()
+
+    def order_versions(self) -> dict[str, int]:
+        """Each order's change counter, so an observer can tell which orders moved."""
+        return {order_id: order.version for order_id, order in self.orders.items()}
+
+    def order_snapshot(self, order_id: str) -> BrokerOrder:
+        return self._order(order_id).snapshot()
+
+    def fill_now(self, order_id: str) -> None:
+        """Fill what remains of an open limit order at its price: a race a server can stage."""
+        order = self._order(order_id)
+        if order.status in _OPEN and order.limit_price is not None:
+            self._fill(order, order.remaining, order.limit_price)
+            self._commit()
+
     # -- persistence --------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:

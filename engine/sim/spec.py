@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from decimal import Decimal
@@ -12,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import InputError, first_validation_error
+from ..jsonfile import load_model
 
 __all__ = ["MarketSpec", "SymbolSpec", "load_market_spec"]
 
@@ -86,11 +86,4 @@ def parse_market_spec(payload: Any) -> MarketSpec:
 
 
 def load_market_spec(path: str | Path) -> MarketSpec:
-    path = Path(path)
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
-    except FileNotFoundError:
-        raise InputError(f"market spec {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"market spec {path} is not valid JSON: {exc.msg}") from None
-    return parse_market_spec(payload)
+    return load_model(path, MarketSpec, "market spec")

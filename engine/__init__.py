@@ -7,7 +7,7 @@ from .audit import export, export_ledger, replay, report, report_html, verify
 from .broker import Account, Asset, Broker, BrokerOrder, BrokerOrderStatus, MarketClock, Quote
 from .clock import Clock, RealClock, VirtualClock
 from .config import DEFAULT_LADDER, EngineConfig
-from .engine import Engine, Listener
+from .engine import Engine, ResumeReport
 from .errors import (
     BrokerError,
     BrokerRejected,
@@ -20,6 +20,7 @@ from .errors import (
     WalkbookError,
 )
 from .fsm import FailReason, OrderState
+from .hooks import OrderFilled, OrderTransitioned, PlanCompleted
 from .intents import (
     CloseType,
     OrderIntent,
@@ -52,19 +53,22 @@ __all__ = [
     "InputError",
     "InvalidIntent",
     "InvalidPlan",
-    "Listener",
     "MarketClock",
     "MarketSpec",
+    "OrderFilled",
     "OrderIntent",
     "OrderRecord",
     "OrderResult",
     "OrderSide",
     "OrderState",
+    "OrderTransitioned",
+    "PlanCompleted",
     "PlanResult",
     "PlanStatus",
     "Quote",
     "RealClock",
     "RebalancePlan",
+    "ResumeReport",
     "SimBroker",
     "SymbolSpec",
     "UnknownSymbol",

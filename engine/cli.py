@@ -29,8 +29,8 @@ from .clock import VirtualClock
 from .config import EngineConfig
 from .engine import Engine
 from .errors import InputError
+from .hooks import OrderFilled, OrderTransitioned
 from .intents import RebalancePlan, load_plan, parse_plan
-from .order import OrderRecord
 from .results import PlanResult
 from .sim import MarketSpec, SimBroker, load_market_spec, parse_market_spec
 
@@ -82,9 +82,10 @@ class Progress:
 
     def __init__(self, console: Console, plan: RebalancePlan) -> None:
         self.console = console
-        self.rows: dict[str, OrderRecord] = {}
+        self.intents = {intent.symbol: intent for intent in plan.orders}
+        self.states = dict.fromkeys(self.intents, "PENDING")
+        self.filled = dict.fromkeys(self.intents, "0")
         self.live: Live | None = None
-        self.symbols = [intent.symbol for intent in plan.orders]
 
     def __enter__(self) -> Progress:
         if self.console.is_terminal:
@@ -96,33 +97,37 @@ class Progress:
         if self.live is not None:
             self.live.__exit__(*exc_info)
 
-    def __call__(self, record: OrderRecord, kind: str, data: dict[str, Any]) -> None:
-        self.rows[record.intent.symbol] = record
+    def follow(self, engine: Engine) -> None:
+        engine.subscribe(OrderTransitioned, self.transitioned)
+        engine.subscribe(OrderFilled, self.filled_some)
+
+    def transitioned(self, notice: OrderTransitioned) -> None:
+        self.states[notice.symbol] = notice.dest
         if self.live is not None:
             self.live.update(self._table())
-        elif kind == "transition":
-            detail = data.get("reason") or data.get("limit_price") or ""
-            self.console.print(
-                f"{record.updated_at} {record.intent.symbol:<6} {record.order_id} "
-                f"{record.state} {detail}".rstrip(),
-                highlight=False,
-            )
+            return
+        detail = notice.reason or notice.limit_price or ""
+        self.console.print(
+            f"{notice.at} {notice.symbol:<6} {notice.order_id} {notice.dest} {detail}".rstrip(),
+            highlight=False,
+        )
+
+    def filled_some(self, notice: OrderFilled) -> None:
+        self.filled[notice.symbol] = str(notice.filled_qty)
+        if self.live is not None:
+            self.live.update(self._table())
 
     def _table(self) -> Table:
         table = Table(title="walkbook: orders in flight")
         for column in ("symbol", "side", "qty", "state", "filled"):
             table.add_column(column)
-        for symbol in self.symbols:
-            record = self.rows.get(symbol)
-            if record is None:
-                table.add_row(symbol, "", "", "PENDING", "")
-                continue
+        for symbol, intent in self.intents.items():
             table.add_row(
                 symbol,
-                record.intent.side.value,
-                str(record.quantity),
-                record.state,
-                str(record.filled_qty),
+                intent.side.value,
+                str(intent.quantity),
+                self.states[symbol],
+                self.filled[symbol],
             )
         return table
 
@@ -191,7 +196,7 @@ def _run_plan(
     engine_context: AbstractContextManager[Engine], plan: RebalancePlan, console: Console
 ) -> PlanResult:
     with engine_context as engine, Progress(console, plan) as progress:
-        engine.subscribe(progress)
+        progress.follow(engine)
         return engine.execute_plan_sync(plan)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from itertools import pairwise
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -30,6 +31,27 @@ class EngineConfig(BaseModel):
     validation_tolerance: Decimal = Field(Decimal("0.000000001"), ge=0)
     broker_retry_attempts: int = Field(5, ge=1)
     broker_retry_backoff_seconds: float = Field(0.5, gt=0)
+    validation: Literal["all_or_nothing", "skip_invalid"] = Field(
+        "all_or_nothing",
+        description="A plan with a bad order: refuse it whole, or fail just that order unsent.",
+    )
+    fractional_on_whole_share_asset: Literal["refuse", "round_down"] = Field(
+        "refuse",
+        description="A fractional qty of a non-fractionable asset: refuse, or round down + warn.",
+    )
+    insufficient_funds: Literal["fail", "shrink"] = Field(
+        "fail",
+        description="A buy that does not fit the buying power: fail it, or shrink it to fit.",
+    )
+    funds_buffer_bps: Decimal = Field(
+        Decimal(50), ge=0, description="Headroom over the ask when costing a buy against funds."
+    )
+    wait_for_open: bool = Field(
+        False, description="When the market is closed, wait for the broker's next open."
+    )
+    max_wait_for_open_seconds: float = Field(
+        24 * 3600.0, gt=0, description="The longest wait for an open before market_closed."
+    )
 
     @field_validator("ladder")
     @classmethod

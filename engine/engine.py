@@ -3,35 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from decimal import ROUND_FLOOR, Decimal
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 
-from journal import Journal, NewEvent, stamp
+from journal import Journal, NewEvent, canonical_json, stamp
 
 from .broker import Broker
 from .clock import Clock, RealClock
 from .config import EngineConfig
 from .crash import CrashingBroker, CrashPoints
 from .errors import BrokerRejected, InvalidIntent, InvalidPlan, UnknownSymbol
-from .fsm import TERMINAL_STATES, OrderState
+from .fsm import TERMINAL_STATES, FailReason, OrderState
+from .hooks import Hooks, NoticeT, PlanCompleted
 from .intents import CloseType, OrderIntent, OrderSide, RebalancePlan
-from .numbers import ZERO, decimal_text
+from .numbers import ZERO, decimal_text, floor_to
 from .order import EventKind, OrderRecord, fold_orders, make_order_id
 from .quotes import QuoteService
 from .results import OrderResult, PlanResult
 from .retry import read_with_retry
-from .walk import Listener, OrderWalk, WalkContext
+from .walk import OrderWalk, WalkContext
 
-__all__ = ["Engine", "Listener", "ResumeReport", "ResumedOrder"]
+__all__ = ["CheckedPlan", "Engine", "ResumeReport", "ResumedOrder", "plan_digest"]
 
 DEFAULT_CONCURRENCY = 8
+BPS = Decimal(10_000)
+CENT = Decimal("0.01")
 T = TypeVar("T")
 
 
@@ -96,8 +101,15 @@ class Engine:
             freshness_seconds=self.config.quote_freshness_seconds,
             stream_wait_seconds=self.config.stream_quote_wait_seconds,
         )
+        self.hooks = Hooks()
         self.context = WalkContext(
-            self.journal, self.broker, self.quotes, self.clock, self.config, self.crash_points
+            self.journal,
+            self.broker,
+            self.quotes,
+            self.clock,
+            self.config,
+            self.crash_points,
+            listeners=[self.hooks.after_commit],
         )
 
     def __enter__(self) -> Engine:
@@ -109,9 +121,13 @@ class Engine:
     def close(self) -> None:
         self.journal.close()
 
-    def subscribe(self, listener: Listener) -> None:
-        """Call `listener(record, kind, data)` after each of an order's events is committed."""
-        self.context.listeners.append(listener)
+    def subscribe(self, notice_type: type[NoticeT], callback: Callable[[NoticeT], None]) -> None:
+        """Call `callback(notice)` for each OrderTransitioned, OrderFilled or PlanCompleted.
+
+        Notices are delivered after the journal commit of the fact they report; a callback
+        that raises is logged and ignored.
+        """
+        self.hooks.subscribe(notice_type, callback)
 
     # -- public API -----------------------------------------------------------------
 
@@ -124,12 +140,37 @@ class Engine:
         return (await self.execute_plan(plan)).orders[0]
 
     async def execute_plan(self, plan: RebalancePlan) -> PlanResult:
-        """Validate every intent first (nothing is journaled if one is bad), then walk them all."""
-        await self.preflight(plan)
-        records = self._create_orders(plan)
+        """Execute a plan exactly once per plan_id, and return its one truthful result.
+
+        A new plan is validated first (by default nothing is journaled if one order is
+        bad), journaled, then walked: sells, then buys sized to the buying power. A
+        plan_id already in the journal is not executed again: with the same contents, a
+        completed plan returns its journaled result and a half-done one is continued;
+        with other contents it is refused.
+        """
+        log = self.log.bind(plan_id=plan.plan_id)
+        digest = plan_digest(plan)
+        known = self._journaled_plan_digest(plan.plan_id)
+        if known is None:
+            checked = await self.preflight(plan)
+            records = self._create_orders(checked, digest)
+            log.info("plan.started", orders=len(records))
+            records = await self._refuse_invalid(records, checked.problems)
+        elif known != digest:
+            raise InvalidPlan(
+                f"plan {plan.plan_id} was already delivered with different contents; "
+                "use a new plan_id",
+                plan_id=plan.plan_id,
+            )
+        else:
+            records = [self._load(order_id) for order_id in self._plan_order_ids(plan)]
+            log.info("plan.redelivered", in_flight=sum(not r.is_terminal for r in records))
         done = {r.order_id: r for r in await self._walk_sells_then_buys(records)}
-        results = [OrderResult.from_record(done[r.order_id]) for r in records]
-        return PlanResult.from_results(plan.plan_id, results, self.quotes.counters.as_dict())
+        result = self._plan_result(plan.plan_id, [done.get(r.order_id, r) for r in records])
+        if all(r.state in TERMINAL_STATES for r in result.orders):
+            self.hooks.deliver(PlanCompleted(result))
+        log.info("plan.finished", status=result.status.value)
+        return result
 
     def execute_plan_sync(self, plan: RebalancePlan) -> PlanResult:
         """For callers without an event loop: run the plan on the engine's clock."""
@@ -151,6 +192,7 @@ class Engine:
         records = [self._load(order_id) for order_id in in_flight]
         seq_before = self.journal.last_seq
         done = {r.order_id: r for r in await self._walk_sells_then_buys(records)}
+        self._announce_completed_plans({r.plan_id for r in records if r.plan_id is not None})
         actions: dict[str, Counter[str]] = {r.order_id: Counter() for r in records}
         for event in self.journal.events(after_seq=seq_before):
             if event.order_id in actions:
@@ -173,31 +215,57 @@ class Engine:
     def resume_sync(self) -> ResumeReport:
         return self.clock.run(self.resume())
 
-    async def preflight(self, plan: RebalancePlan) -> None:
-        """Refuse the whole plan, naming the order, if any intent cannot be sent as written."""
+    async def preflight(self, plan: RebalancePlan) -> CheckedPlan:
+        """Check every intent against the broker before anything is journaled or sent.
+
+        Problems name the order. With `validation="all_or_nothing"` (the default) any
+        problem refuses the whole plan; with `"skip_invalid"` the bad orders are journaled
+        and failed `invalid_intent` without reaching the broker. A fractional qty of a
+        whole-share asset is refused, or rounded down with a warning by configuration.
+        """
+        intents, problems = list(plan.orders), {}
         for index, intent in enumerate(plan.orders):
-            where = f"order {index} ({intent.symbol} {intent.side.value} {intent.quantity})"
-            symbol = intent.symbol
             try:
-                asset = await self._read(partial(self.broker.get_asset, symbol))
-            except UnknownSymbol:
-                raise InvalidIntent(f"{where}: unknown symbol", symbol=symbol) from None
-            except BrokerRejected as exc:
-                raise InvalidIntent(f"{where}: cannot check the asset: {exc.message}") from None
-            if not asset.tradable:
-                raise InvalidIntent(f"{where}: asset is not tradable", symbol=intent.symbol)
-            if intent.is_fractional and not asset.fractionable:
+                intents[index] = await self._check_intent(intent)
+            except InvalidIntent as exc:
+                problems[index] = f"order {index} ({intent.symbol} {intent.side.value} " \
+                    f"{intent.quantity}): {exc.message}"  # fmt: skip
+        if problems and self.config.validation == "all_or_nothing":
+            raise InvalidIntent(
+                "; ".join(problems.values()),
+                plan_id=plan.plan_id,
+                orders=sorted(problems),
+            )
+        return CheckedPlan(plan.model_copy(update={"orders": tuple(intents)}), problems)
+
+    async def _check_intent(self, intent: OrderIntent) -> OrderIntent:
+        symbol = intent.symbol
+        try:
+            asset = await self._read(partial(self.broker.get_asset, symbol))
+        except UnknownSymbol:
+            raise InvalidIntent("unknown symbol", symbol=symbol) from None
+        except BrokerRejected as exc:
+            raise InvalidIntent(f"cannot check the asset: {exc.message}") from None
+        if not asset.tradable:
+            raise InvalidIntent("asset is not tradable", symbol=symbol)
+        if intent.is_fractional and not asset.fractionable:
+            whole = intent.quantity.to_integral_value(rounding=ROUND_FLOOR)
+            if self.config.fractional_on_whole_share_asset == "refuse" or whole <= 0:
                 raise InvalidIntent(
-                    f"{where}: asset is not fractionable; use a whole-share quantity",
-                    symbol=intent.symbol,
+                    "asset is not fractionable; use a whole-share quantity", symbol=symbol
                 )
-            if intent.side is OrderSide.SELL and intent.close_type is not CloseType.FULL:
-                position = await self._read(partial(self.broker.get_position, symbol))
-                if intent.quantity > max(position, ZERO):
-                    raise InvalidIntent(
-                        f"{where}: sell of {intent.quantity} exceeds the position of {position}",
-                        symbol=intent.symbol,
-                    )
+            self.log.warning(
+                "intent.rounded_down", symbol=symbol, requested=str(intent.quantity), qty=str(whole)
+            )
+            intent = intent.model_copy(update={"quantity": whole})
+        if intent.side is OrderSide.SELL and intent.close_type is not CloseType.FULL:
+            position = await self._read(partial(self.broker.get_position, symbol))
+            if intent.quantity > max(position, ZERO):
+                raise InvalidIntent(
+                    f"sell of {intent.quantity} exceeds the position of {position}",
+                    symbol=symbol,
+                )
+        return intent
 
     # -- internals ------------------------------------------------------------------
 
@@ -207,13 +275,17 @@ class Engine:
     def _load(self, order_id: str) -> OrderRecord:
         return fold_orders(self.journal.events(order_id=order_id))[order_id]
 
-    def _create_orders(self, plan: RebalancePlan) -> list[OrderRecord]:
-        order_ids = [make_order_id(plan.plan_id, i, intent) for i, intent in enumerate(plan.orders)]
-        if any(self.journal.order(order_id) is not None for order_id in order_ids):
-            raise InvalidPlan(
-                f"plan {plan.plan_id} is already in the journal; resume it or use a new plan_id",
-                plan_id=plan.plan_id,
-            )
+    def _journaled_plan_digest(self, plan_id: str) -> str | None:
+        """The digest the plan was first delivered with, or None for a plan never seen."""
+        first = next(self.journal.events(plan_id=plan_id), None)
+        return None if first is None else str(first.data.get("plan_digest"))
+
+    def _plan_order_ids(self, plan: RebalancePlan) -> list[str]:
+        return [make_order_id(plan.plan_id, i, intent) for i, intent in enumerate(plan.orders)]
+
+    def _create_orders(self, checked: CheckedPlan, digest: str) -> list[OrderRecord]:
+        plan = checked.plan
+        order_ids = self._plan_order_ids(plan)
         config = self.config.model_dump(mode="json")
         at = self.clock.now()
         items: list[tuple[NewEvent, dict[str, Any] | None]] = []
@@ -224,7 +296,11 @@ class Engine:
                 order_id=order_id,
                 plan_id=plan.plan_id,
                 to_state=OrderState.PENDING,
-                data={"intent": intent.model_dump(mode="json"), "config": config},
+                data={
+                    "intent": intent.model_dump(mode="json"),
+                    "config": config,
+                    "plan_digest": digest,
+                },
             )
             record = OrderRecord.created(event, stamp(at))
             records.append(record)
@@ -234,19 +310,96 @@ class Engine:
         self.crash_points.hit(f"after_append.{EventKind.CREATED}")
         return [replace(r, last_seq=e.seq) for r, e in zip(records, stored, strict=True)]
 
-    async def _walk_sells_then_buys(self, records: Sequence[OrderRecord]) -> list[OrderRecord]:
-        sells = [r for r in records if r.intent.side is OrderSide.SELL]
-        buys = [r for r in records if r.intent.side is OrderSide.BUY]
-        return await self._walk_all(sells) + await self._walk_all(buys)
+    async def _refuse_invalid(
+        self, records: list[OrderRecord], problems: dict[int, str]
+    ) -> list[OrderRecord]:
+        """Fail, unsent, the orders preflight found bad (only with validation=skip_invalid)."""
+        for index, problem in problems.items():
+            walk = OrderWalk(self.context, records[index])
+            records[index] = await walk.refuse(FailReason.INVALID_INTENT, message=problem)
+        return records
 
-    async def _walk_all(self, records: Sequence[OrderRecord]) -> list[OrderRecord]:
+    async def _walk_sells_then_buys(self, records: Sequence[OrderRecord]) -> list[OrderRecord]:
+        """Sells first (concurrently), then buys sized to the buying power the sells left."""
+        open_records = [r for r in records if not r.is_terminal]
+        sells = [
+            OrderWalk(self.context, r) for r in open_records if r.intent.side is OrderSide.SELL
+        ]
+        buys = [OrderWalk(self.context, r) for r in open_records if r.intent.side is OrderSide.BUY]
+        done = await self._walk_all(sells)
+        await self._size_buys_to_funds(buys)
+        return done + await self._walk_all(buys)
+
+    async def _size_buys_to_funds(self, buys: Sequence[OrderWalk]) -> None:
+        """Check buying power before buys are sent: each buy not yet started must fit.
+
+        Buying power is read after every sell is final, so it counts the cash their fills
+        released at every step. Buys are costed at the ask plus `funds_buffer_bps`, in plan
+        order; one that does not fit is shrunk to what fits, or failed `insufficient_funds`.
+        """
+        pending = [w for w in buys if w.record.state == OrderState.PENDING]
+        if not pending:
+            return
+        account = await self._read(self.broker.get_account)
+        available = account.buying_power
+        buffer = 1 + self.config.funds_buffer_bps / BPS
+        for walk in pending:
+            quote = await walk.quote_for_sizing()
+            if quote is None:
+                continue  # the walk itself will fail no_quote
+            price = quote.ask * buffer
+            qty = walk.record.quantity
+            if qty * price <= available:
+                available -= qty * price
+                continue
+            fits = floor_to(available / price, walk.whole_shares_step())
+            details = {
+                "requested": decimal_text(qty),
+                "buying_power": decimal_text(account.buying_power),
+                "available": decimal_text(available.quantize(CENT)),
+                "price_estimate": decimal_text(price.quantize(CENT)),
+            }
+            if self.config.insufficient_funds == "shrink" and fits > 0:
+                await walk.resize(fits, details)
+                available -= fits * price
+            else:
+                await walk.refuse(FailReason.INSUFFICIENT_FUNDS, **details)
+
+    async def _walk_all(self, walks: Sequence[OrderWalk]) -> list[OrderRecord]:
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def walk(record: OrderRecord) -> OrderRecord:
+        async def walk(order: OrderWalk) -> OrderRecord:
             async with gate:
-                return await OrderWalk(self.context, record).run()
+                return await order.run()
 
-        return list(await asyncio.gather(*(walk(r) for r in records)))
+        return list(await asyncio.gather(*(walk(w) for w in walks)))
+
+    def _announce_completed_plans(self, plan_ids: set[str]) -> None:
+        for plan_id in sorted(plan_ids):
+            records = fold_orders(self.journal.events(plan_id=plan_id)).values()
+            if all(r.is_terminal for r in records):
+                self.hooks.deliver(PlanCompleted(self._plan_result(plan_id, list(records))))
+
+    def _plan_result(self, plan_id: str, records: Sequence[OrderRecord]) -> PlanResult:
+        return PlanResult.from_results(
+            plan_id,
+            [OrderResult.from_record(r) for r in records],
+            self.quotes.counters.as_dict(),
+        )
+
+
+@dataclass(frozen=True)
+class CheckedPlan:
+    """A plan after preflight: intents as they will be sent, and problems by order index."""
+
+    plan: RebalancePlan
+    problems: dict[int, str]
+
+
+def plan_digest(plan: RebalancePlan) -> str:
+    """What makes two deliveries the same plan: its orders, exactly as written."""
+    payload = canonical_json(plan.model_dump(mode="json"))
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _describe_found(record: OrderRecord) -> str:

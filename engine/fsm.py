@@ -68,6 +68,7 @@ class FailReason(StrEnum):
     PARTIAL_FILL = "partial_fill"
     CANCELLED = "cancelled"
     BROKER_UNAVAILABLE = "broker_unavailable"
+    INVALID_INTENT = "invalid_intent"
 
 
 TERMINAL_STATES = frozenset({OrderState.VALIDATED.value, OrderState.FAILED.value})
@@ -147,6 +148,7 @@ class OrderMachine:
         self._persist = persist
         self._machine = _machine(steps)
         self._machine.add_model(self, initial=str(initial))
+        self._released = False
 
     def can_fire(self, trigger: str) -> bool:
         return trigger in self._machine.get_triggers(self.state)
@@ -168,8 +170,10 @@ class OrderMachine:
         )
 
     def release(self) -> None:
-        """Detach from the shared machine once the order is done."""
-        self._machine.remove_model(self)
+        """Detach from the shared machine once the order is done (again: no-op)."""
+        if not self._released:
+            self._released = True
+            self._machine.remove_model(self)
 
     @property
     def is_terminal(self) -> bool:

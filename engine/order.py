@@ -46,6 +46,7 @@ class EventKind:
     REJECTED = "rejected"
     FILL = "fill"
     ORDER_FINAL = "order_final"
+    RESIZED = "resized"
     ERROR = "error"
 
 
@@ -186,6 +187,8 @@ class OrderRecord:
                 **self.broker_notional,
                 broker_id: self.broker_notional.get(broker_id, ZERO) + qty * price,
             }
+        elif kind == EventKind.RESIZED:
+            changes["target_qty"] = Decimal(data["qty"])
         elif kind == EventKind.ORDER_FINAL:
             broker_id = data["broker_order_id"]
             changes["final_broker_orders"] = self.final_broker_orders | {broker_id}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -16,6 +17,7 @@ from .order import OrderRecord
 __all__ = ["OrderResult", "PlanResult", "PlanStatus"]
 
 BPS = Decimal(10_000)
+CENT = Decimal("0.01")
 
 
 class OrderResult(BaseModel):
@@ -28,6 +30,7 @@ class OrderResult(BaseModel):
     symbol: str
     side: OrderSide
     quantity: Decimal
+    requested_qty: Decimal
     state: str
     reason: str | None
     filled_qty: Decimal
@@ -39,12 +42,26 @@ class OrderResult(BaseModel):
     slippage_bps: Decimal | None
     started_at: str
     ended_at: str | None
+    seconds_to_complete: float | None
     correlation_id: str | None
     strategy_id: str | None
 
     @property
     def succeeded(self) -> bool:
         return self.state == OrderState.VALIDATED
+
+    @property
+    def resized(self) -> bool:
+        """Shrunk to fit the buying power (`quantity` < `requested_qty`)."""
+        return self.quantity < self.requested_qty and self.intent_was_buy
+
+    @property
+    def intent_was_buy(self) -> bool:
+        return self.side is OrderSide.BUY
+
+    @property
+    def traded_value(self) -> Decimal:
+        return ZERO if self.avg_fill_price is None else self.filled_qty * self.avg_fill_price
 
     @classmethod
     def from_record(cls, record: OrderRecord) -> OrderResult:
@@ -63,6 +80,7 @@ class OrderResult(BaseModel):
             symbol=record.intent.symbol,
             side=record.intent.side,
             quantity=record.quantity,
+            requested_qty=record.intent.quantity,
             state=record.state,
             reason=record.reason,
             filled_qty=record.filled_qty,
@@ -74,19 +92,30 @@ class OrderResult(BaseModel):
             slippage_bps=slippage,
             started_at=record.created_at,
             ended_at=record.updated_at if record.is_terminal else None,
+            seconds_to_complete=(
+                (_parse(record.updated_at) - _parse(record.created_at)).total_seconds()
+                if record.is_terminal
+                else None
+            ),
             correlation_id=record.intent.correlation_id,
             strategy_id=record.intent.strategy_id,
         )
 
 
 class PlanStatus(StrEnum):
+    """SUCCESS: every order VALIDATED at its requested size; FAILURE: none VALIDATED."""
+
     SUCCESS = "SUCCESS"
     PARTIAL_SUCCESS = "PARTIAL_SUCCESS"
     FAILURE = "FAILURE"
 
 
 class PlanResult(BaseModel):
-    """One truthful answer for a plan: every order's result and the totals."""
+    """One truthful answer for a plan: every order's result and the totals.
+
+    Neither Alpaca (equities) nor the simulator reports per-order fees, so values are
+    gross: `bought_value` and `sold_value` are the fills' own prices times quantities.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -94,37 +123,64 @@ class PlanResult(BaseModel):
     status: PlanStatus
     orders: tuple[OrderResult, ...]
     traded_value: Decimal
+    bought_value: Decimal
+    sold_value: Decimal
     slippage_bps: Decimal | None
+    started_at: str | None
+    ended_at: str | None
+    seconds_to_complete: float | None
     quote_counters: dict[str, int]
+
+    @property
+    def cash_released(self) -> Decimal:
+        """What the sells brought in, counted from their fills at every step."""
+        return self.sold_value
 
     @classmethod
     def from_results(
         cls, plan_id: str, results: list[OrderResult], quote_counters: dict[str, int]
     ) -> PlanResult:
         succeeded = sum(1 for r in results if r.succeeded)
+        complete = sum(1 for r in results if r.succeeded and not r.resized)
         status = (
             PlanStatus.SUCCESS
-            if succeeded == len(results)
+            if complete == len(results)
             else PlanStatus.FAILURE
             if succeeded == 0
             else PlanStatus.PARTIAL_SUCCESS
         )
-        weighted, value = ZERO, ZERO
+        weighted, bought, sold = ZERO, ZERO, ZERO
         for result in results:
-            if result.avg_fill_price is None:
-                continue
-            order_value = result.filled_qty * result.avg_fill_price
-            value += order_value
+            if result.intent_was_buy:
+                bought += result.traded_value
+            else:
+                sold += result.traded_value
             if result.slippage_bps is not None:
-                weighted += result.slippage_bps * order_value
+                weighted += result.slippage_bps * result.traded_value
+        value = bought + sold
+        started = min((r.started_at for r in results), default=None)
+        ended = None if any(r.ended_at is None for r in results) else max(
+            (r.ended_at for r in results if r.ended_at is not None), default=None
+        )  # fmt: skip
         return cls(
             plan_id=plan_id,
             status=status,
             orders=tuple(results),
-            traded_value=value.quantize(Decimal("0.01")),
-            slippage_bps=(weighted / value).quantize(Decimal("0.01")) if value else None,
+            traded_value=value.quantize(CENT),
+            bought_value=bought.quantize(CENT),
+            sold_value=sold.quantize(CENT),
+            slippage_bps=(weighted / value).quantize(CENT) if value else None,
+            started_at=started,
+            ended_at=ended,
+            seconds_to_complete=(
+                (_parse(ended) - _parse(started)).total_seconds() if started and ended else None
+            ),
             quote_counters=quote_counters,
         )
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def _parse(at: str) -> datetime:
+    return datetime.fromisoformat(at)

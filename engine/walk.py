@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from journal import Journal, NewEvent, stamp
+from journal import Event, Journal, NewEvent, stamp
 
 from .broker import Asset, Broker, BrokerOrder, OrderRequest
 from .clock import Clock
@@ -43,7 +43,8 @@ __all__ = ["OrderJournal", "OrderWalk", "WalkContext"]
 
 T = TypeVar("T")
 PRICE_STEP = Decimal("0.000001")
-Listener = Callable[[OrderRecord, str, dict[str, Any]], None]
+QTY_WHOLE, QTY_FRACTION = Decimal(1), Decimal("0.0001")
+Listener = Callable[[OrderRecord, Event], None]
 
 
 @dataclass
@@ -91,7 +92,7 @@ class OrderJournal:
         crash_points.hit(f"after_append.{kind}")
         self.record = replace(updated, last_seq=stored.seq)
         for listener in self.context.listeners:
-            listener(self.record, kind, data)
+            listener(self.record, stored)
         return self.record
 
 
@@ -414,6 +415,30 @@ class OrderWalk:
             elapsed = (self.ctx.clock.now() - datetime.fromisoformat(entered)).total_seconds()
         return self.ctx.clock.monotonic() + max(0.0, wait_seconds - elapsed)
 
+    # -- decisions taken for the order before its walk begins ---------------------------
+
+    async def refuse(self, reason: FailReason, **data: Any) -> OrderRecord:
+        """Fail a PENDING order before anything is sent for it."""
+        self._fire(Trigger.FAIL, reason=reason.value, **data)
+        self.machine.release()
+        return self.record
+
+    async def resize(self, qty: Decimal, details: dict[str, Any]) -> None:
+        """Shrink a PENDING buy to `qty` (journaled, so a resume walks the same size)."""
+        self.book.write(
+            EventKind.RESIZED,
+            {"qty": decimal_text(qty), "reason": FailReason.INSUFFICIENT_FUNDS.value, **details},
+        )
+        self.log.warning("order.resized", qty=str(qty), **details)
+
+    async def quote_for_sizing(self) -> UsableQuote | None:
+        """A quote to cost the order with; the walk's first step takes a fresh one."""
+        return await self._quote()
+
+    def whole_shares_step(self) -> Decimal:
+        """The unit a resize keeps: whole shares, unless the order itself is fractional."""
+        return QTY_WHOLE if not self.record.intent.is_fractional else QTY_FRACTION
+
     # -- the walk: one handler per state, so a resumed order re-enters where it stood ----
 
     async def run(self) -> OrderRecord:
@@ -489,8 +514,7 @@ class OrderWalk:
     async def _start(self) -> None:
         """PENDING: market open, asset tradable, position read, a usable quote -> QUOTED."""
         broker, intent = self.ctx.broker, self.record.intent
-        clock = await self._read(broker.get_clock)
-        if not clock.is_open:
+        if not await self._market_open():
             return await self._fail(FailReason.MARKET_CLOSED)
         self.asset = await self._read(lambda: broker.get_asset(intent.symbol))
         if not self.asset.tradable:
@@ -514,6 +538,18 @@ class OrderWalk:
             return await self._fail(FailReason.NO_QUOTE)
         self._fire(Trigger.QUOTE, quote=quote.as_data())
         self._arrival_quote = quote
+
+    async def _market_open(self) -> bool:
+        """Open now; or, with `wait_for_open`, open after waiting for the broker's next open."""
+        clock = await self._read(self.ctx.broker.get_clock)
+        if clock.is_open or not self.config.wait_for_open or clock.next_open is None:
+            return clock.is_open
+        wait = (clock.next_open - clock.at).total_seconds()
+        if wait > self.config.max_wait_for_open_seconds:
+            return False
+        self.log.info("order.waiting_for_open", next_open=clock.next_open.isoformat())
+        await self.ctx.clock.sleep(max(wait, 0.0))
+        return (await self._read(self.ctx.broker.get_clock)).is_open
 
     async def _leave_quoted(self) -> None:
         """QUOTED: urgency HIGH (or an empty ladder) goes to market, the rest to step 1."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from engine import Engine, EngineConfig, MarketSpec, SimBroker, VirtualClock
 from journal import Journal
@@ -28,6 +29,13 @@ class Rig:
     @property
     def journal(self) -> Journal:
         return self.engine.journal
+
+
+@pytest.fixture(autouse=True)
+def _default_logging() -> Iterator[None]:
+    """The CLI configures structlog when invoked in-process; no test sees another's set-up."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -197,3 +197,27 @@ def test_status_on_a_missing_journal_exits_2(tmp_path: Path) -> None:
     result = invoke("status", "--journal", str(tmp_path / "none.db"))
     assert result.exit_code == 2
     assert "does not exist" in result.stderr
+
+
+def test_plan_delivered_twice_trades_once_and_other_contents_exit_2(tmp_path: Path) -> None:
+    """Re-running a completed plan prints its journaled result; a changed plan is refused."""
+    journal, first, again = tmp_path / "j.db", tmp_path / "first.json", tmp_path / "again.json"
+    plan = write_plan(tmp_path, {"plan_id": "p1", "orders": [GOOD_ORDER]})
+    assert (
+        invoke("run", str(plan), "--journal", str(journal), "--result-json", str(first)).exit_code
+        == 0
+    )
+    events = event_count(journal)
+    assert (
+        invoke("run", str(plan), "--journal", str(journal), "--result-json", str(again)).exit_code
+        == 0
+    )
+    assert json.loads(again.read_text())["orders"] == json.loads(first.read_text())["orders"]
+    assert event_count(journal) == events
+
+    changed = write_plan(tmp_path, {"plan_id": "p1", "orders": [{**GOOD_ORDER, "quantity": "4"}]})
+    refused = invoke("run", str(changed), "--journal", str(journal))
+    assert refused.exit_code == 2
+    assert refused.stderr.count("\n") == 1
+    assert "already delivered with different contents" in refused.stderr
+    assert event_count(journal) == events

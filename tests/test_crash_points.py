@@ -18,6 +18,7 @@ from walk_support import NEVER, RecordingSimBroker, check_invariants, steady
 
 from engine import (
     Engine,
+    EngineConfig,
     MarketSpec,
     OrderSide,
     RebalancePlan,
@@ -29,12 +30,14 @@ from engine.crash import CrashPoints, SimulatedCrash, all_crash_points
 from engine.order import EVENT_KINDS, EventKind, fold_orders
 
 START = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
+DEFAULT_CONFIG = EngineConfig()
 
 
 @dataclass(frozen=True)
 class Scenario:
     market: dict[str, Any]
     orders: list[dict[str, Any]]
+    config: EngineConfig = DEFAULT_CONFIG
 
     def plan(self) -> RebalancePlan:
         return parse_plan({"plan_id": "crash", "orders": self.orders})
@@ -68,6 +71,11 @@ SCENARIOS = {
         {"symbols": steady(spread_bps=20), "positions": {"AAPL": 7}, "fill_intensity": 0.05},
         [{"symbol": "AAPL", "side": "sell", "quantity": "7", "close_type": "full"}],
     ),
+    "buy_shrunk_to_funds": Scenario(
+        {"symbols": steady(spread_bps=20), "cash": Decimal(450), "fill_intensity": 0.05},
+        [{"symbol": "AAPL", "side": "buy", "quantity": "10"}],
+        EngineConfig(insufficient_funds="shrink"),
+    ),
     "fractional": Scenario(
         {"symbols": {"SPY": SPY}, "fill_intensity": 0.05, "partial_fill_probability": 0.8},
         [{"symbol": "SPY", "side": "buy", "quantity": "2.5"}],
@@ -91,7 +99,7 @@ class Survivor:
 def _run(scenario: Scenario, path: Path, points: CrashPoints) -> tuple[Survivor, bool]:
     clock = VirtualClock(START)
     broker = RecordingSimBroker(MarketSpec(**scenario.market), clock)
-    engine = Engine(broker, path, clock=clock, crash_points=points)
+    engine = Engine(broker, path, config=scenario.config, clock=clock, crash_points=points)
     try:
         engine.execute_plan_sync(scenario.plan())
     except SimulatedCrash:
@@ -170,7 +178,9 @@ def test_crash_then_resume_keeps_every_invariant(
     survivor.engine.close()
 
     resumed = Survivor(
-        Engine(survivor.broker, path, clock=survivor.clock), survivor.broker, survivor.clock
+        Engine(survivor.broker, path, config=scenario.config, clock=survivor.clock),
+        survivor.broker,
+        survivor.clock,
     )
     try:
         report = resumed.engine.resume_sync()

@@ -104,3 +104,21 @@ def test_every_crash_point_is_in_the_crash_recovery_doc() -> None:
     named = {name for row in rows for name in re.findall(r"`(\w+)`", row)}
     assert set(EVENT_KINDS) <= named, set(EVENT_KINDS) - named
     assert set(BROKER_METHODS) <= named, set(BROKER_METHODS) - named
+
+
+def test_embedding_example_runs_as_documented(tmp_path: Path) -> None:
+    """docs/embedding.md's orchestration layer runs: shrinks a buy, trades once, refuses junk."""
+    (code,) = python_blocks(ROOT / "docs" / "embedding.md")
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert lines[0].startswith("PARTIAL_SUCCESS sold ")
+    assert lines[1:4] == [
+        "MSFT VALIDATED 12 of 12 ",
+        "AAPL VALIDATED 5 of 5 ",
+        "NVDA VALIDATED 14 of 40  (shrunk to fit)",
+    ]
+    assert lines[4] == "fills seen: 3 failures seen: 0"
+    assert lines[5] == "refused: order 0 (ZZZZ buy 1): unknown symbol"

@@ -29,17 +29,19 @@ from engine.order import EventKind
 # -- refusals -------------------------------------------------------------------------
 
 
-def test_insufficient_cash_fails_insufficient_funds_with_nothing_filled(make_rig):
-    """A buy the account cannot pay for ends FAILED insufficient_funds and fills nothing."""
+def test_insufficient_cash_fails_insufficient_funds_before_anything_is_sent(make_rig):
+    """A buy the account cannot pay for ends FAILED insufficient_funds and is never sent."""
     rig = make_rig(symbols=steady(spread_bps=20), cash=Decimal("100"))
     result = run_one(rig, symbol="AAPL", side="buy", quantity="10")
 
     assert result.state == "FAILED"
     assert result.reason == "insufficient_funds"
     assert result.filled_qty == 0
-    assert states(rig, result.order_id)[-1] == "FAILED"
-    (rejected,) = of_kind(rig, result.order_id, EventKind.REJECTED)
-    assert rejected.data["reason"] == "insufficient_funds"
+    assert states(rig, result.order_id) == ["FAILED"]
+    (failed,) = of_kind(rig, result.order_id, EventKind.TRANSITION)
+    assert Decimal(failed.data["buying_power"]) == Decimal(100)
+    assert Decimal(failed.data["requested"]) == Decimal(10)
+    assert not of_kind(rig, result.order_id, EventKind.SUBMIT_INTENT)
     assert not fills(rig, result.order_id)
     assert rig.broker.orders == {}
     assert rig.broker.cash == Decimal("100")

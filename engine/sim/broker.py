@@ -409,7 +409,14 @@ class SimBroker:
     @_persisted
     async def get_clock(self) -> MarketClock:
         await self._call()
-        return MarketClock(is_open=self.spec.market_open, at=self.clock.now())
+        now = self.clock.now()
+        opens_in = self.spec.opens_in_seconds
+        if opens_in is None or not self.spec.market_open:
+            return MarketClock(is_open=self.spec.market_open, at=now)
+        opens_at = self._origin + timedelta(seconds=opens_in)
+        if now >= opens_at:
+            return MarketClock(is_open=True, at=now)
+        return MarketClock(is_open=False, at=now, next_open=opens_at)
 
     @_persisted
     async def get_account(self) -> Account:

@@ -46,6 +46,9 @@ class MarketSpec(BaseModel):
         default_factory=list, description="symbols the broker must answer as unknown"
     )
     market_open: bool = True
+    opens_in_seconds: float | None = Field(
+        None, gt=0, description="closed until this long after the simulation starts, then open"
+    )
     latency_seconds: float = Field(0.02, ge=0)
     fill_intensity: float = Field(
         0.15, gt=0, description="passive fills per second for an order at the far touch"

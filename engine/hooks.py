@@ -1,0 +1,129 @@
+"""Hooks for the orchestration layer: typed notices, delivered only after the journal commit.
+
+A notice is never sent for a fact the journal does not hold, and a hook that raises is
+logged and ignored: the walk and its journal go on as if the hook had returned.
+Delivery is at most once per process; after a crash the journal is the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import structlog
+
+from journal import Event
+
+from .order import EventKind, OrderRecord
+from .results import PlanResult
+
+__all__ = [
+    "Hooks",
+    "Notice",
+    "NoticeT",
+    "OrderFilled",
+    "OrderNotice",
+    "OrderTransitioned",
+    "PlanCompleted",
+]
+
+
+@dataclass(frozen=True)
+class OrderNotice:
+    """Which order, and where in the journal the fact behind the notice is (`seq`)."""
+
+    order_id: str
+    plan_id: str | None
+    symbol: str
+    correlation_id: str | None
+    at: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class OrderTransitioned(OrderNotice):
+    """An order moved between FSM states; `reason` is set when it FAILED."""
+
+    source: str
+    dest: str
+    reason: str | None
+    limit_price: Decimal | None
+
+
+@dataclass(frozen=True)
+class OrderFilled(OrderNotice):
+    """A broker fill was counted for an order; `filled_qty` is the order's running total."""
+
+    side: str
+    qty: Decimal
+    price: Decimal
+    filled_qty: Decimal
+
+
+@dataclass(frozen=True)
+class PlanCompleted:
+    """Every order of a plan is terminal; `result` is the plan's one truthful answer."""
+
+    result: PlanResult
+
+
+Notice = OrderTransitioned | OrderFilled | PlanCompleted
+NoticeT = TypeVar("NoticeT", OrderTransitioned, OrderFilled, PlanCompleted)
+
+
+@dataclass
+class Hooks:
+    """Subscriptions by notice type; `deliver` calls each subscriber and contains its errors."""
+
+    _subscribers: dict[type[Any], list[Callable[[Any], None]]] = field(default_factory=dict)
+    _log: Any = field(default_factory=lambda: structlog.get_logger("walkbook.hooks"))
+
+    def subscribe(self, notice_type: type[NoticeT], callback: Callable[[NoticeT], None]) -> None:
+        self._subscribers.setdefault(notice_type, []).append(callback)
+
+    def deliver(self, notice: Notice) -> None:
+        for callback in self._subscribers.get(type(notice), ()):
+            try:
+                callback(notice)
+            except Exception as exc:
+                self._log.error(
+                    "hook.failed",
+                    notice=type(notice).__name__,
+                    callback=getattr(callback, "__qualname__", repr(callback)),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+
+    def after_commit(self, record: OrderRecord, event: Event) -> None:
+        """The walk's listener: turn a committed order event into the notice it stands for."""
+        where = (
+            record.order_id,
+            record.plan_id,
+            record.intent.symbol,
+            record.intent.correlation_id,
+            event.at,
+            event.seq,
+        )
+        data = event.data
+        if event.kind == EventKind.TRANSITION:
+            limit = data.get("limit_price")
+            self.deliver(
+                OrderTransitioned(
+                    *where,
+                    source=str(event.from_state),
+                    dest=str(event.to_state),
+                    reason=data.get("reason"),
+                    limit_price=None if limit is None else Decimal(limit),
+                )
+            )
+        elif event.kind == EventKind.FILL:
+            self.deliver(
+                OrderFilled(
+                    *where,
+                    side=record.intent.side.value,
+                    qty=Decimal(data["qty"]),
+                    price=Decimal(data["price"]),
+                    filled_qty=record.filled_qty,
+                )
+            )

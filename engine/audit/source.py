@@ -1,0 +1,33 @@
+"""Reading a journal for audit: read-only, without the lock, from one consistent snapshot.
+
+A writer may be appending while an auditor reads. One read transaction makes every
+query of a replay, verify, export or report see the same commit, and a damaged file
+surfaces as the journal's typed `JournalCorrupt` instead of a SQLite traceback.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+
+from journal import Event, Journal, JournalCorrupt
+
+__all__ = ["EVENT_COLUMNS", "read_snapshot"]
+
+EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Event))
+
+
+@contextmanager
+def read_snapshot(path: str | Path) -> Iterator[Journal]:
+    """The journal opened read-only inside one read transaction; closed on exit."""
+    journal = Journal.open_readonly(path)
+    try:
+        journal.db.execute("BEGIN")
+        yield journal
+    except sqlite3.DatabaseError as exc:
+        raise JournalCorrupt(f"{path} is damaged or truncated: {exc}", path=str(path)) from exc
+    finally:
+        journal.close()

@@ -31,6 +31,7 @@ from .engine import Engine
 from .errors import InputError
 from .hooks import OrderFilled, OrderTransitioned
 from .intents import RebalancePlan, load_plan, parse_plan
+from .numbers import decimal_text
 from .results import PlanResult
 from .sim import MarketSpec, SimBroker, load_market_spec, parse_market_spec
 
@@ -145,9 +146,9 @@ def result_table(result: PlanResult) -> Table:
             order.state,
             order.reason or "",
             str(order.filled_qty),
-            "" if order.avg_fill_price is None else str(order.avg_fill_price.normalize()),
+            "" if order.avg_fill_price is None else decimal_text(order.avg_fill_price),
             str(order.steps_used),
-            "" if order.arrival_mid is None else str(order.arrival_mid.normalize()),
+            "" if order.arrival_mid is None else decimal_text(order.arrival_mid),
             "" if order.slippage_bps is None else str(order.slippage_bps),
         )
     table.caption = (

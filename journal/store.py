@@ -121,6 +121,13 @@ def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
         raise JournalUnavailable(f"cannot open journal {path}: {exc}", path=str(path)) from exc
 
 
+def _unreadable(path: Path, exc: sqlite3.DatabaseError) -> JournalCorrupt:
+    """SQLite could not read the file: a damaged journal, or not a database at all."""
+    if "malformed" in str(exc):
+        return JournalCorrupt(f"{path} is damaged (truncated or corrupted): {exc}", path=str(path))
+    return JournalCorrupt(f"{path} is not a walkbook journal: {exc}", path=str(path))
+
+
 class Journal:
     """A walkbook journal file. Open with `Journal.open` (writer) or `Journal.open_readonly`."""
 
@@ -162,9 +169,7 @@ class Journal:
                 migrate(db)
             except sqlite3.DatabaseError as exc:
                 conn.close()
-                raise JournalCorrupt(
-                    f"{path} is not a walkbook journal: {exc}", path=str(path)
-                ) from exc
+                raise _unreadable(path, exc) from exc
             except JournalError:
                 conn.close()
                 raise
@@ -192,9 +197,7 @@ class Journal:
                 )
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise JournalCorrupt(
-                f"{path} is not a walkbook journal: {exc}", path=str(path)
-            ) from exc
+            raise _unreadable(path, exc) from exc
         except JournalError:
             conn.close()
             raise

@@ -76,7 +76,7 @@ NEEDLES = {
     "missing": "does not exist",
     "text file": "not a walkbook journal",
     "newer schema": "newer than this walkbook",
-    "truncated": "malformed",
+    "truncated": "is damaged (truncated or corrupted)",
 }
 
 

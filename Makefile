@@ -4,6 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP := $(VENV)/.installed-dev
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: demo test lint typecheck unit bench soak clean
 
@@ -14,6 +15,10 @@ $(RUNTIME_STAMP): pyproject.toml
 
 $(DEV_STAMP): pyproject.toml $(RUNTIME_STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+$(BENCH_STAMP): pyproject.toml $(DEV_STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	touch $@
 
 demo: $(RUNTIME_STAMP)
@@ -34,8 +39,9 @@ test: lint typecheck unit
 soak: $(DEV_STAMP)
 	WALKBOOK_SOAK=long $(BIN)/pytest -q -m soak
 
-bench: $(DEV_STAMP)
-	$(BIN)/python bench/run_all.py
+# Modules, not files: run as `python bench/engine.py`, that script would shadow the engine package.
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run_all
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,169 @@
+"""The same walk as DBOS durable workflow steps on SQLite, against walkbook's journaled FSM.
+
+A walk is seven durable steps (quote, three limit steps, market, settle, validate).
+walkbook journals each as an FSM transition (`OrderMachine.fire` -> the walk's journal
+writer -> `Journal.append`, hash chain and projection included); DBOS checkpoints each
+as a `@DBOS.step` whose output is the same transition data. Neither side calls a broker,
+so the figure compares the cost of durability per step. Both databases live in the same
+directory and the two sides are measured in turns.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sqlite3
+import time
+from dataclasses import replace
+from decimal import Decimal
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+from engine import EngineConfig, MarketSpec, OrderIntent, OrderSide, SimBroker, VirtualClock
+from engine.fsm import OrderMachine
+from engine.order import EventKind
+from engine.quotes import QuoteService
+from engine.walk import OrderJournal, WalkContext
+from journal import Journal
+
+from .common import Report, Row, Target, bench_parser, interleaved, quiet_logs, scratch
+from .workload import START, created, walk_steps
+
+TARGET = Target("ratio", ">=", 5.0)
+NAME = "walk, durable steps per second"
+BID, ASK = Decimal("187.41"), Decimal("187.47")
+STEPS = walk_steps("AAPL", BID, ASK)
+SYNCHRONOUS_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+
+
+def journaled_machine(book: OrderJournal, steps: int) -> OrderMachine:
+    """An order's FSM whose transitions `book` journals before they happen, as the walk wires it."""
+
+    def persist(trigger: str, source: str, dest: str, data: dict[str, Any]) -> None:
+        data = {"trigger": trigger, **data}
+        book.write(EventKind.TRANSITION, data, from_state=source, to_state=dest)
+
+    return OrderMachine(steps, persist)
+
+
+def walkbook_rate(path: Path, walks: int) -> float:
+    """Durable steps per second: each walk is its `created` event then seven FSM transitions."""
+    clock = VirtualClock(START)
+    config = EngineConfig()
+    intent = OrderIntent(symbol="AAPL", side=OrderSide.BUY, quantity=Decimal(100))
+    with Journal.open(path) as journal:
+        broker = SimBroker(MarketSpec(), clock)
+        quotes = QuoteService(broker, config.quote_freshness_seconds, 0.0)
+        context = WalkContext(journal, broker, quotes, clock, config)
+        start = time.perf_counter()
+        for index in range(walks):
+            event, record = created(path.stem, index, intent, config)
+            stored = journal.append(event, at=clock.now(), projection=record.projection())
+            book = OrderJournal(context, replace(record, last_seq=stored.seq))
+
+            machine = journaled_machine(book, len(config.ladder))
+            for step in STEPS:
+                machine.fire(step.trigger, **step.data)
+            machine.release()
+        return walks * len(STEPS) / (time.perf_counter() - start)
+
+
+class DbosWalks:
+    """DBOS launched on a SQLite system database, with the walk as a workflow of seven steps."""
+
+    def __init__(self, path: Path) -> None:
+        from dbos import DBOS, DBOSConfig
+
+        config: DBOSConfig = {
+            "name": "walkbook-bench",
+            "system_database_url": f"sqlite:///{path}",
+            "log_level": "WARNING",
+        }
+        DBOS(config=config)
+
+        @DBOS.step()
+        def transition(trigger: str, dest: str, data: dict[str, Any]) -> dict[str, Any]:
+            return {"trigger": trigger, "to_state": dest, **data}
+
+        @DBOS.workflow()
+        def walk(order: int) -> int:
+            for step in STEPS:
+                transition(step.trigger, step.dest, step.data)
+            return order
+
+        self.walk = walk
+        DBOS.launch()
+        conn = sqlite3.connect(path)
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            level = conn.execute("PRAGMA synchronous").fetchone()[0]
+        finally:
+            conn.close()
+        self.durability = f"journal_mode={mode}, synchronous={SYNCHRONOUS_NAMES[level]}"
+
+    def rate(self, walks: int) -> float:
+        """Durable steps per second over `walks` workflow runs."""
+        start = time.perf_counter()
+        for order in range(walks):
+            self.walk(order)
+        return walks * len(STEPS) / (time.perf_counter() - start)
+
+    def close(self) -> None:
+        from dbos import DBOS
+
+        DBOS.destroy()
+
+
+def launch_dbos(path: Path) -> DbosWalks | str:
+    """DBOS ready to run, or why it cannot run here."""
+    if importlib.util.find_spec("dbos") is None:
+        return "dbos is not installed; `make bench` installs it (pip install -e '.[bench]')"
+    try:
+        return DbosWalks(path)
+    except Exception as exc:  # any launch failure means SKIP, with its reason
+        return f"DBOS could not launch on SQLite here: {type(exc).__name__}: {exc}"
+
+
+def main() -> None:
+    args = bench_parser(__doc__).parse_args()
+    walks, rounds = (10, 1) if args.quick else (100, 5)
+    quiet_logs()
+    report = Report("dbos_peer", args)
+    with scratch(args.workdir) as directory:
+        fresh = count()
+        dbos = launch_dbos(directory / "dbos-system.sqlite")
+        if isinstance(dbos, str):
+            report.add(Row.skipped(NAME, "steps/s", TARGET, dbos))
+        else:
+            try:
+                rate = interleaved(
+                    rounds,
+                    {
+                        "walkbook": lambda: walkbook_rate(
+                            directory / f"walkbook-{next(fresh)}.db", walks
+                        ),
+                        "dbos": lambda: dbos.rate(walks),
+                    },
+                )
+            finally:
+                dbos.close()
+            report.add(
+                Row.measured(
+                    NAME,
+                    rate["walkbook"],
+                    "steps/s",
+                    rate["dbos"],
+                    TARGET,
+                    note=f"reference: DBOS steps on SQLite ({dbos.durability}); "
+                    "walkbook: WAL, synchronous=FULL",
+                )
+            )
+    report.notes.append(
+        f"median of {rounds} interleaved rounds of {walks} walks x {len(STEPS)} durable steps; "
+        "walkbook's count includes each walk's `created` commit, DBOS's its workflow status rows"
+    )
+    report.finish()
+
+
+if __name__ == "__main__":
+    main()

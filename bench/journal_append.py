@@ -1,0 +1,168 @@
+"""Durable journaled transitions per second against raw sqlite3 commits of the same size.
+
+The journal's promise is that durability costs what SQLite's commit costs and little
+more: hashing, canonical JSON and the projection row must stay small beside the fsync.
+So the reference is a bare single-row INSERT commit of the same payload size, WAL +
+synchronous=FULL, in the same directory, measured in turns with the journal.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from itertools import count
+from pathlib import Path
+
+from journal import Synchronous, canonical_json, stamp
+
+from .common import Report, Row, Target, bench_parser, interleaved, profiled, scratch, top_self_time
+from .workload import START, TransitionWriter, journal_append_rate, sample_orders, steady_rate
+
+TARGET = Target("ratio", ">=", 0.8)
+GROUP = 50
+HASH_TEXT_BYTES = 2 * 64
+WAL_FRAME_HEADER_BYTES = 24
+FRAME_SAMPLE_COMMITS = 300
+
+
+def transition_bytes() -> int:
+    """Text bytes one journaled LIMIT_STEP transition commits: its event row and its order row."""
+    _, steps = sample_orders()
+    event, projection = steps[0]
+    texts = [event.order_id, event.plan_id, stamp(START), event.kind, event.from_state]
+    texts += [event.to_state, canonical_json(dict(event.data))]
+    texts += [str(value) for value in projection.values() if value is not None]
+    return sum(len(text.encode()) for text in texts if text) + HASH_TEXT_BYTES
+
+
+class RawWriter:
+    """A fresh WAL database taking one single-row INSERT commit per `commit` call."""
+
+    def __init__(self, path: Path, payload_bytes: int, synchronous: Synchronous) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute(f"PRAGMA synchronous = {synchronous}")
+        self.conn.execute("CREATE TABLE raw (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)")
+        self.payload = "x" * payload_bytes
+
+    def commit(self, _offset: int) -> None:
+        self.conn.execute("BEGIN")
+        self.conn.execute("INSERT INTO raw (payload) VALUES (?)", [self.payload])
+        self.conn.execute("COMMIT")
+
+
+def raw_commit_rate(
+    path: Path, commits: int, payload_bytes: int, synchronous: Synchronous
+) -> float:
+    """Single-row INSERT commits per second into a fresh WAL database at `path`."""
+    writer = RawWriter(path, payload_bytes, synchronous)
+    try:
+        return steady_rate(commits, 1, writer.commit)
+    finally:
+        writer.conn.close()
+
+
+def wal_frames_per_commit(
+    conn: sqlite3.Connection, wal: Path, commit: Callable[[int], None]
+) -> float:
+    """Pages one commit writes to the WAL: the I/O a commit costs beside its fsync."""
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    for offset in range(FRAME_SAMPLE_COMMITS):
+        commit(offset)
+    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    frames = os.path.getsize(wal) / (page_size + WAL_FRAME_HEADER_BYTES)
+    conn.execute("PRAGMA wal_autocheckpoint = 1000")
+    return frames / FRAME_SAMPLE_COMMITS
+
+
+def frames_per_commit(directory: Path, payload_bytes: int) -> tuple[float, float]:
+    """WAL pages per commit for a journal append and for the raw single-row commit."""
+    journal_path, raw_path = directory / "frames-journal.db", directory / "frames-raw.db"
+    with TransitionWriter(journal_path) as writer:
+        journal = wal_frames_per_commit(
+            writer.journal.db.conn, Path(f"{journal_path}-wal"), writer.commit
+        )
+    raw_writer = RawWriter(raw_path, payload_bytes, "FULL")
+    try:
+        raw = wal_frames_per_commit(raw_writer.conn, Path(f"{raw_path}-wal"), raw_writer.commit)
+    finally:
+        raw_writer.conn.close()
+    return journal, raw
+
+
+def main() -> None:
+    args = bench_parser(__doc__).parse_args()
+    events, rounds = (200, 1) if args.quick else (2000, 5)
+    report = Report("journal_append", args)
+    size = transition_bytes()
+    with scratch(args.workdir) as directory:
+        fresh = count()
+
+        def path(name: str) -> Path:
+            return directory / f"{name}-{next(fresh)}.db"
+
+        runs: dict[str, Callable[[], float]] = {
+            "raw_full": lambda: raw_commit_rate(path("raw"), events, size, "FULL"),
+            "journal_full": lambda: journal_append_rate(path("journal"), events),
+            "journal_group": lambda: journal_append_rate(path("group"), events, batch=GROUP),
+            "raw_normal": lambda: raw_commit_rate(path("raw"), events, size, "NORMAL"),
+            "journal_normal": lambda: journal_append_rate(
+                path("journal"), events, synchronous="NORMAL"
+            ),
+        }
+        rate = interleaved(rounds, runs)
+        journal_frames, raw_frames = frames_per_commit(directory, size)
+        single = report.add(
+            Row.measured(
+                "journal append, FULL, 1 event/commit",
+                rate["journal_full"],
+                "events/s",
+                rate["raw_full"],
+                TARGET,
+                note=f"reference: raw sqlite3 1-row INSERT commits of {size} B, WAL+FULL",
+            )
+        )
+        report.add(
+            Row.measured(
+                f"journal append_many, FULL, {GROUP} events/commit",
+                rate["journal_group"],
+                "events/s",
+                rate["raw_full"],
+                note="group commit; reference: the same raw WAL+FULL 1-row commits",
+            )
+        )
+        report.add(
+            Row.measured(
+                "journal append, NORMAL, 1 event/commit",
+                rate["journal_normal"],
+                "events/s",
+                rate["raw_normal"],
+                note="no fsync per commit, so this ratio is the CPU cost of an append; "
+                f"reference: raw sqlite3 1-row INSERT commits of {size} B, WAL+NORMAL",
+            )
+        )
+        report.notes.append(
+            f"median of {rounds} interleaved rounds of {events} timed events each, after as "
+            "many untimed; each event is a LIMIT_STEP_1 -> LIMIT_STEP_2 transition with its "
+            "quote plus the order's projection row, in one transaction"
+        )
+        report.notes.append(
+            f"WAL pages written per commit: journal {journal_frames:.1f}, raw {raw_frames:.1f}"
+        )
+        report.details |= {"wal_frames_per_commit": {"journal": journal_frames, "raw": raw_frames}}
+        if single.status == "MISS":
+            stats = profiled(lambda: journal_append_rate(path("profile"), events))
+            top = top_self_time(stats, 12)
+            report.details["profile_top_self_time"] = top
+            report.notes += [
+                f"profile (missed): {entry['self_share']:.0%} self time in {entry['function']}"
+                for entry in top[:6]
+            ]
+    report.details["payload_bytes"] = size
+    report.finish()
+
+
+if __name__ == "__main__":
+    main()

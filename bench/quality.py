@@ -1,0 +1,323 @@
+"""Execution quality on the simulator: market orders, the original ladder, walkbook's defaults.
+
+The same seeded orders (liquid, illiquid and sub-dollar symbols, one order per symbol)
+run under three policies on identically seeded markets:
+
+- market at once: urgency HIGH, straight to a market order;
+- original ladder: 0.75 / 0.85 / 0.95 of the spread, 10 s per step, every step priced
+  from the order's first quote. The engine has no setting for that, so it is emulated:
+  the simulator is wrapped to answer every quote request for a symbol with its first
+  quote (one order per symbol, so one quote per order), and quote freshness is relaxed
+  so the engine accepts that old quote;
+- walkbook defaults: the same ladder and waits, each step priced from a fresh quote.
+
+Slippage is signed against the arrival mid (the quote the order was QUOTED with), in bps:
+positive is worse than mid. The ratio is a policy's mean slippage over the market order's.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from statistics import fmean
+
+from engine import (
+    EngineConfig,
+    MarketSpec,
+    OrderIntent,
+    OrderResult,
+    OrderSide,
+    OrderState,
+    Quote,
+    SimBroker,
+    SymbolSpec,
+    Urgency,
+)
+from engine.fsm import TERMINAL_STATES, is_limit_step, step_number
+from engine.order import EventKind
+from journal import Journal
+
+from .common import Report, Row, bench_parser, number, percentile, quiet_logs, scratch
+from .workload import run_in_plans
+
+PLAN_SIZE = 25
+SEED = 20261123
+DAY_SECONDS = 86_400.0
+LEVELS = ("L1", "L2", "L3", "M")
+
+
+@dataclass(frozen=True)
+class SymbolClass:
+    """A kind of symbol: ranges its prices, spreads and order sizes are drawn from."""
+
+    name: str
+    prefix: str
+    price: tuple[float, float]
+    spread_bps: tuple[float, float]
+    volatility_bps: float
+    liquidity: float
+    zero_quote_probability: float
+    quantity: tuple[int, int]
+
+    def describe(self) -> str:
+        return (
+            f"{self.name}: price {self.price[0]:g}-{self.price[1]:g}, spread "
+            f"{self.spread_bps[0]:g}-{self.spread_bps[1]:g} bps, volatility "
+            f"{self.volatility_bps:g} bps/s, liquidity {self.liquidity:g}, zero-quote episodes "
+            f"{self.zero_quote_probability:g}/s, {self.quantity[0]}-{self.quantity[1]} shares"
+        )
+
+
+CLASSES = (
+    SymbolClass("liquid", "L", (20, 400), (1, 4), 1.0, 1.5, 0.0, (10, 500)),
+    SymbolClass("illiquid", "I", (5, 60), (25, 80), 4.0, 0.25, 0.02, (10, 300)),
+    SymbolClass("sub-dollar", "P", (0.15, 0.95), (40, 150), 5.0, 0.6, 0.0, (1_000, 20_000)),
+)
+
+
+@dataclass
+class OneQuotePerOrder(SimBroker):
+    """The simulator, answering every quote request for a symbol with the first two-sided
+    quote it gave for it (until then, with its live quotes)."""
+
+    first_quotes: dict[str, Quote] = field(init=False, default_factory=dict)
+
+    def _remember(self, symbol: str, quote: Quote | None) -> Quote | None:
+        """Keep the first two-sided quote: the original system priced every step from it."""
+        if quote is not None and 0 < quote.bid < quote.ask:
+            self.first_quotes[symbol] = quote
+        return quote
+
+    async def stream_quote(self, symbol: str, wait_seconds: float) -> Quote | None:
+        if symbol in self.first_quotes:
+            return self.first_quotes[symbol]
+        return self._remember(symbol, await super().stream_quote(symbol, wait_seconds))
+
+    async def latest_quote(self, symbol: str) -> Quote | None:
+        if symbol in self.first_quotes:
+            return self.first_quotes[symbol]
+        return self._remember(symbol, await super().latest_quote(symbol))
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    urgency: Urgency
+    config: EngineConfig
+    broker: type[SimBroker] = SimBroker
+
+
+MARKET = Policy("market order at once", Urgency.HIGH, EngineConfig())
+ORIGINAL = Policy(
+    "original ladder, 1 quote",
+    Urgency.MEDIUM,
+    EngineConfig(
+        ladder=(Decimal("0.75"), Decimal("0.85"), Decimal("0.95")),
+        medium_step_wait_seconds=10.0,
+        quote_freshness_seconds=DAY_SECONDS,
+    ),
+    OneQuotePerOrder,
+)
+DEFAULTS = Policy("walkbook defaults", Urgency.MEDIUM, EngineConfig())
+POLICIES = (MARKET, ORIGINAL, DEFAULTS)
+
+
+def universe(per_class: int) -> tuple[MarketSpec, list[OrderIntent], dict[str, str]]:
+    """The seeded market, its orders (classes mixed in every plan), and each symbol's class."""
+    rng = random.Random(SEED)
+    symbols: dict[str, SymbolSpec] = {}
+    positions: dict[str, Decimal] = {}
+    intents: list[OrderIntent] = []
+    class_of: dict[str, str] = {}
+    for kind in CLASSES:
+        for index in range(per_class):
+            symbol = f"{kind.prefix}{index:04d}"
+            digits = 2 if kind.price[0] >= 1 else 4
+            symbols[symbol] = SymbolSpec(
+                price=Decimal(str(round(rng.uniform(*kind.price), digits))),
+                spread_bps=round(rng.uniform(*kind.spread_bps), 1),
+                volatility_bps=kind.volatility_bps,
+                liquidity=kind.liquidity,
+                zero_quote_probability=kind.zero_quote_probability,
+            )
+            side = rng.choice((OrderSide.BUY, OrderSide.SELL))
+            quantity = Decimal(rng.randint(*kind.quantity))
+            if side is OrderSide.SELL:
+                positions[symbol] = 2 * quantity
+            intents.append(OrderIntent(symbol=symbol, side=side, quantity=quantity))
+            class_of[symbol] = kind.name
+    rng.shuffle(intents)
+    spec = MarketSpec(seed=SEED, symbols=symbols, positions=positions, cash=Decimal(10) ** 12)
+    return spec, intents, class_of
+
+
+@dataclass
+class Walked:
+    """What the journal says about one order's walk: levels reached, fills by level, times."""
+
+    levels: list[str] = field(default_factory=list)
+    fill_levels: list[str] = field(default_factory=list)
+    quoted: datetime | None = None
+    ended: datetime | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        if self.quoted is None or self.ended is None:
+            return None
+        return (self.ended - self.quoted).total_seconds()
+
+
+def level(state: str) -> str | None:
+    if is_limit_step(state):
+        return f"L{step_number(state)}"
+    return "M" if state == OrderState.MARKET else None
+
+
+def walks(journal: Journal) -> dict[str, Walked]:
+    """Every order's walk, read back from the journal."""
+    found: dict[str, Walked] = {}
+    for event in journal.events():
+        if event.order_id is None:
+            continue
+        walk = found.setdefault(event.order_id, Walked())
+        if event.kind == EventKind.TRANSITION and event.to_state is not None:
+            reached = level(event.to_state)
+            if reached is not None:
+                walk.levels.append(reached)
+            if event.to_state == OrderState.QUOTED:
+                walk.quoted = event.at_datetime
+            if event.to_state in TERMINAL_STATES:
+                walk.ended = event.at_datetime
+        elif event.kind == EventKind.FILL:
+            walk.fill_levels.append(event.data["client_order_id"].split("-")[-2])
+    return found
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One policy's results and walks, and each symbol's class."""
+
+    results: list[OrderResult]
+    walks: dict[str, Walked]
+    class_of: dict[str, str]
+
+    def slippage(self, kind: str | None = None) -> list[float]:
+        """Each filled order's slippage in bps, for one symbol class or all."""
+        return [
+            float(r.slippage_bps)
+            for r in self.results
+            if r.slippage_bps is not None and kind in (None, self.class_of[r.symbol])
+        ]
+
+    def level_cells(self) -> list[str]:
+        """Per level: orders completed there / orders that reached it (the level's fill rate)."""
+        reached: Counter[str] = Counter()
+        completed: Counter[str] = Counter()
+        for result in self.results:
+            walk = self.walks[result.order_id]
+            reached.update(set(walk.levels))
+            if result.filled_qty == result.quantity and walk.fill_levels:
+                completed[walk.fill_levels[-1]] += 1
+        return [
+            f"{completed[lv]}/{reached[lv]} ({completed[lv] / reached[lv]:.0%})"
+            if reached[lv]
+            else "—"
+            for lv in LEVELS
+        ]
+
+
+def run_policy(
+    policy: Policy,
+    intents: list[OrderIntent],
+    spec: MarketSpec,
+    class_of: dict[str, str],
+    path: Path,
+) -> Outcome:
+    """The orders under one policy, journaled with synchronous=NORMAL (quality, not durability)."""
+    orders = [i.model_copy(update={"urgency": policy.urgency}) for i in intents]
+    with Journal.open(path, synchronous="NORMAL") as journal:
+        results = run_in_plans(
+            orders,
+            spec,
+            journal,
+            prefix=path.stem,
+            plan_size=PLAN_SIZE,
+            config=policy.config,
+            broker_type=policy.broker,
+        )
+        return Outcome(results, walks(journal), class_of)
+
+
+def market_model(spec: MarketSpec) -> str:
+    return (
+        "market model (engine/sim): per symbol a mid on a geometric random walk in 1 s ticks, "
+        "bid/ask at the mid -/+ half the spread (at least a tick), optional zero-quote episodes; "
+        "a resting limit fills with probability 1-exp(-λ) per second, "
+        "λ = fill_intensity·liquidity·exp(-fill_decay·d), d = distance from the far touch in "
+        "spreads, partly with partial_fill_probability; a marketable or market order fills at "
+        f"the touch. Parameters: seed {spec.seed}, fill_intensity {spec.fill_intensity}, "
+        f"fill_decay {spec.fill_decay}, partial_fill_probability {spec.partial_fill_probability}, "
+        f"market_partial_probability {spec.market_partial_probability}, stream_gap_probability "
+        f"{spec.stream_gap_probability}, latency {spec.latency_seconds} s. Classes: "
+        + "; ".join(kind.describe() for kind in CLASSES)
+    )
+
+
+def main() -> None:
+    args = bench_parser(__doc__).parse_args()
+    per_class = 8 if args.quick else 350
+    quiet_logs()
+    report = Report("quality", args)
+    spec, intents, class_of = universe(per_class)
+    with scratch(args.workdir) as directory:
+        outcomes = {
+            p.name: run_policy(p, intents, spec, class_of, directory / f"policy-{i}.db")
+            for i, p in enumerate(POLICIES)
+        }
+    market = fmean(outcomes[MARKET.name].slippage())
+    for policy in (DEFAULTS, ORIGINAL):
+        report.add(
+            Row.measured(
+                f"{policy.name}: mean slippage",
+                fmean(outcomes[policy.name].slippage()),
+                "bps",
+                market,
+                note="reference: market order at once (urgency HIGH); lower is better",
+            )
+        )
+    headers = ["policy", "orders", "VALIDATED", "mean bps", "p95 bps"]
+    headers += [f"{kind.name} mean" for kind in CLASSES] + ["mean s", "p95 s"]
+    rows: list[list[str]] = []
+    for name, outcome in outcomes.items():
+        slips = outcome.slippage()
+        durations = [s for w in outcome.walks.values() if (s := w.seconds) is not None]
+        validated = sum(1 for r in outcome.results if r.state == OrderState.VALIDATED)
+        rows.append(
+            [name, str(len(outcome.results)), str(validated), number(fmean(slips))]
+            + [number(percentile(slips, 0.95))]
+            + [number(fmean(outcome.slippage(kind.name))) for kind in CLASSES]
+            + [number(fmean(durations)), number(percentile(durations, 0.95))]
+        )
+    report.table(
+        "slippage vs arrival mid (bps) and time from QUOTED to done (virtual s)", headers, rows
+    )
+    report.table(
+        "fill rate per ladder level: orders completed there / orders that reached it",
+        ["policy", *LEVELS],
+        [[name, *outcome.level_cells()] for name, outcome in outcomes.items()],
+    )
+    report.notes.append(market_model(spec))
+    report.notes.append(
+        f"{len(intents)} orders, {per_class} per class, in plans of {PLAN_SIZE} on fresh "
+        "simulators; the original ladder's one quote per order is emulated as described in "
+        "bench/quality.py (the engine itself always takes a fresh quote per step)"
+    )
+    report.finish()
+
+
+if __name__ == "__main__":
+    main()

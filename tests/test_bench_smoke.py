@@ -1,0 +1,82 @@
+"""The benchmarks run end to end in --quick mode and report the rows they promise.
+
+Speed lives in `make bench`, never here: these tests only check that every script runs,
+exits 0 and writes positive figures (or a SKIP with its reason), so a benchmark cannot
+rot unnoticed between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARES = (
+    "journal/ (sqlite3 included)",
+    "sqlite3 C calls (part of journal/)",
+    "FSM: transitions/ + engine/fsm.py",
+    "simulator: engine/sim/",
+    "other (walk, quotes, asyncio, ...)",
+)
+EXPECTED_ROWS = {
+    "journal_append": [
+        "journal append, FULL, 1 event/commit",
+        "journal append_many, FULL, 50 events/commit",
+        "journal append, NORMAL, 1 event/commit",
+    ],
+    "dbos_peer": ["walk, durable steps per second"],
+    "resume": [
+        "resume 200 in-flight orders: start to all re-armed",
+        "resume 200 in-flight orders: peak RSS",
+    ],
+    "engine": ["20 orders through complete walks", *(f"time share: {s}" for s in SHARES)],
+    "quality": ["walkbook defaults: mean slippage", "original ladder, 1 quote: mean slippage"],
+}
+# DBOS is an optional extra (`.[bench]`): without it that row is a SKIP with its reason.
+MAY_SKIP = {"walk, durable steps per second"}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """One `python -m bench.run_all --quick` run, each script's JSON by script name."""
+    out = tmp_path_factory.mktemp("bench")
+    command = [sys.executable, "-m", "bench.run_all", "--quick", "--out", str(out)]
+    run = subprocess.run(
+        [*command, "--workdir", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    summary = json.loads((out / "results.json").read_text())
+    return {result["script"]: result for result in summary["results"]}
+
+
+def test_run_all_runs_every_script_once(results: dict[str, dict[str, Any]]) -> None:
+    assert sorted(results) == sorted(EXPECTED_ROWS)
+    assert all(result["exit"] == 0 for result in results.values())
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED_ROWS))
+def test_script_reports_its_rows_with_positive_figures(
+    results: dict[str, dict[str, Any]], script: str
+) -> None:
+    result = results[script]
+    rows = result["rows"]
+    assert [row["name"] for row in rows] == EXPECTED_ROWS[script]
+    assert result["quick"] is True
+    assert result["peak_rss_mb"] > 0
+    for row in rows:
+        if row["status"] == "SKIP":
+            assert row["name"] in MAY_SKIP
+            assert row["note"], "a SKIP says why"
+            assert row["value"] is None
+            continue
+        assert row["status"] in {"PASS", "MISS", "INFO"}
+        assert row["value"] > 0, row
+        if row["reference"] is not None:
+            assert row["reference"] > 0, row
+            assert row["ratio"] == pytest.approx(row["value"] / row["reference"])
+        assert (row["target"] == "—") == (row["status"] == "INFO"), row

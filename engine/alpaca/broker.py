@@ -1,0 +1,288 @@
+"""AlpacaBroker: the engine's Broker protocol over alpaca-py, for paper or live accounts.
+
+REST goes through `RestGateway` (rate budget, timeouts, our retry policy, typed errors).
+Quotes come from one shared `StockDataStream` connection, REST `latest quote` being the
+engine's fallback. Order changes come from `TradingStream` trade_updates, so waiting for
+fills costs no REST call; only while that stream is down does `wait_for_update` poll,
+once per `poll_interval_seconds`.
+"""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import structlog
+from alpaca.data.enums import DataFeed
+from alpaca.data.models import Quote as SdkQuote
+from alpaca.data.requests import StockLatestQuoteRequest
+from alpaca.trading.models import Asset as SdkAsset
+from alpaca.trading.models import Clock as SdkClock
+from alpaca.trading.models import Order as SdkOrder
+from alpaca.trading.models import Position, TradeAccount
+from alpaca.trading.requests import ReplaceOrderRequest
+
+from ..broker import Account, Asset, BrokerOrder, MarketClock, OrderRequest, Quote
+from ..errors import BrokerUnavailable, NotReplaceable, OrderNotFound, UnknownSymbol
+from ..numbers import ZERO
+from .convert import (
+    account_from_sdk,
+    asset_from_sdk,
+    clock_from_sdk,
+    order_from_sdk,
+    order_request_to_sdk,
+    quote_from_sdk,
+)
+from .errors import AlpacaConfigError, Forbidden
+from .rest import AlpacaCounters, RestGateway
+from .settings import KEY_ID_ENV, SECRET_KEY_ENV, AlpacaSettings
+from .streams import QuoteStream, StreamThread, UpdateStream
+from .tracking import EVERYONE, OrderTracker, QuoteBoard
+
+__all__ = ["AlpacaBroker"]
+
+M = TypeVar("M")
+STOP_SECONDS = 5.0
+
+
+def _expect(kind: type[M], value: object) -> M:
+    """The SDK types its answers as model-or-raw-dict; we never ask for raw data."""
+    if not isinstance(value, kind):
+        raise BrokerUnavailable(f"alpaca: unexpected answer {type(value).__name__}")
+    return value
+
+
+class AlpacaBroker:
+    """The Broker protocol against Alpaca; use as a context manager (it owns a stream thread)."""
+
+    name = "alpaca"
+
+    def __init__(self, settings: AlpacaSettings) -> None:
+        self.settings = settings
+        self.counters = AlpacaCounters()
+        self.rest = RestGateway(settings, self.counters)
+        self.orders = OrderTracker()
+        self.quotes = QuoteBoard()
+        self._streams: StreamThread | None = None
+        self._update_stream: UpdateStream | None = None
+        self._quote_stream: QuoteStream | None = None
+        self._quote_symbols: set[str] = set()
+        self._assets: dict[str, tuple[float, Asset]] = {}
+        self._clock: tuple[float, MarketClock] | None = None
+        self._stream_awaited = False
+        self.log = structlog.get_logger("walkbook").bind(broker="alpaca")
+
+    def __enter__(self) -> AlpacaBroker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop both websocket clients and their thread."""
+        streams, self._streams = self._streams, None
+        if streams is None:
+            return
+        clients = [c for c in (self._update_stream, self._quote_stream) if c is not None]
+        streams.stop(clients, STOP_SECONDS)
+
+    # -- start-up -------------------------------------------------------------------
+
+    async def check_keys(self) -> Account:
+        """Read the account once: refused keys or no answer become one clear error, early."""
+        try:
+            return await self.get_account()
+        except Forbidden as exc:
+            raise AlpacaConfigError(
+                f"Alpaca refused the API keys ({exc.message}); check {KEY_ID_ENV} and "
+                f"{SECRET_KEY_ENV}, and paper keys vs --live"
+            ) from None
+        except BrokerUnavailable as exc:
+            raise AlpacaConfigError(f"cannot reach Alpaca ({exc.message})") from None
+
+    def _ensure_streams(self) -> StreamThread:
+        """Start the stream thread and trade_updates on first use (after the keys worked)."""
+        if self._streams is None:
+            self._streams = StreamThread()
+            self._update_stream = UpdateStream(self.settings, self.orders, self.counters)
+            runner = self._update_stream._run_forever()  # type: ignore[no-untyped-call]
+            self._streams.run(runner)  # the SDK's reconnect loop (unannotated)
+        return self._streams
+
+    async def _trade_stream_ready(self) -> None:
+        """Before the first order, give trade_updates a moment to connect (else we would poll)."""
+        self._ensure_streams()
+        if self._stream_awaited:
+            return
+        self._stream_awaited = True
+        tracker = self.orders
+        await tracker.waiters.until(
+            EVERYONE, lambda: tracker.stream_up, self.settings.stream_connect_seconds
+        )
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def get_asset(self, symbol: str) -> Asset:
+        """Asset facts change rarely: cached for `asset_cache_seconds` (preflight, then walk)."""
+        self._ensure_streams()
+        cached = self._assets.get(symbol)
+        if cached is not None and time.monotonic() < cached[0]:
+            return cached[1]
+        trading = self.rest.trading
+        try:
+            answer = await self.rest.read("get_asset", lambda: trading.get_asset(symbol))
+        except OrderNotFound:
+            raise UnknownSymbol(f"unknown symbol {symbol}", symbol=symbol) from None
+        asset = asset_from_sdk(_expect(SdkAsset, answer))
+        self._assets[symbol] = (time.monotonic() + self.settings.asset_cache_seconds, asset)
+        return asset
+
+    async def get_clock(self) -> MarketClock:
+        """Cached until the next open/close or `clock_cache_seconds`, whichever is sooner."""
+        self._ensure_streams()
+        if self._clock is not None and time.monotonic() < self._clock[0]:
+            return self._clock[1]
+        answer = await self.rest.read("get_clock", self.rest.trading.get_clock)
+        clock = clock_from_sdk(_expect(SdkClock, answer))
+        change = clock.next_close if clock.is_open else clock.next_open
+        ttl = self.settings.clock_cache_seconds
+        if change is not None:
+            ttl = min(ttl, (change - clock.at).total_seconds())
+        self._clock = (time.monotonic() + ttl, clock)
+        return clock
+
+    async def get_account(self) -> Account:
+        answer = await self.rest.read("get_account", self.rest.trading.get_account)
+        return account_from_sdk(_expect(TradeAccount, answer))
+
+    async def get_position(self, symbol: str) -> Decimal:
+        """Alpaca answers 404 for a symbol with no position: that is zero shares."""
+        self._ensure_streams()
+        trading = self.rest.trading
+        try:
+            answer = await self.rest.read("get_position", lambda: trading.get_open_position(symbol))
+        except OrderNotFound:
+            return ZERO
+        return Decimal(_expect(Position, answer).qty)
+
+    async def stream_quote(self, symbol: str, wait_seconds: float) -> Quote | None:
+        """The streamed quote; None at once if the stream was refused (406) or has dropped."""
+        streams = self._ensure_streams()
+        if symbol not in self._quote_symbols:
+            self._quote_symbols.add(symbol)
+            if self._quote_stream is None:
+                self._quote_stream = QuoteStream(self.settings, self.quotes, self.counters)
+                streams.submit(self._quote_stream.add_quotes([symbol]))
+                streams.run(self._quote_stream._run_forever())
+            else:
+                streams.submit(self._quote_stream.add_quotes([symbol]))
+        board = self.quotes
+        await board.waiters.until(
+            symbol,
+            lambda: board.latest(symbol) is not None or not board.usable_soon(),
+            wait_seconds,
+        )
+        return board.latest(symbol)
+
+    async def latest_quote(self, symbol: str) -> Quote | None:
+        request = StockLatestQuoteRequest(
+            symbol_or_symbols=symbol, feed=DataFeed(self.settings.feed)
+        )
+        data = self.rest.data
+        answer = await self.rest.read("latest_quote", lambda: data.get_stock_latest_quote(request))
+        quote = answer.get(symbol) if isinstance(answer, dict) else None
+        return quote_from_sdk(quote, "rest") if isinstance(quote, SdkQuote) else None
+
+    # -- orders -----------------------------------------------------------------------
+
+    def _show(self, answer: Any) -> BrokerOrder:
+        order = self.orders.show(order_from_sdk(_expect(SdkOrder, answer)))
+        self.counters.by_order[order.id] += 1
+        return order
+
+    async def submit_order(self, request: OrderRequest) -> BrokerOrder:
+        await self._trade_stream_ready()
+        sdk_request = order_request_to_sdk(request)
+        trading = self.rest.trading
+        return self._show(
+            await self.rest.write("submit_order", lambda: trading.submit_order(sdk_request))
+        )
+
+    async def replace_order(
+        self, order_id: str, qty: Decimal, limit_price: Decimal, client_order_id: str
+    ) -> BrokerOrder:
+        """PATCH with an explicit whole-share qty; a refused replace that happened anyway
+        (Alpaca has answered 422 for replaces it then carried out) is found by its id."""
+        if qty != qty.to_integral_value():
+            raise NotReplaceable("alpaca replaces whole-share quantities only", order_id=order_id)
+        request = ReplaceOrderRequest(
+            qty=int(qty), limit_price=float(limit_price), client_order_id=client_order_id
+        )
+        trading = self.rest.trading
+        self.counters.by_order[order_id] += 1
+        try:
+            answer = await self.rest.write(
+                "replace_order", lambda: trading.replace_order_by_id(order_id, request)
+            )
+        except NotReplaceable:
+            found = await self.get_order_by_client_id(client_order_id)
+            if found is None:
+                raise
+            self.log.warning("alpaca.replace_refused_yet_done", client_order_id=client_order_id)
+            return found
+        return self._show(answer)
+
+    async def cancel_order(self, order_id: str) -> None:
+        trading = self.rest.trading
+        self.counters.by_order[order_id] += 1
+        await self.rest.read("cancel_order", lambda: trading.cancel_order_by_id(order_id))
+
+    async def get_order(self, order_id: str) -> BrokerOrder:
+        trading = self.rest.trading
+        return self._show(
+            await self.rest.read("get_order", lambda: trading.get_order_by_id(order_id))
+        )
+
+    async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        trading = self.rest.trading
+        try:
+            answer = await self.rest.read(
+                "get_order_by_client_id", lambda: trading.get_order_by_client_id(client_order_id)
+            )
+        except OrderNotFound:
+            return None
+        return self._show(answer)
+
+    async def wait_for_update(self, order_id: str, timeout_seconds: float) -> BrokerOrder:
+        """The order as soon as it differs from what the engine last saw, or at the timeout.
+
+        trade_updates up: no REST call at all. Down (or not yet vouched for since it
+        reconnected): one read, then one more per poll interval while it stays down.
+        """
+        self._ensure_streams()
+        tracker = self.orders
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            if tracker.needs_read(order_id):
+                await self._refresh(order_id)  # outside the watch: its own wake-up is no news
+            with tracker.waiters.watch(order_id) as watch:
+                news = tracker.news(order_id)
+                left = deadline - time.monotonic()
+                if news is not None or left <= 0:
+                    latest = news or tracker.latest(order_id)
+                    assert latest is not None, "read above"
+                    return tracker.show(latest)
+                poll = self.settings.poll_interval_seconds
+                await watch.wait(left if tracker.stream_up else min(left, poll))
+
+    async def _refresh(self, order_id: str) -> None:
+        """One REST read of an order the stream cannot vouch for (counted as a poll if down)."""
+        if self.orders.stream_up:
+            self.counters.order_refreshes += 1
+        else:
+            self.counters.status_polls += 1
+        self.counters.by_order[order_id] += 1
+        trading = self.rest.trading
+        answer = await self.rest.read("get_order", lambda: trading.get_order_by_id(order_id))
+        self.orders.observe(order_from_sdk(_expect(SdkOrder, answer)))

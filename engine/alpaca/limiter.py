@@ -1,0 +1,56 @@
+"""One request budget per account: at most `limit` REST calls in any `window` seconds.
+
+A sliding log rather than a token bucket: a bucket refilling at limit/window lets
+through up to twice the limit in one window, and Alpaca counts per rolling minute.
+The limiter lives in the engine's event loop; the blocking SDK call runs afterwards
+in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+__all__ = ["RateLimiter"]
+
+
+class RateLimiter:
+    """Async sliding-window limiter; `throttled` counts the calls that had to wait."""
+
+    def __init__(
+        self,
+        limit: int,
+        window_seconds: float = 60.0,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if limit < 1 or window_seconds <= 0:
+            raise ValueError("a rate limit needs limit >= 1 and a positive window")
+        self.limit = limit
+        self.window = window_seconds
+        self._now = now
+        self._sent: deque[float] = deque()
+        self.throttled = 0
+
+    def _forget_old(self, now: float) -> None:
+        while self._sent and now - self._sent[0] >= self.window:
+            self._sent.popleft()
+
+    async def acquire(self) -> None:
+        """Wait until one more call fits in the window, then count it as sent."""
+        waited = False
+        while True:
+            now = self._now()
+            self._forget_old(now)
+            if len(self._sent) < self.limit:
+                self._sent.append(now)
+                self.throttled += waited
+                return
+            waited = True
+            await asyncio.sleep(self._sent[0] + self.window - now)
+
+    def in_window(self) -> int:
+        """Calls counted in the current window (for reports and tests)."""
+        self._forget_old(self._now())
+        return len(self._sent)

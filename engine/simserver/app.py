@@ -1,0 +1,290 @@
+"""Alpaca's REST API (the paths alpaca-py calls) over the simulator, with Alpaca's guards.
+
+Requests pass, in order: the key check (401 without keys, 403 with wrong ones), the
+account's rate limit (429 past `rate_limit_per_minute`), the fault knobs, then the
+handler; after each one the trade_updates stream is told what changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from aiohttp import web
+
+from ..broker import BrokerOrder, OrderRequest
+from ..errors import BrokerError, BrokerRejected, OrderNotFound, UnknownSymbol
+from ..intents import OrderSide
+from ..sim import SimBroker
+from .faults import FaultInjector
+from .streams import MarketData, TradeUpdates
+from .wire import (
+    IdMap,
+    account_json,
+    asset_json,
+    clock_json,
+    error,
+    error_for,
+    gateway_error,
+    order_json,
+    position_json,
+    quote_json,
+)
+
+__all__ = ["SimApp"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+STREAM_PATHS = frozenset({"/stream", "/v2/iex", "/v2/sip", "/v2/test"})
+STATS_PATH = "/_sim/stats"
+MAX_ORDERS_LISTED = 500
+
+
+class _BadRequest(BrokerRejected):
+    """A request body Alpaca would refuse with 422 before looking at the account."""
+
+
+def _decimal(value: Any, name: str) -> Decimal:
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        raise _BadRequest(f"invalid {name}") from None
+    if not number.is_finite() or number <= 0:
+        raise _BadRequest(f"{name} must be > 0")
+    return number
+
+
+class SimApp:
+    """The aiohttp application: one SimBroker, one key pair, one set of faults."""
+
+    def __init__(self, broker: SimBroker, faults: FaultInjector, keys: tuple[str, str]) -> None:
+        self.broker = broker
+        self.faults = faults
+        self.keys = keys
+        self.ids = IdMap()
+        self.ids.learn(list(broker.order_versions()))
+        self.updates = TradeUpdates(broker, self.ids, keys, faults)
+        self.market_data = MarketData(broker, keys, faults)
+        self.stats: Counter[str] = Counter()
+        self._sent: deque[float] = deque()
+
+    def build(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard])
+        app.router.add_routes(
+            [
+                web.post("/v2/orders", self.submit),
+                web.get("/v2/orders", self.list_orders),
+                web.get("/v2/orders:by_client_order_id", self.by_client_order_id),
+                web.get("/v2/orders/{order_id}", self.get_order),
+                web.patch("/v2/orders/{order_id}", self.replace),
+                web.delete("/v2/orders/{order_id}", self.cancel),
+                web.get("/v2/positions", self.positions),
+                web.get("/v2/positions/{symbol}", self.position),
+                web.get("/v2/account", self.account),
+                web.get("/v2/clock", self.clock),
+                web.get("/v2/assets/{symbol}", self.asset),
+                web.get("/v2/stocks/quotes/latest", self.latest_quotes),
+                web.get("/stream", self.updates.handle),
+                *(web.get(path, self.market_data.handle) for path in STREAM_PATHS - {"/stream"}),
+                web.get(STATS_PATH, self.stats_view),
+            ]
+        )
+        return app
+
+    # -- the guard: keys, rate limit, faults ----------------------------------------
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in STREAM_PATHS:
+            return await handler(request)
+        key = request.headers.get("APCA-API-KEY-ID")
+        secret = request.headers.get("APCA-API-SECRET-KEY")
+        if not key or not secret:
+            self.stats["unauthorized"] += 1
+            return error(401, 40110000, "request is not authorized")
+        if (key, secret) != self.keys:
+            self.stats["forbidden"] += 1
+            return error(403, None, "forbidden.")
+        if request.path == STATS_PATH:
+            return await handler(request)
+        self.stats["requests"] += 1
+        resource = request.match_info.route.resource
+        route = request.path if resource is None else resource.canonical
+        self.stats[f"{request.method} {route}"] += 1
+        if not self._within_rate_limit():
+            self.stats["rate_limited"] += 1
+            return error(429, 42910000, "rate limit exceeded")
+        faulted = await self._inject(request)
+        if faulted is not None:
+            return faulted
+        try:
+            return await handler(request)
+        except (BrokerError, UnknownSymbol) as exc:
+            return error_for(exc)
+        finally:
+            self.updates.publish()
+
+    def _within_rate_limit(self) -> bool:
+        spec, now = self.faults.spec, time.monotonic()
+        while self._sent and now - self._sent[0] >= spec.rate_limit_window_seconds:
+            self._sent.popleft()
+        if len(self._sent) >= spec.rate_limit_per_minute:
+            return False
+        self._sent.append(now)
+        return True
+
+    async def _inject(self, request: web.Request) -> web.StreamResponse | None:
+        spec, faults = self.faults.spec, self.faults
+        if not spec.applies_to(request.method, request.path):
+            return None
+        if spec.latency_seconds:
+            await request.read()  # a slow server has the request: it acts even if the client left
+            await asyncio.sleep(spec.latency_seconds)
+        if faults.roll("http_429", spec.http_429_probability):
+            return error(429, 42910000, "rate limit exceeded")
+        if faults.roll("http_5xx", spec.http_5xx_probability):
+            return gateway_error(502)
+        if faults.roll("drop", spec.drop_probability) and request.transport is not None:
+            request.transport.abort()
+            return web.Response(status=499)
+        return None
+
+    # -- orders -----------------------------------------------------------------------
+
+    def _order(self, order: BrokerOrder) -> web.Response:
+        return web.json_response(order_json(order, self.ids, datetime.now(UTC)))
+
+    def _sim_id(self, request: web.Request) -> str:
+        sim_id = self.ids.sim(request.match_info["order_id"])
+        if sim_id is None:
+            raise OrderNotFound("order not found")
+        return sim_id
+
+    @staticmethod
+    async def _body(request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise _BadRequest("request body format is invalid") from None
+        if not isinstance(body, dict):
+            raise _BadRequest("request body format is invalid")
+        return body
+
+    async def submit(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        order_type = body.get("type") or body.get("order_type")
+        if order_type not in ("limit", "market") or "qty" not in body:
+            raise _BadRequest("only qty-based limit and market orders are simulated")
+        qty = _decimal(body["qty"], "qty")
+        if qty != qty.to_integral_value() and body.get("time_in_force") != "day":
+            raise _BadRequest("fractional orders must be DAY orders")
+        try:
+            side = OrderSide(str(body.get("side", "")).lower())
+        except ValueError:
+            raise _BadRequest("side must be buy or sell") from None
+        limit = body.get("limit_price")
+        order = await self.broker.submit_order(
+            OrderRequest(
+                client_order_id=str(body.get("client_order_id") or uuid.uuid4()),
+                symbol=str(body.get("symbol", "")).upper(),
+                side=side,
+                qty=qty,
+                order_type=order_type,
+                limit_price=None if limit is None else _decimal(limit, "limit_price"),
+            )
+        )
+        if self.faults.roll("submit_504", self.faults.spec.submit_504_probability):
+            return gateway_error(504)
+        return self._order(order)
+
+    async def list_orders(self, request: web.Request) -> web.Response:
+        status = request.query.get("status", "open")
+        try:
+            limit = min(int(request.query.get("limit", "50")), MAX_ORDERS_LISTED)
+        except ValueError:
+            raise _BadRequest("limit must be a whole number") from None
+        orders = [self.broker.order_snapshot(i) for i in self.broker.order_versions()]
+        if status != "all":
+            orders = [o for o in orders if o.is_terminal == (status == "closed")]
+        if request.query.get("direction", "desc") == "desc":
+            orders.reverse()
+        now = datetime.now(UTC)
+        return web.json_response([order_json(o, self.ids, now) for o in orders[:limit]])
+
+    async def get_order(self, request: web.Request) -> web.Response:
+        return self._order(await self.broker.get_order(self._sim_id(request)))
+
+    async def by_client_order_id(self, request: web.Request) -> web.Response:
+        order = await self.broker.get_order_by_client_id(request.query.get("client_order_id", ""))
+        if order is None:
+            raise OrderNotFound("order not found")
+        return self._order(order)
+
+    async def replace(self, request: web.Request) -> web.Response:
+        sim_id = self._sim_id(request)
+        body = await self._body(request)
+        if self.faults.roll("replace_filled", self.faults.spec.replace_filled_probability):
+            self.broker.fill_now(sim_id)
+        old = self.broker.order_snapshot(sim_id)
+        limit = body.get("limit_price", old.limit_price)
+        order = await self.broker.replace_order(
+            sim_id,
+            _decimal(body["qty"], "qty") if "qty" in body else old.qty,
+            _decimal(limit, "limit_price"),
+            str(body.get("client_order_id") or uuid.uuid4()),
+        )
+        return self._order(order)
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        await self.broker.cancel_order(self._sim_id(request))
+        return web.Response(status=204)
+
+    # -- account, market ------------------------------------------------------------
+
+    async def positions(self, request: web.Request) -> web.Response:
+        held = sorted(self.broker.positions.items())
+        return web.json_response([position_json(s, q) for s, q in held])
+
+    async def position(self, request: web.Request) -> web.Response:
+        symbol = request.match_info["symbol"].upper()
+        qty = await self.broker.get_position(symbol)
+        if not qty:
+            return error(404, 40410000, "position does not exist")
+        return web.json_response(position_json(symbol, qty))
+
+    async def account(self, request: web.Request) -> web.Response:
+        return web.json_response(account_json(await self.broker.get_account()))
+
+    async def clock(self, request: web.Request) -> web.Response:
+        return web.json_response(clock_json(await self.broker.get_clock()))
+
+    async def asset(self, request: web.Request) -> web.Response:
+        symbol = request.match_info["symbol"].upper()
+        return web.json_response(asset_json(await self.broker.get_asset(symbol)))
+
+    async def latest_quotes(self, request: web.Request) -> web.Response:
+        symbols = [s for s in request.query.get("symbols", "").upper().split(",") if s]
+        if not symbols:
+            return error(400, 40010000, "symbols is required")
+        quotes = {}
+        for symbol in symbols:
+            quote = await self.market_data.quote(symbol, rest=True)
+            if quote is not None:
+                quotes[symbol] = quote_json(quote)
+        return web.json_response({"quotes": quotes})
+
+    async def stats_view(self, request: web.Request) -> web.Response:
+        """Not Alpaca's: what the server saw and injected, for tests and operators."""
+        return web.json_response(
+            {
+                **self.stats,
+                "injected": dict(self.faults.injected),
+                "data_stream_refused": self.market_data.refused,
+                "orders": len(self.broker.order_versions()),
+            }
+        )

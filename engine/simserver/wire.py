@@ -1,0 +1,254 @@
+"""Alpaca's JSON (and msgpack) shapes for the simulator's facts, and Alpaca's error bodies.
+
+Order ids on the wire are UUIDs, as alpaca-py insists; each simulator id maps to one
+by uuid5, so the mapping survives a restart from the state file.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import msgpack
+from aiohttp import web
+
+from ..broker import Account, Asset, BrokerOrder, MarketClock, Quote
+from ..errors import (
+    BrokerError,
+    BrokerRejected,
+    DuplicateClientOrderId,
+    NotReplaceable,
+    OrderNotFound,
+    OutcomeUnknown,
+    UnknownSymbol,
+)
+from ..numbers import decimal_text
+
+__all__ = [
+    "IdMap",
+    "account_json",
+    "asset_json",
+    "clock_json",
+    "error",
+    "error_for",
+    "gateway_error",
+    "order_json",
+    "pack",
+    "position_json",
+    "quote_frame",
+    "quote_json",
+]
+
+NAMESPACE = uuid.UUID("2f0c1a52-6b7e-4d8e-9a51-3c1d7e0b9a11")
+GATEWAY_HTML = "<html><head><title>{status}</title></head><body><h1>{status}</h1></body></html>"
+
+
+def _uuid(name: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, name))
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else decimal_text(value)
+
+
+class IdMap:
+    """Simulator order ids <-> wire UUIDs, and when the server first saw each order."""
+
+    def __init__(self) -> None:
+        self._sim: dict[str, str] = {}
+        self.first_seen: dict[str, datetime] = {}
+
+    def wire(self, sim_id: str) -> str:
+        wire_id = _uuid(sim_id)
+        self._sim[wire_id] = sim_id
+        return wire_id
+
+    def sim(self, wire_id: str) -> str | None:
+        return self._sim.get(wire_id)
+
+    def learn(self, sim_ids: list[str]) -> None:
+        for sim_id in sim_ids:
+            self.wire(sim_id)
+
+
+def order_json(order: BrokerOrder, ids: IdMap, now: datetime) -> dict[str, Any]:
+    created = ids.first_seen.setdefault(order.id, now).isoformat()
+    final_at = now.isoformat() if order.is_terminal else None
+    status = order.status.value
+    return {
+        "id": ids.wire(order.id),
+        "client_order_id": order.client_order_id,
+        "created_at": created,
+        "updated_at": now.isoformat(),
+        "submitted_at": created,
+        "filled_at": final_at if status == "filled" else None,
+        "expired_at": None,
+        "canceled_at": final_at if status == "canceled" else None,
+        "failed_at": None,
+        "replaced_at": final_at if status == "replaced" else None,
+        "replaced_by": None if order.replaced_by is None else ids.wire(order.replaced_by),
+        "replaces": None if order.replaces is None else ids.wire(order.replaces),
+        "asset_id": _uuid(f"asset/{order.symbol}"),
+        "symbol": order.symbol,
+        "asset_class": "us_equity",
+        "notional": None,
+        "qty": decimal_text(order.qty),
+        "filled_qty": decimal_text(order.filled_qty),
+        "filled_avg_price": _text(order.filled_avg_price),
+        "order_class": "simple",
+        "order_type": order.order_type,
+        "type": order.order_type,
+        "side": order.side.value,
+        "time_in_force": "day",
+        "limit_price": _text(order.limit_price),
+        "stop_price": None,
+        "status": status,
+        "extended_hours": False,
+        "legs": None,
+        "trail_percent": None,
+        "trail_price": None,
+        "hwm": None,
+    }
+
+
+def asset_json(asset: Asset) -> dict[str, Any]:
+    return {
+        "id": _uuid(f"asset/{asset.symbol}"),
+        "class": "us_equity",
+        "exchange": "NASDAQ",
+        "symbol": asset.symbol,
+        "name": f"{asset.symbol} (simulated)",
+        "status": "active" if asset.tradable else "inactive",
+        "tradable": asset.tradable,
+        "marginable": True,
+        "shortable": False,
+        "easy_to_borrow": False,
+        "fractionable": asset.fractionable,
+        "min_order_size": "1",
+        "min_trade_increment": "0.000000001" if asset.fractionable else "1",
+        "price_increment": _text(asset.price_increment),
+    }
+
+
+def position_json(symbol: str, qty: Decimal) -> dict[str, Any]:
+    """Entry prices are not simulated: they read as zero."""
+    return {
+        "asset_id": _uuid(f"asset/{symbol}"),
+        "symbol": symbol,
+        "exchange": "NASDAQ",
+        "asset_class": "us_equity",
+        "avg_entry_price": "0",
+        "qty": decimal_text(qty),
+        "qty_available": decimal_text(qty),
+        "side": "long" if qty >= 0 else "short",
+        "cost_basis": "0",
+    }
+
+
+def account_json(account: Account) -> dict[str, Any]:
+    return {
+        "id": _uuid("account"),
+        "account_number": "SIM000001",
+        "status": "ACTIVE",
+        "currency": "USD",
+        "cash": decimal_text(account.cash),
+        "buying_power": decimal_text(account.buying_power),
+        "portfolio_value": decimal_text(account.cash),
+        "pattern_day_trader": False,
+        "trading_blocked": False,
+        "transfers_blocked": False,
+        "account_blocked": False,
+        "trade_suspended_by_user": False,
+        "shorting_enabled": False,
+        "multiplier": "1",
+    }
+
+
+def clock_json(clock: MarketClock) -> dict[str, Any]:
+    """A session that closes in six hours while open, or opens in one hour while closed."""
+    at = clock.at
+    next_close = at + timedelta(hours=6 if clock.is_open else 7)
+    next_open = at + timedelta(days=1 if clock.is_open else 0, hours=0 if clock.is_open else 1)
+    return {
+        "timestamp": at.isoformat(),
+        "is_open": clock.is_open,
+        "next_open": next_open.isoformat(),
+        "next_close": next_close.isoformat(),
+    }
+
+
+def _quote_fields(quote: Quote) -> dict[str, Any]:
+    return {
+        "bp": float(quote.bid),
+        "bs": float(quote.bid_size),
+        "bx": "V",
+        "ap": float(quote.ask),
+        "as": float(quote.ask_size),
+        "ax": "V",
+        "c": ["R"],
+        "z": "C",
+    }
+
+
+def quote_json(quote: Quote) -> dict[str, Any]:
+    """One entry of GET /v2/stocks/quotes/latest."""
+    return {"t": quote.at.isoformat(), **_quote_fields(quote)}
+
+
+def pack(messages: list[dict[str, Any]]) -> bytes:
+    """One market-data websocket frame: a msgpack array of messages."""
+    frame: bytes = msgpack.packb(messages)
+    return frame
+
+
+def quote_frame(quotes: list[Quote]) -> bytes:
+    """Quote messages as the data stream sends them: `t` is a msgpack Timestamp."""
+    return pack(
+        [
+            {
+                "T": "q",
+                "S": q.symbol,
+                "t": msgpack.Timestamp.from_datetime(q.at),
+                **_quote_fields(q),
+            }
+            for q in quotes
+        ]
+    )
+
+
+def error(status: int, code: int | None, message: str) -> web.Response:
+    """Alpaca's error body: `{"code": int, "message": str}` (code omitted where Alpaca omits it)."""
+    body: dict[str, Any] = (
+        {"message": message} if code is None else {"code": code, "message": message}
+    )
+    return web.json_response(body, status=status)
+
+
+def gateway_error(status: int) -> web.Response:
+    """What a load balancer in front of Alpaca answers: HTML, not JSON."""
+    return web.Response(
+        status=status, text=GATEWAY_HTML.format(status=status), content_type="text/html"
+    )
+
+
+def error_for(exc: BrokerError | UnknownSymbol) -> web.Response:
+    """The answer Alpaca gives for each refusal or failure the simulator raises."""
+    if isinstance(exc, DuplicateClientOrderId):
+        return error(422, 40010001, "client_order_id must be unique")
+    if isinstance(exc, UnknownSymbol):
+        return error(404, 40410000, f"asset not found for {exc.fields.get('symbol', '')}".strip())
+    if isinstance(exc, OrderNotFound):
+        return error(404, 40410000, "order not found")
+    if isinstance(exc, NotReplaceable):
+        if "fractional" in exc.message:
+            return error(422, 42210000, "order is not replaceable")
+        return error(422, 42210000, "unable to replace order, order isn't sufficiently open")
+    if isinstance(exc, OutcomeUnknown):
+        return gateway_error(504)
+    if isinstance(exc, BrokerRejected):
+        if exc.reason in ("insufficient_funds", "insufficient_position"):
+            return error(403, 40310000, exc.message)
+        return error(422, 42210000, exc.message)
+    return error(503, 50310000, "service unavailable")

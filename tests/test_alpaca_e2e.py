@@ -1,0 +1,207 @@
+"""The engine on AlpacaBroker through the real alpaca-py SDK, over HTTP and websockets, against
+walkbook's sim-server on 127.0.0.1: fills over trade_updates, replace, cancel/new, quotes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import msgpack
+import pytest
+from alpaca_support import EAGER, KEYS, NEVER, RESTING, acks, alpaca_rig, market
+from websockets.sync.client import connect
+
+from engine import BrokerRejected, OrderSide, OrderState, SymbolSpec, UnknownSymbol
+from engine.alpaca import InsufficientBuyingPower, SubPennyPrice
+from engine.broker import OrderRequest
+from engine.errors import DuplicateClientOrderId, NotReplaceable, OrderNotFound
+from engine.order import EventKind
+from engine.simserver import FaultSpec
+
+
+def test_submit_fills_over_trade_updates_without_polling(tmp_path: Path) -> None:
+    """A resting limit order fills at the simulator's next tick; trade_updates reports it and
+    the walk never reads the order's status over REST."""
+    with alpaca_rig(tmp_path, market(EAGER), config=RESTING) as rig:
+        result = rig.run({"symbol": "AAPL", "side": "buy", "quantity": "10"})
+        rig.check(result)
+        counters = rig.broker.counters
+        order = result.orders[0]
+        assert order.state == OrderState.VALIDATED
+        assert order.steps_used == 1
+        assert order.filled_qty == 10
+        assert counters.trade_updates >= 2  # new, fill
+        assert counters.status_polls == 0
+        assert counters.order_refreshes == 0
+        assert "get_order" not in counters.by_endpoint
+        assert result.quote_counters["streaming_success"] >= 1
+        assert result.quote_counters["rest_fallback"] == 0
+        fill = rig.events(EventKind.FILL)[0]
+        assert Decimal(fill.data["price"]) == Decimal(
+            rig.events("submit_intent")[0].data["limit_price"]
+        )
+
+
+def test_whole_shares_walk_by_replace_with_explicit_qty(tmp_path: Path) -> None:
+    """Nothing fills passively: L1 is placed, L2 and L3 replace it (PATCH, whole shares), then
+    the market step cancels, confirms and sends a market order."""
+    with alpaca_rig(tmp_path, market(NEVER)) as rig:
+        result = rig.run({"symbol": "MSFT", "side": "buy", "quantity": "7"})
+        rig.check(result)
+        assert result.orders[0].state == OrderState.VALIDATED
+        replaces = rig.events(EventKind.REPLACE_ACK)
+        assert len(replaces) == 2
+        assert [e.data["qty"] for e in rig.events(EventKind.REPLACE_INTENT)] == ["7", "7"]
+        book = rig.book().orders
+        chain = [book[e.data["broker_order_id"]] for e in replaces]
+        assert all(o.replaces is not None for o in chain)
+        assert sum(o.status.value == "replaced" for o in book.values()) == 2
+        market_orders = [o for o in book.values() if o.order_type == "market"]
+        assert len(market_orders) == 1
+        assert market_orders[0].filled_qty == 7
+
+
+def test_fractional_walks_by_cancel_confirm_new(tmp_path: Path) -> None:
+    """A fractional qty is never replaced: each step cancels, waits for `canceled` on the
+    stream, then submits anew."""
+    with alpaca_rig(tmp_path, market(NEVER)) as rig:
+        result = rig.run({"symbol": "TSLA", "side": "buy", "quantity": "2.5"})
+        rig.check(result)
+        assert result.orders[0].state == OrderState.VALIDATED
+        assert not rig.events(EventKind.REPLACE_INTENT)
+        assert len(rig.events(EventKind.CANCEL_ACK)) == 3  # L1, L2, L3
+        assert len(rig.events(EventKind.SUBMIT_ACK)) == 4  # L1, L2, L3, market
+        assert rig.broker.counters.status_polls == 0
+
+
+def test_one_sided_quotes_are_repaired_from_the_stream(tmp_path: Path) -> None:
+    """Every quote of ILLQ has a zero side (or both, on the stream): the engine estimates the
+    missing side and the order still completes."""
+    illq = SymbolSpec(price=Decimal("20"), spread_bps=30, zero_quote_probability=1.0)
+    with alpaca_rig(tmp_path, market(EAGER, symbols={"ILLQ": illq})) as rig:
+        rig.run({"symbol": "ILLQ", "side": "buy", "quantity": "3", "urgency": "high"})
+        time.sleep(1.2)  # the zero-quote episode starts at the book's first tick
+        result = rig.run({"symbol": "ILLQ", "side": "buy", "quantity": "4"}, plan_id="p2")
+        rig.check(result)
+        counters = result.quote_counters
+        assert counters["zero_bid"] + counters["zero_ask"] + counters["both_zero"] >= 1
+        assert result.orders[0].state == OrderState.VALIDATED
+
+
+def test_stale_quotes_fail_no_quote_and_nothing_is_sent(tmp_path: Path) -> None:
+    """Quotes two minutes old, streamed and REST alike, are not usable: FAILED no_quote."""
+    faults = FaultSpec(stale_quote_seconds={"AAPL": 120})
+    with alpaca_rig(tmp_path, market(EAGER), faults) as rig:
+        result = rig.run({"symbol": "AAPL", "side": "buy", "quantity": "1"})
+        order = result.orders[0]
+        assert (order.state, order.reason) == (OrderState.FAILED, "no_quote")
+        assert result.quote_counters["stale"] >= 2
+        assert "submit_order" not in rig.broker.counters.by_endpoint
+        assert not rig.book().orders
+
+
+def test_refused_quote_stream_406_falls_back_to_rest(tmp_path: Path) -> None:
+    """Another connection holds the account's one market-data slot: the SDK's stream is
+    refused with 406, the adapter says so and every quote comes over REST."""
+    with alpaca_rig(tmp_path, market(EAGER), config=RESTING) as rig:
+        with connect(rig.server.url.replace("http", "ws") + "/v2/iex") as other:
+            assert msgpack.unpackb(other.recv(timeout=5))[0]["msg"] == "connected"
+            other.send(msgpack.packb({"action": "auth", "key": KEYS[0], "secret": KEYS[1]}))
+            assert msgpack.unpackb(other.recv(timeout=5))[0]["msg"] == "authenticated"
+            result = rig.run(
+                {"symbol": "AAPL", "side": "buy", "quantity": "2"},
+                {"symbol": "MSFT", "side": "buy", "quantity": "1"},
+            )
+        rig.check(result)
+        assert all(o.state == OrderState.VALIDATED for o in result.orders)
+        assert rig.broker.counters.quote_stream_refused >= 1
+        assert rig.server.app.market_data.refused >= 1
+        assert result.quote_counters["streaming_success"] == 0
+        assert result.quote_counters["rest_fallback"] >= 2
+
+
+def test_trade_stream_drops_poll_then_reconnect(tmp_path: Path) -> None:
+    """The server cuts every websocket after 0.5 s: while trade_updates is down the adapter
+    polls (bounded, once per interval); after each reconnect it trusts the stream again."""
+    faults = FaultSpec(stream_drop_after_seconds=0.5)
+    with alpaca_rig(tmp_path, market(NEVER), faults) as rig:
+        started = time.monotonic()
+        result = rig.run({"symbol": "AAPL", "side": "buy", "quantity": "3"})
+        elapsed = time.monotonic() - started
+        rig.check(result)
+        counters = rig.broker.counters
+        assert result.orders[0].state == OrderState.VALIDATED
+        assert rig.server.app.faults.injected["stream_drop"] >= 2
+        assert counters.trade_stream_connects >= 2
+        assert counters.status_polls >= 1
+        # at most one read per poll interval (0.2 s) of waiting, plus one per reconnect
+        reads = counters.status_polls + counters.order_refreshes
+        assert reads <= elapsed / 0.2 + counters.trade_stream_connects + 2
+
+
+def test_every_rest_call_is_counted_per_order(tmp_path: Path) -> None:
+    """The adapter reports REST calls in total, by endpoint and by broker order."""
+    with alpaca_rig(tmp_path, market(NEVER)) as rig:
+        rig.run({"symbol": "AAPL", "side": "buy", "quantity": "10"})
+        counters = rig.broker.counters
+        assert counters.rest_calls == sum(counters.by_endpoint.values())
+        assert counters.rest_calls == rig.server.app.stats["requests"]
+        assert set(counters.by_order) == {o for o in rig.book().orders}
+        assert len(acks(rig)) == 4
+
+
+def test_refusals_reach_the_engine_as_typed_errors(tmp_path: Path) -> None:
+    """Alpaca's error bodies from the server, through the SDK, become the engine's errors."""
+    spec = market(
+        NEVER, positions={"TSLA": Decimal(3)}, cash=Decimal(10_000), unknown_symbols=["NOPE"]
+    )
+    with alpaca_rig(tmp_path, spec) as rig:
+        broker = rig.broker
+
+        def order(cid: str, **fields: object) -> OrderRequest:
+            base: dict[str, object] = {
+                "client_order_id": cid, "symbol": "AAPL", "side": OrderSide.BUY,
+                "qty": Decimal(1), "order_type": "limit", "limit_price": Decimal("189.95"),
+            }  # fmt: skip
+            return OrderRequest(**(base | fields))  # type: ignore[arg-type]
+
+        async def scenario() -> None:
+            with pytest.raises(SubPennyPrice):
+                await broker.submit_order(order("c1", limit_price=Decimal("189.951")))
+            with pytest.raises(InsufficientBuyingPower):
+                await broker.submit_order(order("c2", qty=Decimal(100)))
+            with pytest.raises(BrokerRejected) as short:
+                await broker.submit_order(
+                    order("c3", symbol="TSLA", side=OrderSide.SELL, qty=Decimal(5))
+                )
+            assert short.value.reason == "insufficient_position"
+            placed = await broker.submit_order(order("c4"))
+            with pytest.raises(DuplicateClientOrderId):
+                await broker.submit_order(order("c4"))
+            with pytest.raises(NotReplaceable):  # refused before any request: SDK qty is int
+                await broker.replace_order(placed.id, Decimal("1.5"), Decimal("189.96"), "c5")
+            await broker.cancel_order(placed.id)
+            assert (await broker.get_order(placed.id)).client_order_id == "c4"
+            with pytest.raises(OrderNotFound):
+                await broker.get_order("00000000-0000-4000-8000-000000000000")
+            assert await broker.get_order_by_client_id("never-sent") is None
+            assert await broker.get_position("AAPL") == 0
+            with pytest.raises(UnknownSymbol):
+                await broker.get_asset("NOPE")
+
+        asyncio.run(scenario())
+        assert rig.broker.counters.by_endpoint["replace_order"] == 0
+
+
+def test_tick_comes_from_the_assets_price_increment(tmp_path: Path) -> None:
+    """An asset quoted in nickels: every limit price the walk sends is a multiple of 0.05."""
+    nickel = SymbolSpec(price=Decimal("50"), spread_bps=40, price_increment=Decimal("0.05"))
+    with alpaca_rig(tmp_path, market(NEVER, symbols={"NKL": nickel})) as rig:
+        result = rig.run({"symbol": "NKL", "side": "buy", "quantity": "4"})
+        rig.check(result)
+        assert result.orders[0].state == OrderState.VALIDATED
+        prices = [Decimal(e.data["limit_price"]) for e in rig.events(EventKind.REPLACE_INTENT)]
+        prices.append(Decimal(rig.events(EventKind.SUBMIT_INTENT)[0].data["limit_price"]))
+        assert all(p % Decimal("0.05") == 0 for p in prices), prices

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import sqlite3
 import time
-from dataclasses import replace
 from decimal import Decimal
 from itertools import count
 from pathlib import Path
@@ -57,14 +56,13 @@ def walkbook_rate(path: Path, walks: int) -> float:
         context = WalkContext(journal, broker, quotes, clock, config)
         start = time.perf_counter()
         for index in range(walks):
-            event, record = created(path.stem, index, intent, config)
-            stored = journal.append(event, at=clock.now(), projection=record.projection())
-            book = OrderJournal(context, replace(record, last_seq=stored.seq))
+            event, record = created(path.stem, index, intent, config, journal.last_seq + 1)
+            journal.append(event, at=clock.now(), projection=record.projection())
+            book = OrderJournal(context, record)
 
             machine = journaled_machine(book, len(config.ladder))
             for step in STEPS:
                 machine.fire(step.trigger, **step.data)
-            machine.release()
         return walks * len(STEPS) / (time.perf_counter() - start)
 
 

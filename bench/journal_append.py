@@ -14,7 +14,8 @@ from collections.abc import Callable
 from itertools import count
 from pathlib import Path
 
-from journal import Synchronous, canonical_json, stamp
+from journal import Journal, Synchronous, canonical_json, stamp
+from journal.store import _INSERT_EVENT, _UPSERT_ORDER
 
 from .common import Report, Row, Target, bench_parser, interleaved, profiled, scratch, top_self_time
 from .workload import START, TransitionWriter, journal_append_rate, sample_orders, steady_rate
@@ -52,6 +53,51 @@ class RawWriter:
         self.conn.execute("COMMIT")
 
 
+class SchemaFloorWriter:
+    """The journal's own file, schema and SQL, fed rows computed beforehand: one event row
+    and its order's row per commit, as `Journal.append` commits them, without any of
+    walkbook's Python (JSON, hashing, bookkeeping). What SQLite alone charges for the
+    journal's three B-trees per commit: events, UNIQUE(order_id, order_seq), the orders row."""
+
+    def __init__(self, path: Path, synchronous: Synchronous) -> None:
+        births, steps = sample_orders()
+        with Journal.open(path, synchronous=synchronous) as journal:
+            journal.append_many(births, at=START)
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute(f"PRAGMA synchronous = {synchronous}")
+        at = stamp(START)
+        self.rows = [
+            (event.order_id, event.plan_id, at, event.kind, event.from_state, event.to_state,
+             canonical_json(dict(event.data)), [*projection.values()])
+            for event, projection in steps
+        ]  # fmt: skip
+        self.seq = len(births)
+        self.order_seqs = dict.fromkeys((event.order_id for event, _ in births), 1)
+
+    def commit(self, offset: int) -> None:
+        order_id, plan_id, at, kind, source, dest, data, order_row = self.rows[
+            offset % len(self.rows)
+        ]
+        self.seq += 1
+        self.order_seqs[order_id] += 1
+        event_row = (self.seq, order_id, self.order_seqs[order_id], plan_id, at, kind, source,
+                     dest, data, "0" * 64, "f" * 64)  # fmt: skip
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute(_INSERT_EVENT, event_row)
+        self.conn.execute(_UPSERT_ORDER, [*order_row[:-1], self.seq])
+        self.conn.execute("COMMIT")
+
+
+def schema_floor_rate(path: Path, commits: int, synchronous: Synchronous) -> float:
+    """Commits per second of the journal's rows through bare sqlite3 (see SchemaFloorWriter)."""
+    writer = SchemaFloorWriter(path, synchronous)
+    try:
+        return steady_rate(commits, 1, writer.commit)
+    finally:
+        writer.conn.close()
+
+
 def raw_commit_rate(
     path: Path, commits: int, payload_bytes: int, synchronous: Synchronous
 ) -> float:
@@ -82,7 +128,7 @@ def frames_per_commit(directory: Path, payload_bytes: int) -> tuple[float, float
     journal_path, raw_path = directory / "frames-journal.db", directory / "frames-raw.db"
     with TransitionWriter(journal_path) as writer:
         journal = wal_frames_per_commit(
-            writer.journal.db.conn, Path(f"{journal_path}-wal"), writer.commit
+            writer.journal.conn, Path(f"{journal_path}-wal"), writer.commit
         )
     raw_writer = RawWriter(raw_path, payload_bytes, "FULL")
     try:
@@ -105,6 +151,7 @@ def main() -> None:
 
         runs: dict[str, Callable[[], float]] = {
             "raw_full": lambda: raw_commit_rate(path("raw"), events, size, "FULL"),
+            "floor_full": lambda: schema_floor_rate(path("floor"), events, "FULL"),
             "journal_full": lambda: journal_append_rate(path("journal"), events),
             "journal_group": lambda: journal_append_rate(path("group"), events, batch=GROUP),
             "raw_normal": lambda: raw_commit_rate(path("raw"), events, size, "NORMAL"),
@@ -122,6 +169,17 @@ def main() -> None:
                 rate["raw_full"],
                 TARGET,
                 note=f"reference: raw sqlite3 1-row INSERT commits of {size} B, WAL+FULL",
+            )
+        )
+        report.add(
+            Row.measured(
+                "journal append vs its own SQL alone, FULL, 1 event/commit",
+                rate["journal_full"],
+                "events/s",
+                rate["floor_full"],
+                note="reference: bare sqlite3 committing the same event and orders rows into "
+                "the journal's own schema with its own statements (no JSON, hashing or "
+                "bookkeeping): the three B-trees a journal commit must write",
             )
         )
         report.add(

@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 START = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
+START_TEXT = stamp(START)
 SAMPLE_ORDERS = 50
 Item = tuple[NewEvent, dict[str, Any]]
 
@@ -97,9 +98,10 @@ def walk_steps(symbol: str, bid: Decimal, ask: Decimal) -> list[Step]:
 
 
 def created(
-    plan_id: str, index: int, intent: OrderIntent, config: EngineConfig
+    plan_id: str, index: int, intent: OrderIntent, config: EngineConfig, seq: int
 ) -> tuple[NewEvent, OrderRecord]:
-    """An order's `created` event and its record, as the engine builds them for a plan."""
+    """An order's `created` event and its record once stored at `seq`, as the engine builds
+    them for a plan."""
     event = NewEvent(
         kind=EventKind.CREATED,
         order_id=make_order_id(plan_id, index, intent),
@@ -107,14 +109,15 @@ def created(
         to_state=OrderState.PENDING,
         data={"intent": intent.model_dump(mode="json"), "config": config.model_dump(mode="json")},
     )
-    return event, OrderRecord.created(event, stamp(START))
+    return event, OrderRecord.created(event, START_TEXT, seq)
 
 
 def follow(
     record: OrderRecord, kind: str, data: dict[str, Any], to_state: str | None = None
 ) -> tuple[NewEvent, OrderRecord]:
-    """An order's next event and its record after it, as the walk's journal writer builds them."""
-    updated = record.apply(kind, to_state, data, stamp(START))
+    """An order's next event and its record once that event is stored right after the
+    record's last one, as the walk's journal writer builds them."""
+    updated = record.apply(kind, to_state, data, START_TEXT, record.last_seq + 1)
     event = NewEvent(
         kind=kind,
         order_id=record.order_id,
@@ -134,7 +137,7 @@ def sample_orders() -> tuple[list[Item], list[Item]]:
     bid, ask = Decimal("187.41"), Decimal("187.47")
     for index in range(SAMPLE_ORDERS):
         intent = OrderIntent(symbol=f"S{index:04d}", side=OrderSide.BUY, quantity=Decimal(100))
-        event, record = created("bench-journal", index, intent, config)
+        event, record = created("bench-journal", index, intent, config, index + 1)
         births.append((event, record.projection()))
         for step in walk_steps(intent.symbol, bid, ask)[:3]:
             data = {"trigger": step.trigger, **step.data}

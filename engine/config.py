@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from decimal import Decimal
+from functools import lru_cache
 from itertools import pairwise
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from journal import canonical_json
+
 from .intents import Urgency
 
-__all__ = ["DEFAULT_LADDER", "EngineConfig"]
+__all__ = ["DEFAULT_LADDER", "EngineConfig", "journaled_config"]
 
 DEFAULT_LADDER = (Decimal("0.75"), Decimal("0.85"), Decimal("0.95"))
+DISTINCT_CONFIGS_KEPT = 64
 
 
 class EngineConfig(BaseModel):
@@ -70,3 +76,30 @@ class EngineConfig(BaseModel):
         if urgency is Urgency.LOW:
             return self.low_step_wait_seconds
         return self.medium_step_wait_seconds
+
+
+@lru_cache(maxsize=DISTINCT_CONFIGS_KEPT)
+def _validated(text: str) -> EngineConfig:
+    return EngineConfig.model_validate(json.loads(text))
+
+
+# id(config) -> (config, its EngineConfig); holding the mapping keeps its id unique.
+_BY_IDENTITY: dict[int, tuple[Mapping[str, Any], EngineConfig]] = {}
+
+
+def journaled_config(config: Mapping[str, Any]) -> EngineConfig:
+    """The EngineConfig an order's `created` event carries, validated once per distinct config.
+
+    Every order journals the configuration it walks with; resuming 10,000 orders of one
+    plan would otherwise validate the same configuration 10,000 times. Records share one
+    mapping per distinct config (`order.shared_config`), so most lookups are by identity,
+    without encoding the mapping again.
+    """
+    known = _BY_IDENTITY.get(id(config))
+    if known is not None and known[0] is config:
+        return known[1]
+    parsed = _validated(canonical_json(config))
+    if len(_BY_IDENTITY) >= DISTINCT_CONFIGS_KEPT:
+        _BY_IDENTITY.clear()
+    _BY_IDENTITY[id(config)] = (config, parsed)
+    return parsed

@@ -7,7 +7,7 @@ import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from functools import partial
 from pathlib import Path
@@ -35,6 +35,7 @@ from .walk import OrderWalk, WalkContext
 __all__ = ["CheckedPlan", "Engine", "ResumeReport", "ResumedOrder", "plan_digest"]
 
 DEFAULT_CONCURRENCY = 8
+DEFAULT_RECONCILE_CONCURRENCY = 64
 BPS = Decimal(10_000)
 CENT = Decimal("0.01")
 T = TypeVar("T")
@@ -88,13 +89,17 @@ class Engine:
         clock: Clock | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         crash_points: CrashPoints | None = None,
+        reconcile_concurrency: int = DEFAULT_RECONCILE_CONCURRENCY,
     ) -> None:
+        if concurrency < 1 or reconcile_concurrency < 1:
+            raise ValueError("concurrency and reconcile_concurrency must be at least 1")
         self.crash_points = crash_points or CrashPoints.from_env()
         self.broker: Broker = CrashingBroker(broker, self.crash_points)
         self.journal = journal if isinstance(journal, Journal) else Journal.open(journal)
         self.config = config or EngineConfig()
         self.clock = clock or RealClock()
         self.concurrency = concurrency
+        self.reconcile_concurrency = reconcile_concurrency
         self.log = structlog.get_logger("walkbook")
         self.quotes = QuoteService(
             self.broker,
@@ -163,7 +168,8 @@ class Engine:
                 plan_id=plan.plan_id,
             )
         else:
-            records = [self._load(order_id) for order_id in self._plan_order_ids(plan)]
+            folded = fold_orders(self.journal.order_events(plan_id=plan.plan_id))
+            records = [folded[order_id] for order_id in self._plan_order_ids(plan)]
             log.info("plan.redelivered", in_flight=sum(not r.is_terminal for r in records))
         done = {r.order_id: r for r in await self._walk_sells_then_buys(records)}
         result = self._plan_result(plan.plan_id, [done.get(r.order_id, r) for r in records])
@@ -186,10 +192,8 @@ class Engine:
         (unanswered intents looked up by client_order_id, live orders re-read, fills
         counted once); then it continues from its state with the time its step had left.
         """
-        in_flight = [
-            row["order_id"] for row in self.journal.orders() if row["state"] not in TERMINAL_STATES
-        ]
-        records = [self._load(order_id) for order_id in in_flight]
+        folded = fold_orders(self.journal.order_events(unless_state=TERMINAL_STATES))
+        records = sorted(folded.values(), key=lambda r: (r.created_at, r.order_id))
         seq_before = self.journal.last_seq
         done = {r.order_id: r for r in await self._walk_sells_then_buys(records)}
         self._announce_completed_plans({r.plan_id for r in records if r.plan_id is not None})
@@ -270,14 +274,11 @@ class Engine:
     # -- internals ------------------------------------------------------------------
 
     async def _read(self, call: Callable[[], Awaitable[T]]) -> T:
-        return await read_with_retry(call, self.config, self.clock, self.log)
-
-    def _load(self, order_id: str) -> OrderRecord:
-        return fold_orders(self.journal.events(order_id=order_id))[order_id]
+        return await read_with_retry(call, self.config, self.clock, lambda: self.log)
 
     def _journaled_plan_digest(self, plan_id: str) -> str | None:
         """The digest the plan was first delivered with, or None for a plan never seen."""
-        first = next(self.journal.events(plan_id=plan_id), None)
+        first = self.journal.first_event_of_plan(plan_id)
         return None if first is None else str(first.data.get("plan_digest"))
 
     def _plan_order_ids(self, plan: RebalancePlan) -> list[str]:
@@ -290,7 +291,9 @@ class Engine:
         at = self.clock.now()
         items: list[tuple[NewEvent, dict[str, Any] | None]] = []
         records = []
-        for order_id, intent in zip(order_ids, plan.orders, strict=True):
+        # append_many stores the events at the seqs after last_seq, in order, or none.
+        seqs = range(self.journal.last_seq + 1, self.journal.last_seq + 1 + len(order_ids))
+        for order_id, intent, seq in zip(order_ids, plan.orders, seqs, strict=True):
             event = NewEvent(
                 kind=EventKind.CREATED,
                 order_id=order_id,
@@ -302,13 +305,13 @@ class Engine:
                     "plan_digest": digest,
                 },
             )
-            record = OrderRecord.created(event, stamp(at))
+            record = OrderRecord.created(event, stamp(at), seq)
             records.append(record)
             items.append((event, record.projection()))
         self.crash_points.hit(f"before_append.{EventKind.CREATED}")
-        stored = self.journal.append_many(items, at=at)
+        self.journal.append_many(items, at=at)
         self.crash_points.hit(f"after_append.{EventKind.CREATED}")
-        return [replace(r, last_seq=e.seq) for r, e in zip(records, stored, strict=True)]
+        return records
 
     async def _refuse_invalid(
         self, records: list[OrderRecord], problems: dict[int, str]
@@ -322,28 +325,28 @@ class Engine:
     async def _walk_sells_then_buys(self, records: Sequence[OrderRecord]) -> list[OrderRecord]:
         """Sells first (concurrently), then buys sized to the buying power the sells left."""
         open_records = [r for r in records if not r.is_terminal]
-        sells = [
-            OrderWalk(self.context, r) for r in open_records if r.intent.side is OrderSide.SELL
-        ]
-        buys = [OrderWalk(self.context, r) for r in open_records if r.intent.side is OrderSide.BUY]
+        sells = [r for r in open_records if r.intent.side is OrderSide.SELL]
+        buys = [r for r in open_records if r.intent.side is OrderSide.BUY]
         done = await self._walk_all(sells)
-        await self._size_buys_to_funds(buys)
-        return done + await self._walk_all(buys)
+        return done + await self._walk_all(await self._size_buys_to_funds(buys))
 
-    async def _size_buys_to_funds(self, buys: Sequence[OrderWalk]) -> None:
+    async def _size_buys_to_funds(self, buys: Sequence[OrderRecord]) -> list[OrderRecord]:
         """Check buying power before buys are sent: each buy not yet started must fit.
 
         Buying power is read after every sell is final, so it counts the cash their fills
         released at every step. Buys are costed at the ask plus `funds_buffer_bps`, in plan
         order; one that does not fit is shrunk to what fits, or failed `insufficient_funds`.
+        Returns the buys as they are now.
         """
-        pending = [w for w in buys if w.record.state == OrderState.PENDING]
+        sized = list(buys)
+        pending = [i for i, r in enumerate(sized) if r.state == OrderState.PENDING]
         if not pending:
-            return
+            return sized
         account = await self._read(self.broker.get_account)
         available = account.buying_power
         buffer = 1 + self.config.funds_buffer_bps / BPS
-        for walk in pending:
+        for index in pending:
+            walk = OrderWalk(self.context, sized[index])
             quote = await walk.quote_for_sizing()
             if quote is None:
                 continue  # the walk itself will fail no_quote
@@ -364,19 +367,38 @@ class Engine:
                 available -= fits * price
             else:
                 await walk.refuse(FailReason.INSUFFICIENT_FUNDS, **details)
+            sized[index] = walk.record
+        return sized
 
-    async def _walk_all(self, walks: Sequence[OrderWalk]) -> list[OrderRecord]:
-        gate = asyncio.Semaphore(self.concurrency)
+    async def _walk_all(self, records: Sequence[OrderRecord]) -> list[OrderRecord]:
+        """Reconcile every order with the broker, then walk them; results in input order.
 
-        async def walk(order: OrderWalk) -> OrderRecord:
-            async with gate:
-                return await order.run()
+        Reconciling first (up to `reconcile_concurrency` at a time) means no order waits
+        for other orders' walks before what a previous process left open is settled: its
+        unanswered intents resolved, its live orders re-read and their fills counted. Then
+        up to `concurrency` orders walk at a time. A walk exists only while it runs.
+        """
+        done = list(records)
+        stopped: set[int] = set()
 
-        return list(await asyncio.gather(*(walk(w) for w in walks)))
+        async def reconcile_one(index: int) -> None:
+            order = OrderWalk(self.context, done[index])
+            if not await order.reconcile():
+                stopped.add(index)
+            done[index] = order.record
+
+        async def walk_one(index: int) -> None:
+            done[index] = await OrderWalk(self.context, done[index]).walk()
+
+        loose = [i for i, r in enumerate(done) if r.has_broker_loose_ends]
+        await _bounded(self.reconcile_concurrency, loose, reconcile_one)
+        ready = [i for i, r in enumerate(done) if i not in stopped and not r.is_terminal]
+        await _bounded(self.concurrency, ready, walk_one)
+        return done
 
     def _announce_completed_plans(self, plan_ids: set[str]) -> None:
         for plan_id in sorted(plan_ids):
-            records = fold_orders(self.journal.events(plan_id=plan_id)).values()
+            records = fold_orders(self.journal.order_events(plan_id=plan_id)).values()
             if all(r.is_terminal for r in records):
                 self.hooks.deliver(PlanCompleted(self._plan_result(plan_id, list(records))))
 
@@ -394,6 +416,28 @@ class CheckedPlan:
 
     plan: RebalancePlan
     problems: dict[int, str]
+
+
+async def _bounded(limit: int, items: Sequence[T], work: Callable[[T], Awaitable[None]]) -> None:
+    """`work(item)` for every item, at most `limit` at a time, by `limit` workers.
+
+    As with `asyncio.gather`, the first error propagates; after it no further item starts.
+    """
+    pending = iter(items)
+    failed = False
+
+    async def worker() -> None:
+        nonlocal failed
+        for item in pending:
+            if failed:
+                return
+            try:
+                await work(item)
+            except BaseException:
+                failed = True
+                raise
+
+    await asyncio.gather(*(worker() for _ in range(min(limit, len(items)))))
 
 
 def plan_digest(plan: RebalancePlan) -> str:

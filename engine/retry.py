@@ -20,15 +20,18 @@ async def read_with_retry(
     call: Callable[[], Awaitable[T]],
     config: EngineConfig,
     clock: Clock,
-    log: structlog.typing.FilteringBoundLogger,
+    log: Callable[[], structlog.typing.FilteringBoundLogger],
 ) -> T:
-    """Call `call`, retrying BrokerUnavailable with exponential backoff; re-raise the last one."""
+    """Call `call`, retrying BrokerUnavailable with exponential backoff; re-raise the last one.
+
+    `log` gives the logger only when a retry has something to say.
+    """
     attempts = config.broker_retry_attempts
     for attempt in range(attempts):
         try:
             return await call()
         except BrokerUnavailable as exc:
-            log.warning("broker.read_retry", attempt=attempt + 1, error=exc.message)
+            log().warning("broker.read_retry", attempt=attempt + 1, error=exc.message)
             if attempt + 1 == attempts:
                 raise
             await clock.sleep(config.broker_retry_backoff_seconds * 2**attempt)

@@ -10,10 +10,10 @@ replaced, and its final fills are counted.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from functools import partial
+from functools import cached_property, partial
 from typing import Any, TypeVar
 
 import structlog
@@ -22,7 +22,7 @@ from journal import Event, Journal, NewEvent, stamp
 
 from .broker import Asset, Broker, BrokerOrder, OrderRequest
 from .clock import Clock
-from .config import EngineConfig
+from .config import EngineConfig, journaled_config
 from .crash import CrashPoints
 from .errors import (
     BrokerRejected,
@@ -75,9 +75,11 @@ class OrderJournal:
         from_state: str | None = None,
         to_state: str | None = None,
     ) -> OrderRecord:
-        record = self.record
+        record, journal = self.record, self.context.journal
         at = self.context.clock.now()
-        updated = record.apply(kind, to_state, data, stamp(at))
+        # Journal.append stores the event at last_seq + 1 or raises, so the record knows
+        # its seq before the append and the projection is written with it.
+        updated = record.apply(kind, to_state, data, stamp(at), journal.last_seq + 1)
         event = NewEvent(
             kind=kind,
             order_id=record.order_id,
@@ -88,9 +90,9 @@ class OrderJournal:
         )
         crash_points = self.context.crash_points
         crash_points.hit(f"before_append.{kind}")
-        stored = self.context.journal.append(event, at=at, projection=updated.projection())
+        stored = journal.append(event, at=at, projection=updated.projection())
         crash_points.hit(f"after_append.{kind}")
-        self.record = replace(updated, last_seq=stored.seq)
+        self.record = updated
         for listener in self.context.listeners:
             listener(self.record, stored)
         return self.record
@@ -102,16 +104,9 @@ class OrderWalk:
     def __init__(self, context: WalkContext, record: OrderRecord) -> None:
         self.ctx = context
         self.book = OrderJournal(context, record)
-        self.config = EngineConfig.model_validate(record.config)
+        self.config = journaled_config(record.config)
         self.machine = OrderMachine(
             len(self.config.ladder), self._persist_transition, initial=record.state
-        )
-        intent = record.intent
-        self.log = structlog.get_logger("walkbook").bind(
-            order_id=record.order_id,
-            plan_id=record.plan_id,
-            correlation_id=intent.correlation_id,
-            symbol=intent.symbol,
         )
         self.asset: Asset | None = None
         self._arrival_quote: UsableQuote | None = None
@@ -119,6 +114,19 @@ class OrderWalk:
     @property
     def record(self) -> OrderRecord:
         return self.book.record
+
+    @cached_property
+    def log(self) -> structlog.typing.FilteringBoundLogger:
+        """The walk's logger, bound on first use: most reconciles log nothing, and binding
+        costs about as much as reconciling an order with nothing to settle."""
+        record = self.record
+        logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("walkbook").bind(
+            order_id=record.order_id,
+            plan_id=record.plan_id,
+            correlation_id=record.intent.correlation_id,
+            symbol=record.intent.symbol,
+        )
+        return logger
 
     # -- journal plumbing ---------------------------------------------------------
 
@@ -142,7 +150,7 @@ class OrderWalk:
 
     async def _read(self, call: Callable[[], Awaitable[T]]) -> T:
         """A read that retries transient errors with backoff; never mistaken for a rejection."""
-        return await read_with_retry(call, self.config, self.ctx.clock, self.log)
+        return await read_with_retry(call, self.config, self.ctx.clock, lambda: self.log)
 
     async def _resolve_unknown(
         self, cid: str, resend: Callable[[], Awaitable[BrokerOrder]]
@@ -420,7 +428,6 @@ class OrderWalk:
     async def refuse(self, reason: FailReason, **data: Any) -> OrderRecord:
         """Fail a PENDING order before anything is sent for it."""
         self._fire(Trigger.FAIL, reason=reason.value, **data)
-        self.machine.release()
         return self.record
 
     async def resize(self, qty: Decimal, details: dict[str, Any]) -> None:
@@ -441,15 +448,31 @@ class OrderWalk:
 
     # -- the walk: one handler per state, so a resumed order re-enters where it stood ----
 
-    async def run(self) -> OrderRecord:
-        """Reconcile with the broker, then walk to a terminal state.
+    async def reconcile(self) -> bool:
+        """Settle with the broker what a previous process left open, and nothing more.
+
+        True when the order can be walked on; False when it ended (a refusal failed it)
+        or the broker stayed unreachable (the order is left non-terminal, for resume).
+        """
+        return await self._guarded(self._reconcile)
+
+    async def walk(self) -> OrderRecord:
+        """Walk on to a terminal state from wherever the journal left the order, once
+        nothing is left open with the broker (a new order, or one `reconcile` settled).
 
         A broker that stays unreachable leaves the order non-terminal, for resume.
         """
+        await self._guarded(self._drive)
+        return self.record
+
+    async def _guarded(self, phase: Callable[[], Awaitable[None]]) -> bool:
+        """Run a phase of the walk: a broker refusal fails the order; a broker still
+        unreachable after the retries journals `error` and pulls the live order. True when
+        the phase completed."""
         try:
             try:
-                await self._reconcile()
-                await self._drive()
+                await phase()
+                return True
             except BrokerRejected as exc:
                 await self._fail(_reason(exc.reason), message=exc.message)
         except BrokerUnavailable as exc:
@@ -458,9 +481,7 @@ class OrderWalk:
             )
             self.log.error("order.interrupted", error=exc.message)
             await self._pull_live_order()
-        finally:
-            self.machine.release()
-        return self.record
+        return False
 
     async def _drive(self) -> None:
         while not self.machine.is_terminal:

@@ -3,7 +3,17 @@
 `journal` never imports `engine`; it stores facts and guards their integrity.
 """
 
-from .chain import GENESIS_HASH, ChainBreak, canonical_json, event_hash, first_chain_break
+from .chain import (
+    GENESIS_HASH,
+    ChainBreak,
+    body_json,
+    canonical_json,
+    decode_canonical,
+    decode_json,
+    event_hash,
+    first_chain_break,
+    hash_body,
+)
 from .errors import (
     JournalCorrupt,
     JournalError,
@@ -31,8 +41,12 @@ __all__ = [
     "JournalWriteConflict",
     "NewEvent",
     "Synchronous",
+    "body_json",
     "canonical_json",
+    "decode_canonical",
+    "decode_json",
     "event_hash",
     "first_chain_break",
+    "hash_body",
     "stamp",
 ]

@@ -3,6 +3,11 @@
 The chain is what makes the journal auditable without our code: each row's hash
 covers the previous row's hash and the row's own canonical JSON, so an edited,
 deleted or reordered row breaks every hash after it.
+
+The hashed body is built as text around the row's stored `data` text (canonical JSON
+by construction), so neither the writer nor a verifier decodes and re-encodes `data`
+to hash a row: for canonical `data` this is byte for byte the documented
+`canonical_json(body)`.
 """
 
 from __future__ import annotations
@@ -12,9 +17,22 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from json.encoder import encode_basestring
 from typing import Any
 
-__all__ = ["GENESIS_HASH", "ChainBreak", "canonical_json", "event_hash", "first_chain_break"]
+import msgspec
+
+__all__ = [
+    "GENESIS_HASH",
+    "ChainBreak",
+    "body_json",
+    "canonical_json",
+    "decode_canonical",
+    "decode_json",
+    "event_hash",
+    "first_chain_break",
+    "hash_body",
+]
 
 GENESIS_HASH = "0" * 64
 
@@ -38,24 +56,133 @@ def _encode_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable in a journal event: {type(value).__name__}")
 
 
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True,
+    separators=(",", ":"),
+    ensure_ascii=False,
+    allow_nan=False,
+    default=_encode_default,
+)
+# The C encoder that json.dumps itself runs for these options, built once instead of on
+# every call (about half the cost of encoding an event's data). The stdlib does not
+# declare it in its type stubs, and it is None without the C extension.
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+_CANONICAL_C: Any = (
+    None
+    if _c_make_encoder is None
+    else _c_make_encoder(
+        None,  # markers: no circular-reference check (journal data is a plain tree)
+        _encode_default,
+        encode_basestring,  # ensure_ascii=False
+        None,  # indent
+        ":",
+        ",",
+        True,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+)
+
+
 def canonical_json(value: Any) -> str:
     """Sorted keys, no whitespace, UTF-8, Decimals as strings: one byte string per value."""
-    return json.dumps(
-        value,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-        default=_encode_default,
-    )
+    if _CANONICAL_C is None:
+        return _CANONICAL.encode(value)
+    text: str = "".join(_CANONICAL_C(value, 0))
+    return text
+
+
+# msgspec decodes JSON several times faster than json.loads, to the same values (integers
+# of any size included); it refuses what json.loads accepts beyond JSON itself: NaN,
+# Infinity, out-of-range floats, lone surrogates.
+_FAST = msgspec.json.Decoder()
+
+
+def decode_json(text: str) -> Any:
+    """`json.loads(text)`, value for value, decoded by msgspec wherever it can.
+
+    Every read of the journal decodes each event's `data`; text msgspec refuses goes to
+    `json.loads`, so the result never differs.
+    """
+    try:
+        return _FAST.decode(text)
+    except msgspec.MsgspecError:
+        return json.loads(text)
+
+
+def decode_canonical(text: str) -> Any:
+    """The value of text `canonical_json` could have written; ValueError for any other
+    text, such as NaN or Infinity, or whitespace around the value."""
+    if text[:1].isspace() or text[-1:].isspace():
+        raise ValueError("whitespace around the value")
+    try:
+        return _FAST.decode(text)
+    except msgspec.MsgspecError as exc:
+        raise ValueError(str(exc)) from None
+
+
+# A str, or an int (SQLite and the journal never give a bool here), as canonical JSON;
+# TypeError for any other type.
+_text = encode_basestring
+_integer = int.__repr__
+
+
+def body_json(
+    seq: int,
+    order_id: str | None,
+    order_seq: int | None,
+    plan_id: str | None,
+    at: str,
+    kind: str,
+    from_state: str | None,
+    to_state: str | None,
+    data_text: str,
+    prev_hash: str,
+) -> str:
+    """canonical_json of a row's hashed fields (in stored column order), with `data_text`
+    as the data's JSON.
+
+    Keys in sorted order, as `canonical_json` would write them: at, data, from_state,
+    kind, order_id, order_seq, plan_id, prev_hash, seq, to_state. Every row is hashed
+    when written and again when verified, so the columns' usual types (text, integers,
+    NULL) are encoded inline; any other value takes `canonical_json`.
+    """
+    try:
+        return (
+            f'{{"at":{_text(at)},"data":{data_text},'
+            f'"from_state":{"null" if from_state is None else _text(from_state)},'
+            f'"kind":{_text(kind)},"order_id":{"null" if order_id is None else _text(order_id)},'
+            f'"order_seq":{"null" if order_seq is None else _integer(order_seq)},'
+            f'"plan_id":{"null" if plan_id is None else _text(plan_id)},'
+            f'"prev_hash":{_text(prev_hash)},"seq":{_integer(seq)},'
+            f'"to_state":{"null" if to_state is None else _text(to_state)}}}'
+        )
+    except TypeError:
+        scalar = canonical_json
+        return (
+            f'{{"at":{scalar(at)},"data":{data_text},"from_state":{scalar(from_state)},'
+            f'"kind":{scalar(kind)},"order_id":{scalar(order_id)},'
+            f'"order_seq":{scalar(order_seq)},"plan_id":{scalar(plan_id)},'
+            f'"prev_hash":{scalar(prev_hash)},"seq":{scalar(seq)},"to_state":{scalar(to_state)}}}'
+        )
+
+
+def hash_body(prev_hash: str, body: str) -> str:
+    """sha256 hex of prev_hash followed by the body's canonical JSON."""
+    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
 
 
 def event_hash(row: Mapping[str, Any]) -> str:
-    """sha256 hex of prev_hash followed by the canonical JSON of the hashed fields."""
-    body = {name: row[name] for name in HASHED_FIELDS}
-    body["data"] = json.loads(row["data"]) if isinstance(row["data"], str) else row["data"]
-    payload = row["prev_hash"] + canonical_json(body)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    """sha256 hex of prev_hash followed by the canonical JSON of the hashed fields.
+
+    `data` may be the stored text (hashed as it is: the journal stores canonical JSON)
+    or the object itself.
+    """
+    data = row["data"]
+    data_text = data if isinstance(data, str) else canonical_json(data)
+    fields = [row[name] for name in HASHED_FIELDS]
+    fields[HASHED_FIELDS.index("data")] = data_text
+    return hash_body(row["prev_hash"], body_json(*fields))
 
 
 @dataclass(frozen=True)

@@ -7,23 +7,29 @@ the events it was built from.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlite_utils import Database
-
-from .chain import GENESIS_HASH, ChainBreak, canonical_json, event_hash, first_chain_break
+from .chain import (
+    GENESIS_HASH,
+    ChainBreak,
+    body_json,
+    canonical_json,
+    decode_json,
+    first_chain_break,
+    hash_body,
+)
 from .errors import JournalCorrupt, JournalError, JournalUnavailable, JournalWriteConflict
 from .lock import JournalLock
-from .schema import ORDER_COLUMNS, check_schema, migrate
+from .schema import MUTABLE_ORDER_COLUMNS, ORDER_COLUMNS, check_schema, migrate, table_names
 
 __all__ = ["Event", "Journal", "NewEvent", "Synchronous", "stamp"]
 
@@ -40,22 +46,34 @@ _EVENT_COLUMNS = ", ".join(_EVENT_FIELDS)
 _INSERT_EVENT = (
     f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' for _ in _EVENT_FIELDS)})"
 )
+# A projection row's values in this order, then the seq the journal gives its event.
+_PROJECTED_COLUMNS = tuple(c for c in ORDER_COLUMNS if c != "last_seq")
+_ORDER_ROW = (*_PROJECTED_COLUMNS, "last_seq")
 _UPSERT_ORDER = (
-    f"INSERT INTO orders ({', '.join(ORDER_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in ORDER_COLUMNS)}) "
+    f"INSERT INTO orders ({', '.join(_ORDER_ROW)}) "
+    f"VALUES ({', '.join('?' for _ in _ORDER_ROW)}) "
     f"ON CONFLICT(order_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in ORDER_COLUMNS if c != "order_id")
+    + ", ".join(f"{c} = excluded.{c}" for c in MUTABLE_ORDER_COLUMNS)
 )
+# The same change for an order whose row exists: binds a dozen values instead of twenty
+# and skips the insert attempt; where it finds no row, the upsert runs.
+_UPDATE_ORDER = (
+    f"UPDATE orders SET {', '.join(f'{c} = ?' for c in MUTABLE_ORDER_COLUMNS)} WHERE order_id = ?"
+)
+_MUTABLE_AT = tuple(_ORDER_ROW.index(c) for c in MUTABLE_ORDER_COLUMNS)
 
 
 def stamp(at: datetime) -> str:
     """The journal's text form of a time: ISO 8601 in UTC."""
-    return at.astimezone(UTC).isoformat()
+    return (at if at.tzinfo is UTC else at.astimezone(UTC)).isoformat()
 
 
 @dataclass(frozen=True)
 class NewEvent:
-    """A fact to append; the journal assigns seq, order_seq, at and the hashes."""
+    """A fact to append; the journal assigns seq, order_seq, at and the hashes.
+
+    `data` is a JSON object: str keys, JSON values (Decimals are written as strings).
+    """
 
     kind: str
     order_id: str | None = None
@@ -92,10 +110,26 @@ class Event:
             kind=row["kind"],
             from_state=row["from_state"],
             to_state=row["to_state"],
-            data=json.loads(row["data"]),
+            data=decode_json(row["data"]),
             prev_hash=row["prev_hash"],
             hash=row["hash"],
         )
+
+    @classmethod
+    def from_values(cls, row: Sequence[Any]) -> Event:
+        """From a row selected as `seq, order_id, ..., prev_hash, hash` (the stored order)."""
+        return cls._filled(row, decode_json(row[8]))
+
+    @classmethod
+    def _filled(cls, row: Sequence[Any], data: dict[str, Any]) -> Event:
+        """The event of a stored row and its decoded data, filled in directly rather than
+        through the frozen dataclass's `__init__` (one guarded setattr per field): every
+        append and every row a resume or an audit reads builds one, and this halves it."""
+        event = object.__new__(cls)
+        fields = event.__dict__
+        fields.update(zip(_EVENT_FIELDS, row, strict=True))
+        fields["data"] = data
+        return event
 
     @property
     def at_datetime(self) -> datetime:
@@ -116,7 +150,8 @@ def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
         raise JournalUnavailable(f"journal {path} does not exist", path=str(path))
     uri = f"file:{path}" + ("" if create else "?mode=ro")
     try:
-        return sqlite3.connect(uri, uri=True, check_same_thread=False)
+        # isolation_level=None: no implicit transactions; every write says BEGIN and COMMIT.
+        return sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
     except sqlite3.Error as exc:
         raise JournalUnavailable(f"cannot open journal {path}: {exc}", path=str(path)) from exc
 
@@ -128,18 +163,27 @@ def _unreadable(path: Path, exc: sqlite3.DatabaseError) -> JournalCorrupt:
     return JournalCorrupt(f"{path} is not a walkbook journal: {exc}", path=str(path))
 
 
-class Journal:
-    """A walkbook journal file. Open with `Journal.open` (writer) or `Journal.open_readonly`."""
+def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
 
-    def __init__(self, path: Path, db: Database, lock: JournalLock | None) -> None:
+
+class Journal:
+    """A walkbook journal file. Open with `Journal.open` (writer) or `Journal.open_readonly`.
+
+    `conn` is the plain sqlite3 connection, in autocommit mode: writes are explicit
+    BEGIN ... COMMIT transactions.
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, lock: JournalLock | None) -> None:
         self.path = path
-        self.db = db
+        self.conn = conn
         self._lock = lock
         self._last_seq = 0
         self._last_hash = GENESIS_HASH
         self._order_seqs: dict[str, int] = {}
         self._last_heartbeat = 0.0
-        row = db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         if row is not None:
             self._last_seq, self._last_hash = int(row[0]), str(row[1])
 
@@ -151,7 +195,10 @@ class Journal:
         synchronous: Synchronous = "FULL",
         lock: bool = True,
     ) -> Journal:
-        """Open (creating if needed) a journal for writing, owned by this process."""
+        """Open (creating if needed) a journal for writing, owned by this process.
+
+        A journal written by an older walkbook is migrated to the current schema first.
+        """
         path = Path(path)
         if not path.parent.exists():
             raise JournalUnavailable(f"directory {path.parent} does not exist", path=str(path))
@@ -160,20 +207,19 @@ class Journal:
             journal_lock.acquire(f"pid {os.getpid()} on {socket.gethostname()}")
         try:
             conn = _connect(path, create=True)
-            db = Database(conn)
             try:
-                db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                check_schema(db)
-                db.execute("PRAGMA journal_mode = WAL")
-                db.execute(f"PRAGMA synchronous = {synchronous}")
-                migrate(db)
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                check_schema(conn)
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(f"PRAGMA synchronous = {synchronous}")
+                migrate(conn)
             except sqlite3.DatabaseError as exc:
                 conn.close()
                 raise _unreadable(path, exc) from exc
             except JournalError:
                 conn.close()
                 raise
-            journal = cls(path, db, journal_lock)
+            journal = cls(path, conn, journal_lock)
             if journal_lock is not None:
                 journal._record_owner()
             return journal
@@ -184,14 +230,17 @@ class Journal:
 
     @classmethod
     def open_readonly(cls, path: str | Path) -> Journal:
-        """Open an existing journal to read, without the lock: safe while another process writes."""
+        """Open an existing journal to read, without the lock: safe while another process writes.
+
+        An older schema is read as it is (a reader never migrates); every query here
+        reads both.
+        """
         path = Path(path)
         conn = _connect(path, create=False)
-        db = Database(conn)
         try:
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            check_schema(db)
-            if "events" not in db.table_names():
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            check_schema(conn)
+            if "events" not in table_names(conn):
                 raise JournalCorrupt(
                     f"{path} is not a walkbook journal (empty file)", path=str(path)
                 )
@@ -201,10 +250,10 @@ class Journal:
         except JournalError:
             conn.close()
             raise
-        return cls(path, db, None)
+        return cls(path, conn, None)
 
     def close(self) -> None:
-        self.db.conn.close()
+        self.conn.close()
         if self._lock is not None:
             self._lock.release()
 
@@ -218,14 +267,13 @@ class Journal:
 
     def _record_owner(self) -> None:
         now = datetime.now(UTC).isoformat()
-        with self.db.atomic():
-            self.db.execute(
-                "INSERT INTO owner (id, pid, host, acquired_at, heartbeat_at) "
-                "VALUES (1, ?, ?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET pid = excluded.pid, host = excluded.host, "
-                "acquired_at = excluded.acquired_at, heartbeat_at = excluded.heartbeat_at",
-                [os.getpid(), socket.gethostname(), now, now],
-            )
+        self.conn.execute(
+            "INSERT INTO owner (id, pid, host, acquired_at, heartbeat_at) "
+            "VALUES (1, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET pid = excluded.pid, host = excluded.host, "
+            "acquired_at = excluded.acquired_at, heartbeat_at = excluded.heartbeat_at",
+            [os.getpid(), socket.gethostname(), now, now],
+        )
         self._last_heartbeat = time.monotonic()
 
     def _next_order_seq(self, order_id: str | None) -> int | None:
@@ -233,7 +281,7 @@ class Journal:
             return None
         last = self._order_seqs.get(order_id)
         if last is None:
-            row = self.db.execute(
+            row = self.conn.execute(
                 "SELECT max(order_seq) FROM events WHERE order_id = ?", [order_id]
             ).fetchone()
             last = int(row[0]) if row and row[0] is not None else 0
@@ -246,7 +294,11 @@ class Journal:
         at: datetime,
         projection: Mapping[str, Any] | None = None,
     ) -> Event:
-        """Durably append one event (and its order's projection) in one transaction."""
+        """Durably append one event (and its order's projection) in one transaction.
+
+        The event is stored as seq `last_seq + 1` or not at all: a journal that moved
+        on under this writer refuses the append (`JournalWriteConflict`).
+        """
         return self.append_many([(event, projection)], at=at)[0]
 
     def append_many(
@@ -255,56 +307,81 @@ class Journal:
         *,
         at: datetime,
     ) -> list[Event]:
-        """Append several events in one commit (group commit); all or none are stored."""
+        """Append several events in one commit (group commit); all or none are stored.
+
+        Each projection is its order's whole `orders` row; its `last_seq` is the seq
+        its event is stored at. The row is inserted for a new order, and for a known
+        one only the columns an event can change are rewritten.
+        """
         at_text = stamp(at)
         seq, prev_hash = self._last_seq, self._last_hash
         order_seqs: dict[str, int] = {}
-        rows: list[dict[str, Any]] = []
-        projections: list[Mapping[str, Any]] = []
+        rows: list[tuple[Any, ...]] = []
+        order_rows: list[tuple[bool, list[Any]]] = []
+        stored: list[Event] = []
         for event, projection in items:
             seq += 1
-            order_seq: int | None = None
-            if event.order_id is not None:
-                order_seq = order_seqs.get(event.order_id) or self._next_order_seq(event.order_id)
+            order_id, order_seq = event.order_id, None
+            if order_id is not None:
+                order_seq = order_seqs.get(order_id) or self._next_order_seq(order_id)
                 assert order_seq is not None
-                order_seqs[event.order_id] = order_seq + 1
-            row = {
-                "seq": seq,
-                "order_id": event.order_id,
-                "order_seq": order_seq,
-                "plan_id": event.plan_id,
-                "at": at_text,
-                "kind": event.kind,
-                "from_state": event.from_state,
-                "to_state": event.to_state,
-                "data": canonical_json(dict(event.data)),
-                "prev_hash": prev_hash,
-            }
-            row["hash"] = prev_hash = event_hash(row)
+                order_seqs[order_id] = order_seq + 1
+            data = dict(event.data)
+            values = (
+                seq, order_id, order_seq, event.plan_id, at_text, event.kind,
+                event.from_state, event.to_state, canonical_json(data), prev_hash,
+            )  # fmt: skip
+            row = (*values, hash_body(prev_hash, body_json(*values)))
             rows.append(row)
+            stored.append(Event._filled(row, data))
+            prev_hash = row[-1]
             if projection is not None:
-                projections.append({**projection, "last_seq": seq})
+                row_values = [*map(projection.__getitem__, _PROJECTED_COLUMNS), seq]
+                order_rows.append((order_seq == 1, row_values))
+        self._commit(rows, order_rows)
+        self._last_seq, self._last_hash = seq, prev_hash
+        for order_id, next_seq in order_seqs.items():
+            self._order_seqs[order_id] = next_seq - 1
+        return stored
+
+    def _commit(
+        self, rows: list[tuple[Any, ...]], order_rows: list[tuple[bool, list[Any]]]
+    ) -> None:
+        """One transaction: the event rows, then the projection rows (each inserted for an
+        order's first event, else updated), then COMMIT."""
+        conn = self.conn
         try:
-            with self.db.atomic():
-                conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # execute per row: executemany's set-up costs more than it saves for the
+                # one or few rows of an append
                 for row in rows:
-                    conn.execute(_INSERT_EVENT, [row[c] for c in _EVENT_FIELDS])
-                for projection in projections:
-                    conn.execute(_UPSERT_ORDER, [projection[c] for c in ORDER_COLUMNS])
+                    conn.execute(_INSERT_EVENT, row)
+                for first, values in order_rows:
+                    if first or not self._updated(values):
+                        conn.execute(_UPSERT_ORDER, values)
                 self._heartbeat_if_due()
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    # a failing ROLLBACK must not hide why the append failed
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
         except sqlite3.IntegrityError as exc:
             raise JournalWriteConflict(f"journal refused a duplicate write: {exc}") from exc
         except sqlite3.Error as exc:
             raise JournalUnavailable(f"journal append failed: {exc}", path=str(self.path)) from exc
-        self._last_seq, self._last_hash = seq, prev_hash
-        for order_id, next_seq in order_seqs.items():
-            self._order_seqs[order_id] = next_seq - 1
-        return [Event.from_row(row) for row in rows]
+
+    def _updated(self, values: list[Any]) -> bool:
+        """Rewrite the changing columns of an existing orders row; False if there is none."""
+        changed = [values[i] for i in _MUTABLE_AT]
+        return self.conn.execute(_UPDATE_ORDER, [*changed, values[0]]).rowcount == 1
 
     def _heartbeat_if_due(self) -> None:
         now = time.monotonic()
         if self._lock is not None and now - self._last_heartbeat >= HEARTBEAT_INTERVAL_SECONDS:
-            self.db.conn.execute(
+            self.conn.execute(
                 "UPDATE owner SET heartbeat_at = ? WHERE id = 1", [datetime.now(UTC).isoformat()]
             )
             self._last_heartbeat = now
@@ -317,7 +394,7 @@ class Journal:
 
     def last_at(self) -> datetime | None:
         """Time of the newest event, or None for an empty journal."""
-        row = self.db.execute("SELECT at FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        row = self.conn.execute("SELECT at FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         return None if row is None else datetime.fromisoformat(row[0])
 
     def events(
@@ -327,7 +404,11 @@ class Journal:
         plan_id: str | None = None,
         after_seq: int = 0,
     ) -> Iterator[Event]:
-        """Stream events in seq order, optionally for one order or one plan."""
+        """Stream events in seq order, optionally for one order or one plan.
+
+        By plan this scans the journal; `order_events` finds a plan's orders' events
+        through the `orders` table instead.
+        """
         where, params = ["seq > ?"], [after_seq]
         if order_id is not None:
             where.append("order_id = ?")
@@ -336,27 +417,71 @@ class Journal:
             where.append("plan_id = ?")
             params.append(plan_id)  # type: ignore[arg-type]
         sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
-        for row in self.db.query(sql, params):
-            yield Event.from_row(row)
+        for row in self.conn.execute(sql, params):
+            yield Event.from_values(row)
+
+    def order_events(
+        self, *, plan_id: str | None = None, unless_state: Collection[str] = ()
+    ) -> Iterator[Event]:
+        """Every event of the orders whose `orders` row matches, one order after another.
+
+        Each order's events come in order_seq order, the orders in the order their rows
+        were first written, i.e. created (not interleaved by seq): what a fold per order
+        needs. The orders are found in the
+        projection and their events through UNIQUE(order_id, order_seq), so this reads
+        those orders' events, not the journal.
+        """
+        where, params = [], []
+        if plan_id is not None:
+            where.append("o.plan_id = ?")
+            params.append(plan_id)
+        if unless_state:
+            where.append(f"o.state NOT IN ({', '.join('?' for _ in unless_state)})")
+            params += list(unless_state)
+        sql = (
+            f"SELECT {', '.join(f'e.{c}' for c in _EVENT_FIELDS)} "
+            "FROM orders AS o JOIN events AS e ON e.order_id = o.order_id "
+            + (f"WHERE {' AND '.join(where)} " if where else "")
+            + "ORDER BY o.rowid, e.order_seq"
+        )
+        for row in self.conn.execute(sql, params):
+            yield Event.from_values(row)
+
+    def first_event_of_plan(self, plan_id: str) -> Event | None:
+        """The first event of the plan's first order (its `created`), or None for an unknown plan.
+
+        Every order of a plan is created in one commit, so that first event carries
+        what the plan was delivered with.
+        """
+        row = self.conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE order_id = "
+            "(SELECT order_id FROM orders WHERE plan_id = ? ORDER BY rowid LIMIT 1) "
+            "ORDER BY order_seq LIMIT 1",
+            [plan_id],
+        ).fetchone()
+        return None if row is None else Event.from_values(row)
 
     def orders(self, *, plan_id: str | None = None) -> list[dict[str, Any]]:
         """The `orders` projection, oldest first."""
         if plan_id is None:
-            return list(self.db.query("SELECT * FROM orders ORDER BY created_at, order_id"))
-        return list(
-            self.db.query(
+            return _dicts(self.conn.execute("SELECT * FROM orders ORDER BY created_at, order_id"))
+        return _dicts(
+            self.conn.execute(
                 "SELECT * FROM orders WHERE plan_id = ? ORDER BY created_at, order_id", [plan_id]
             )
         )
 
     def order(self, order_id: str) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT * FROM orders WHERE order_id = ?", [order_id]))
+        rows = _dicts(self.conn.execute("SELECT * FROM orders WHERE order_id = ?", [order_id]))
         return rows[0] if rows else None
 
     def owner(self) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT pid, host, acquired_at, heartbeat_at FROM owner"))
+        rows = _dicts(self.conn.execute("SELECT pid, host, acquired_at, heartbeat_at FROM owner"))
         return rows[0] if rows else None
 
     def verify_chain(self) -> ChainBreak | None:
         """The first break in seq continuity or the hash chain, or None when intact."""
-        return first_chain_break(self.db.query(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq"))
+        cursor = self.conn.cursor()
+        cursor.row_factory = sqlite3.Row
+        rows = cursor.execute(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq")
+        return first_chain_break(rows)

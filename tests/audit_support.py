@@ -85,7 +85,7 @@ class HandJournal:
             },
         )
         at = START + timedelta(seconds=seconds)
-        record = OrderRecord.created(event, stamp(at))
+        record = OrderRecord.created(event, stamp(at), self.journal.last_seq + 1)
         self.journal.append(event, at=at, projection=record.projection())
         self.records[order_id] = record
 
@@ -103,7 +103,7 @@ class HandJournal:
         `from_state` defaults to the order's state; pass another one to forge a row.
         """
         record, at = self.records[order_id], START + timedelta(seconds=seconds)
-        updated = record.apply(kind, to_state, data, stamp(at))
+        updated = record.apply(kind, to_state, data, stamp(at), self.journal.last_seq + 1)
         event = NewEvent(
             kind, order_id, record.plan_id, from_state or record.state, updated.state, data
         )

@@ -34,6 +34,7 @@ from engine import export, export_ledger, replay, report, report_html, verify
 from engine.audit import EVENT_COLUMNS, LEDGER_COLUMNS, ReplayRefused
 from engine.order import EventKind
 from journal import (
+    SCHEMA_VERSION,
     Event,
     Journal,
     JournalCorrupt,
@@ -279,7 +280,9 @@ def not_a_journal(path: Path) -> None:
 
 def newer_schema(path: Path) -> None:
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION + 1)]
+        )
     conn.close()
 
 

@@ -26,6 +26,7 @@ SHARES = (
 EXPECTED_ROWS = {
     "journal_append": [
         "journal append, FULL, 1 event/commit",
+        "journal append vs its own SQL alone, FULL, 1 event/commit",
         "journal append_many, FULL, 50 events/commit",
         "journal append, NORMAL, 1 event/commit",
     ],
@@ -34,8 +35,18 @@ EXPECTED_ROWS = {
         "resume 200 in-flight orders: start to all re-armed",
         "resume 200 in-flight orders: peak RSS",
     ],
+    "replay": [
+        "verify, 20,000 events",
+        "replay, 20,000 events",
+        "verify peak RSS, 20,000 vs 5,000 events",
+        "replay peak RSS, 20,000 vs 5,000 events",
+    ],
     "engine": ["20 orders through complete walks", *(f"time share: {s}" for s in SHARES)],
     "quality": ["walkbook defaults: mean slippage", "original ladder, 1 quote: mean slippage"],
+    "rest_budget": [
+        "6-order plan, REST calls per order, trade_updates live",
+        "REST calls in the busiest minute, trade_updates live",
+    ],
 }
 # DBOS is an optional extra (`.[bench]`): without it that row is a SKIP with its reason.
 MAY_SKIP = {"walk, durable steps per second"}

@@ -151,11 +151,8 @@ def test_machine_allows_exactly_the_table(steps: int) -> None:
     table = moves(steps)
     for state in state_names(steps):
         machine = OrderMachine(steps, recorder([]), initial=str(state))
-        try:
-            for trigger in [*ALL_TRIGGERS, "bogus"]:
-                assert machine.can_fire(trigger) == ((str(state), trigger) in table)
-        finally:
-            machine.release()
+        for trigger in [*ALL_TRIGGERS, "bogus"]:
+            assert machine.can_fire(trigger) == ((str(state), trigger) in table)
 
 
 # -- OrderMachine ------------------------------------------------------------------------------
@@ -171,14 +168,11 @@ def test_illegal_trigger_raises_and_persists_nothing(steps: int) -> None:
                 continue
             calls: list[PersistCall] = []
             machine = OrderMachine(steps, recorder(calls), initial=str(state))
-            try:
-                with pytest.raises(IllegalTransition, match=trigger) as info:
-                    machine.fire(trigger, reason="x")
-                assert info.value.fields == {"trigger": trigger, "state": str(state)}
-                assert machine.state == str(state)
-                assert calls == []
-            finally:
-                machine.release()
+            with pytest.raises(IllegalTransition, match=trigger) as info:
+                machine.fire(trigger, reason="x")
+            assert info.value.fields == {"trigger": trigger, "state": str(state)}
+            assert machine.state == str(state)
+            assert calls == []
 
 
 class StateSpy:
@@ -201,13 +195,10 @@ def test_legal_trigger_persists_once_before_moving(steps: int) -> None:
     for trigger, source, dest in transition_table(steps):
         spy = StateSpy()
         machine = spy.machine = OrderMachine(steps, spy, initial=source)
-        try:
-            machine.fire(trigger, reason="why", n=3)
-            assert spy.calls == [(trigger, source, dest, {"reason": "why", "n": 3})]
-            assert spy.states_seen == [source]
-            assert machine.state == dest
-        finally:
-            machine.release()
+        machine.fire(trigger, reason="why", n=3)
+        assert spy.calls == [(trigger, source, dest, {"reason": "why", "n": 3})]
+        assert spy.states_seen == [source]
+        assert machine.state == dest
 
 
 class PersistFailed(RuntimeError):
@@ -223,13 +214,10 @@ def test_persist_failure_leaves_state_unchanged(steps: int) -> None:
             raise PersistFailed(t)
 
         machine = OrderMachine(steps, persist, initial=source)
-        try:
-            with pytest.raises(PersistFailed):
-                machine.fire(trigger)
-            assert machine.state == source
-            assert machine.can_fire(trigger)
-        finally:
-            machine.release()
+        with pytest.raises(PersistFailed):
+            machine.fire(trigger)
+        assert machine.state == source
+        assert machine.can_fire(trigger)
 
 
 def test_persist_failure_then_retry_succeeds() -> None:
@@ -242,15 +230,12 @@ def test_persist_failure_then_retry_succeeds() -> None:
             raise PersistFailed(t)
 
     machine = OrderMachine(3, persist)
-    try:
-        with pytest.raises(PersistFailed):
-            machine.fire(str(Trigger.QUOTE))
-        assert machine.state == PENDING
+    with pytest.raises(PersistFailed):
         machine.fire(str(Trigger.QUOTE))
-        assert machine.state == QUOTED
-        assert attempts == [str(Trigger.QUOTE), str(Trigger.QUOTE)]
-    finally:
-        machine.release()
+    assert machine.state == PENDING
+    machine.fire(str(Trigger.QUOTE))
+    assert machine.state == QUOTED
+    assert attempts == [str(Trigger.QUOTE), str(Trigger.QUOTE)]
 
 
 def test_machines_sharing_a_ladder_are_independent() -> None:
@@ -259,17 +244,13 @@ def test_machines_sharing_a_ladder_are_independent() -> None:
     calls_b: list[PersistCall] = []
     a = OrderMachine(2, recorder(calls_a))
     b = OrderMachine(2, recorder(calls_b))
-    try:
-        a.fire(str(Trigger.QUOTE))
-        a.fire(str(Trigger.START_WALK))
-        assert (a.state, b.state) == (limit_step(1), PENDING)
-        b.fire(str(Trigger.FAIL), reason="no_quote")
-        assert (a.state, b.state) == (limit_step(1), FAILED)
-        assert [c[0] for c in calls_a] == ["quote", "start_walk"]
-        assert calls_b == [("fail", PENDING, FAILED, {"reason": "no_quote"})]
-    finally:
-        a.release()
-        b.release()
+    a.fire(str(Trigger.QUOTE))
+    a.fire(str(Trigger.START_WALK))
+    assert (a.state, b.state) == (limit_step(1), PENDING)
+    b.fire(str(Trigger.FAIL), reason="no_quote")
+    assert (a.state, b.state) == (limit_step(1), FAILED)
+    assert [c[0] for c in calls_a] == ["quote", "start_walk"]
+    assert calls_b == [("fail", PENDING, FAILED, {"reason": "no_quote"})]
 
 
 # -- random walks against a model built from the table ----------------------------------------
@@ -317,10 +298,23 @@ class OrderMachineModel(RuleBasedStateMachine):
     def terminal_is_absorbing(self) -> None:
         assert [c for c in self.calls if c[1] in TERMINAL_STATES] == []
 
-    def teardown(self) -> None:
-        if self.machine is not None:
-            self.machine.release()
-
 
 OrderMachineModel.TestCase.settings = settings(max_examples=100, stateful_step_count=25)
 TestOrderMachineModel = OrderMachineModel.TestCase
+
+
+def test_orders_do_not_register_on_the_shared_machine() -> None:
+    """Ten thousand orders leave the ladder's `transitions` machine without models: an order
+    costs one small object, not a registration (which made large resumes quadratic)."""
+    from engine.fsm import _machine
+
+    machines = [OrderMachine(3, recorder([]), initial=limit_step(1)) for _ in range(10_000)]
+    assert _machine(3).models == []
+    machines[0].fire(str(Trigger.NEXT_STEP))
+    assert (machines[0].state, machines[1].state) == (limit_step(2), limit_step(1))
+
+
+def test_an_unknown_initial_state_is_refused() -> None:
+    """The initial state must be one of the ladder's states, as `transitions` required."""
+    with pytest.raises(ValueError, match="LIMIT_STEP_4"):
+        OrderMachine(3, recorder([]), initial=limit_step(4))

@@ -29,6 +29,7 @@ from engine.order import OrderRecord, fold_orders
 from journal import (
     GENESIS_HASH,
     ORDER_COLUMNS,
+    SCHEMA_VERSION,
     ChainBreak,
     Journal,
     JournalCorrupt,
@@ -37,6 +38,9 @@ from journal import (
     JournalUnavailable,
     JournalWriteConflict,
     NewEvent,
+    canonical_json,
+    decode_canonical,
+    decode_json,
     first_chain_break,
 )
 
@@ -209,7 +213,9 @@ def test_any_single_edit_breaks_the_chain_at_that_row(
             [(NewEvent("fact", "o1", "p1", data=d), None) for d in datas], at=AT
         )
         assert [e.data for e in journal.events()] == datas
-        rows = list(journal.db.query(f"SELECT {EVENT_COLUMNS} FROM events ORDER BY seq"))
+        cursor = journal.conn.cursor()
+        cursor.row_factory = sqlite3.Row
+        rows = [dict(r) for r in cursor.execute(f"SELECT {EVENT_COLUMNS} FROM events ORDER BY seq")]
     assert [e.seq for e in stored] == list(range(1, len(datas) + 1))
     assert first_chain_break(rows) is None
     index = victim % len(rows)
@@ -287,9 +293,9 @@ def test_file_is_private(path: Path) -> None:
 def test_wal_and_synchronous_full_by_default(path: Path) -> None:
     """The journal runs in WAL mode with synchronous=FULL (2) unless told otherwise."""
     with Journal.open(path) as journal:
-        assert journal.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert journal.db.execute("PRAGMA synchronous").fetchone()[0] == 2
-        assert journal.db.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+        assert journal.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert journal.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+        assert journal.conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
     conn = raw(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
@@ -298,7 +304,7 @@ def test_wal_and_synchronous_full_by_default(path: Path) -> None:
 def test_synchronous_normal_when_asked(path: Path) -> None:
     """synchronous='NORMAL' sets PRAGMA synchronous to 1."""
     with Journal.open(path, synchronous="NORMAL") as journal:
-        assert journal.db.execute("PRAGMA synchronous").fetchone()[0] == 1
+        assert journal.conn.execute("PRAGMA synchronous").fetchone()[0] == 1
 
 
 # -- append-only at the database ---------------------------------------------------------------
@@ -694,3 +700,125 @@ def test_schema_creation_is_all_or_nothing(path: Path, monkeypatch: pytest.Monke
         journal.append(NewEvent("note"), at=AT)
         assert journal.last_seq == 1
         assert journal.verify_chain() is None
+
+
+# -- schema versions ---------------------------------------------------------------------------
+
+
+def schema_objects(path: Path) -> dict[str, str]:
+    """name -> SQL of every index and trigger in the file (automatic indexes have no SQL)."""
+    conn = raw(path)
+    try:
+        rows = conn.execute(
+            "SELECT name, coalesce(sql, '') FROM sqlite_master WHERE type IN ('index', 'trigger')"
+        )
+        return dict(rows.fetchall())
+    finally:
+        conn.close()
+
+
+def version_one_journal(path: Path) -> Journal:
+    """A writer on a file at schema version 1, exactly as walkbook 1 created it: migration
+    0001 only and schema_version 1 (0001 writes the current version, so it is set back)."""
+    from sqlite_utils import Database
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    schema_module._migrations().apply(Database(conn), stop_before="0002_lean_indexes")
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    return Journal(path, conn, None)
+
+
+def test_version_one_journal_is_migrated_on_open_and_still_verifies(
+    path: Path, make_rig: Any
+) -> None:
+    """A v1 journal with real walks in it: Journal.open rebuilds it at v2 (no UNIQUE hash,
+    events_by_plan or orders_by_state; the append-only triggers kept), every row and hash
+    unchanged, the chain and the audit's verify still pass, and appends chain on."""
+    from engine import Engine, MarketSpec, SimBroker, VirtualClock
+    from engine.audit import verify
+
+    old = version_one_journal(path)
+    assert {"events_by_plan", "orders_by_state"} <= set(schema_objects(path))
+    clock = VirtualClock(AT)
+    broker = SimBroker(MarketSpec(seed=5, positions={"TSLA": Decimal(8)}), clock)
+    plan = parse_plan(
+        {
+            "plan_id": "v1-plan",
+            "orders": [
+                {"symbol": "TSLA", "side": "sell", "quantity": "8", "close_type": "full"},
+                {"symbol": "AAPL", "side": "buy", "quantity": "3"},
+            ],
+        }
+    )
+    with Engine(broker, old, clock=clock) as engine:
+        engine.execute_plan_sync(plan)
+    before = rows_of(path)
+    assert len(before) > 10
+    assert verify(path).ok
+
+    with Journal.open(path) as journal:
+        assert journal.conn.execute(
+            "SELECT value FROM meta WHERE key = 'schema_version'"
+        ).fetchone() == (str(SCHEMA_VERSION),)
+        assert journal.verify_chain() is None
+        later = journal.append(NewEvent("note"), at=AT)
+        assert later.prev_hash == before[-1]["hash"]
+    assert rows_of(path)[:-1] == before
+    objects = schema_objects(path)
+    assert not {"events_by_plan", "orders_by_state"} & set(objects)
+    assert {"events_refuse_update", "events_refuse_delete", "orders_by_plan"} <= set(objects)
+    conn = raw(path)
+    events_sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+    applied = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations ORDER BY rowid")]
+    conn.close()
+    assert "hash TEXT NOT NULL," in events_sql
+    assert "UNIQUE (order_id, order_seq)" in events_sql
+    assert applied == ["0001_initial", "0002_lean_indexes"]
+    result = verify(path)
+    assert result.ok, result.summary()
+    assert result.events_checked == len(before) + 1
+    conn = raw(path)
+    try:
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("DELETE FROM events WHERE seq = 1")
+    finally:
+        conn.close()
+
+
+def test_a_new_journal_is_created_at_the_current_version(path: Path) -> None:
+    """A fresh file gets every migration, in order, and the current schema_version."""
+    Journal.open(path).close()
+    conn = raw(path)
+    version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    applied = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations ORDER BY rowid")]
+    conn.close()
+    assert version == (str(SCHEMA_VERSION),)
+    assert applied == list(schema_module.MIGRATION_NAMES)
+
+
+# -- decoding ----------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+        max_leaves=10,
+    ),
+    ascii_only=st.booleans(),
+)
+def test_decode_json_gives_exactly_what_json_loads_gives(value: Any, ascii_only: bool) -> None:
+    """Integers of any size, NaN and infinities, escapes: the fast decoder or its fallback
+    always returns json.loads's value; decode_canonical refuses what canonical_json cannot
+    write."""
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    assert repr(decode_json(text)) == repr(json.loads(text))
+    try:
+        canonical = canonical_json(value)
+    except ValueError:  # NaN or an infinity somewhere
+        with pytest.raises(ValueError, match="malformed"):
+            decode_canonical(text)
+    else:
+        assert repr(decode_canonical(canonical)) == repr(json.loads(canonical))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import itertools
 from datetime import datetime
 from decimal import Decimal
+from types import SimpleNamespace
 
+import pytest
+from conftest import START
 from walk_support import (
     NEVER,
     RecordingSimBroker,
@@ -23,7 +26,17 @@ from walk_support import (
     zero_quotes,
 )
 
-from engine import BrokerOrderStatus, EngineConfig, OrderSide, SymbolSpec
+from engine import (
+    BrokerOrderStatus,
+    Engine,
+    EngineConfig,
+    MarketSpec,
+    OrderSide,
+    SymbolSpec,
+    VirtualClock,
+    parse_plan,
+)
+from engine.crash import CrashPoints, SimulatedCrash
 from engine.order import EventKind
 
 HUGE = 1e9
@@ -379,3 +392,54 @@ def test_whole_share_multi_step_uses_replace(make_rig):
         assert by_cid[ack.data["client_order_id"]] is new
         assert new.limit_price == Decimal(intent.data["limit_price"])
     check_invariants(rig, result)
+
+
+# -- resume ---------------------------------------------------------------------------
+
+
+class CallLog(RecordingSimBroker):
+    """The simulator, noting each re-read and each wait on a broker order, in order."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.calls: list[tuple[str, str]] = []
+
+    async def get_order(self, order_id):
+        self.calls.append(("get_order", order_id))
+        return await super().get_order(order_id)
+
+    async def wait_for_update(self, order_id, timeout_seconds):
+        self.calls.append(("wait_for_update", order_id))
+        return await super().wait_for_update(order_id, timeout_seconds)
+
+
+def test_resume_reconciles_every_order_before_walking_any(tmp_path):
+    """With one walk at a time, resume re-reads every in-flight order's live order (counting
+    its fills) before the first walk waits on its own again: no order's reconcile waits for
+    other orders' walks. Then every order is walked to the end."""
+    symbols = dict.fromkeys(
+        ("AAPL", "MSFT", "TSLA", "SPY"),
+        SymbolSpec(price=Decimal(100), spread_bps=20, volatility_bps=0),
+    )
+    spec = MarketSpec(**resting(symbols=symbols, positions=dict.fromkeys(symbols, Decimal(5))))
+    clock = VirtualClock(START)
+    broker = CallLog(spec, clock)
+    path = tmp_path / "journal.db"
+    orders = [{"symbol": s, "side": "sell", "quantity": "5"} for s in symbols]
+    plan = parse_plan({"plan_id": "four", "orders": orders})
+    # every sell has its limit order resting when the last one starts waiting on its own
+    points = CrashPoints(armed="before_broker.wait_for_update", nth=len(symbols))
+    crashing = Engine(broker, path, clock=clock, crash_points=points)
+    with pytest.raises(SimulatedCrash):
+        crashing.execute_plan_sync(plan)
+    crashing.close()
+    live = {o.id for o in broker.orders.values() if not o.status.is_terminal}
+    assert len(live) == len(symbols)
+
+    broker.calls.clear()
+    with Engine(broker, path, clock=clock, concurrency=1) as engine:
+        report = engine.resume_sync()
+        first_wait = next(i for i, (call, _) in enumerate(broker.calls) if call != "get_order")
+        assert {order_id for _, order_id in broker.calls[:first_wait]} == live
+        assert all(o.result.state == "VALIDATED" for o in report.orders)
+        check_invariants(SimpleNamespace(journal=engine.journal, broker=broker))

@@ -198,7 +198,7 @@ def _check_no_second_live_order(all_events: list[Event], order_id: str) -> None:
         if record is None:
             record = fold_orders([event])[order_id]
         else:
-            record = record.apply(event.kind, event.to_state, event.data, event.at)
+            record = record.apply(event.kind, event.to_state, event.data, event.at, event.seq)
 
 
 def _check_fills_match_broker(all_events: list[Event], broker: SimBroker) -> None:

@@ -12,12 +12,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from journal import Event, Journal, JournalCorrupt
 
-__all__ = ["EVENT_COLUMNS", "read_snapshot"]
+__all__ = ["EVENT_COLUMNS", "SELECT_EVENTS", "EventRow", "read_snapshot"]
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Event))
+SELECT_EVENTS = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
+# One stored event as sqlite3 returns it: the values of EVENT_COLUMNS, `data` as text.
+EventRow = tuple[Any, ...]
 
 
 @contextmanager
@@ -25,7 +29,7 @@ def read_snapshot(path: str | Path) -> Iterator[Journal]:
     """The journal opened read-only inside one read transaction; closed on exit."""
     journal = Journal.open_readonly(path)
     try:
-        journal.db.execute("BEGIN")
+        journal.conn.execute("BEGIN")
         yield journal
     except sqlite3.DatabaseError as exc:
         raise JournalCorrupt(f"{path} is damaged or truncated: {exc}", path=str(path)) from exc

@@ -14,17 +14,19 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from journal import Event, Journal
+from journal import Journal, decode_json
 
 from ..fsm import OrderState
 from ..numbers import decimal_text
 from ..order import EventKind, OrderRecord
 from ..results import OrderResult
 from .fold import OrderFold
-from .source import read_snapshot
+from .source import SELECT_EVENTS, EventRow, read_snapshot
 
 __all__ = ["OrderTimeline", "TimelineEntry", "replay", "step_of"]
 
+# One order's events, through the UNIQUE(order_id, order_seq) index.
+_ORDER_EVENTS = f"{SELECT_EVENTS} WHERE order_id = ? ORDER BY order_seq"
 _CLIENT_ORDER_ID = re.compile(r"^wb-o[0-9a-f]+-(L[0-9]+|M)-[0-9]+$")
 
 
@@ -97,14 +99,14 @@ class OrderTimeline:
         }
 
 
-def _entry(event: Event, fold: OrderFold) -> TimelineEntry:
-    data, record = event.data, fold.folded
-    fill = event.kind == EventKind.FILL
+def _entry(row: EventRow, data: dict[str, Any], fold: OrderFold) -> TimelineEntry:
+    record = fold.record
+    fill = row[5] == EventKind.FILL
     return TimelineEntry(
-        seq=event.seq,
-        at=event.at,
-        kind=event.kind,
-        from_state=event.from_state,
+        seq=row[0],
+        at=row[4],
+        kind=row[5],
+        from_state=row[6],
         state=record.state,
         trigger=data.get("trigger"),
         reason=data.get("reason"),
@@ -119,16 +121,18 @@ def _entry(event: Event, fold: OrderFold) -> TimelineEntry:
     )
 
 
-def _order_timeline(events: Iterable[Event]) -> OrderTimeline:
-    """Fold one order's events (seq order, `created` first) into its timeline."""
-    stream = iter(events)
+def _order_timeline(rows: Iterable[EventRow]) -> OrderTimeline:
+    """Fold one order's events (in order, `created` first) into its timeline."""
+    stream = iter(rows)
     created = next(stream)
-    fold = OrderFold.start(created)
-    entries = [_entry(created, fold)]
-    for event in stream:
-        fold.apply(event)
-        entries.append(_entry(event, fold))
-    return OrderTimeline(fold.record(), tuple(entries))
+    data = decode_json(created[8])
+    fold = OrderFold.start(created, data)
+    entries = [_entry(created, data, fold)]
+    for row in stream:
+        data = decode_json(row[8])
+        fold.apply(row, data)
+        entries.append(_entry(row, data, fold))
+    return OrderTimeline(fold.record, tuple(entries))
 
 
 def _created_order_ids(
@@ -142,8 +146,8 @@ def _created_order_ids(
         where.append("plan_id = ?")
         params.append(plan_id)
     sql = f"SELECT order_id FROM events WHERE {' AND '.join(where)} ORDER BY seq"
-    for row in journal.db.query(sql, params):
-        yield row["order_id"]
+    for row in journal.conn.execute(sql, params):
+        yield row[0]
 
 
 def replay(
@@ -157,4 +161,4 @@ def replay(
     """
     with read_snapshot(path) as journal:
         for created in _created_order_ids(journal, order_id, plan_id):
-            yield _order_timeline(journal.events(order_id=created))
+            yield _order_timeline(journal.conn.execute(_ORDER_EVENTS, [created]))

@@ -232,8 +232,8 @@ class Engine:
             try:
                 intents[index] = await self._check_intent(intent)
             except InvalidIntent as exc:
-                problems[index] = f"order {index} ({intent.symbol} {intent.side.value} " \
-                    f"{intent.quantity}): {exc.message}"  # fmt: skip
+                where = f"order {index} ({intent.symbol} {intent.side.value} {intent.quantity})"
+                problems[index] = f"{where}: {exc.message}"
         if problems and self.config.validation == "all_or_nothing":
             raise InvalidIntent(
                 "; ".join(problems.values()),

@@ -423,28 +423,36 @@ class Journal:
     def order_events(
         self, *, plan_id: str | None = None, unless_state: Collection[str] = ()
     ) -> Iterator[Event]:
-        """Every event of the orders whose `orders` row matches, one order after another.
+        """Every event of the orders whose `orders` row matches, in seq order.
 
-        Each order's events come in order_seq order, the orders in the order their rows
-        were first written, i.e. created (not interleaved by seq): what a fold per order
-        needs. The orders are found in the
-        projection and their events through UNIQUE(order_id, order_seq), so this reads
-        those orders' events, not the journal.
+        One range scan over the stretch of the journal those orders span, from the oldest
+        one's `created` event (found through UNIQUE(order_id, order_seq)) to the newest
+        `last_seq` among their rows, keeping their events: resuming 10,000 orders read
+        their events through one index lookup each five times slower. Orders interleave,
+        each order's events in its own order: what a fold per order needs.
         """
         where, params = [], []
         if plan_id is not None:
-            where.append("o.plan_id = ?")
+            where.append("plan_id = ?")
             params.append(plan_id)
         if unless_state:
-            where.append(f"o.state NOT IN ({', '.join('?' for _ in unless_state)})")
+            where.append(f"state NOT IN ({', '.join('?' for _ in unless_state)})")
             params += list(unless_state)
+        matching = "FROM orders" + (f" WHERE {' AND '.join(where)}" if where else "")
+        first, last = self.conn.execute(
+            f"SELECT min(e.seq), max(o.last_seq) FROM (SELECT order_id, last_seq {matching}) "
+            "AS o JOIN events AS e ON e.order_id = o.order_id AND e.order_seq = 1",
+            params,
+        ).fetchone()
+        if first is None:
+            return
+        # `+order_id`: scan the seq range; SQLite would otherwise look each order's events
+        # up through the index and sort them, which costs twice as much.
         sql = (
-            f"SELECT {', '.join(f'e.{c}' for c in _EVENT_FIELDS)} "
-            "FROM orders AS o JOIN events AS e ON e.order_id = o.order_id "
-            + (f"WHERE {' AND '.join(where)} " if where else "")
-            + "ORDER BY o.rowid, e.order_seq"
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq BETWEEN ? AND ? "
+            f"AND +order_id IN (SELECT order_id {matching}) ORDER BY seq"
         )
-        for row in self.conn.execute(sql, params):
+        for row in self.conn.execute(sql, [first, last, *params]):
             yield Event.from_values(row)
 
     def first_event_of_plan(self, plan_id: str) -> Event | None:

@@ -187,10 +187,10 @@ class SimBroker:
         """The simulator clock's time at its last save, for continuing in virtual time."""
         store = SimStore(path)
         try:
-            saved = store.load()
+            state = store.saved_state()
         finally:
             store.close()
-        return None if saved is None else datetime.fromisoformat(saved[1]["now"])
+        return None if state is None else datetime.fromisoformat(state["now"])
 
     def close(self) -> None:
         if self.store is not None:

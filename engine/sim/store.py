@@ -11,6 +11,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from journal import decode_json
+
 from ..errors import InputError
 
 __all__ = ["SimStore"]
@@ -44,8 +46,13 @@ class SimStore:
         meta = dict(self.conn.execute("SELECT key, value FROM sim_meta").fetchall())
         if "state" not in meta:
             return None
-        orders = [json.loads(row[0]) for row in self.conn.execute("SELECT data FROM sim_orders")]
-        return json.loads(meta["spec"]), json.loads(meta["state"]), orders
+        orders = [decode_json(row[0]) for row in self.conn.execute("SELECT data FROM sim_orders")]
+        return decode_json(meta["spec"]), decode_json(meta["state"]), orders
+
+    def saved_state(self) -> dict[str, Any] | None:
+        """The market state alone (clock, cash, books), without reading every order."""
+        row = self.conn.execute("SELECT value FROM sim_meta WHERE key = 'state'").fetchone()
+        return None if row is None else dict(decode_json(row[0]))
 
     def save(
         self, spec: dict[str, Any] | None, state: dict[str, Any], orders: list[dict[str, Any]]

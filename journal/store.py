@@ -122,13 +122,29 @@ class Event:
 
     @classmethod
     def _filled(cls, row: Sequence[Any], data: dict[str, Any]) -> Event:
-        """The event of a stored row and its decoded data, filled in directly rather than
-        through the frozen dataclass's `__init__` (one guarded setattr per field): every
-        append and every row a resume or an audit reads builds one, and this halves it."""
+        """The event of a stored row and its decoded data, its fields set as one dict
+        rather than through the frozen dataclass's `__init__` (one guarded setattr per
+        field): every append and every row a resume reads builds one, and this is a
+        third of the cost."""
+        seq, order_id, order_seq, plan_id, at, kind, from_state, to_state, _, prev, hash_ = row
         event = object.__new__(cls)
-        fields = event.__dict__
-        fields.update(zip(_EVENT_FIELDS, row, strict=True))
-        fields["data"] = data
+        object.__setattr__(
+            event,
+            "__dict__",
+            {
+                "seq": seq,
+                "order_id": order_id,
+                "order_seq": order_seq,
+                "plan_id": plan_id,
+                "at": at,
+                "kind": kind,
+                "from_state": from_state,
+                "to_state": to_state,
+                "data": data,
+                "prev_hash": prev,
+                "hash": hash_,
+            },
+        )
         return event
 
     @property

@@ -26,6 +26,7 @@ from alpaca.trading.requests import ReplaceOrderRequest
 from ..broker import Account, Asset, BrokerOrder, MarketClock, OrderRequest, Quote
 from ..errors import BrokerUnavailable, NotReplaceable, OrderNotFound, UnknownSymbol
 from ..numbers import ZERO
+from .cache import SharedReads
 from .convert import (
     account_from_sdk,
     asset_from_sdk,
@@ -68,8 +69,8 @@ class AlpacaBroker:
         self._update_stream: UpdateStream | None = None
         self._quote_stream: QuoteStream | None = None
         self._quote_symbols: set[str] = set()
-        self._assets: dict[str, tuple[float, Asset]] = {}
-        self._clock: tuple[float, MarketClock] | None = None
+        self._assets: SharedReads[str, Asset] = SharedReads()
+        self._clock: SharedReads[None, MarketClock] = SharedReads()
         self._stream_awaited = False
         self.log = structlog.get_logger("walkbook").bind(broker="alpaca")
 
@@ -124,33 +125,33 @@ class AlpacaBroker:
     # -- reads ------------------------------------------------------------------------
 
     async def get_asset(self, symbol: str) -> Asset:
-        """Asset facts change rarely: cached for `asset_cache_seconds` (preflight, then walk)."""
+        """Asset facts change rarely: kept for `asset_cache_seconds` (preflight, then walk)
+        and read once however many walks ask at the same time."""
         self._ensure_streams()
-        cached = self._assets.get(symbol)
-        if cached is not None and time.monotonic() < cached[0]:
-            return cached[1]
+        return await self._assets.get(symbol, lambda: self._read_asset(symbol))
+
+    async def _read_asset(self, symbol: str) -> tuple[Asset, float]:
         trading = self.rest.trading
         try:
             answer = await self.rest.read("get_asset", lambda: trading.get_asset(symbol))
         except OrderNotFound:
             raise UnknownSymbol(f"unknown symbol {symbol}", symbol=symbol) from None
-        asset = asset_from_sdk(_expect(SdkAsset, answer))
-        self._assets[symbol] = (time.monotonic() + self.settings.asset_cache_seconds, asset)
-        return asset
+        return asset_from_sdk(_expect(SdkAsset, answer)), self.settings.asset_cache_seconds
 
     async def get_clock(self) -> MarketClock:
-        """Cached until the next open/close or `clock_cache_seconds`, whichever is sooner."""
+        """Kept until the next open/close or `clock_cache_seconds`, whichever is sooner, and
+        read once however many walks ask at the same time."""
         self._ensure_streams()
-        if self._clock is not None and time.monotonic() < self._clock[0]:
-            return self._clock[1]
+        return await self._clock.get(None, self._read_clock)
+
+    async def _read_clock(self) -> tuple[MarketClock, float]:
         answer = await self.rest.read("get_clock", self.rest.trading.get_clock)
         clock = clock_from_sdk(_expect(SdkClock, answer))
         change = clock.next_close if clock.is_open else clock.next_open
-        ttl = self.settings.clock_cache_seconds
+        seconds = self.settings.clock_cache_seconds
         if change is not None:
-            ttl = min(ttl, (change - clock.at).total_seconds())
-        self._clock = (time.monotonic() + ttl, clock)
-        return clock
+            seconds = min(seconds, (change - clock.at).total_seconds())
+        return clock, seconds
 
     async def get_account(self) -> Account:
         answer = await self.rest.read("get_account", self.rest.trading.get_account)

@@ -183,7 +183,14 @@ def test_refusals_reach_the_engine_as_typed_errors(tmp_path: Path) -> None:
             with pytest.raises(NotReplaceable):  # refused before any request: SDK qty is int
                 await broker.replace_order(placed.id, Decimal("1.5"), Decimal("189.96"), "c5")
             await broker.cancel_order(placed.id)
-            assert (await broker.get_order(placed.id)).client_order_id == "c4"
+            cancelled = await broker.get_order(placed.id)
+            for _ in range(10):
+                if cancelled.status.is_terminal:
+                    break
+                cancelled = await broker.wait_for_update(placed.id, 1.0)
+            assert (cancelled.client_order_id, cancelled.status) == ("c4", "canceled")
+            with pytest.raises(BrokerRejected, match='already in "canceled" state'):
+                await broker.cancel_order(placed.id)
             with pytest.raises(OrderNotFound):
                 await broker.get_order("00000000-0000-4000-8000-000000000000")
             assert await broker.get_order_by_client_id("never-sent") is None

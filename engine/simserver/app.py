@@ -241,7 +241,13 @@ class SimApp:
         return self._order(order)
 
     async def cancel(self, request: web.Request) -> web.Response:
-        await self.broker.cancel_order(self._sim_id(request))
+        """204, or 422 for an order already final, as Alpaca answers a cancel that lost the
+        race to a fill (it answered 204 there until 2021)."""
+        sim_id = self._sim_id(request)
+        status = self.broker.order_snapshot(sim_id).status
+        if status.is_terminal:
+            return error(422, 42210000, f'order is already in "{status.value}" state')
+        await self.broker.cancel_order(sim_id)
         return web.Response(status=204)
 
     # -- account, market ------------------------------------------------------------

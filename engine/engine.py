@@ -192,8 +192,9 @@ class Engine:
         (unanswered intents looked up by client_order_id, live orders re-read, fills
         counted once); then it continues from its state with the time its step had left.
         """
+        # the events come in seq order, so the records in the order the orders were created
         folded = fold_orders(self.journal.order_events(unless_state=TERMINAL_STATES))
-        records = sorted(folded.values(), key=lambda r: (r.created_at, r.order_id))
+        records = list(folded.values())
         seq_before = self.journal.last_seq
         done = {r.order_id: r for r in await self._walk_sells_then_buys(records)}
         self._announce_completed_plans({r.plan_id for r in records if r.plan_id is not None})

@@ -31,7 +31,7 @@ from audit_support import (
 )
 
 from engine import export, export_ledger, replay, report, report_html, verify
-from engine.audit import EVENT_COLUMNS, LEDGER_COLUMNS, ReplayRefused
+from engine.audit import EVENT_COLUMNS, LEDGER_COLUMNS, ReplayRefused, feed
 from engine.order import EventKind
 from journal import (
     SCHEMA_VERSION,
@@ -65,6 +65,14 @@ def closed_run(run: Any) -> Path:
     return Path(run.journal_path)
 
 
+@pytest.fixture(params=["own reads", "feed"])
+def reads(request: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replay and verify reading the journal themselves, or through the helper process
+    (`engine.audit.feed`) that large journals get, whatever the journal's size."""
+    if request.param == "feed":
+        monkeypatch.setattr(feed, "FEED_MIN_EVENTS", 0)
+
+
 @pytest.fixture
 def hand(tmp_path: Path) -> Path:
     path = tmp_path / "hand.db"
@@ -80,6 +88,7 @@ def all_events(path: Path) -> list[Event]:
 # -- replay -------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("reads")
 def test_replay_equals_the_live_plan_result(run: Any) -> None:
     """Each order replayed from events alone has the live result's state, fills, price, reason."""
     timelines = list(replay(run.journal_path))
@@ -99,6 +108,7 @@ def test_replay_equals_the_live_plan_result(run: Any) -> None:
     assert {"LIMIT_STEP_3", "MARKET", "VALIDATED", "FAILED"} <= states
 
 
+@pytest.mark.usefixtures("reads")
 def test_replay_timeline_holds_every_event_with_its_facts(run: Any) -> None:
     """Every event of the order, in seq order, with quote, limit, broker ids and fills."""
     journal = run.journal
@@ -131,6 +141,7 @@ def test_replay_filters_by_order_and_by_plan(run: Any) -> None:
     assert list(replay(run.journal_path, order_id="o0000000000000000")) == []
 
 
+@pytest.mark.usefixtures("reads")
 def test_replay_reads_one_snapshot_while_a_writer_appends(run: Any) -> None:
     """A replay started before a new plan is written never sees half of that plan."""
     timelines = replay(run.journal_path)
@@ -141,6 +152,7 @@ def test_replay_reads_one_snapshot_while_a_writer_appends(run: Any) -> None:
     assert len(list(replay(run.journal_path, plan_id="audit-late"))) == 5
 
 
+@pytest.mark.usefixtures("reads")
 def test_replay_refuses_an_illegal_transition(tmp_path: Path) -> None:
     """A hand-written journal whose rejected order jumps to VALIDATED does not replay."""
     hand = write_hand_journal(tmp_path / "bad.db")
@@ -154,6 +166,7 @@ def test_replay_refuses_an_illegal_transition(tmp_path: Path) -> None:
 # -- verify -------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("reads")
 def test_verify_passes_a_clean_journal_while_its_writer_holds_the_lock(run: Any) -> None:
     """Read-only and lock-free: the engine still owns the journal, verify reads it anyway."""
     result = verify(run.journal_path)
@@ -184,6 +197,7 @@ PROBLEMS = {
 
 
 @pytest.mark.parametrize("case", list(TAMPERS))
+@pytest.mark.usefixtures("reads")
 def test_verify_names_the_first_tampered_row(closed_run: Path, case: str) -> None:
     """An edited, deleted or swapped row is reported at its own seq."""
     seq = middle_fill(closed_run)
@@ -195,6 +209,7 @@ def test_verify_names_the_first_tampered_row(closed_run: Path, case: str) -> Non
     assert result.events_checked == seq - 1
 
 
+@pytest.mark.usefixtures("reads")
 def test_verify_catches_an_edited_orders_row(closed_run: Path) -> None:
     """The projection must equal the replay: an edited filled_qty is found at its last_seq."""
     with sqlite3.connect(closed_run) as conn:
@@ -210,6 +225,7 @@ def test_verify_catches_an_edited_orders_row(closed_run: Path) -> None:
 
 
 @pytest.mark.parametrize("moved", [0, -1], ids=["created-before", "created-after"])
+@pytest.mark.usefixtures("reads")
 def test_verify_catches_an_orders_row_naming_another_orders_event(
     closed_run: Path, moved: int
 ) -> None:
@@ -224,6 +240,7 @@ def test_verify_catches_an_orders_row_naming_another_orders_event(
     assert f"orders row of {order_id}" in str(result.problem)
 
 
+@pytest.mark.usefixtures("reads")
 def test_verify_catches_a_deleted_last_event(closed_run: Path) -> None:
     """Cutting the tail leaves no seq gap, but the orders row still names the missing event."""
     last = event_seqs(closed_run, "1")[-1]
@@ -253,6 +270,7 @@ FORGERIES = {
 
 
 @pytest.mark.parametrize("case", list(FORGERIES))
+@pytest.mark.usefixtures("reads")
 def test_verify_rejects_a_rehashed_forgery(tmp_path: Path, case: str) -> None:
     """Rows with a valid hash chain that the engine could never have written."""
     path = tmp_path / "forged.db"
@@ -303,6 +321,7 @@ BROKEN_FILES = {
 
 @pytest.mark.parametrize("audit", list(AUDITS))
 @pytest.mark.parametrize("case", list(BROKEN_FILES))
+@pytest.mark.usefixtures("reads")
 def test_unreadable_files_raise_typed_journal_errors(
     closed_run: Path, case: str, audit: str
 ) -> None:
@@ -316,6 +335,7 @@ def test_unreadable_files_raise_typed_journal_errors(
     assert "\n" not in raised.value.message
 
 
+@pytest.mark.usefixtures("reads")
 def test_damage_inside_the_file_names_the_last_readable_seq(tmp_path: Path) -> None:
     """Garbage over pages in the middle: verify checks up to there, then a typed error."""
     path = tmp_path / "damaged.db"

@@ -3,8 +3,8 @@
 Replay and verify share this fold: every transition must be a move of the order's own
 transition table (its ladder comes from the `created` event's config, read the way the
 walk reads it), every event must start from the state the previous one left, and
-`OrderRecord.apply` (the engine's own fold) builds the record, so a replayed record is
-exactly what the engine held.
+`OrderRecord`'s own event handlers (the engine's fold) build the record, so a replayed
+record is exactly what the engine held.
 
 Rows are the stored tuples (`source.EVENT_COLUMNS` order) with their `data` decoded:
 an audit reads every event of the journal, and building an `Event` per row would
@@ -13,11 +13,10 @@ cost about as much as reading it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from journal import JournalCorrupt, NewEvent
+from journal import JournalCorrupt
 
 from ..config import journaled_config
 from ..fsm import OrderState, transition_table
@@ -27,6 +26,10 @@ from .source import EventRow
 __all__ = ["OrderFold", "ReplayRefused"]
 
 Move = tuple[str, str, str]
+
+_CREATED, _TRANSITION = EventKind.CREATED, EventKind.TRANSITION
+# what a malformed `data` raises in the record's handlers
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, ArithmeticError)
 
 
 class ReplayRefused(JournalCorrupt):
@@ -43,28 +46,36 @@ def _moves(steps: int) -> frozenset[Move]:
     return frozenset(transition_table(steps))
 
 
-@dataclass
 class OrderFold:
-    """An order replayed up to its latest event, and the latest quote any transition journaled."""
+    """An order replayed up to its latest event, and the latest quote any transition journaled.
 
-    record: OrderRecord
-    steps: int
-    order_seq: int = 1
-    quote: dict[str, Any] | None = None
+    The fold owns its record and folds each event into it in place
+    (`OrderRecord._apply_in_place`, the handlers `OrderRecord.apply` runs on a copy):
+    a copy per event was a third of the fold. Once a fold refuses an event, drop it.
+    """
+
+    __slots__ = ("moves", "order_seq", "quote", "record", "steps")
+
+    def __init__(self, record: OrderRecord, steps: int) -> None:
+        self.record = record
+        self.steps = steps
+        self.moves = _moves(steps)
+        self.order_seq = 1
+        self.quote: dict[str, Any] | None = None
 
     @classmethod
     def start(cls, row: EventRow, data: Any) -> OrderFold:
         """Begin an order at its `created` event (which carries the ladder it walks)."""
         seq, order_id, order_seq, plan_id, at, kind, from_state, to_state = row[:8]
         _require_object(seq, kind, data)
-        if kind != EventKind.CREATED:
+        if kind != _CREATED:
             raise ReplayRefused(seq, f"order {order_id} has a {kind} event before `created`")
         if from_state is not None or to_state != OrderState.PENDING:
             raise ReplayRefused(seq, "a created event must enter PENDING from nothing")
         if order_seq != 1:
             raise ReplayRefused(seq, f"created event has order_seq {order_seq}, not 1")
         try:
-            record = OrderRecord.created(NewEvent(kind, order_id, plan_id, data=data), at, seq)
+            record = OrderRecord._started(order_id, plan_id, data, at, seq)
             steps = len(journaled_config(record.config).ladder)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ReplayRefused(seq, f"malformed created event: {exc}") from None
@@ -72,35 +83,39 @@ class OrderFold:
 
     def apply(self, row: EventRow, data: Any) -> None:
         """Fold one more event in, after checking that the order's history allows it."""
-        seq, order_id, order_seq, _, at, kind, from_state, to_state = row[:8]
+        # row: seq, order_id, order_seq, plan_id, at, kind, from_state, to_state, data, ...
+        # indexed where needed rather than unpacked: this runs once per event
+        kind, to_state = row[5], row[7]
         record = self.record
-        _require_object(seq, kind, data)
-        if kind == EventKind.CREATED:
-            raise ReplayRefused(seq, f"order {order_id} is created a second time")
-        if order_seq != self.order_seq + 1:
+        state = record.state
+        if not isinstance(data, dict):
+            raise ReplayRefused(row[0], f"data of a {kind} event is not a JSON object")
+        if kind == _CREATED:
+            raise ReplayRefused(row[0], f"order {row[1]} is created a second time")
+        if row[2] != self.order_seq + 1:
             raise ReplayRefused(
-                seq, f"order {order_id} jumps from order_seq {self.order_seq} to {order_seq}"
+                row[0], f"order {row[1]} jumps from order_seq {self.order_seq} to {row[2]}"
             )
-        if from_state != record.state:
-            raise ReplayRefused(
-                seq, f"event starts from {from_state} but the order is {record.state}"
-            )
-        if kind == EventKind.TRANSITION:
-            move = (str(data.get("trigger")), record.state, str(to_state))
-            if move not in _moves(self.steps):
+        if row[6] != state:
+            raise ReplayRefused(row[0], f"event starts from {row[6]} but the order is {state}")
+        if kind == _TRANSITION:
+            move = (str(data.get("trigger")), state, str(to_state))
+            if move not in self.moves:
                 raise ReplayRefused(
-                    seq,
-                    f"illegal transition {record.state} -> {to_state} "
+                    row[0],
+                    f"illegal transition {state} -> {to_state} "
                     f"(trigger {move[0]}) for a ladder of {self.steps} steps",
                 )
-        elif to_state != record.state:
-            raise ReplayRefused(seq, f"a {kind} event cannot change the state")
+        elif to_state != state:
+            raise ReplayRefused(row[0], f"a {kind} event cannot change the state")
         try:
-            self.record = record.apply(kind, to_state, data, at, seq)
-        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
-            raise ReplayRefused(seq, f"malformed {kind} event: {exc!r}") from None
-        if kind == EventKind.TRANSITION and data.get("quote") is not None:
-            self.quote = data["quote"]
+            record._apply_in_place(kind, to_state, data, row[4], row[0])
+        except _MALFORMED as exc:
+            raise ReplayRefused(row[0], f"malformed {kind} event: {exc!r}") from None
+        if kind == _TRANSITION:
+            quote = data.get("quote")
+            if quote is not None:
+                self.quote = quote
         self.order_seq += 1
 
 

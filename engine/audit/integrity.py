@@ -1,24 +1,37 @@
 """verify: is this journal the one walkbook wrote, and does it tell a possible story?
 
 One streaming pass checks, row by row in seq order: seq continuity and the hash chain
-(as `journal.chain.first_chain_break` does), every order's events through its state
-machine (`OrderFold`), that fills never exceed the order's quantity, and that each
-`orders` row equals the replay of its order at that row's `last_seq`. The `orders` rows
-are read alongside in `last_seq` order, so memory holds the chain's last hash and the
-folds of orders whose row is not reached yet, never the events nor one entry per order.
+(`feed.chain_problem`, as `journal.chain.first_chain_break` does), every order's events
+through its state machine (`OrderFold`), that fills never exceed the order's quantity,
+and that each `orders` row equals the replay of its order at that row's `last_seq`. The
+`orders` rows are read alongside, in `last_seq` order for the rows claiming each seq
+and in creation order for each order's own row, so memory holds the chain's last hash
+and the folds (and rows) of orders whose row is not reached yet, never the events nor
+one entry per order.
+
+A journal of `feed.FEED_MIN_EVENTS` events or more is checked in two processes: a helper
+(`feed.Feed`) reads the events of the same commit up to the seq this snapshot ends at and
+checks their hash chain, and this process makes the pass on the rows it sends. That
+verdict stands only when both find nothing wrong; otherwise (or when the feed stops
+early, e.g. because another connection committed before the helper took its snapshot)
+the one-process pass runs on this snapshot and gives the verdict, exactly as it would
+have alone.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from journal import GENESIS_HASH, Journal, JournalCorrupt, body_json, decode_canonical, hash_body
+from journal import GENESIS_HASH, ORDER_COLUMNS, Journal, JournalCorrupt, decode_canonical
 
 from ..order import EventKind
+from . import feed
+from .feed import chain_problem
 from .fold import OrderFold, ReplayRefused
 from .source import SELECT_EVENTS, EventRow, read_snapshot
 
@@ -60,20 +73,39 @@ def _differences(stored: Mapping[str, Any], replayed: Mapping[str, Any]) -> str:
 # orders rows by the seq they were written with; CAST so a forged non-integer sorts and
 # compares as a number (0) instead of after every seq.
 _ROWS_BY_SEQ = "SELECT order_id, CAST(last_seq AS INTEGER) FROM orders ORDER BY 2, rowid"
-_ROW_SEQ = "SELECT CAST(last_seq AS INTEGER) FROM orders WHERE order_id = ?"
+# An order's row as its first event needs it: the seq it names, then the stored values.
+_ROW_COLUMNS = f"order_id, CAST(last_seq AS INTEGER), {', '.join(ORDER_COLUMNS)} FROM orders"
+# Rows in the order they were inserted, which is the order their orders were created in.
+_ROWS_BY_ROWID = f"SELECT {_ROW_COLUMNS} ORDER BY rowid"
+_ROW = f"SELECT {_ROW_COLUMNS} WHERE order_id = ?"
+# The events with every column, up to the seq the snapshot ends at (the helper's
+# snapshot may end later).
+_EVENTS_UP_TO = f"{SELECT_EVENTS} WHERE seq > :after AND seq <= :last_seq ORDER BY seq"
+
+StoredRow = tuple[Any, ...]
 
 
 class _Verifier:
-    """One pass over a snapshot; raises `ReplayRefused` at the first problem."""
+    """One pass over a snapshot; raises `ReplayRefused` at the first problem.
 
-    def __init__(self, journal: Journal) -> None:
+    It reads the events itself and checks their chain, or takes them from a feed that
+    checks the chain (the rows then come without their hash columns).
+    """
+
+    def __init__(self, journal: Journal, fed: Iterable[EventRow] | None = None) -> None:
         self.journal = journal
-        # orders whose row is not reached yet: their fold, and the seq their row names
-        self.open: dict[str, tuple[OrderFold, int]] = {}
-        self.rows: Iterator[tuple[str, int]] = journal.conn.execute(_ROWS_BY_SEQ)
+        self.fed = fed
+        conn = journal.conn
+        # orders whose row is not reached yet: their fold, the seq their row names, the row
+        self.open: dict[str, tuple[OrderFold, int, StoredRow]] = {}
+        self.rows: Iterator[tuple[str, int]] = conn.execute(_ROWS_BY_SEQ)
         self.next_row = next(self.rows, None)
         # rows passed by without naming any event's seq (a last_seq below 1)
         self.unreached: list[tuple[str, int]] = []
+        # each order's row, read in creation order beside the events (a query per order
+        # where a row comes out of that order)
+        self.created_rows: Iterator[StoredRow] = conn.execute(_ROWS_BY_ROWID)
+        self.next_created: StoredRow | None = next(self.created_rows, None)
         self.events_checked = 0
         self.orders_checked = 0
 
@@ -93,65 +125,97 @@ class _Verifier:
         return self.result()
 
     def check_events(self) -> None:
-        """The chain, then the order's history, then the rows claiming it, for each event."""
-        expected_prev, expected_seq = GENESIS_HASH, 1
-        for row in self.journal.conn.execute(f"{SELECT_EVENTS} ORDER BY seq"):
-            seq, order_id, prev_hash, hash_ = row[0], row[1], row[9], row[10]
-            if seq != expected_seq:
-                raise ReplayRefused(
-                    expected_seq, f"seq {expected_seq} is missing (next row is {seq})"
-                )
-            if prev_hash != expected_prev:
-                raise ReplayRefused(seq, "prev_hash does not match the hash of the previous row")
-            if hash_body(prev_hash, body_json(*row[:10])) != hash_:
-                raise ReplayRefused(seq, "hash does not match the row's contents")
-            try:
-                data = decode_canonical(row[8])
-            except ValueError as exc:
-                raise ReplayRefused(seq, f"data is not canonical JSON: {exc}") from None
-            if order_id is not None:
-                self.fold(row, data)
-            if self.next_row is not None and self.next_row[1] <= seq:
-                self.check_claims(seq, order_id)
-            self.events_checked += 1
-            expected_prev, expected_seq = hash_, seq + 1
+        """The chain, then the order's history, then the rows claiming it, for each event.
 
-    def fold(self, row: EventRow, data: Any) -> None:
+        The per-event work is inline: it runs a million times for a million events.
+        """
+        expected_prev, expected_seq = GENESIS_HASH, 1
+        open_orders, fill, fed = self.open, EventKind.FILL, self.fed
+        events = (
+            fed if fed is not None else self.journal.conn.execute(f"{SELECT_EVENTS} ORDER BY seq")
+        )
+        try:
+            for row in events:
+                seq = row[0]
+                if fed is None:
+                    problem = chain_problem(row, expected_seq, expected_prev)
+                    if problem is not None:
+                        raise ReplayRefused(*problem)
+                    expected_prev = row[10]
+                elif seq != expected_seq:
+                    raise ReplayRefused(
+                        expected_seq, f"seq {expected_seq} is missing (next row is {seq})"
+                    )
+                try:
+                    data = decode_canonical(row[8])
+                except ValueError as exc:
+                    raise ReplayRefused(seq, f"data is not canonical JSON: {exc}") from None
+                order_id = row[1]
+                if order_id is not None:
+                    entry = open_orders.get(order_id)
+                    if entry is None:
+                        self.start(row, data)
+                    else:
+                        fold, row_seq, stored = entry
+                        fold.apply(row, data)
+                        if row[5] == fill:
+                            self.check_fill(seq, order_id, fold)
+                        if row_seq == seq:
+                            self.check_row(seq, order_id, fold, stored)
+                next_row = self.next_row
+                if next_row is not None and next_row[1] <= seq:
+                    self.check_claims(seq, order_id)
+                expected_seq = seq + 1
+        finally:
+            self.events_checked = expected_seq - 1
+
+    def start(self, row: EventRow, data: Any) -> None:
+        """An order's first event: its row must exist and name this event or a later one."""
         seq, order_id = row[0], row[1]
-        entry = self.open.get(order_id)
-        if entry is None:
-            found = self.journal.conn.execute(_ROW_SEQ, [order_id]).fetchone()
-            if found is None:
-                raise ReplayRefused(seq, f"order {order_id} has no orders row")
-            row_seq = found[0]
-            if 1 <= row_seq < seq:
-                raise ReplayRefused(
-                    seq,
-                    f"event for {order_id} after seq {row_seq}, the last one its orders row "
-                    "was written with",
-                )
-            fold = OrderFold.start(row, data)
-            self.open[order_id] = fold, row_seq
-        else:
-            fold, row_seq = entry
-            fold.apply(row, data)
+        stored = self.order_row(order_id)
+        if stored is None:
+            raise ReplayRefused(seq, f"order {order_id} has no orders row")
+        row_seq = stored[1]
+        if 1 <= row_seq < seq:
+            raise ReplayRefused(
+                seq,
+                f"event for {order_id} after seq {row_seq}, the last one its orders row "
+                "was written with",
+            )
+        fold = OrderFold.start(row, data)
+        self.open[order_id] = fold, row_seq, stored[2:]
+        if row_seq == seq:
+            self.check_row(seq, order_id, fold, stored[2:])
+
+    def order_row(self, order_id: str) -> StoredRow | None:
+        """The order's row: the next one in creation order, else looked up by order_id."""
+        row = self.next_created
+        if row is not None and row[0] == order_id:
+            self.next_created = next(self.created_rows, None)
+            return row
+        found: StoredRow | None = self.journal.conn.execute(_ROW, [order_id]).fetchone()
+        return found
+
+    def check_fill(self, seq: int, order_id: str, fold: OrderFold) -> None:
         record = fold.record
-        if row[5] == EventKind.FILL and record.filled_qty > record.quantity:
+        if record.filled_qty > record.quantity:
             raise ReplayRefused(
                 seq,
                 f"order {order_id} has filled {record.filled_qty}, "
                 f"more than its quantity {record.quantity}",
             )
-        if row_seq == seq:
-            stored, replayed = self.journal.order(order_id) or {}, record.projection()
-            if stored != replayed:
-                raise ReplayRefused(
-                    seq,
-                    f"orders row of {order_id} differs from the replay: "
-                    + _differences(stored, replayed),
-                )
-            del self.open[order_id]
-            self.orders_checked += 1
+
+    def check_row(self, seq: int, order_id: str, fold: OrderFold, stored: StoredRow) -> None:
+        """The orders row written with this seq must equal the replay, field by field."""
+        replayed = fold.record.projection()
+        if stored != tuple(map(replayed.__getitem__, ORDER_COLUMNS)):
+            raise ReplayRefused(
+                seq,
+                f"orders row of {order_id} differs from the replay: "
+                + _differences(dict(zip(ORDER_COLUMNS, stored, strict=True)), replayed),
+            )
+        del self.open[order_id]
+        self.orders_checked += 1
 
     def check_claims(self, seq: int, order_id: str | None) -> None:
         """The orders rows written with this seq must be this event's order's."""
@@ -201,4 +265,27 @@ def verify(path: str | Path) -> VerifyResult:
     newer schema raises `JournalCorrupt` or `JournalSchemaTooNew` instead.
     """
     with read_snapshot(path) as journal:
-        return _Verifier(journal).run()
+        return _with_helper(journal) or _Verifier(journal).run()
+
+
+def _with_helper(journal: Journal) -> VerifyResult | None:
+    """The verdict of the pass over the rows a feed sends, the feed having checked their
+    chain, when both find nothing wrong; None when the one-process pass must decide."""
+    watch = feed.Watch(journal.path)
+    try:
+        # the snapshot's first read: from here on it sees no other commit
+        last_seq = journal.conn.execute("SELECT max(seq) FROM events").fetchone()[0]
+        if last_seq is None or last_seq < feed.FEED_MIN_EVENTS:
+            return None
+        rows = feed.Feed(journal.path, _EVENTS_UP_TO, last_seq, chain=True, watch=watch)
+        try:
+            result = _Verifier(journal, chain.from_iterable(rows.batches())).run()
+        finally:
+            rows.stop()
+        intact = rows.complete and rows.problem is None
+        return result if intact and result.ok and result.events_checked == last_seq else None
+    except (sqlite3.DatabaseError, JournalCorrupt):
+        # damage: the one-process pass says where, or finds a broken chain before it
+        return None
+    finally:
+        watch.close()

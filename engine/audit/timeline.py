@@ -1,32 +1,43 @@
 """Replay: each order's timeline rebuilt from `events` alone, through its state machine.
 
 The `orders` table is never read here; a replay is the evidence the projection is
-checked against (see `verify`). Orders are replayed one at a time, each from its own
-indexed query, so memory holds one order's history, not the journal.
+checked against (see `verify`). The whole journal is replayed in one pass in seq order
+(its rows read by a helper process for a large journal, see `feed`), a fold per order in
+flight, and each order's timeline is handed out once its history is complete, in the
+order the orders were created. Memory holds the orders in flight and the finished ones
+waiting for an earlier-created order, not the journal; an order that holds back too
+much (one left in flight for good) is replayed on its own from its indexed query
+instead. `--order` and `--plan` replay those orders that way.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from decimal import Decimal
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from journal import Journal, decode_json
 
-from ..fsm import OrderState
+from ..fsm import TERMINAL_STATES, OrderState
 from ..numbers import decimal_text
 from ..order import EventKind, OrderRecord
 from ..results import OrderResult
-from .fold import OrderFold
-from .source import SELECT_EVENTS, EventRow, read_snapshot
+from . import feed
+from .fold import OrderFold, ReplayRefused
+from .source import EVENT_COLUMNS, SELECT_EVENTS, EventRow, read_snapshot
 
 __all__ = ["OrderTimeline", "TimelineEntry", "replay", "step_of"]
 
 # One order's events, through the UNIQUE(order_id, order_seq) index.
 _ORDER_EVENTS = f"{SELECT_EVENTS} WHERE order_id = ? ORDER BY order_seq"
+_CREATED, _FILL = EventKind.CREATED, EventKind.FILL
 _CLIENT_ORDER_ID = re.compile(r"^wb-o[0-9a-f]+-(L[0-9]+|M)-[0-9]+$")
 
 
@@ -100,25 +111,33 @@ class OrderTimeline:
 
 
 def _entry(row: EventRow, data: dict[str, Any], fold: OrderFold) -> TimelineEntry:
+    """The entry of an event just folded, filled in without the frozen `__init__` (one
+    guarded setattr per field): a replay builds one per event of the journal."""
     record = fold.record
-    fill = row[5] == EventKind.FILL
-    return TimelineEntry(
-        seq=row[0],
-        at=row[4],
-        kind=row[5],
-        from_state=row[6],
-        state=record.state,
-        trigger=data.get("trigger"),
-        reason=data.get("reason"),
-        quote=fold.quote,
-        limit_price=record.step_limit_price,
-        client_order_id=data.get("client_order_id"),
-        broker_order_id=data.get("broker_order_id"),
-        fill_qty=Decimal(data["qty"]) if fill else None,
-        fill_price=Decimal(data["price"]) if fill else None,
-        filled_qty=record.filled_qty,
-        data=data,
+    fill = row[5] == _FILL
+    entry = object.__new__(TimelineEntry)
+    object.__setattr__(
+        entry,
+        "__dict__",
+        {
+            "seq": row[0],
+            "at": row[4],
+            "kind": row[5],
+            "from_state": row[6],
+            "state": record.state,
+            "trigger": data.get("trigger"),
+            "reason": data.get("reason"),
+            "quote": fold.quote,
+            "limit_price": record.step_limit_price,
+            "client_order_id": data.get("client_order_id"),
+            "broker_order_id": data.get("broker_order_id"),
+            "fill_qty": Decimal(data["qty"]) if fill else None,
+            "fill_price": Decimal(data["price"]) if fill else None,
+            "filled_qty": record.filled_qty,
+            "data": data,
+        },
     )
+    return entry
 
 
 def _order_timeline(rows: Iterable[EventRow]) -> OrderTimeline:
@@ -150,6 +169,150 @@ def _created_order_ids(
         yield row[0]
 
 
+class _Replaying:
+    """An order of the one-pass replay: its fold and entries so far, or why it was refused."""
+
+    __slots__ = ("done", "entries", "error", "fold", "order_id")
+
+    def __init__(self, order_id: str) -> None:
+        self.order_id = order_id
+        self.fold: OrderFold | None = None
+        self.entries: list[TimelineEntry] = []
+        self.error: Exception | None = None
+        self.done = False
+
+    def timeline(self) -> OrderTimeline:
+        if self.error is not None:
+            raise self.error
+        assert self.fold is not None
+        return OrderTimeline(self.fold.record, tuple(self.entries))
+
+
+# Every event in seq order up to the seq the snapshot ends at (a feed's snapshot may end
+# later), without the hashes (a replay does not check them), and for a row leaving its
+# order terminal whether the order has a later event (by order_seq, through the
+# UNIQUE(order_id, order_seq) index): if not, the order's timeline is complete there,
+# with the same events its indexed query reads. plan_id only where a fold reads it.
+_STREAM_COLUMNS = EVENT_COLUMNS[: EVENT_COLUMNS.index("data") + 1]
+_PLAN_OF_CREATED = f"CASE WHEN kind = '{EventKind.CREATED}' THEN plan_id END"
+_STREAM = (
+    f"SELECT {', '.join(_PLAN_OF_CREATED if c == 'plan_id' else c for c in _STREAM_COLUMNS)}, "
+    f"CASE WHEN to_state IN ({', '.join(repr(str(s)) for s in sorted(TERMINAL_STATES))}) "
+    "THEN EXISTS (SELECT 1 FROM events AS later WHERE later.order_id = events.order_id "
+    "AND later.order_seq > events.order_seq AND later.seq <= :last_seq) END "
+    "FROM events WHERE seq > :after AND seq <= :last_seq ORDER BY seq"
+)
+_HAS_LATER = len(_STREAM_COLUMNS)
+# `decode_json` without its call: the same msgspec decoding, with its fallback after it
+_DECODE = msgspec.json.Decoder().decode
+# Entries held (orders in flight and finished ones waiting for an earlier-created order)
+# above which the oldest order still in flight is replayed from its own query instead.
+HELD_ENTRIES_MAX = 20_000
+
+
+class _OnePass:
+    """The whole journal's timelines, in creation order, from one pass over its events."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.queue: deque[_Replaying] = deque()  # not yet handed out, in creation order
+        self.open: dict[str, _Replaying] = {}  # the same orders, while their history goes on
+
+    def batches(self) -> Iterator[list[EventRow]]:
+        """The rows of `_STREAM`, a batch at a time: from a feed for a large journal (see
+        `feed`), and from this snapshot for a small one or for what a feed did not send."""
+        conn, after = self.journal.conn, 0
+        watch = feed.Watch(self.journal.path)
+        try:
+            # the snapshot's first read: from here on it sees no other commit
+            last_seq = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
+            if last_seq is None:
+                return
+            if last_seq >= feed.FEED_MIN_EVENTS:
+                rows = feed.Feed(self.journal.path, _STREAM, last_seq, chain=False, watch=watch)
+                try:
+                    for batch in rows.batches():
+                        if batch:
+                            yield batch
+                            after = batch[-1][0]
+                finally:
+                    rows.stop()
+                if rows.complete:
+                    return
+        finally:
+            watch.close()
+        cursor = conn.execute(_STREAM, {"after": after, "last_seq": last_seq})
+        while batch := cursor.fetchmany(feed.ROWS_PER_FRAME):
+            yield batch
+
+    def timelines(self) -> Iterator[OrderTimeline]:
+        """The one pass; its per-event work is inline, as it runs for every event."""
+        open_orders, queue, start, entry_of = self.open, self.queue, OrderFold.start, _entry
+        decode = _DECODE
+        held = 0  # entries of the orders in the queue
+        for row in chain.from_iterable(self.batches()):
+            order_id = row[1]
+            if order_id is None:
+                continue
+            order = open_orders.get(order_id)
+            if order is None:
+                if row[5] != _CREATED:
+                    # no `created` before it: not an order a replay knows (as with the
+                    # indexed query), or one already replayed from its own query
+                    continue
+                order = open_orders[order_id] = _Replaying(order_id)
+                queue.append(order)
+            try:
+                try:
+                    data = decode(row[8])
+                except msgspec.DecodeError:
+                    data = decode_json(row[8])  # what msgspec refuses, as every read does
+                fold = order.fold
+                if fold is None:
+                    fold = order.fold = start(row, data)
+                else:
+                    fold.apply(row, data)
+            except (ReplayRefused, ValueError) as refused:
+                # raised when the order's turn comes, as an order-by-order replay would
+                order.error = refused
+                held -= len(order.entries)
+                order.entries = []
+                has_later = 0
+            else:
+                order.entries.append(entry_of(row, data, fold))
+                held += 1
+                has_later = row[_HAS_LATER]
+            if has_later == 0:
+                del open_orders[order_id]
+                order.done = True
+                if order is queue[0]:
+                    held = yield from self.ready(held)
+            elif held > HELD_ENTRIES_MAX:
+                held = yield from self.ready(held)
+        for order in queue:
+            order.done = True
+        yield from self.ready(held)
+
+    def ready(self, held: int) -> Generator[OrderTimeline, None, int]:
+        """Hand out the finished orders at the head of the queue; while more than
+        HELD_ENTRIES_MAX entries are held, replay the oldest order in flight from its own
+        query instead (one left in flight for good would hold back every later order).
+        Returns the entries still held."""
+        queue = self.queue
+        while queue:
+            order = queue[0]
+            if not order.done and held <= HELD_ENTRIES_MAX:
+                break
+            queue.popleft()
+            held -= len(order.entries)
+            if order.done:
+                yield order.timeline()
+            else:
+                del self.open[order.order_id]
+                yield _order_timeline(self.journal.conn.execute(_ORDER_EVENTS, [order.order_id]))
+        return held
+
+
 def replay(
     path: str | Path, order_id: str | None = None, plan_id: str | None = None
 ) -> Iterator[OrderTimeline]:
@@ -157,8 +320,11 @@ def replay(
 
     Reads a snapshot without the lock, so it is safe while another process writes.
     Raises `ReplayRefused` (a `JournalCorrupt`) at the first event its order's state
-    machine does not allow.
+    machine does not allow, when that order's turn comes.
     """
     with read_snapshot(path) as journal:
+        if order_id is None and plan_id is None:
+            yield from _OnePass(journal).timelines()
+            return
         for created in _created_order_ids(journal, order_id, plan_id):
             yield _order_timeline(journal.conn.execute(_ORDER_EVENTS, [created]))

@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 CLIENT_ORDER_ID_MAX = 48
+_AVG_PLACES = Decimal("1e-9")  # the projection's avg_price is rounded to 9 decimals
 
 
 class EventKind:
@@ -265,7 +266,7 @@ class OrderRecord:
             "reason": self.reason,
             "filled_qty": decimal_text(self.filled_qty),
             "notional": decimal_text(self.notional),
-            "avg_price": None if avg is None else decimal_text(avg.quantize(Decimal("1e-9"))),
+            "avg_price": None if avg is None else decimal_text(avg.quantize(_AVG_PLACES)),
             "live_broker_order_id": self.live_broker_order_id,
             "live_client_order_id": self.live_client_order_id,
             "steps_used": self.steps_used,

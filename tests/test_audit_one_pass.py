@@ -18,7 +18,9 @@ from audit_support import (
     C,
     HandJournal,
     audit_market,
+    event_seqs,
     run_audit_plan,
+    swap_rows,
     tamper,
     write_hand_journal,
 )
@@ -28,7 +30,7 @@ from engine import replay, verify
 from engine.audit import OrderTimeline, ReplayRefused, feed, integrity, timeline
 from engine.audit.fold import OrderFold
 from engine.order import EventKind, OrderRecord
-from journal import Journal, NewEvent
+from journal import GENESIS_HASH, Journal, NewEvent, body_json, hash_body
 
 SEED = 12
 
@@ -47,7 +49,7 @@ def run(make_rig: Any) -> Any:
 def reads(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     """Audits reading the journal themselves, or through the helper process at any size."""
     if request.param == "feed":
-        monkeypatch.setattr(feed, "FEED_MIN_EVENTS", 0)
+        monkeypatch.setattr(feed, "worth_a_helper", lambda events: True)
     return str(request.param)
 
 
@@ -121,6 +123,40 @@ def test_a_refused_order_raises_when_its_turn_comes(tmp_path: Path, reads: str) 
         assert refused.value.seq == seq
 
 
+def outcome(timelines: Iterator[OrderTimeline]) -> list[Any]:
+    """The timelines a replay hands out, then what it raises, if anything."""
+    seen: list[Any] = []
+    try:
+        seen.extend(timelines)
+    except ReplayRefused as refused:
+        seen.append((refused.seq, refused.problem))
+    return seen
+
+
+SWAPS = {
+    # A's `created` after its next event: order by order reads them by order_seq
+    "created after its next event": lambda path: (A, 0, A, 1),
+    # two orders' events trade places
+    "events of two orders": lambda path: (A, 3, B, 3),
+    # the same order's events out of order, both of them moves
+    "moves of one order": lambda path: (A, 2, A, 3),
+}
+
+
+@pytest.mark.parametrize("case", list(SWAPS))
+def test_rows_out_of_seq_order_replay_as_order_by_order(
+    tmp_path: Path, reads: str, case: str
+) -> None:
+    """Where seq order and order_seq order disagree, the one pass gives what each order's
+    own indexed query gives: the same timelines, or the same refusal at the same seq."""
+    path = tmp_path / "swapped.db"
+    write_hand_journal(path).close()
+    first, i, second, j = SWAPS[case](path)
+    swap_rows(path, event_seqs(path, f"order_id = '{first}'")[i],
+              event_seqs(path, f"order_id = '{second}'")[j])  # fmt: skip
+    assert outcome(replay(path)) == outcome(order_by_order(path))
+
+
 def test_events_without_a_created_event_are_not_replayed(tmp_path: Path, reads: str) -> None:
     """As order by order: an event of no known order belongs to no timeline."""
     path = tmp_path / "stray.db"
@@ -184,6 +220,16 @@ def fed_rows(path: Path, last_seq: int) -> tuple[list[tuple[Any, ...]], feed.Fee
         watch.close()
 
 
+def test_only_a_large_journal_with_a_second_cpu_gets_a_helper(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(feed.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert feed.worth_a_helper(feed.FEED_MIN_EVENTS)
+    assert not feed.worth_a_helper(feed.FEED_MIN_EVENTS - 1)
+    monkeypatch.setattr(feed.os, "sched_getaffinity", lambda pid: {0})
+    assert not feed.worth_a_helper(feed.FEED_MIN_EVENTS)
+
+
 def test_a_feed_sends_every_row_without_its_hashes(hand: Path) -> None:
     stored = stored_rows(hand)
     rows, sent = fed_rows(hand, len(stored))
@@ -245,7 +291,7 @@ def test_a_broken_helper_changes_no_timeline_and_no_verdict(
     script = tmp_path / "helper.py"
     script.write_text(BROKEN_HELPERS[helper])
     monkeypatch.setattr(feed, "_SCRIPT", str(script))
-    monkeypatch.setattr(feed, "FEED_MIN_EVENTS", 0)
+    monkeypatch.setattr(feed, "worth_a_helper", lambda events: True)
     assert list(replay(run.journal_path)) == expected_timelines
     assert verify(run.journal_path) == expected_verdict
 
@@ -256,7 +302,7 @@ def test_the_file_changed_before_the_helpers_snapshot(
     """Another connection committed before the helper took its snapshot: its rows may not
     be this snapshot's, so replay reads them itself and the one-process pass decides."""
     expected = list(replay(run.journal_path))
-    monkeypatch.setattr(feed, "FEED_MIN_EVENTS", 0)
+    monkeypatch.setattr(feed, "worth_a_helper", lambda events: True)
     monkeypatch.setattr(feed.Watch, "changed", lambda self: True)
     passes: list[bool] = []
     verifier = integrity._Verifier
@@ -283,11 +329,53 @@ def test_a_watch_sees_another_connections_commit(run: Any) -> None:
 
 def test_verify_with_a_feed_checks_the_chain(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The pass over fed rows leaves the hashes to the helper, which catches an edited row."""
-    monkeypatch.setattr(feed, "FEED_MIN_EVENTS", 0)
+    monkeypatch.setattr(feed, "worth_a_helper", lambda events: True)
     seq = 20
     tamper(run.journal_path, f"UPDATE events SET at = 'x' WHERE seq = {seq}")
     result = verify(run.journal_path)
     assert (result.first_bad_seq, result.problem) == (seq, "hash does not match the row's contents")
+
+
+def rehash_from(path: Path, seq: int) -> None:
+    """Rebuild the hash chain from `seq` on, as someone who can write the file could."""
+    tamper(path)
+    with sqlite3.connect(path) as conn:
+        prev = GENESIS_HASH
+        if seq > 1:
+            (prev,) = conn.execute("SELECT hash FROM events WHERE seq = ?", [seq - 1]).fetchone()
+        rows = conn.execute(
+            "SELECT seq, order_id, order_seq, plan_id, at, kind, from_state, to_state, data "
+            "FROM events WHERE seq >= ? ORDER BY seq",
+            [seq],
+        ).fetchall()
+        for row in rows:
+            hash_ = hash_body(prev, body_json(*row, prev))
+            conn.execute(
+                "UPDATE events SET prev_hash = ?, hash = ? WHERE seq = ?", [prev, hash_, row[0]]
+            )
+            prev = hash_
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ("' ' || data", "whitespace around the value"),
+        ("replace(data, '\"4\"', 'NaN')", "data is not canonical JSON: "),
+    ],
+    ids=["whitespace", "NaN"],
+)
+def test_verify_refuses_data_that_is_not_canonical(
+    hand: Path, reads: str, data: str, problem: str
+) -> None:
+    """Rehashed, so the chain holds: the row's data is still not text walkbook writes."""
+    seq = event_seqs(hand, "kind = 'fill'")[0]
+    tamper(hand, f"UPDATE events SET data = {data} WHERE seq = {seq}")
+    rehash_from(hand, seq)
+    result = verify(hand)
+    assert result.first_bad_seq == seq, result.summary()
+    assert str(result.problem).startswith("data is not canonical JSON: ")
+    assert problem in str(result.problem)
 
 
 # -- the fold ----------------------------------------------------------------------------

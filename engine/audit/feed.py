@@ -21,6 +21,7 @@ audit reads the rest itself.
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import struct
 import subprocess
@@ -33,7 +34,7 @@ import msgspec
 
 from journal import GENESIS_HASH, body_json
 
-__all__ = ["FEED_MIN_EVENTS", "Feed", "Watch", "chain_problem"]
+__all__ = ["FEED_MIN_EVENTS", "Feed", "Watch", "chain_problem", "worth_a_helper"]
 
 # Below this many events, starting the helper (about 0.2 s) costs more than it saves.
 FEED_MIN_EVENTS = 50_000
@@ -43,9 +44,18 @@ _SCRIPT = str(Path(__file__).resolve())
 # The stored columns a chain check needs, in this order, at the start of each row.
 _HASHED = ("seq", "order_id", "order_seq", "plan_id", "at", "kind", "from_state", "to_state",
            "data", "prev_hash", "hash")  # fmt: skip
-_PREV_HASH, _HASH = _HASHED.index("prev_hash"), _HASHED.index("hash")
+_DATA, _PREV_HASH, _HASH = map(_HASHED.index, ("data", "prev_hash", "hash"))
 
 Row = tuple[Any, ...]
+
+
+def worth_a_helper(events: int) -> bool:
+    """A feed pays for a journal of `FEED_MIN_EVENTS` events or more, when this process
+    may run on a second CPU beside its helper (on one, the two would only take turns)."""
+    cpus = (
+        os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    )
+    return events >= FEED_MIN_EVENTS and len(cpus) > 1
 
 
 def chain_problem(row: Row, expected_seq: int, expected_prev: str) -> tuple[int, str] | None:
@@ -59,6 +69,15 @@ def chain_problem(row: Row, expected_seq: int, expected_prev: str) -> tuple[int,
     body = body_json(*row[: _PREV_HASH + 1])
     if hashlib.sha256((prev_hash + body).encode()).hexdigest() != row[_HASH]:
         return seq, "hash does not match the row's contents"
+    return None
+
+
+def _spaced(row: Row) -> tuple[int, str] | None:
+    """`data` with whitespace around it, which `journal.decode_canonical` refuses: the part
+    of that check a plain decode of the shipped text does not make."""
+    data = row[_DATA]
+    if data[:1].isspace() or data[-1:].isspace():
+        return row[0], "data is not canonical JSON: whitespace around the value"
     return None
 
 
@@ -83,9 +102,10 @@ class Watch:
 
 class Feed:
     """The rows of `sql` (named parameters `after` = 0 and `last_seq`), read by a helper
-    process; with `chain`, the helper checks the hash chain of those rows and ships each
-    without its two hash columns. `watch` was made before the audit's snapshot took its
-    first read."""
+    process. With `chain`, the columns of `sql` are `_HASHED`: the helper checks the hash
+    chain of those rows and that no `data` has whitespace around it, and ships each row
+    without its two hash columns (decoding `data` is then all `decode_canonical` has left
+    to check). `watch` was made before the audit's snapshot took its first read."""
 
     def __init__(
         self, path: str | Path, sql: str, last_seq: int, *, chain: bool, watch: Watch
@@ -165,10 +185,10 @@ def main(path: str, sql: str, last_seq: int, chain: bool) -> None:
         if chain:
             shipped = []
             for row in batch:
-                problem = chain_problem(row, expected_seq, expected_prev)
+                problem = chain_problem(row, expected_seq, expected_prev) or _spaced(row)
                 if problem is not None:
                     break
-                shipped.append(row[:_PREV_HASH] + row[_HASH + 1 :])
+                shipped.append(row[:_PREV_HASH])
                 expected_prev, expected_seq = row[_HASH], row[0] + 1
             batch = shipped
         _write_frame(out, encode(batch))

@@ -9,7 +9,7 @@ and in creation order for each order's own row, so memory holds the chain's last
 and the folds (and rows) of orders whose row is not reached yet, never the events nor
 one entry per order.
 
-A journal of `feed.FEED_MIN_EVENTS` events or more is checked in two processes: a helper
+A large journal (`feed.worth_a_helper`) is checked in two processes: a helper
 (`feed.Feed`) reads the events of the same commit up to the seq this snapshot ends at and
 checks their hash chain, and this process makes the pass on the rows it sends. That
 verdict stands only when both find nothing wrong; otherwise (or when the feed stops
@@ -21,11 +21,13 @@ have alone.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from journal import GENESIS_HASH, ORDER_COLUMNS, Journal, JournalCorrupt, decode_canonical
 
@@ -78,9 +80,12 @@ _ROW_COLUMNS = f"order_id, CAST(last_seq AS INTEGER), {', '.join(ORDER_COLUMNS)}
 # Rows in the order they were inserted, which is the order their orders were created in.
 _ROWS_BY_ROWID = f"SELECT {_ROW_COLUMNS} ORDER BY rowid"
 _ROW = f"SELECT {_ROW_COLUMNS} WHERE order_id = ?"
-# The events with every column, up to the seq the snapshot ends at (the helper's
-# snapshot may end later).
+# The events with every column; for a feed, up to the seq the snapshot ends at (the
+# helper's snapshot may end later).
+_EVENTS = f"{SELECT_EVENTS} ORDER BY seq"
 _EVENTS_UP_TO = f"{SELECT_EVENTS} WHERE seq > :after AND seq <= :last_seq ORDER BY seq"
+# msgspec's decoding, as `decode_canonical` does it (its DecodeError is a ValueError)
+_DECODE = msgspec.json.Decoder().decode
 
 StoredRow = tuple[Any, ...]
 
@@ -131,9 +136,13 @@ class _Verifier:
         """
         expected_prev, expected_seq = GENESIS_HASH, 1
         open_orders, fill, fed = self.open, EventKind.FILL, self.fed
-        events = (
-            fed if fed is not None else self.journal.conn.execute(f"{SELECT_EVENTS} ORDER BY seq")
-        )
+        events: Iterable[EventRow]
+        decode: Callable[[str], Any]
+        if fed is None:
+            events, decode = self.journal.conn.execute(_EVENTS), decode_canonical
+        else:
+            # the feed refused data with whitespace around it: the rest is a plain decode
+            events, decode = fed, _DECODE
         try:
             for row in events:
                 seq = row[0]
@@ -147,7 +156,7 @@ class _Verifier:
                         expected_seq, f"seq {expected_seq} is missing (next row is {seq})"
                     )
                 try:
-                    data = decode_canonical(row[8])
+                    data = decode(row[8])
                 except ValueError as exc:
                     raise ReplayRefused(seq, f"data is not canonical JSON: {exc}") from None
                 order_id = row[1]
@@ -275,7 +284,7 @@ def _with_helper(journal: Journal) -> VerifyResult | None:
     try:
         # the snapshot's first read: from here on it sees no other commit
         last_seq = journal.conn.execute("SELECT max(seq) FROM events").fetchone()[0]
-        if last_seq is None or last_seq < feed.FEED_MIN_EVENTS:
+        if last_seq is None or not feed.worth_a_helper(last_seq):
             return None
         rows = feed.Feed(journal.path, _EVENTS_UP_TO, last_seq, chain=True, watch=watch)
         try:

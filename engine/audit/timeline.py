@@ -4,10 +4,11 @@ The `orders` table is never read here; a replay is the evidence the projection i
 checked against (see `verify`). The whole journal is replayed in one pass in seq order
 (its rows read by a helper process for a large journal, see `feed`), a fold per order in
 flight, and each order's timeline is handed out once its history is complete, in the
-order the orders were created. Memory holds the orders in flight and the finished ones
-waiting for an earlier-created order, not the journal; an order that holds back too
-much (one left in flight for good) is replayed on its own from its indexed query
-instead. `--order` and `--plan` replay those orders that way.
+order the orders were created: exactly what folding the order's own indexed query gives,
+which is where an order comes from when the pass cannot fold it (see `_OnePass`), and
+how `--order` and `--plan` replay theirs. Memory holds the orders in flight and the
+finished ones waiting for an earlier-created order, never the journal: an order that
+holds back too much (one left in flight for good) comes from its query too.
 """
 
 from __future__ import annotations
@@ -170,39 +171,36 @@ def _created_order_ids(
 
 
 class _Replaying:
-    """An order of the one-pass replay: its fold and entries so far, or why it was refused."""
+    """An order of the one pass: its fold and entries so far, whether its history is
+    complete (`done`), and whether it must come from its own query instead (`indexed`)."""
 
-    __slots__ = ("done", "entries", "error", "fold", "order_id")
+    __slots__ = ("done", "entries", "fold", "indexed", "order_id")
 
     def __init__(self, order_id: str) -> None:
         self.order_id = order_id
         self.fold: OrderFold | None = None
         self.entries: list[TimelineEntry] = []
-        self.error: Exception | None = None
         self.done = False
-
-    def timeline(self) -> OrderTimeline:
-        if self.error is not None:
-            raise self.error
-        assert self.fold is not None
-        return OrderTimeline(self.fold.record, tuple(self.entries))
+        self.indexed = False
 
 
 # Every event in seq order up to the seq the snapshot ends at (a feed's snapshot may end
 # later), without the hashes (a replay does not check them), and for a row leaving its
-# order terminal whether the order has a later event (by order_seq, through the
-# UNIQUE(order_id, order_seq) index): if not, the order's timeline is complete there,
-# with the same events its indexed query reads. plan_id only where a fold reads it.
+# order terminal, how many events of that order the snapshot holds beyond this row's
+# order_seq (through the UNIQUE(order_id, order_seq) index). A fold that took order_seq
+# 1, 2, ..., n in seq order, with none beyond n, holds exactly the events its indexed
+# query reads. plan_id only where a fold reads it.
 _STREAM_COLUMNS = EVENT_COLUMNS[: EVENT_COLUMNS.index("data") + 1]
 _PLAN_OF_CREATED = f"CASE WHEN kind = '{EventKind.CREATED}' THEN plan_id END"
+_EVENTS_OF_ORDER = "SELECT count(*) FROM events AS mine WHERE mine.order_id = {} AND mine.seq <= {}"
 _STREAM = (
     f"SELECT {', '.join(_PLAN_OF_CREATED if c == 'plan_id' else c for c in _STREAM_COLUMNS)}, "
     f"CASE WHEN to_state IN ({', '.join(repr(str(s)) for s in sorted(TERMINAL_STATES))}) "
-    "THEN EXISTS (SELECT 1 FROM events AS later WHERE later.order_id = events.order_id "
-    "AND later.order_seq > events.order_seq AND later.seq <= :last_seq) END "
+    f"THEN ({_EVENTS_OF_ORDER.format('events.order_id', ':last_seq')}) - order_seq END "
     "FROM events WHERE seq > :after AND seq <= :last_seq ORDER BY seq"
 )
-_HAS_LATER = len(_STREAM_COLUMNS)
+_AFTER_IT = len(_STREAM_COLUMNS)
+_COUNT_EVENTS = _EVENTS_OF_ORDER.format("?", "?")
 # `decode_json` without its call: the same msgspec decoding, with its fallback after it
 _DECODE = msgspec.json.Decoder().decode
 # Entries held (orders in flight and finished ones waiting for an earlier-created order)
@@ -211,12 +209,19 @@ HELD_ENTRIES_MAX = 20_000
 
 
 class _OnePass:
-    """The whole journal's timelines, in creation order, from one pass over its events."""
+    """The whole journal's timelines, in creation order, from one pass over its events.
+
+    Each timeline equals the order's own indexed query folded: an order whose events the
+    pass cannot take in order_seq order 1, 2, 3, ... (its fold refuses one: a bad event,
+    or rows out of seq order), or whose history the pass did not bring whole, comes from
+    that query, which gives the same result or raises the same `ReplayRefused`.
+    """
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self.queue: deque[_Replaying] = deque()  # not yet handed out, in creation order
         self.open: dict[str, _Replaying] = {}  # the same orders, while their history goes on
+        self.last_seq = 0
 
     def batches(self) -> Iterator[list[EventRow]]:
         """The rows of `_STREAM`, a batch at a time: from a feed for a large journal (see
@@ -225,10 +230,10 @@ class _OnePass:
         watch = feed.Watch(self.journal.path)
         try:
             # the snapshot's first read: from here on it sees no other commit
-            last_seq = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
+            last_seq = self.last_seq = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
             if last_seq is None:
                 return
-            if last_seq >= feed.FEED_MIN_EVENTS:
+            if feed.worth_a_helper(last_seq):
                 rows = feed.Feed(self.journal.path, _STREAM, last_seq, chain=False, watch=watch)
                 try:
                     for batch in rows.batches():
@@ -258,7 +263,7 @@ class _OnePass:
             if order is None:
                 if row[5] != _CREATED:
                     # no `created` before it: not an order a replay knows (as with the
-                    # indexed query), or one already replayed from its own query
+                    # indexed query), or one whose timeline comes from that query
                     continue
                 order = open_orders[order_id] = _Replaying(order_id)
                 queue.append(order)
@@ -272,30 +277,33 @@ class _OnePass:
                     fold = order.fold = start(row, data)
                 else:
                     fold.apply(row, data)
-            except (ReplayRefused, ValueError) as refused:
-                # raised when the order's turn comes, as an order-by-order replay would
-                order.error = refused
+            except (ReplayRefused, ValueError):
                 held -= len(order.entries)
-                order.entries = []
-                has_later = 0
+                order.entries, order.indexed = [], True
+                after_it = 0
             else:
                 order.entries.append(entry_of(row, data, fold))
                 held += 1
-                has_later = row[_HAS_LATER]
-            if has_later == 0:
+                after_it = row[_AFTER_IT]
+            if after_it is not None:
                 del open_orders[order_id]
-                order.done = True
+                order.done, order.indexed = True, order.indexed or after_it != 0
                 if order is queue[0]:
                     held = yield from self.ready(held)
             elif held > HELD_ENTRIES_MAX:
                 held = yield from self.ready(held)
-        for order in queue:
-            order.done = True
+        count = self.journal.conn.execute
+        for order in open_orders.values():
+            # the journal's end ends every history; one the pass did not bring whole (an
+            # event out of seq order) comes from its own query
+            assert order.fold is not None
+            (events,) = count(_COUNT_EVENTS, [order.order_id, self.last_seq]).fetchone()
+            order.done, order.indexed = True, events != order.fold.order_seq
         yield from self.ready(held)
 
     def ready(self, held: int) -> Generator[OrderTimeline, None, int]:
         """Hand out the finished orders at the head of the queue; while more than
-        HELD_ENTRIES_MAX entries are held, replay the oldest order in flight from its own
+        HELD_ENTRIES_MAX entries are held, the oldest order in flight comes from its own
         query instead (one left in flight for good would hold back every later order).
         Returns the entries still held."""
         queue = self.queue
@@ -305,10 +313,11 @@ class _OnePass:
                 break
             queue.popleft()
             held -= len(order.entries)
-            if order.done:
-                yield order.timeline()
+            if order.done and not order.indexed:
+                assert order.fold is not None
+                yield OrderTimeline(order.fold.record, tuple(order.entries))
             else:
-                del self.open[order.order_id]
+                self.open.pop(order.order_id, None)
                 yield _order_timeline(self.journal.conn.execute(_ORDER_EVENTS, [order.order_id]))
         return held
 

@@ -13,6 +13,7 @@ from .chain import (
     event_hash,
     first_chain_break,
     hash_body,
+    link_problem,
 )
 from .errors import (
     JournalCorrupt,
@@ -48,5 +49,6 @@ __all__ = [
     "event_hash",
     "first_chain_break",
     "hash_body",
+    "link_problem",
     "stamp",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from json.encoder import encode_basestring
@@ -32,6 +32,7 @@ __all__ = [
     "event_hash",
     "first_chain_break",
     "hash_body",
+    "link_problem",
 ]
 
 GENESIS_HASH = "0" * 64
@@ -193,18 +194,35 @@ class ChainBreak:
     problem: str
 
 
+def link_problem(
+    row: Sequence[Any], expected_seq: int, expected_prev: str
+) -> tuple[int, str] | None:
+    """What is wrong with a stored row (`HASHED_FIELDS` then `hash`, `data` as its stored
+    text) as the next link of the chain, and the seq it is reported at; None when it is
+    that link. Every chain check (the journal's, an audit's, its helper process's) runs
+    this one."""
+    seq, prev_hash = row[0], row[9]
+    if seq != expected_seq:
+        return expected_seq, f"seq {expected_seq} is missing (next row is {seq})"
+    if prev_hash != expected_prev:
+        return seq, "prev_hash does not match the hash of the previous row"
+    if hash_body(prev_hash, body_json(*row[:10])) != row[10]:
+        return seq, "hash does not match the row's contents"
+    return None
+
+
 def first_chain_break(rows: Iterable[Mapping[str, Any]]) -> ChainBreak | None:
     """Walk rows in seq order; report the first gap, broken link or wrong hash."""
     expected_prev = GENESIS_HASH
     expected_seq = 1
     for row in rows:
-        seq = int(row["seq"])
-        if seq != expected_seq:
-            return ChainBreak(expected_seq, f"seq {expected_seq} is missing (next row is {seq})")
-        if row["prev_hash"] != expected_prev:
-            return ChainBreak(seq, "prev_hash does not match the hash of the previous row")
-        if event_hash(row) != row["hash"]:
-            return ChainBreak(seq, "hash does not match the row's contents")
+        stored = [row[name] for name in (*HASHED_FIELDS, "hash")]
+        stored[0] = int(stored[0])
+        data = stored[8]
+        stored[8] = data if isinstance(data, str) else canonical_json(data)
+        problem = link_problem(stored, expected_seq, expected_prev)
+        if problem is not None:
+            return ChainBreak(*problem)
         expected_prev = row["hash"]
         expected_seq += 1
     return None

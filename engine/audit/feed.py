@@ -20,7 +20,6 @@ audit reads the rest itself.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import struct
@@ -32,9 +31,9 @@ from typing import IO, Any
 
 import msgspec
 
-from journal import GENESIS_HASH, body_json
+from journal import GENESIS_HASH, link_problem
 
-__all__ = ["FEED_MIN_EVENTS", "Feed", "Watch", "chain_problem", "worth_a_helper"]
+__all__ = ["FEED_MIN_EVENTS", "Feed", "Watch", "worth_a_helper"]
 
 # Below this many events, starting the helper (about 0.2 s) costs more than it saves.
 FEED_MIN_EVENTS = 50_000
@@ -56,20 +55,6 @@ def worth_a_helper(events: int) -> bool:
         os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
     )
     return events >= FEED_MIN_EVENTS and len(cpus) > 1
-
-
-def chain_problem(row: Row, expected_seq: int, expected_prev: str) -> tuple[int, str] | None:
-    """What is wrong with a stored row (its first columns `_HASHED`) as the next link of
-    the chain, and the seq it is reported at; None when the row is that link."""
-    seq, prev_hash = row[0], row[_PREV_HASH]
-    if seq != expected_seq:
-        return expected_seq, f"seq {expected_seq} is missing (next row is {seq})"
-    if prev_hash != expected_prev:
-        return seq, "prev_hash does not match the hash of the previous row"
-    body = body_json(*row[: _PREV_HASH + 1])
-    if hashlib.sha256((prev_hash + body).encode()).hexdigest() != row[_HASH]:
-        return seq, "hash does not match the row's contents"
-    return None
 
 
 def _spaced(row: Row) -> tuple[int, str] | None:
@@ -185,7 +170,7 @@ def main(path: str, sql: str, last_seq: int, chain: bool) -> None:
         if chain:
             shipped = []
             for row in batch:
-                problem = chain_problem(row, expected_seq, expected_prev) or _spaced(row)
+                problem = link_problem(row, expected_seq, expected_prev) or _spaced(row)
                 if problem is not None:
                     break
                 shipped.append(row[:_PREV_HASH])

@@ -1,7 +1,7 @@
 """verify: is this journal the one walkbook wrote, and does it tell a possible story?
 
 One streaming pass checks, row by row in seq order: seq continuity and the hash chain
-(`feed.chain_problem`, as `journal.chain.first_chain_break` does), every order's events
+(`journal.link_problem`, the check `journal.first_chain_break` runs), every order's events
 through its state machine (`OrderFold`), that fills never exceed the order's quantity,
 and that each `orders` row equals the replay of its order at that row's `last_seq`. The
 `orders` rows are read alongside, in `last_seq` order for the rows claiming each seq
@@ -29,11 +29,17 @@ from typing import Any
 
 import msgspec
 
-from journal import GENESIS_HASH, ORDER_COLUMNS, Journal, JournalCorrupt, decode_canonical
+from journal import (
+    GENESIS_HASH,
+    ORDER_COLUMNS,
+    Journal,
+    JournalCorrupt,
+    decode_canonical,
+    link_problem,
+)
 
 from ..order import EventKind
 from . import feed
-from .feed import chain_problem
 from .fold import OrderFold, ReplayRefused
 from .source import SELECT_EVENTS, EventRow, read_snapshot
 
@@ -147,7 +153,7 @@ class _Verifier:
             for row in events:
                 seq = row[0]
                 if fed is None:
-                    problem = chain_problem(row, expected_seq, expected_prev)
+                    problem = link_problem(row, expected_seq, expected_prev)
                     if problem is not None:
                         raise ReplayRefused(*problem)
                     expected_prev = row[10]

@@ -26,7 +26,7 @@ from .fsm import TERMINAL_STATES, FailReason, OrderState
 from .hooks import Hooks, NoticeT, PlanCompleted
 from .intents import CloseType, OrderIntent, OrderSide, RebalancePlan
 from .numbers import ZERO, decimal_text, floor_to
-from .order import EventKind, OrderRecord, fold_orders, make_order_id
+from .order import EventKind, OrderRecord, fold_history, make_order_id
 from .quotes import QuoteService
 from .results import OrderResult, PlanResult
 from .retry import read_with_retry
@@ -168,7 +168,7 @@ class Engine:
                 plan_id=plan.plan_id,
             )
         else:
-            folded = fold_orders(self.journal.order_events(plan_id=plan.plan_id))
+            folded = fold_history(self.journal.order_history(plan_id=plan.plan_id))
             records = [folded[order_id] for order_id in self._plan_order_ids(plan)]
             log.info("plan.redelivered", in_flight=sum(not r.is_terminal for r in records))
         done = {r.order_id: r for r in await self._walk_sells_then_buys(records)}
@@ -193,7 +193,7 @@ class Engine:
         counted once); then it continues from its state with the time its step had left.
         """
         # the events come in seq order, so the records in the order the orders were created
-        folded = fold_orders(self.journal.order_events(unless_state=TERMINAL_STATES))
+        folded = fold_history(self.journal.order_history(unless_state=TERMINAL_STATES))
         records = list(folded.values())
         seq_before = self.journal.last_seq
         done = {r.order_id: r for r in await self._walk_sells_then_buys(records)}
@@ -399,7 +399,7 @@ class Engine:
 
     def _announce_completed_plans(self, plan_ids: set[str]) -> None:
         for plan_id in sorted(plan_ids):
-            records = fold_orders(self.journal.order_events(plan_id=plan_id)).values()
+            records = fold_history(self.journal.order_history(plan_id=plan_id)).values()
             if all(r.is_terminal for r in records):
                 self.hooks.deliver(PlanCompleted(self._plan_result(plan_id, list(records))))
 

@@ -17,7 +17,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from journal import Event, NewEvent, canonical_json
+from journal import Event, HistoryRow, NewEvent, canonical_json
 
 from .config import DISTINCT_CONFIGS_KEPT
 from .fsm import OrderState, is_limit_step
@@ -29,6 +29,7 @@ __all__ = [
     "EventKind",
     "OrderRecord",
     "client_order_id",
+    "fold_history",
     "fold_orders",
     "make_order_id",
     "shared_config",
@@ -192,10 +193,8 @@ class OrderRecord:
     ) -> OrderRecord:
         """`created` from the event's parts, the fields filled in without `__init__`.
 
-        For the audit, which starts every order of a journal and keeps only the ones in
-        flight: the frozen `__init__` (a guarded setattr per field) costs as much as
-        validating the intent. `__init__` gives a record the compact layout of instances
-        sharing their keys, which the engine keeps for every order it holds.
+        For the folds that rebuild many orders at once (resume's, the audit's): the frozen
+        `__init__` (a guarded setattr per field) costs as much as validating the intent.
         """
         intent = OrderIntent.model_validate(data["intent"])
         config = shared_config(data.get("config", {}))
@@ -239,8 +238,8 @@ class OrderRecord:
     ) -> None:
         """`apply`, writing into this record instead of a copy.
 
-        Only for a fold that owns the record and keeps no earlier version of it (the
-        audit's): the same `_change` runs, without the copy of 28 fields per event, which
+        Only for a fold that owns the record and keeps no earlier version of it (resume's,
+        the audit's): the same `_change` runs, without the copy of 28 fields per event, which
         is about half of what `apply` costs. An event that raises may leave the record
         half-changed, so the fold must drop it then.
         """
@@ -386,20 +385,24 @@ def fold_orders(events: Iterable[Event]) -> dict[str, OrderRecord]:
     Each order's events in order (seq or order_seq); orders may come one after another
     or interleaved, since no order's record depends on another's.
     """
-    with _collector_paused():
-        return _fold(events)
+    return fold_history(
+        (e.seq, e.order_id, e.plan_id, e.at, e.kind, e.to_state, e.data)
+        for e in events
+        if e.order_id is not None
+    )
 
 
-def _fold(events: Iterable[Event]) -> dict[str, OrderRecord]:
+def fold_history(rows: Iterable[HistoryRow]) -> dict[str, OrderRecord]:
+    """`fold_orders` from `Journal.order_history` rows, the way resume reads the journal.
+
+    The fold owns the records it builds until it returns them, so each event is folded
+    in place (`OrderRecord._apply_in_place`) rather than into a copy per event.
+    """
     records: dict[str, OrderRecord] = {}
-    for event in events:
-        order_id = event.order_id
-        if order_id is None:
-            continue
-        if event.kind == EventKind.CREATED:
-            records[order_id] = OrderRecord.created(event, event.at, event.seq)
-        else:
-            records[order_id] = records[order_id].apply(
-                event.kind, event.to_state, event.data, event.at, event.seq
-            )
+    with _collector_paused():
+        for seq, order_id, plan_id, at, kind, to_state, data in rows:
+            if kind == EventKind.CREATED:
+                records[order_id] = OrderRecord._started(order_id, plan_id, data, at, seq)
+            else:
+                records[order_id]._apply_in_place(kind, to_state, data, at, seq)
     return records

@@ -24,7 +24,7 @@ from .errors import (
     JournalWriteConflict,
 )
 from .schema import FORMAT_NAME, ORDER_COLUMNS, SCHEMA_VERSION
-from .store import Event, Journal, NewEvent, Synchronous, stamp
+from .store import Event, HistoryRow, Journal, NewEvent, Synchronous, stamp
 
 __all__ = [
     "FORMAT_NAME",
@@ -33,6 +33,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ChainBreak",
     "Event",
+    "HistoryRow",
     "Journal",
     "JournalCorrupt",
     "JournalError",

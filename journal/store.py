@@ -31,9 +31,12 @@ from .errors import JournalCorrupt, JournalError, JournalUnavailable, JournalWri
 from .lock import JournalLock
 from .schema import MUTABLE_ORDER_COLUMNS, ORDER_COLUMNS, check_schema, migrate, table_names
 
-__all__ = ["Event", "Journal", "NewEvent", "Synchronous", "stamp"]
+__all__ = ["Event", "HistoryRow", "Journal", "NewEvent", "Synchronous", "stamp"]
 
 Synchronous = Literal["FULL", "NORMAL"]
+# An order event as a fold reads it (`Journal.order_history`):
+# seq, order_id, plan_id, at, kind, to_state and the decoded data.
+HistoryRow = tuple[int, str, str | None, str, str, str | None, dict[str, Any]]
 
 HEARTBEAT_INTERVAL_SECONDS = 5.0
 BUSY_TIMEOUT_MS = 5000
@@ -43,6 +46,7 @@ _EVENT_FIELDS = (
     "from_state", "to_state", "data", "prev_hash", "hash",
 )  # fmt: skip
 _EVENT_COLUMNS = ", ".join(_EVENT_FIELDS)
+_HISTORY_COLUMNS = "seq, order_id, plan_id, at, kind, to_state, data"
 _INSERT_EVENT = (
     f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' for _ in _EVENT_FIELDS)})"
 )
@@ -422,7 +426,7 @@ class Journal:
     ) -> Iterator[Event]:
         """Stream events in seq order, optionally for one order or one plan.
 
-        By plan this scans the journal; `order_events` finds a plan's orders' events
+        By plan this scans the journal; `order_history` finds a plan's orders' events
         through the `orders` table instead.
         """
         where, params = ["seq > ?"], [after_seq]
@@ -436,16 +440,17 @@ class Journal:
         for row in self.conn.execute(sql, params):
             yield Event.from_values(row)
 
-    def order_events(
+    def order_history(
         self, *, plan_id: str | None = None, unless_state: Collection[str] = ()
-    ) -> Iterator[Event]:
-        """Every event of the orders whose `orders` row matches, in seq order.
+    ) -> Iterator[HistoryRow]:
+        """What folding each order whose `orders` row matches needs of its events, in seq order.
 
         One range scan over the stretch of the journal those orders span, from the oldest
         one's `created` event (found through UNIQUE(order_id, order_seq)) to the newest
-        `last_seq` among their rows, keeping their events: resuming 10,000 orders read
-        their events through one index lookup each five times slower. Orders interleave,
-        each order's events in its own order: what a fold per order needs.
+        `last_seq` among their rows, keeping their events; only the columns a fold reads
+        and no `Event` per row (resuming 10,000 orders read their events through one index
+        lookup each five times slower, and full `Event`s twice as slow). Orders
+        interleave, each order's events in its own order: what a fold per order needs.
         """
         where, params = [], []
         if plan_id is not None:
@@ -462,14 +467,16 @@ class Journal:
         ).fetchone()
         if first is None:
             return
-        # `+order_id`: scan the seq range; SQLite would otherwise look each order's events
-        # up through the index and sort them, which costs twice as much.
-        sql = (
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq BETWEEN ? AND ? "
-            f"AND +order_id IN (SELECT order_id {matching}) ORDER BY seq"
+        # Kept by a set lookup here rather than `order_id IN (SELECT ...)` in SQL, which
+        # probes a temporary b-tree per row and costs a fifth more.
+        order_ids = {row[0] for row in self.conn.execute(f"SELECT order_id {matching}", params)}
+        rows = self.conn.execute(
+            f"SELECT {_HISTORY_COLUMNS} FROM events WHERE seq BETWEEN ? AND ? ORDER BY seq",
+            [first, last],
         )
-        for row in self.conn.execute(sql, [first, last, *params]):
-            yield Event.from_values(row)
+        for seq, order_id, plan, at, kind, to_state, data in rows:
+            if order_id in order_ids:
+                yield seq, order_id, plan, at, kind, to_state, decode_json(data)
 
     def first_event_of_plan(self, plan_id: str) -> Event | None:
         """The first event of the plan's first order (its `created`), or None for an unknown plan.

@@ -184,6 +184,46 @@ def test_events_filters(filled: Path) -> None:
         journal.close()
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    owners=st.lists(st.integers(0, 5) | st.none(), min_size=1, max_size=30),
+    states=st.lists(st.sampled_from(["QUOTED", "VALIDATED", "FAILED"]), min_size=6, max_size=6),
+    plan_id=st.sampled_from([None, "plan-0", "plan-1", "plan-9"]),
+)
+def test_order_history_is_the_matching_orders_events_in_seq_order(
+    owners: list[int | None], states: list[str], plan_id: str | None
+) -> None:
+    """order_history gives exactly the events of the orders whose row matches (by plan and
+    not in a skipped state), in seq order, with their data decoded; orders interleave and
+    order-less events fall in between."""
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        Journal.open(Path(directory) / "journal.db") as journal,
+    ):
+        for index, owner in enumerate(owners):
+            order_id = None if owner is None else f"o{owner}"
+            plan = None if owner is None else f"plan-{owner % 2}"
+            row = None
+            if owner is not None:
+                row = projection(f"o{owner}", plan_id=plan, state=states[owner])
+            event = NewEvent("fact", order_id, plan, data={"i": index, "of": [owner]})
+            journal.append(event, at=AT, projection=row)
+        skipped = ("VALIDATED", "FAILED")
+        kept = {
+            row["order_id"]
+            for row in journal.orders(plan_id=plan_id)
+            if row["state"] not in skipped
+        }
+        expected = [
+            (e.seq, e.order_id, e.plan_id, e.at, e.kind, e.to_state, e.data)
+            for e in journal.events()
+            if e.order_id in kept
+        ]
+        assert list(journal.order_history(plan_id=plan_id, unless_state=skipped)) == expected
+        every = [e.seq for e in journal.events() if e.order_id is not None]
+        assert [row[0] for row in journal.order_history()] == every
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8),
     lambda inner: (

@@ -12,7 +12,6 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InvalidIntent, InvalidPlan, first_validation_error
-from .numbers import decimal_text
 
 __all__ = [
     "CloseType",
@@ -25,7 +24,12 @@ __all__ = [
 ]
 
 MAX_QUANTITY_DECIMALS = 9
+# far beyond any position, and small enough that a quantity's digits never exceed the
+# decimal context's precision (28) and get rounded
+MAX_QUANTITY = Decimal(10) ** 12
+_QUANTITY_STEP = Decimal(10) ** -MAX_QUANTITY_DECIMALS
 SYMBOL_PATTERN = re.compile(r"^[A-Z][A-Z0-9.]{0,9}$")
+_ONE = Decimal(1)
 
 
 class OrderSide(StrEnum):
@@ -89,16 +93,27 @@ class OrderIntent(BaseModel):
     @field_validator("quantity")
     @classmethod
     def _quantity_finite_positive(cls, value: Decimal) -> Decimal:
+        """The quantity in the one form `decimal_text` writes (no exponent, no trailing
+        zeros), so equal quantities compare, hash and journal alike.
+
+        Checked against the exact value: `normalize` rounds to the decimal context's 28
+        digits, so a quantity longer than that must be refused before it can be rounded.
+        """
         if not value.is_finite():
             raise ValueError(f"quantity must be a finite number, got {value}")
         if value <= 0:
             raise ValueError(f"quantity must be greater than zero, got {value}")
-        exponent = value.normalize().as_tuple().exponent
-        if isinstance(exponent, int) and -exponent > MAX_QUANTITY_DECIMALS:
+        if value > MAX_QUANTITY:
+            raise ValueError(f"quantity {value} is larger than {MAX_QUANTITY}")
+        # exact: at most 13 + 9 digits, well inside the context's precision
+        if value.quantize(_QUANTITY_STEP) != value:
             raise ValueError(
                 f"quantity {value} has more than {MAX_QUANTITY_DECIMALS} decimal places"
             )
-        return Decimal(decimal_text(value))
+        normal = value.normalize()
+        exponent = normal.as_tuple().exponent
+        assert isinstance(exponent, int)  # a finite Decimal's exponent
+        return normal.quantize(_ONE) if exponent >= 0 else normal
 
     @model_validator(mode="after")
     def _closing_requires_sell(self) -> OrderIntent:

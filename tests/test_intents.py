@@ -52,6 +52,10 @@ def test_errors_are_input_errors() -> None:
         ({"quantity": float("inf")}, ["quantity", "finite"]),
         ({"quantity": "0.0000000001"}, ["quantity", "decimal places"]),
         ({"quantity": "1.1234567891"}, ["quantity", "decimal places"]),
+        # longer than the decimal context's 28 digits: refused, not rounded to 1
+        ({"quantity": "1.00000000000000000000000000001"}, ["quantity", "decimal places"]),
+        ({"quantity": "123456789012345678901234567890"}, ["quantity", "larger than"]),
+        ({"quantity": "1000000000000.5"}, ["quantity", "larger than"]),
         ({"quantity": "ten"}, ["quantity"]),
         ({"symbol": ""}, ["symbol", "malformed"]),
         ({"symbol": "aa pl"}, ["symbol", "malformed", "aa pl"]),

@@ -3,7 +3,8 @@
 The public, typed API for embedding walkbook in an orchestration layer.
 """
 
-from .audit import export, export_ledger, replay, report, report_html, verify
+from typing import TYPE_CHECKING
+
 from .broker import Account, Asset, Broker, BrokerOrder, BrokerOrderStatus, MarketClock, Quote
 from .clock import Clock, RealClock, VirtualClock
 from .config import DEFAULT_LADDER, EngineConfig
@@ -33,6 +34,24 @@ from .intents import (
 from .order import OrderRecord
 from .results import OrderResult, PlanResult, PlanStatus
 from .sim import MarketSpec, SimBroker, SymbolSpec, load_market_spec
+
+if TYPE_CHECKING:
+    from .audit import export, export_ledger, replay, report, report_html, verify
+
+# Imported on first use (`__getattr__`): trading and resuming never need the audit, and
+# importing it costs a resume about 60 ms.
+_AUDIT_FUNCTIONS = frozenset(
+    {"export", "export_ledger", "replay", "report", "report_html", "verify"}
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _AUDIT_FUNCTIONS:
+        from . import audit
+
+        return getattr(audit, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_LADDER",

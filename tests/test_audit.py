@@ -9,6 +9,8 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Callable
 from decimal import Decimal
@@ -586,3 +588,19 @@ def test_the_audit_doc_example_runs(make_rig: Any, tmp_path: Path, monkeypatch: 
     exec(compile(code, str(DOC), "exec"), {})
     ledger = list(csv.DictReader((work / "ledger.csv").open()))
     assert len(ledger) == len(expected_ledger(work / "journal.db")) > 0
+
+
+def test_importing_engine_leaves_the_audit_until_it_is_used() -> None:
+    """`import engine` (all a resume or a trading run needs) does not import the audit; its
+    functions are still `engine`'s names, the audit's own functions once asked for."""
+    probe = (
+        "import sys, engine\n"
+        "print('engine.audit' in sys.modules)\n"
+        "names = ('export', 'export_ledger', 'replay', 'report', 'report_html', 'verify')\n"
+        "found = [getattr(engine, name) for name in names]\n"
+        "import engine.audit as audit\n"
+        "print(found == [getattr(audit, name) for name in names])\n"
+        "print(hasattr(engine, 'no_such_name'))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["False", "True", "False"]

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import structlog
 
@@ -229,6 +229,16 @@ def interleaved(rounds: int, runs: dict[str, Callable[[], float]]) -> dict[str, 
         for name, run in runs.items():
             samples[name].append(run())
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+Run = TypeVar("Run")
+
+
+def median_run(runs: Sequence[Run], value: Callable[[Run], float]) -> Run:
+    """The run whose `value` is the median of the runs (the lower of the middle two), so a
+    table's figures and notes all come from one real run."""
+    ordered = sorted(runs, key=value)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def percentile(values: Sequence[float], share: float) -> float:

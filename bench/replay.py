@@ -5,7 +5,8 @@ third of the orders fill at the first limit step, a third move to the second ste
 replace and fill there, a third fill partly, are cancelled and finish with a new order
 at the third step, 11 to 22 events each. It is written by `Journal.append_many` group
 commits and kept in bench/out/ (or --workdir), keyed by its size and schema version, so a
-rerun skips the build. Each measurement is a fresh process reading the same file: the reference
+rerun skips the build. Each measurement is a fresh process reading the same file, the
+three taken in turns three times (the figures are the medians): the reference
 iterates `SELECT <every column> FROM events ORDER BY seq` with bare sqlite3; verify is
 `engine.audit.verify`; replay consumes every timeline of `engine.audit.replay`. Both read
 a journal this size through a helper process (`engine.audit.feed`: a second core reads the
@@ -32,7 +33,7 @@ from engine.numbers import decimal_text
 from engine.order import EventKind, OrderRecord, client_order_id
 from journal import SCHEMA_VERSION, Journal, NewEvent
 
-from .common import OUT_DIR, Report, Row, Target, bench_parser, peak_rss_mb
+from .common import OUT_DIR, Report, Row, Target, bench_parser, median_run, peak_rss_mb
 from .workload import START, created, follow, quote_data, step_data
 
 Entry = tuple[NewEvent, dict[str, Any] | None]
@@ -43,6 +44,8 @@ SIZE, QUICK_SIZE = 1_000_000, 20_000
 COMMIT_EVENTS = 2_000
 SYMBOLS = 200
 RESULT_PREFIX = "RESULT "
+ROUNDS = 3
+MODES = ("verify", "replay")
 SCAN = """
 import json, sqlite3, sys, time
 conn = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
@@ -236,6 +239,10 @@ def measure(command: list[str]) -> dict[str, Any]:
     return result
 
 
+def _seconds(run: dict[str, Any]) -> float:
+    return float(run["seconds"])
+
+
 def audit(mode: str, path: Path) -> dict[str, Any]:
     return measure([sys.executable, "-m", "bench.replay", "--child", mode, str(path)])
 
@@ -253,9 +260,15 @@ def main() -> None:
     cache = args.workdir or OUT_DIR
     full, quarter = cached_journal(cache, size), cached_journal(cache, small)
     build_seconds = time.perf_counter() - build_seconds
-    scan = measure([sys.executable, "-c", SCAN, str(full)])
-    runs = {mode: audit(mode, full) for mode in ("verify", "replay")}
-    smaller = {mode: audit(mode, quarter) for mode in ("verify", "replay")}
+    # In turns, so load from a neighbour on a shared machine falls on each alike; medians.
+    rounds: dict[str, list[dict[str, Any]]] = {"scan": [], "verify": [], "replay": []}
+    for _ in range(1 if args.quick else ROUNDS):
+        rounds["scan"].append(measure([sys.executable, "-c", SCAN, str(full)]))
+        for mode in ("verify", "replay"):
+            rounds[mode].append(audit(mode, full))
+    scan = median_run(rounds["scan"], _seconds)
+    runs = {mode: median_run(rounds[mode], _seconds) for mode in MODES}
+    smaller = {mode: audit(mode, quarter) for mode in MODES}
     scan_rate = scan["events"] / scan["seconds"]
     for mode, run in runs.items():
         if run["events"] != scan["events"]:
@@ -270,7 +283,12 @@ def main() -> None:
                 SPEED_TARGET,
                 note=f"reference: a raw sqlite3 scan of every events column in seq order "
                 f"({scan['seconds']:.2f} s); {mode} took {run['seconds']:.1f} s"
-                + (f", its helper process {helper:.1f} s of CPU" if helper else ""),
+                + (f", its helper process {helper:.1f} s of CPU" if helper else "")
+                + f"; medians of {len(rounds[mode])} rounds, {mode} "
+                + ", ".join(f"{r['seconds']:.1f}" for r in rounds[mode])
+                + " s, scan "
+                + ", ".join(f"{r['seconds']:.2f}" for r in rounds["scan"])
+                + " s",
             )
         )
     for mode, run in runs.items():
@@ -294,6 +312,7 @@ def main() -> None:
         "events": size,
         "scan": scan,
         "full": runs,
+        "rounds": rounds,
         "quarter": smaller,
         "journal_bytes": full.stat().st_size,
     }

@@ -43,7 +43,16 @@ from engine.pricing import limit_price
 from engine.quotes import UsableQuote
 from journal import Journal
 
-from .common import Report, Row, Target, bench_parser, peak_rss_mb, quiet_logs, scratch
+from .common import (
+    Report,
+    Row,
+    Target,
+    bench_parser,
+    median_run,
+    peak_rss_mb,
+    quiet_logs,
+    scratch,
+)
 from .workload import START, Item, created, follow, step_data
 
 SECONDS_TARGET = Target("value", "<=", 2.0)
@@ -210,12 +219,6 @@ def measure(command: list[str]) -> dict[str, Any]:
     return result
 
 
-def median_run(runs: list[dict[str, Any]], mark: str) -> dict[str, Any]:
-    """The run whose `mark` is the median (the lower of the middle two)."""
-    ordered = sorted(runs, key=lambda run: float(run["marks"][mark]))
-    return ordered[(len(ordered) - 1) // 2]
-
-
 def main() -> None:
     parser = bench_parser(__doc__)
     parser.add_argument("--child", nargs=3, metavar=("JOURNAL", "SIM", "ORDERS"), help="internal")
@@ -240,7 +243,8 @@ def main() -> None:
             resumes.append(measure([sys.executable, "-m", "bench.resume", "--child", *child]))
     if len({scan["rows"] for scan in scans}) != 1:
         raise SystemExit(f"a resume run changed the journal: {[s['rows'] for s in scans]}")
-    scan, resumed = median_run(scans, "done"), median_run(resumes, "armed")
+    scan = median_run(scans, lambda run: float(run["marks"]["done"]))
+    resumed = median_run(resumes, lambda run: float(run["marks"]["armed"]))
     marks = resumed["marks"]
     name = f"resume {orders:,} in-flight orders"
     report.add(

@@ -27,6 +27,7 @@ __all__ = [
     "ChainBreak",
     "body_json",
     "canonical_json",
+    "chain_links",
     "decode_canonical",
     "decode_json",
     "event_hash",
@@ -199,16 +200,30 @@ def link_problem(
 ) -> tuple[int, str] | None:
     """What is wrong with a stored row (`HASHED_FIELDS` then `hash`, `data` as its stored
     text) as the next link of the chain, and the seq it is reported at; None when it is
-    that link. Every chain check (the journal's, an audit's, its helper process's) runs
-    this one."""
-    seq, prev_hash = row[0], row[9]
-    if seq != expected_seq:
-        return expected_seq, f"seq {expected_seq} is missing (next row is {seq})"
-    if prev_hash != expected_prev:
-        return seq, "prev_hash does not match the hash of the previous row"
-    if hash_body(prev_hash, body_json(*row[:10])) != row[10]:
-        return seq, "hash does not match the row's contents"
-    return None
+    that link."""
+    return chain_links((row,), expected_seq, expected_prev)[1]
+
+
+def chain_links(
+    rows: Sequence[Sequence[Any]], expected_seq: int, expected_prev: str
+) -> tuple[int, tuple[int, str] | None]:
+    """How many of `rows` (stored rows as `link_problem` takes them, in seq order) are the
+    next links of the chain from `expected_seq` and `expected_prev`, and what is wrong
+    with the row after them (None when all are links). Every chain check (the journal's,
+    an audit's, its helper process's) runs this one loop, a batch of rows at a time
+    where it can: it runs once per event of the journal."""
+    body, hashed = body_json, hash_body
+    for index, row in enumerate(rows):
+        seq, prev_hash = row[0], row[9]
+        if seq != expected_seq:
+            return index, (expected_seq, f"seq {expected_seq} is missing (next row is {seq})")
+        if prev_hash != expected_prev:
+            return index, (seq, "prev_hash does not match the hash of the previous row")
+        expected_prev = row[10]
+        if hashed(prev_hash, body(*row[:10])) != expected_prev:
+            return index, (seq, "hash does not match the row's contents")
+        expected_seq = seq + 1
+    return len(rows), None
 
 
 def first_chain_break(rows: Iterable[Mapping[str, Any]]) -> ChainBreak | None:

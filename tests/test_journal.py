@@ -39,6 +39,7 @@ from journal import (
     JournalWriteConflict,
     NewEvent,
     canonical_json,
+    chain_links,
     decode_canonical,
     decode_json,
     first_chain_break,
@@ -271,6 +272,10 @@ def test_any_single_edit_breaks_the_chain_at_that_row(
     found = first_chain_break(rows)
     assert found is not None
     assert found.seq == index + 1
+    # the batch form every chain check runs: rows before the edit are links, then that problem
+    stored_rows = [tuple(row[name] for name in EVENT_COLUMNS.split(", ")) for row in rows]
+    assert chain_links(stored_rows, 1, GENESIS_HASH) == (index, (found.seq, found.problem))
+    assert chain_links(stored_rows[:index], 1, GENESIS_HASH) == (index, None)
 
 
 def test_verify_chain_reports_an_edited_row(filled: Path) -> None:

@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import msgspec
 
-from journal import GENESIS_HASH, link_problem
+from journal import GENESIS_HASH, chain_links
 
 __all__ = ["FEED_MIN_EVENTS", "Feed", "Watch", "worth_a_helper"]
 
@@ -44,6 +44,7 @@ _SCRIPT = str(Path(__file__).resolve())
 _HASHED = ("seq", "order_id", "order_seq", "plan_id", "at", "kind", "from_state", "to_state",
            "data", "prev_hash", "hash")  # fmt: skip
 _DATA, _PREV_HASH, _HASH = map(_HASHED.index, ("data", "prev_hash", "hash"))
+_SPACED = "data is not canonical JSON: whitespace around the value"
 
 Row = tuple[Any, ...]
 
@@ -57,13 +58,14 @@ def worth_a_helper(events: int) -> bool:
     return events >= FEED_MIN_EVENTS and len(cpus) > 1
 
 
-def _spaced(row: Row) -> tuple[int, str] | None:
-    """`data` with whitespace around it, which `journal.decode_canonical` refuses: the part
-    of that check a plain decode of the shipped text does not make."""
-    data = row[_DATA]
-    if data[:1].isspace() or data[-1:].isspace():
-        return row[0], "data is not canonical JSON: whitespace around the value"
-    return None
+def _first_spaced(rows: list[Row]) -> int | None:
+    """The index of the first row whose `data` has whitespace around it, which
+    `journal.decode_canonical` refuses: the part of that check a plain decode of the
+    shipped text does not make. (`strip` drops exactly what `isspace` calls whitespace.)"""
+    return next(
+        (index for index, row in enumerate(rows) if len(row[_DATA].strip()) != len(row[_DATA])),
+        None,
+    )
 
 
 class Watch:
@@ -168,14 +170,13 @@ def main(path: str, sql: str, last_seq: int, chain: bool) -> None:
     problem = None
     while problem is None and (batch := cursor.fetchmany(ROWS_PER_FRAME)):
         if chain:
-            shipped = []
-            for row in batch:
-                problem = link_problem(row, expected_seq, expected_prev) or _spaced(row)
-                if problem is not None:
-                    break
-                shipped.append(row[:_PREV_HASH])
-                expected_prev, expected_seq = row[_HASH], row[0] + 1
-            batch = shipped
+            links, problem = chain_links(batch, expected_seq, expected_prev)
+            spaced = _first_spaced(batch[:links])
+            if spaced is not None:
+                links, problem = spaced, (batch[spaced][0], _SPACED)
+            if links:
+                expected_prev, expected_seq = batch[links - 1][_HASH], batch[links - 1][0] + 1
+            batch = [row[:_PREV_HASH] for row in batch[:links]]
         _write_frame(out, encode(batch))
         sent += len(batch)
     if chain and problem is None and expected_seq <= last_seq:

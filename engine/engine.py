@@ -7,7 +7,7 @@ import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, Decimal
 from functools import partial
 from pathlib import Path
@@ -241,7 +241,12 @@ class Engine:
                 plan_id=plan.plan_id,
                 orders=sorted(problems),
             )
-        return CheckedPlan(plan.model_copy(update={"orders": tuple(intents)}), problems)
+        requested = {
+            index: intent.quantity
+            for index, intent in enumerate(plan.orders)
+            if intents[index].quantity != intent.quantity
+        }
+        return CheckedPlan(plan.model_copy(update={"orders": tuple(intents)}), problems, requested)
 
     async def _check_intent(self, intent: OrderIntent) -> OrderIntent:
         symbol = intent.symbol
@@ -294,17 +299,23 @@ class Engine:
         records = []
         # append_many stores the events at the seqs after last_seq, in order, or none.
         seqs = range(self.journal.last_seq + 1, self.journal.last_seq + 1 + len(order_ids))
-        for order_id, intent, seq in zip(order_ids, plan.orders, seqs, strict=True):
+        for index, (order_id, intent, seq) in enumerate(
+            zip(order_ids, plan.orders, seqs, strict=True)
+        ):
+            data: dict[str, Any] = {
+                "intent": intent.model_dump(mode="json"),
+                "config": config,
+                "plan_digest": digest,
+            }
+            if index in checked.requested:
+                # what the plan asked for, before preflight rounded it down to whole shares
+                data["requested_qty"] = decimal_text(checked.requested[index])
             event = NewEvent(
                 kind=EventKind.CREATED,
                 order_id=order_id,
                 plan_id=plan.plan_id,
                 to_state=OrderState.PENDING,
-                data={
-                    "intent": intent.model_dump(mode="json"),
-                    "config": config,
-                    "plan_digest": digest,
-                },
+                data=data,
             )
             record = OrderRecord.created(event, stamp(at), seq)
             records.append(record)
@@ -413,10 +424,12 @@ class Engine:
 
 @dataclass(frozen=True)
 class CheckedPlan:
-    """A plan after preflight: intents as they will be sent, and problems by order index."""
+    """A plan after preflight: intents as they will be sent, problems by order index, and
+    the quantity asked for by order index where preflight rounded it down."""
 
     plan: RebalancePlan
     problems: dict[int, str]
+    requested: dict[int, Decimal] = field(default_factory=dict)
 
 
 async def _bounded(limit: int, items: Sequence[T], work: Callable[[T], Awaitable[None]]) -> None:

@@ -317,6 +317,16 @@ def test_fractional_qty_of_whole_share_asset_rounds_down_when_configured(
     (warning,) = [log for log in logs if log["event"] == "intent.rounded_down"]
     assert warning["log_level"] == "warning"
     assert (warning["requested"], warning["qty"]) == ("2.7", "2")
+    # the journal keeps what was asked for beside what was sent
+    (created,) = [e for e in rig.journal.events() if e.kind == "created"]
+    assert (created.data["requested_qty"], created.data["intent"]["quantity"]) == ("2.7", "2")
+
+
+def test_an_unrounded_order_journals_no_requested_qty(make_rig: Any) -> None:
+    rig = bad_input_rig(make_rig, EngineConfig(fractional_on_whole_share_asset="round_down"))
+    run_plan(rig, {"symbol": "WHOLE", "side": "buy", "quantity": "2"})
+    (created,) = [e for e in rig.journal.events() if e.kind == "created"]
+    assert "requested_qty" not in created.data
 
 
 def test_partial_sell_beyond_the_position_sends_nothing(make_rig: Any) -> None:

@@ -42,6 +42,8 @@ class BrokerChoice:
     alpaca_feed: str = "iex"
     live: bool = False
     engine_config_path: Path | None = None
+    alpaca_rate_limit: int | None = None
+    alpaca_timeout: float | None = None
 
     @property
     def is_alpaca(self) -> bool:
@@ -58,8 +60,19 @@ class BrokerChoice:
             given = [f"--{k.replace('_', '-')}" for k, v in simulator_options.items() if v]
             if given:
                 raise InputError(f"simulator options with --broker alpaca: {', '.join(given)}")
-        elif self.alpaca_url or self.alpaca_data_url or self.live:
-            raise InputError("--alpaca-url, --alpaca-data-url and --live need --broker alpaca")
+        elif self.alpaca_url or self.alpaca_data_url or self.live or self.alpaca_policies():
+            raise InputError(
+                "--alpaca-url, --alpaca-data-url, --alpaca-rate-limit, --alpaca-timeout and "
+                "--live need --broker alpaca"
+            )
+
+    def alpaca_policies(self) -> dict[str, Any]:
+        """The adapter policies given on the command line (the rest keep their defaults)."""
+        given = {
+            "rate_limit": self.alpaca_rate_limit,
+            "http_timeout_seconds": self.alpaca_timeout,
+        }
+        return {name: value for name, value in given.items() if value is not None}
 
 
 def broker_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -72,6 +85,17 @@ def broker_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--alpaca-feed", type=click.Choice(["iex", "sip"]), default="iex", show_default=True
+        ),
+        click.option(
+            "--alpaca-rate-limit",
+            type=click.IntRange(min=1),
+            help="REST requests per minute the adapter allows itself (default 190; "
+            "Alpaca's basic plan allows 200).",
+        ),
+        click.option(
+            "--alpaca-timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            help="Seconds to wait for each REST answer (default 10).",
         ),
         click.option("--live", is_flag=True, help="Trade the LIVE account (real money)."),
         click.option(
@@ -88,11 +112,22 @@ def broker_options(command: Callable[..., Any]) -> Callable[..., Any]:
         alpaca_url: str | None,
         alpaca_data_url: str | None,
         alpaca_feed: str,
+        alpaca_rate_limit: int | None,
+        alpaca_timeout: float | None,
         live: bool,
         engine_config: Path | None,
         **kwargs: Any,
     ) -> Any:
-        choice = BrokerChoice(broker, alpaca_url, alpaca_data_url, alpaca_feed, live, engine_config)
+        choice = BrokerChoice(
+            broker,
+            alpaca_url,
+            alpaca_data_url,
+            alpaca_feed,
+            live,
+            engine_config,
+            alpaca_rate_limit,
+            alpaca_timeout,
+        )
         return command(*args, broker_choice=choice, **kwargs)
 
     decorated: Callable[..., Any] = wrapper
@@ -124,6 +159,7 @@ def alpaca_engine(journal_path: Path, choice: BrokerChoice) -> Iterator[Engine]:
         data_url=choice.alpaca_data_url,
         feed=choice.alpaca_feed,
         live=choice.live,
+        **choice.alpaca_policies(),
     )
     with AlpacaBroker(settings) as broker:
         asyncio.run(broker.check_keys())
@@ -133,7 +169,8 @@ def alpaca_engine(journal_path: Path, choice: BrokerChoice) -> Iterator[Engine]:
         finally:
             counters = broker.counters
             click.echo(
-                f"walkbook: alpaca: {counters.rest_calls} REST calls, "
+                f"walkbook: alpaca: {counters.rest_calls} REST calls "
+                f"(at most {settings.rate_limit} per {settings.rate_window_seconds:g} s), "
                 f"{counters.status_polls} status polls, {counters.trade_updates} trade updates, "
                 f"{counters.stream_quotes} streamed quotes, "
                 f"quote stream refused {counters.quote_stream_refused}x",

@@ -173,3 +173,31 @@ def test_the_docs_library_example_trades_on_the_sim_server(tmp_path: Path) -> No
     assert status == "SUCCESS"
     assert int(rest_calls) <= 6
     assert polls == "0"
+
+
+def test_cli_alpaca_policies_reach_the_adapter(tmp_path: Path) -> None:
+    """--alpaca-timeout bounds each REST answer (a server slower than it is unreachable, and
+    nothing is journaled); --alpaca-rate-limit is the budget the run reports; both are
+    refused with the simulator, and out-of-range values are usage errors (exit 2)."""
+    plan, journal = tmp_path / "plan.json", tmp_path / "j.db"
+    plan.write_text(json.dumps({"plan_id": "policies", "orders": [PLAN["orders"][2]]}))
+    slow = FaultSpec(latency_seconds=0.25)
+    runner = CliRunner(env=keyed_env())
+    with ServerThread(SimServer(tmp_path / "sim.db", market(EAGER), slow, KEYS)) as thread:
+        command = ["run", str(plan), "--journal", str(journal), "--broker", "alpaca",
+                   "--alpaca-url", thread.url]  # fmt: skip
+        impatient = runner.invoke(cli_main, [*command, "--alpaca-timeout", "0.05"])
+        assert impatient.exit_code == 2, impatient.output
+        assert impatient.stderr.startswith("walkbook: error: cannot reach Alpaca")
+        assert not journal.exists()
+        patient = runner.invoke(cli_main, [*command, "--alpaca-rate-limit", "1000"])
+        assert patient.exit_code == 0, patient.output
+        assert "REST calls (at most 1000 per 60 s)" in patient.stderr
+    for wrong in (["--alpaca-rate-limit", "0"], ["--alpaca-timeout", "0"]):
+        refused = runner.invoke(cli_main, [*command, *wrong])
+        assert refused.exit_code == 2
+        assert wrong[0] in refused.stderr
+    on_sim = runner.invoke(cli_main, ["run", str(plan), "--journal", str(tmp_path / "s.db"),
+                                      "--alpaca-rate-limit", "50"])  # fmt: skip
+    assert on_sim.exit_code == 2
+    assert on_sim.stderr.startswith("walkbook: error: --alpaca-url")

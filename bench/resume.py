@@ -164,11 +164,18 @@ def build(journal_path: Path, sim_path: Path, orders: int) -> None:
 class ArmWatch(SimBroker):
     """The simulator, noting resume's first broker call (everything before it is local: load
     and fold) and when every order was re-armed (each live order re-read by resume's
-    reconcile, then a walk waiting on its live order again), then ending the process there."""
+    reconcile, in its listing of open orders or on its own, then a walk waiting on its live
+    order again), then ending the process there."""
 
     expected: int = field(init=False, default=0)
     marks: dict[str, float] = field(init=False, default_factory=dict)
     reread: set[str] = field(init=False, default_factory=set)
+
+    async def open_orders(self) -> list[BrokerOrder]:
+        self.marks.setdefault("first_broker_call", time.monotonic())
+        listed = await super().open_orders()
+        self.reread.update(order.id for order in listed)
+        return listed
 
     async def get_order(self, order_id: str) -> BrokerOrder:
         self.marks.setdefault("first_broker_call", time.monotonic())

@@ -167,6 +167,11 @@ class Broker(Protocol):
 
     async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None: ...
 
+    async def open_orders(self) -> list[BrokerOrder]:
+        """The account's open orders in one read, as many as the broker lists at once (an
+        order missing from it may still be open: read it with `get_order`)."""
+        ...
+
     async def wait_for_update(self, order_id: str, timeout_seconds: float) -> BrokerOrder:
         """Return the order once it changes (fill, status) or when the timeout passes."""
         ...

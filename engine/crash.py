@@ -143,6 +143,9 @@ class CrashingBroker:
             "get_order_by_client_id", lambda: self.inner.get_order_by_client_id(client_order_id)
         )
 
+    async def open_orders(self) -> list[BrokerOrder]:
+        return await self._call("open_orders", self.inner.open_orders)
+
     async def wait_for_update(self, order_id: str, timeout_seconds: float) -> BrokerOrder:
         return await self._call(
             "wait_for_update", lambda: self.inner.wait_for_update(order_id, timeout_seconds)

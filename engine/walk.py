@@ -9,7 +9,7 @@ replaced, and its final fills are counted.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -448,13 +448,16 @@ class OrderWalk:
 
     # -- the walk: one handler per state, so a resumed order re-enters where it stood ----
 
-    async def reconcile(self) -> bool:
+    async def reconcile(self, listed: Mapping[str, BrokerOrder] | None = None) -> bool:
         """Settle with the broker what a previous process left open, and nothing more.
 
+        `listed`: broker orders by id as one listing of open orders read them after the
+        journal was folded; an order in it is taken from it instead of read again, unless
+        this reconcile first answers an unanswered intent or cancel.
         True when the order can be walked on; False when it ended (a refusal failed it)
         or the broker stayed unreachable (the order is left non-terminal, for resume).
         """
-        return await self._guarded(self._reconcile)
+        return await self._guarded(partial(self._reconcile, listed or {}))
 
     async def walk(self) -> OrderRecord:
         """Walk on to a terminal state from wherever the journal left the order, once
@@ -497,17 +500,22 @@ class OrderWalk:
             else:
                 await self._settle()
 
-    async def _reconcile(self) -> None:
+    async def _reconcile(self, listed: Mapping[str, BrokerOrder]) -> None:
         """Settle what a previous process left open: an unanswered intent, a cancel, fills."""
         record, broker = self.record, self.ctx.broker
         if record.is_terminal:
             return
+        if record.pending_intent is not None or record.pending_cancel is not None:
+            listed = {}  # the listing predates what answering them does at the broker
         if record.pending_intent is not None:
             await self._resolve_pending(record.pending_intent)
         if self.record.pending_cancel is not None:
             await self._send_cancel(self.record.pending_cancel)
         for broker_order_id in self.record.unfinished_broker_orders:
-            self._absorb(await self._read(partial(broker.get_order, broker_order_id)))
+            order = listed.get(broker_order_id)
+            if order is None:
+                order = await self._read(partial(broker.get_order, broker_order_id))
+            self._absorb(order)
 
     async def _resolve_pending(self, intent: dict[str, Any]) -> None:
         """An intent without an answer: adopt the broker's order if it exists, else send again."""

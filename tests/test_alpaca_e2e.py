@@ -212,3 +212,32 @@ def test_tick_comes_from_the_assets_price_increment(tmp_path: Path) -> None:
         prices = [Decimal(e.data["limit_price"]) for e in rig.events(EventKind.REPLACE_INTENT)]
         prices.append(Decimal(rig.events(EventKind.SUBMIT_INTENT)[0].data["limit_price"]))
         assert all(p % Decimal("0.05") == 0 for p in prices), prices
+
+
+def test_open_orders_lists_what_rests_in_one_call(tmp_path: Path) -> None:
+    """`open_orders` through the SDK: one GET /v2/orders?status=open lists the resting limit
+    orders with their wire ids and fills so far, not the filled market order."""
+    with alpaca_rig(tmp_path, market(NEVER)) as rig:
+        broker = rig.broker
+
+        async def place() -> tuple[list[str], str]:
+            resting = []
+            for index, symbol in enumerate(("AAPL", "MSFT", "TSLA")):
+                quote = await broker.latest_quote(symbol)
+                assert quote is not None
+                below = (quote.bid - 1).quantize(Decimal("0.01"))
+                request = OrderRequest(
+                    f"rest-{index}", symbol, OrderSide.BUY, Decimal(2), "limit", below
+                )
+                resting.append((await broker.submit_order(request)).id)
+            market_order = OrderRequest("now", "SPY", OrderSide.BUY, Decimal(1), "market", None)
+            return resting, (await broker.submit_order(market_order)).id
+
+        resting, filled = asyncio.run(place())
+        before = broker.counters.rest_calls
+        listed = asyncio.run(broker.open_orders())
+        assert broker.counters.rest_calls - before == 1
+        assert broker.counters.by_endpoint["get_orders"] == 1
+        assert sorted(order.id for order in listed) == sorted(resting)
+        assert filled not in {order.id for order in listed}
+        assert all(o.qty == 2 and o.filled_qty == 0 and not o.status.is_terminal for o in listed)

@@ -28,6 +28,7 @@ from walk_support import (
 
 from engine import (
     BrokerOrderStatus,
+    BrokerUnavailable,
     Engine,
     EngineConfig,
     MarketSpec,
@@ -408,15 +409,24 @@ class CallLog(RecordingSimBroker):
         self.calls.append(("get_order", order_id))
         return await super().get_order(order_id)
 
+    async def open_orders(self):
+        self.calls.append(("open_orders", ""))
+        if self.listing_fails:
+            raise BrokerUnavailable("listing refused for the test")
+        listed = await super().open_orders()
+        self.calls += [("listed", order.id) for order in listed]
+        return listed
+
     async def wait_for_update(self, order_id, timeout_seconds):
         self.calls.append(("wait_for_update", order_id))
         return await super().wait_for_update(order_id, timeout_seconds)
 
+    listing_fails = False
 
-def test_resume_reconciles_every_order_before_walking_any(tmp_path):
-    """With one walk at a time, resume re-reads every in-flight order's live order (counting
-    its fills) before the first walk waits on its own again: no order's reconcile waits for
-    other orders' walks. Then every order is walked to the end."""
+
+def crashed_with_four_resting_sells(tmp_path):
+    """Four sells, each with its limit order resting at the broker, when the process dies."""
+    tmp_path.mkdir(exist_ok=True)
     symbols = dict.fromkeys(
         ("AAPL", "MSFT", "TSLA", "SPY"),
         SymbolSpec(price=Decimal(100), spread_bps=20, volatility_bps=0),
@@ -435,11 +445,51 @@ def test_resume_reconciles_every_order_before_walking_any(tmp_path):
     crashing.close()
     live = {o.id for o in broker.orders.values() if not o.status.is_terminal}
     assert len(live) == len(symbols)
-
     broker.calls.clear()
+    return broker, clock, path, live
+
+
+def reread_before_first_wait(broker):
+    """The (call, order id) pairs resume made before the first walk waited on its order."""
+    first_wait = next(i for i, (call, _) in enumerate(broker.calls) if call == "wait_for_update")
+    return broker.calls[:first_wait]
+
+
+def test_resume_reconciles_every_order_before_walking_any(tmp_path):
+    """With one walk at a time, resume re-reads every in-flight order's live order (counting
+    its fills) before the first walk waits on its own again: no order's reconcile waits for
+    other orders' walks. The four live orders come from one listing of open orders, not a
+    read each. Then every order is walked to the end."""
+    broker, clock, path, live = crashed_with_four_resting_sells(tmp_path)
     with Engine(broker, path, clock=clock, concurrency=1) as engine:
         report = engine.resume_sync()
-        first_wait = next(i for i, (call, _) in enumerate(broker.calls) if call != "get_order")
-        assert {order_id for _, order_id in broker.calls[:first_wait]} == live
+        reread = reread_before_first_wait(broker)
+        assert reread[0] == ("open_orders", "")
+        assert {order_id for call, order_id in reread[1:]} == live
+        assert {call for call, _ in reread[1:]} == {"listed"}
         assert all(o.result.state == "VALIDATED" for o in report.orders)
         check_invariants(SimpleNamespace(journal=engine.journal, broker=broker))
+
+
+def test_resume_reads_on_its_own_an_order_the_listing_leaves_out(tmp_path):
+    """A live order that filled while the process was down is not in the listing of open
+    orders: resume reads it by id, journals its fills once and the order is validated; a
+    listing that fails costs nothing but a read per order."""
+    broker, clock, path, live = crashed_with_four_resting_sells(tmp_path)
+    filled = sorted(live)[0]
+    broker.fill_now(filled)
+    with Engine(broker, path, clock=clock, concurrency=1) as engine:
+        report = engine.resume_sync()
+        reread = reread_before_first_wait(broker)
+        assert ("get_order", filled) in reread
+        assert {order_id for call, order_id in reread if call == "listed"} == live - {filled}
+        assert all(o.result.state == "VALIDATED" for o in report.orders)
+        check_invariants(SimpleNamespace(journal=engine.journal, broker=broker))
+
+    broker, clock, path, live = crashed_with_four_resting_sells(tmp_path / "refused")
+    broker.listing_fails = True
+    with Engine(broker, path, clock=clock, concurrency=1) as engine:
+        report = engine.resume_sync()
+        reread = reread_before_first_wait(broker)
+        assert {order_id for call, order_id in reread if call == "get_order"} == live
+        assert all(o.result.state == "VALIDATED" for o in report.orders)

@@ -14,14 +14,16 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import structlog
+from alpaca.common.enums import Sort
 from alpaca.data.enums import DataFeed
 from alpaca.data.models import Quote as SdkQuote
 from alpaca.data.requests import StockLatestQuoteRequest
+from alpaca.trading.enums import QueryOrderStatus
 from alpaca.trading.models import Asset as SdkAsset
 from alpaca.trading.models import Clock as SdkClock
 from alpaca.trading.models import Order as SdkOrder
 from alpaca.trading.models import Position, TradeAccount
-from alpaca.trading.requests import ReplaceOrderRequest
+from alpaca.trading.requests import GetOrdersRequest, ReplaceOrderRequest
 
 from ..broker import Account, Asset, BrokerOrder, MarketClock, OrderRequest, Quote
 from ..errors import BrokerUnavailable, NotReplaceable, OrderNotFound, UnknownSymbol
@@ -52,6 +54,9 @@ def _expect(kind: type[M], value: object) -> M:
     if not isinstance(value, kind):
         raise BrokerUnavailable(f"alpaca: unexpected answer {type(value).__name__}")
     return value
+
+
+OPEN_ORDERS_LISTED = 500
 
 
 class AlpacaBroker:
@@ -254,6 +259,18 @@ class AlpacaBroker:
         except OrderNotFound:
             return None
         return self._show(answer)
+
+    async def open_orders(self) -> list[BrokerOrder]:
+        """One `GET /v2/orders?status=open`, oldest first, at most `OPEN_ORDERS_LISTED` (what
+        Alpaca returns at most per request)."""
+        trading = self.rest.trading
+        request = GetOrdersRequest(
+            status=QueryOrderStatus.OPEN, limit=OPEN_ORDERS_LISTED, direction=Sort.ASC
+        )
+        answer = await self.rest.read("get_orders", lambda: trading.get_orders(filter=request))
+        if not isinstance(answer, list):
+            raise BrokerUnavailable(f"alpaca: unexpected answer {type(answer).__name__}")
+        return [self.orders.show(order_from_sdk(_expect(SdkOrder, order))) for order in answer]
 
     async def wait_for_update(self, order_id: str, timeout_seconds: float) -> BrokerOrder:
         """The order as soon as it differs from what the engine last saw, or at the timeout.

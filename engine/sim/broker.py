@@ -607,6 +607,18 @@ class SimBroker:
         return order.snapshot()
 
     @_persisted
+    async def open_orders(self) -> list[BrokerOrder]:
+        await self._call()
+        self.catch_up()
+        return [o.snapshot() for o in self.orders.values() if o.status in _OPEN]
+
+    def catch_up(self) -> None:
+        """Run every symbol with an open order forward to the clock, so what is open now
+        is what a listing shows (each symbol's market otherwise moves when it is asked about)."""
+        for symbol in {o.symbol for o in self.orders.values() if o.status in _OPEN}:
+            self._book(symbol)
+
+    @_persisted
     async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         await self._call()
         order_id = self._by_client_id.get(client_order_id)

@@ -208,6 +208,7 @@ class SimApp:
             limit = min(int(request.query.get("limit", "50")), MAX_ORDERS_LISTED)
         except ValueError:
             raise _BadRequest("limit must be a whole number") from None
+        self.broker.catch_up()
         orders = [self.broker.order_snapshot(i) for i in self.broker.order_versions()]
         if status != "all":
             orders = [o for o in orders if o.is_terminal == (status == "closed")]

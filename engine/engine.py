@@ -440,7 +440,7 @@ class Engine:
         return PlanResult.from_results(
             plan_id,
             [OrderResult.from_record(r) for r in records],
-            self.quotes.counters.as_dict(),
+            self.context.plan_quotes[plan_id].as_dict(),
         )
 
 

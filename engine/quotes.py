@@ -34,6 +34,10 @@ class QuoteCounters:
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
+    def count(self, outcome: str) -> None:
+        """One more quote with this outcome (a field name)."""
+        setattr(self, outcome, getattr(self, outcome) + 1)
+
 
 @dataclass(frozen=True)
 class UsableQuote:
@@ -76,46 +80,55 @@ class QuoteService:
     _last_spread: dict[str, Decimal] = field(default_factory=dict)
 
     async def get(
-        self, symbol: str, now: datetime, price_increment: Decimal | None = None
+        self,
+        symbol: str,
+        now: datetime,
+        price_increment: Decimal | None = None,
+        tally: QuoteCounters | None = None,
     ) -> UsableQuote | None:
-        streamed = self._usable(
-            await self.broker.stream_quote(symbol, self.stream_wait_seconds), now, price_increment
-        )
-        if streamed is not None:
-            self.counters.streaming_success += 1
-            return streamed
-        rest = self._usable(await self.broker.latest_quote(symbol), now, price_increment)
-        if rest is not None:
-            self.counters.rest_fallback += 1
-            return rest
-        self.counters.no_quote += 1
-        return None
+        """A usable quote, or None. Every outcome is counted in `counters` (everything this
+        service did) and in `tally` when given (e.g. one plan's share of it)."""
+        counted = (self.counters,) if tally is None else (self.counters, tally)
+
+        def usable(quote: Quote | None, success: str) -> UsableQuote | None:
+            checked, problem = self._usable(quote, now, price_increment)
+            for counters in counted:
+                if problem is not None:
+                    counters.count(problem)
+                if checked is not None:
+                    counters.count(success)
+            return checked
+
+        streamed = await self.broker.stream_quote(symbol, self.stream_wait_seconds)
+        found = usable(streamed, "streaming_success")
+        if found is None:
+            found = usable(await self.broker.latest_quote(symbol), "rest_fallback")
+        if found is None:
+            for counters in counted:
+                counters.count("no_quote")
+        return found
 
     def _usable(
         self, quote: Quote | None, now: datetime, price_increment: Decimal | None
-    ) -> UsableQuote | None:
+    ) -> tuple[UsableQuote | None, str | None]:
+        """The quote made usable, or None, and what was wrong with it (a counter's name)."""
         if quote is None:
-            return None
+            return None, None
         if (now - quote.at).total_seconds() > self.freshness_seconds:
-            self.counters.stale += 1
-            return None
+            return None, "stale"
         bid, ask = quote.bid, quote.ask
         if bid <= 0 and ask <= 0:
-            self.counters.both_zero += 1
-            return None
+            return None, "both_zero"
         if bid <= 0:
-            self.counters.zero_bid += 1
             gap = self._estimated_spread(quote.symbol, ask, price_increment)
-            return UsableQuote(replace(quote, bid=max(ask - gap, gap)), estimated="bid")
+            return UsableQuote(replace(quote, bid=max(ask - gap, gap)), estimated="bid"), "zero_bid"
         if ask <= 0:
-            self.counters.zero_ask += 1
             gap = self._estimated_spread(quote.symbol, bid, price_increment)
-            return UsableQuote(replace(quote, ask=bid + gap), estimated="ask")
+            return UsableQuote(replace(quote, ask=bid + gap), estimated="ask"), "zero_ask"
         if bid > ask:
-            self.counters.crossed += 1
-            return None
+            return None, "crossed"
         self._last_spread[quote.symbol] = ask - bid
-        return UsableQuote(quote)
+        return UsableQuote(quote), None
 
     def _estimated_spread(
         self, symbol: str, price: Decimal, price_increment: Decimal | None

@@ -129,6 +129,8 @@ class PlanResult(BaseModel):
     started_at: str | None
     ended_at: str | None
     seconds_to_complete: float | None
+    # the quotes this plan's orders took in this process, by outcome (not journaled: a
+    # resumed plan counts from the resume on)
     quote_counters: dict[str, int]
 
     @property

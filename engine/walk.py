@@ -9,6 +9,7 @@ replaced, and its final fills are counted.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,7 +37,7 @@ from .intents import CloseType, OrderSide, Urgency
 from .numbers import ZERO, decimal_text
 from .order import EventKind, OrderRecord, client_order_id
 from .pricing import limit_price
-from .quotes import QuoteService, UsableQuote
+from .quotes import QuoteCounters, QuoteService, UsableQuote
 from .retry import read_with_retry
 
 __all__ = ["OrderJournal", "OrderWalk", "WalkContext"]
@@ -58,6 +59,10 @@ class WalkContext:
     config: EngineConfig
     crash_points: CrashPoints = field(default_factory=CrashPoints)
     listeners: list[Listener] = field(default_factory=list)
+    # each plan's share of `quotes.counters` (what its orders' quotes were, in this process)
+    plan_quotes: defaultdict[str | None, QuoteCounters] = field(
+        default_factory=lambda: defaultdict(QuoteCounters)
+    )
 
 
 class OrderJournal:
@@ -404,6 +409,7 @@ class OrderWalk:
                 self.record.intent.symbol,
                 self.ctx.clock.now(),
                 self.asset.price_increment if self.asset else None,
+                self.ctx.plan_quotes[self.record.plan_id],
             )
         )
         if quote is None:

@@ -262,6 +262,20 @@ def test_bad_order_refuses_the_whole_plan_by_default(
     assert not rig.broker.orders
 
 
+def test_each_plan_reports_its_own_quotes(make_rig: Any) -> None:
+    """Two plans on one engine: each result counts the quotes its own orders took (the
+    engine's counters are their sum), not everything the engine did since it started."""
+    rig = mixed_rig(make_rig, stream_gap_probability=0.5)
+    first = run_plan(rig, *MIXED, plan_id="first")
+    second = run_plan(rig, {"symbol": "AAPL", "side": "buy", "quantity": "1"}, plan_id="second")
+    total = rig.engine.quotes.counters.as_dict()
+    assert {k: first.quote_counters[k] + second.quote_counters[k] for k in total} == total
+    for result in (first, second):
+        taken = result.quote_counters["streaming_success"] + result.quote_counters["rest_fallback"]
+        assert taken >= len(result.orders)
+    assert 0 < sum(second.quote_counters.values()) < sum(total.values())
+
+
 def bad_input_rig(make_rig: Any, config: EngineConfig | None = None) -> Any:
     symbols = BOOK | {
         "HALT": SymbolSpec(price=Decimal(10), tradable=False),

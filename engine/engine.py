@@ -417,9 +417,7 @@ class Engine:
         beyond what one read lists) are read one by one; a listing that fails is not an
         error, every order is then read on its own."""
         to_reread = sum(
-            len(r.unfinished_broker_orders)
-            for r in records
-            if r.pending_intent is None and r.pending_cancel is None
+            len(r.unfinished_broker_orders) for r in records if not r.awaits_broker_answer
         )
         if to_reread < 2:
             return {}

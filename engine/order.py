@@ -160,16 +160,17 @@ class OrderRecord:
         return [b for b in self.broker_order_ids if b not in self.final_broker_orders]
 
     @property
+    def awaits_broker_answer(self) -> bool:
+        """An intent or a cancel sent (or about to be) whose answer the journal lacks."""
+        return self.pending_intent is not None or self.pending_cancel is not None
+
+    @property
     def has_broker_loose_ends(self) -> bool:
         """What a walk reconciles before moving on: an intent or a cancel the broker has
         not answered in the journal, or a broker order not yet seen final."""
         if self.is_terminal:
             return False
-        return bool(
-            self.pending_intent is not None
-            or self.pending_cancel is not None
-            or self.unfinished_broker_orders
-        )
+        return self.awaits_broker_answer or bool(self.unfinished_broker_orders)
 
     @classmethod
     def created(cls, event: NewEvent | Event, at: str, seq: int) -> OrderRecord:

@@ -511,7 +511,7 @@ class OrderWalk:
         record, broker = self.record, self.ctx.broker
         if record.is_terminal:
             return
-        if record.pending_intent is not None or record.pending_cancel is not None:
+        if record.awaits_broker_answer:
             listed = {}  # the listing predates what answering them does at the broker
         if record.pending_intent is not None:
             await self._resolve_pending(record.pending_intent)

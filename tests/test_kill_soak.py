@@ -232,7 +232,11 @@ def test_installed_walkbook_killed_mid_walk_resumes(
 
 
 def test_two_resumes_at_once_one_drives_the_other_says_in_use(tmp_path: Path) -> None:
-    """Both start together on one journal: one finishes the plan, the other exits 2 at once."""
+    """A second resume while the first holds the journal exits 2 at once with one line; the
+    first finishes the plan. The first is frozen (SIGSTOP) as soon as it holds the lock and
+    continued once the second has answered, so the two overlap however fast either runs
+    (started together, a quick first resume could finish before the second even opened the
+    journal)."""
     files = Files.make(tmp_path, seed=5)
     many = [{"symbol": f"S{i:02d}", "side": "buy", "quantity": "3"} for i in range(40)]
     files.plan.write_text(json.dumps({"plan_id": "many", "orders": many}))
@@ -243,19 +247,23 @@ def test_two_resumes_at_once_one_drives_the_other_says_in_use(tmp_path: Path) ->
         text=True,
     )
     assert crashed.returncode == 137  # died at the named crash point, orders in flight
-    resumes = [
-        subprocess.Popen(
-            [str(WALKBOOK), *files.resume_args()],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    outcomes = sorted((p.wait(timeout=120), *p.communicate()) for p in resumes)
-    (drove, _, _), (refused, _, refusal) = outcomes
-    assert drove == 0
-    assert refused == 2
-    assert refusal.count("\n") == 1
-    assert "journal is in use by pid" in refusal
+    resume = [str(WALKBOOK), *files.resume_args()]
+    first = subprocess.Popen(resume, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = files.journal.with_name(files.journal.name + ".lock")
+    deadline = time.monotonic() + 60
+    while not (lock.exists() and f"pid {first.pid} on" in lock.read_text()):
+        assert first.poll() is None, "the first resume ended without taking the lock"
+        assert time.monotonic() < deadline, "the first resume never took the lock"
+        time.sleep(0.002)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        assert first.poll() is None, "the first resume finished before it could be frozen"
+        second = subprocess.run(resume, capture_output=True, text=True, timeout=60)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 2
+    assert second.stderr.count("\n") == 1
+    assert f"journal is in use by pid {first.pid}" in second.stderr
+    _, errors = first.communicate(timeout=120)
+    assert first.returncode == 0, errors
     check_files_for(files, len(many))

@@ -9,6 +9,7 @@ synchronous=FULL, in the same directory, measured in turns with the journal.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Callable
 from itertools import count
@@ -25,6 +26,7 @@ GROUP = 50
 HASH_TEXT_BYTES = 2 * 64
 WAL_FRAME_HEADER_BYTES = 24
 FRAME_SAMPLE_COMMITS = 300
+PER_ORDER_INDEX = "UNIQUE (order_id, order_seq)"
 
 
 def transition_bytes() -> int:
@@ -53,19 +55,43 @@ class RawWriter:
         self.conn.execute("COMMIT")
 
 
+def drop_per_order_index(conn: sqlite3.Connection) -> None:
+    """Rebuild a journal's `events` table as its own stored definition minus
+    UNIQUE(order_id, order_seq), triggers and all: what an append would cost if the
+    journal gave up its per-order index (duplicate-write guard and every per-order read)."""
+    (table,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()
+    triggers = [sql for (sql,) in conn.execute("SELECT sql FROM sqlite_master WHERE type = "
+                                               "'trigger' AND tbl_name = 'events'")]  # fmt: skip
+    lean = re.sub(rf",\s*{re.escape(PER_ORDER_INDEX)}", "", table)
+    if lean == table:
+        raise RuntimeError(f"the journal's events table no longer has {PER_ORDER_INDEX}")
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("ALTER TABLE events RENAME TO events_indexed")
+    conn.execute(lean)
+    conn.execute("INSERT INTO events SELECT * FROM events_indexed")
+    conn.execute("DROP TABLE events_indexed")
+    for trigger in triggers:
+        conn.execute(trigger)
+    conn.execute("COMMIT")
+    if conn.execute("SELECT count(*) FROM pragma_index_list('events')").fetchone()[0]:
+        raise RuntimeError("the rebuilt events table still has an index")
+
+
 class SchemaFloorWriter:
     """The journal's own file, schema and SQL, fed rows computed beforehand: one event row
     and its order's row per commit, as `Journal.append` commits them, without any of
     walkbook's Python (JSON, hashing, bookkeeping). What SQLite alone charges for the
     journal's three B-trees per commit: events, UNIQUE(order_id, order_seq), the orders row."""
 
-    def __init__(self, path: Path, synchronous: Synchronous) -> None:
+    def __init__(self, path: Path, synchronous: Synchronous, *, per_order_index: bool) -> None:
         births, steps = sample_orders()
         with Journal.open(path, synchronous=synchronous) as journal:
             journal.append_many(births, at=START)
         self.conn = sqlite3.connect(path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute(f"PRAGMA synchronous = {synchronous}")
+        if not per_order_index:
+            drop_per_order_index(self.conn)
         at = stamp(START)
         self.rows = [
             (event.order_id, event.plan_id, at, event.kind, event.from_state, event.to_state,
@@ -89,13 +115,22 @@ class SchemaFloorWriter:
         self.conn.execute("COMMIT")
 
 
-def schema_floor_rate(path: Path, commits: int, synchronous: Synchronous) -> float:
+def schema_floor_rate(
+    path: Path, commits: int, synchronous: Synchronous, *, per_order_index: bool = True
+) -> float:
     """Commits per second of the journal's rows through bare sqlite3 (see SchemaFloorWriter)."""
-    writer = SchemaFloorWriter(path, synchronous)
+    writer = SchemaFloorWriter(path, synchronous, per_order_index=per_order_index)
     try:
         return steady_rate(commits, 1, writer.commit)
     finally:
         writer.conn.close()
+
+
+def journal_without_index_rate(path: Path, commits: int) -> float:
+    """`journal_append_rate` on a journal whose per-order index was dropped first."""
+    with TransitionWriter(path) as writer:
+        drop_per_order_index(writer.journal.conn)
+        return steady_rate(commits, 1, writer.commit)
 
 
 def raw_commit_rate(
@@ -152,6 +187,10 @@ def main() -> None:
         runs: dict[str, Callable[[], float]] = {
             "raw_full": lambda: raw_commit_rate(path("raw"), events, size, "FULL"),
             "floor_full": lambda: schema_floor_rate(path("floor"), events, "FULL"),
+            "lean_floor_full": lambda: schema_floor_rate(
+                path("floor"), events, "FULL", per_order_index=False
+            ),
+            "lean_journal_full": lambda: journal_without_index_rate(path("journal"), events),
             "journal_full": lambda: journal_append_rate(path("journal"), events),
             "journal_group": lambda: journal_append_rate(path("group"), events, batch=GROUP),
             "raw_normal": lambda: raw_commit_rate(path("raw"), events, size, "NORMAL"),
@@ -181,6 +220,35 @@ def main() -> None:
                 note="reference: bare sqlite3 committing the same event and orders rows into "
                 "the journal's own schema with its own statements (no JSON, hashing or "
                 "bookkeeping): the three B-trees a journal commit must write",
+            )
+        )
+        report.add(
+            Row.measured(
+                "the journal's own SQL alone vs raw, FULL, 1 event/commit",
+                rate["floor_full"],
+                "events/s",
+                rate["raw_full"],
+                note="the ceiling of the first row: an append whose Python cost nothing would "
+                "reach this ratio and no more",
+            )
+        )
+        report.add(
+            Row.measured(
+                f"without {PER_ORDER_INDEX}: its own SQL vs raw, FULL",
+                rate["lean_floor_full"],
+                "events/s",
+                rate["raw_full"],
+                note="the ceiling if the journal gave up its per-order index: the event row "
+                "and its projection row, which the design commits in one transaction",
+            )
+        )
+        report.add(
+            Row.measured(
+                f"without {PER_ORDER_INDEX}: journal append vs raw, FULL",
+                rate["lean_journal_full"],
+                "events/s",
+                rate["raw_full"],
+                note="Journal.append on a journal rebuilt without the per-order index",
             )
         )
         report.add(

@@ -8,12 +8,16 @@ rot unnoticed between runs.
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from bench.journal_append import drop_per_order_index
+from bench.workload import TransitionWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARES = (
@@ -27,6 +31,9 @@ EXPECTED_ROWS = {
     "journal_append": [
         "journal append, FULL, 1 event/commit",
         "journal append vs its own SQL alone, FULL, 1 event/commit",
+        "the journal's own SQL alone vs raw, FULL, 1 event/commit",
+        "without UNIQUE (order_id, order_seq): its own SQL vs raw, FULL",
+        "without UNIQUE (order_id, order_seq): journal append vs raw, FULL",
         "journal append_many, FULL, 50 events/commit",
         "journal append, NORMAL, 1 event/commit",
     ],
@@ -91,3 +98,23 @@ def test_script_reports_its_rows_with_positive_figures(
             assert row["reference"] > 0, row
             assert row["ratio"] == pytest.approx(row["value"] / row["reference"])
         assert (row["target"] == "—") == (row["status"] == "INFO"), row
+
+
+def test_dropping_the_per_order_index_keeps_the_rows_and_the_append_only_triggers(
+    tmp_path: Path,
+) -> None:
+    """The journal_append rows `without UNIQUE (order_id, order_seq)` measure a journal
+    that differs from the real one in that index alone."""
+    with TransitionWriter(tmp_path / "journal.db") as writer:
+        writer.commit(0)
+        conn = writer.journal.conn
+        before = conn.execute("SELECT * FROM events ORDER BY seq").fetchall()
+        assert conn.execute("SELECT count(*) FROM pragma_index_list('events')").fetchone()[0]
+        drop_per_order_index(conn)
+        assert conn.execute("SELECT * FROM events ORDER BY seq").fetchall() == before
+        assert not conn.execute("SELECT count(*) FROM pragma_index_list('events')").fetchone()[0]
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute("DELETE FROM events")
+        writer.commit(1)
+        assert writer.journal.verify_chain() is None
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == len(before) + 1

@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Literal, Protocol
 
 from .intents import OrderSide
+from .numbers import ZERO
 
 __all__ = [
     "Account",
@@ -89,6 +90,22 @@ class BrokerOrder:
     replaced_by: str | None = None
     replaces: str | None = None
 
+    @classmethod
+    def accepted(cls, order_id: str, request: OrderRequest) -> BrokerOrder:
+        """The order `request` asked for, just accepted: open, nothing filled."""
+        return cls(
+            id=order_id,
+            client_order_id=request.client_order_id,
+            symbol=request.symbol,
+            side=request.side,
+            order_type=request.order_type,
+            qty=request.qty,
+            limit_price=request.limit_price,
+            status=BrokerOrderStatus.NEW,
+            filled_qty=ZERO,
+            filled_avg_price=None,
+        )
+
     @property
     def is_terminal(self) -> bool:
         return self.status.is_terminal
@@ -168,8 +185,9 @@ class Broker(Protocol):
     async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None: ...
 
     async def open_orders(self) -> list[BrokerOrder]:
-        """The account's open orders in one read, as many as the broker lists at once (an
-        order missing from it may still be open: read it with `get_order`)."""
+        """The account's open orders of the types walkbook places, read in as few calls as
+        the broker allows (an order missing from it may still be open: read it with
+        `get_order`)."""
         ...
 
     async def wait_for_update(self, order_id: str, timeout_seconds: float) -> BrokerOrder:

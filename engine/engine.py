@@ -411,11 +411,11 @@ class Engine:
         return done
 
     async def _listed_open_orders(self, records: Sequence[OrderRecord]) -> dict[str, BrokerOrder]:
-        """The broker's open orders in one read, by id, when reconciling `records` would
+        """The broker's open orders in one listing, by id, when reconciling `records` would
         otherwise re-read two or more live orders one call each (against Alpaca, one call
-        of a 200-a-minute budget each). Orders the listing leaves out (closed since, or
-        beyond what one read lists) are read one by one; a listing that fails is not an
-        error, every order is then read on its own."""
+        of a 200-a-minute budget each; the listing costs one per 500). Orders the listing
+        leaves out (closed since, or beyond what it lists) are read one by one; a listing
+        that fails is not an error, every order is then read on its own."""
         to_reread = sum(
             len(r.unfinished_broker_orders) for r in records if not r.awaits_broker_answer
         )

@@ -10,11 +10,16 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from alpaca.trading.enums import OrderSide as SdkSide
+from alpaca.trading.enums import OrderStatus, OrderType, TimeInForce
+from alpaca.trading.models import Order as SdkOrder
+from alpaca.trading.requests import StopOrderRequest
 from alpaca_support import EAGER, KEYS, NEVER, RESTING, acks, alpaca_rig, market
 from websockets.sync.client import connect
 
 from engine import BrokerRejected, OrderSide, OrderState, SymbolSpec, UnknownSymbol
 from engine.alpaca import InsufficientBuyingPower, SubPennyPrice
+from engine.alpaca.broker import OPEN_ORDERS_PER_PAGE
 from engine.broker import OrderRequest
 from engine.errors import DuplicateClientOrderId, NotReplaceable, OrderNotFound
 from engine.order import EventKind
@@ -241,3 +246,55 @@ def test_open_orders_lists_what_rests_in_one_call(tmp_path: Path) -> None:
         assert sorted(order.id for order in listed) == sorted(resting)
         assert filled not in {order.id for order in listed}
         assert all(o.qty == 2 and o.filled_qty == 0 and not o.status.is_terminal for o in listed)
+
+
+def test_open_orders_pages_past_one_listing_and_leaves_out_other_systems_orders(
+    tmp_path: Path,
+) -> None:
+    """More open orders than one GET lists (500): `open_orders` pages on with `after` and
+    lists every one of them in two calls; a stop order another system placed in the same
+    account is left out, not a failure of the whole listing."""
+    unlimited = FaultSpec(rate_limit_per_minute=100_000)
+    with alpaca_rig(tmp_path, market(NEVER), unlimited, rate_limit=100_000) as rig:
+        broker, count = rig.broker, OPEN_ORDERS_PER_PAGE + 20
+
+        async def place() -> tuple[list[str], str]:
+            quote = await broker.latest_quote("AAPL")
+            assert quote is not None
+            below = (quote.bid - 5).quantize(Decimal("0.01"))
+            placed, stop_id = [], ""
+            for index in range(count):
+                request = OrderRequest(
+                    f"page-{index}", "AAPL", OrderSide.BUY, Decimal(1), "limit", below
+                )
+                placed.append((await broker.submit_order(request)).id)
+                if index == 3:
+                    # another system's order in the same account, through the same SDK
+                    stop = StopOrderRequest(
+                        symbol="MSFT",
+                        qty=1,
+                        side=SdkSide.SELL,
+                        time_in_force=TimeInForce.DAY,
+                        stop_price=300,
+                    )
+                    stop_id = str(_expect_order(broker.rest.trading.submit_order(stop)).id)
+            return placed, stop_id
+
+        placed, stop_id = asyncio.run(place())
+        app = rig.server.app
+        assert len(app.resting) == 1
+        before = app.stats["GET /v2/orders"]
+        listed = asyncio.run(broker.open_orders())
+        assert app.stats["GET /v2/orders"] - before == 2
+        assert [order.id for order in listed] == placed
+        # the stop order rests, as another system left it, until that system cancels it
+        stop = _expect_order(broker.rest.trading.get_order_by_id(stop_id))
+        assert (stop.order_type, stop.status) == (OrderType.STOP, OrderStatus.NEW)
+        broker.rest.trading.cancel_order_by_id(stop_id)
+        stop = _expect_order(broker.rest.trading.get_order_by_id(stop_id))
+        assert stop.status == OrderStatus.CANCELED
+
+
+def _expect_order(answer: object) -> SdkOrder:
+    assert isinstance(answer, SdkOrder)
+    return answer

@@ -10,6 +10,8 @@ once per `poll_interval_seconds`.
 from __future__ import annotations
 
 import time
+from contextlib import suppress
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -30,6 +32,7 @@ from ..errors import BrokerUnavailable, NotReplaceable, OrderNotFound, UnknownSy
 from ..numbers import ZERO
 from .cache import SharedReads
 from .convert import (
+    UnsupportedOrder,
     account_from_sdk,
     asset_from_sdk,
     clock_from_sdk,
@@ -56,7 +59,9 @@ def _expect(kind: type[M], value: object) -> M:
     return value
 
 
-OPEN_ORDERS_LISTED = 500
+OPEN_ORDERS_PER_PAGE = 500  # what Alpaca lists at most per request
+# 50,000 open orders; beyond, the engine reads its own orders one by one (by id)
+OPEN_ORDERS_PAGES_MAX = 100
 
 
 class AlpacaBroker:
@@ -261,16 +266,37 @@ class AlpacaBroker:
         return self._show(answer)
 
     async def open_orders(self) -> list[BrokerOrder]:
-        """One `GET /v2/orders?status=open`, oldest first, at most `OPEN_ORDERS_LISTED` (what
-        Alpaca returns at most per request)."""
+        """The account's open orders of walkbook's types, oldest first: `GET /v2/orders?
+        status=open` a page of `OPEN_ORDERS_PER_PAGE` at a time, each page `after` the last
+        one's submission time. Orders of other types (another system's stop orders in the
+        same account) are never walkbook's and are left out. An order sharing the page
+        boundary's timestamp may be left out too: the engine reads by id any of its own
+        the listing does not hold."""
+        listed: list[BrokerOrder] = []
+        after: datetime | None = None
+        for _ in range(OPEN_ORDERS_PAGES_MAX):
+            page = await self._open_orders_page(after)
+            for order in page:
+                with suppress(UnsupportedOrder):
+                    listed.append(self.orders.show(order_from_sdk(order)))
+            last = page[-1].submitted_at if page else None
+            if len(page) < OPEN_ORDERS_PER_PAGE or last is None or (after and last <= after):
+                break
+            after = last
+        return listed
+
+    async def _open_orders_page(self, after: datetime | None) -> list[SdkOrder]:
         trading = self.rest.trading
         request = GetOrdersRequest(
-            status=QueryOrderStatus.OPEN, limit=OPEN_ORDERS_LISTED, direction=Sort.ASC
+            status=QueryOrderStatus.OPEN,
+            limit=OPEN_ORDERS_PER_PAGE,
+            direction=Sort.ASC,
+            after=after,
         )
         answer = await self.rest.read("get_orders", lambda: trading.get_orders(filter=request))
         if not isinstance(answer, list):
             raise BrokerUnavailable(f"alpaca: unexpected answer {type(answer).__name__}")
-        return [self.orders.show(order_from_sdk(_expect(SdkOrder, order))) for order in answer]
+        return [_expect(SdkOrder, order) for order in answer]
 
     async def wait_for_update(self, order_id: str, timeout_seconds: float) -> BrokerOrder:
         """The order as soon as it differs from what the engine last saw, or at the timeout.

@@ -12,15 +12,17 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from aiohttp import web
 
-from ..broker import BrokerOrder, OrderRequest
+from ..broker import BrokerOrder, BrokerOrderStatus, OrderRequest
 from ..errors import BrokerError, BrokerRejected, OrderNotFound, UnknownSymbol
 from ..intents import OrderSide
+from ..numbers import decimal_text
 from ..sim import SimBroker
 from .faults import FaultInjector
 from .streams import MarketData, TradeUpdates
@@ -43,10 +45,25 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STREAM_PATHS = frozenset({"/stream", "/v2/iex", "/v2/sip", "/v2/test"})
 STATS_PATH = "/_sim/stats"
 MAX_ORDERS_LISTED = 500
+# Order types the server accepts and never executes: such an order rests, open, as another
+# system's stop orders rest in a real account, so walkbook meets orders in the account
+# that are not its own and not of a type it places.
+RESTING_TYPES = frozenset({"stop", "stop_limit"})
 
 
 class _BadRequest(BrokerRejected):
     """A request body Alpaca would refuse with 422 before looking at the account."""
+
+
+def _timestamp(value: str | None, name: str) -> datetime | None:
+    """An RFC 3339 query parameter (UTC when it names no zone), or None when absent."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise _BadRequest(f"invalid {name}") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _decimal(value: Any, name: str) -> Decimal:
@@ -72,6 +89,9 @@ class SimApp:
         self.market_data = MarketData(broker, keys, faults)
         self.stats: Counter[str] = Counter()
         self._sent: deque[float] = deque()
+        # sim-style id -> a resting order (its order_type stands in), and what its JSON says
+        self.resting: dict[str, BrokerOrder] = {}
+        self._resting_fields: dict[str, dict[str, Any]] = {}
 
     def build(self) -> web.Application:
         app = web.Application(middlewares=[self._guard])
@@ -156,8 +176,15 @@ class SimApp:
 
     # -- orders -----------------------------------------------------------------------
 
+    def _json(self, order: BrokerOrder, now: datetime) -> dict[str, Any]:
+        return order_json(order, self.ids, now) | self._resting_fields.get(order.id, {})
+
     def _order(self, order: BrokerOrder) -> web.Response:
-        return web.json_response(order_json(order, self.ids, datetime.now(UTC)))
+        return web.json_response(self._json(order, datetime.now(UTC)))
+
+    def _snapshot(self, sim_id: str) -> BrokerOrder:
+        resting = self.resting.get(sim_id)
+        return self.broker.order_snapshot(sim_id) if resting is None else resting
 
     def _sim_id(self, request: web.Request) -> str:
         sim_id = self.ids.sim(request.match_info["order_id"])
@@ -178,8 +205,11 @@ class SimApp:
     async def submit(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         order_type = body.get("type") or body.get("order_type")
-        if order_type not in ("limit", "market") or "qty" not in body:
-            raise _BadRequest("only qty-based limit and market orders are simulated")
+        if order_type not in ("limit", "market", *RESTING_TYPES) or "qty" not in body:
+            raise _BadRequest(
+                "only qty-based limit and market orders are simulated (stop and stop_limit "
+                "orders rest, never executed)"
+            )
         qty = _decimal(body["qty"], "qty")
         if qty != qty.to_integral_value() and body.get("time_in_force") != "day":
             raise _BadRequest("fractional orders must be DAY orders")
@@ -188,37 +218,62 @@ class SimApp:
         except ValueError:
             raise _BadRequest("side must be buy or sell") from None
         limit = body.get("limit_price")
-        order = await self.broker.submit_order(
-            OrderRequest(
-                client_order_id=str(body.get("client_order_id") or uuid.uuid4()),
-                symbol=str(body.get("symbol", "")).upper(),
-                side=side,
-                qty=qty,
-                order_type=order_type,
-                limit_price=None if limit is None else _decimal(limit, "limit_price"),
-            )
+        order_request = OrderRequest(
+            client_order_id=str(body.get("client_order_id") or uuid.uuid4()),
+            symbol=str(body.get("symbol", "")).upper(),
+            side=side,
+            qty=qty,
+            # a resting order keeps the simulated type it would trade as once triggered
+            order_type="limit" if order_type in ("limit", "stop_limit") else "market",
+            limit_price=None if limit is None else _decimal(limit, "limit_price"),
         )
+        if order_type in RESTING_TYPES:
+            await self.broker.get_asset(order_request.symbol)  # an unknown symbol is refused
+            stop = _decimal(body.get("stop_price"), "stop_price")
+            return self._order(self._rest(order_request, order_type, stop))
+        order = await self.broker.submit_order(order_request)
         if self.faults.roll("submit_504", self.faults.spec.submit_504_probability):
             return gateway_error(504)
         return self._order(order)
 
     async def list_orders(self, request: web.Request) -> web.Response:
+        """Alpaca's listing: by submission time, `after` it (exclusive) when given, newest
+        first unless `direction=asc`, at most `limit` (itself at most 500)."""
         status = request.query.get("status", "open")
         try:
             limit = min(int(request.query.get("limit", "50")), MAX_ORDERS_LISTED)
         except ValueError:
             raise _BadRequest("limit must be a whole number") from None
+        after = _timestamp(request.query.get("after"), "after")
         self.broker.catch_up()
+        now, seen = datetime.now(UTC), self.ids.first_seen
         orders = [self.broker.order_snapshot(i) for i in self.broker.order_versions()]
+        orders += self.resting.values()
         if status != "all":
             orders = [o for o in orders if o.is_terminal == (status == "closed")]
+        orders.sort(key=lambda o: seen.setdefault(o.id, now))
+        if after is not None:
+            orders = [o for o in orders if seen[o.id] > after]
         if request.query.get("direction", "desc") == "desc":
             orders.reverse()
-        now = datetime.now(UTC)
-        return web.json_response([order_json(o, self.ids, now) for o in orders[:limit]])
+        return web.json_response([self._json(o, now) for o in orders[:limit]])
 
     async def get_order(self, request: web.Request) -> web.Response:
-        return self._order(await self.broker.get_order(self._sim_id(request)))
+        sim_id = self._sim_id(request)
+        resting = self.resting.get(sim_id)
+        return self._order(await self.broker.get_order(sim_id) if resting is None else resting)
+
+    def _rest(self, request: OrderRequest, order_type: str, stop_price: Decimal) -> BrokerOrder:
+        """Accept an order of a `RESTING_TYPES` type: open, never filled, never triggered."""
+        sim_id = f"resting-{len(self.resting) + 1}"
+        self.ids.wire(sim_id)
+        order = self.resting[sim_id] = BrokerOrder.accepted(sim_id, request)
+        self._resting_fields[sim_id] = {
+            "type": order_type,
+            "order_type": order_type,
+            "stop_price": decimal_text(stop_price),
+        }
+        return order
 
     async def by_client_order_id(self, request: web.Request) -> web.Response:
         order = await self.broker.get_order_by_client_id(request.query.get("client_order_id", ""))
@@ -245,10 +300,13 @@ class SimApp:
         """204, or 422 for an order already final, as Alpaca answers a cancel that lost the
         race to a fill (it answered 204 there until 2021)."""
         sim_id = self._sim_id(request)
-        status = self.broker.order_snapshot(sim_id).status
+        status = self._snapshot(sim_id).status
         if status.is_terminal:
             return error(422, 42210000, f'order is already in "{status.value}" state')
-        await self.broker.cancel_order(sim_id)
+        if sim_id in self.resting:
+            self.resting[sim_id] = replace(self.resting[sim_id], status=BrokerOrderStatus.CANCELED)
+        else:
+            await self.broker.cancel_order(sim_id)
         return web.Response(status=204)
 
     # -- account, market ------------------------------------------------------------

@@ -7,7 +7,7 @@ by uuid5, so the mapping survives a restart from the state file.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -69,8 +69,13 @@ class IdMap:
         return self._sim.get(wire_id)
 
     def learn(self, sim_ids: list[str]) -> None:
-        for sim_id in sim_ids:
+        """Orders of an earlier run, first seen now, a microsecond apart in the order they
+        were submitted: a listing pages through them (`after`) as through orders seen one
+        by one."""
+        now = datetime.now(UTC)
+        for index, sim_id in enumerate(sim_ids):
             self.wire(sim_id)
+            self.first_seen.setdefault(sim_id, now + timedelta(microseconds=index))
 
 
 def order_json(order: BrokerOrder, ids: IdMap, now: datetime) -> dict[str, Any]:

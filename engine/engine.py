@@ -27,7 +27,7 @@ from .hooks import Hooks, NoticeT, PlanCompleted
 from .intents import CloseType, OrderIntent, OrderSide, RebalancePlan
 from .numbers import ZERO, decimal_text, floor_to
 from .order import EventKind, OrderRecord, fold_history, make_order_id
-from .quotes import QuoteService
+from .quotes import QuoteCounters, QuoteService
 from .results import OrderResult, PlanResult
 from .retry import read_with_retry
 from .walk import OrderWalk, WalkContext
@@ -435,10 +435,15 @@ class Engine:
                 self.hooks.deliver(PlanCompleted(self._plan_result(plan_id, list(records))))
 
     def _plan_result(self, plan_id: str, records: Sequence[OrderRecord]) -> PlanResult:
+        """The plan's result with its quote counts; a finished plan's counts are handed out
+        and forgotten, so an engine embedded for months keeps none per finished plan."""
+        quotes = self.context.plan_quotes
+        finished = all(r.is_terminal for r in records)
+        counters = quotes.pop(plan_id, None) if finished else quotes.get(plan_id)
         return PlanResult.from_results(
             plan_id,
             [OrderResult.from_record(r) for r in records],
-            self.context.plan_quotes[plan_id].as_dict(),
+            (counters or QuoteCounters()).as_dict(),
         )
 
 

@@ -130,7 +130,7 @@ class PlanResult(BaseModel):
     ended_at: str | None
     seconds_to_complete: float | None
     # the quotes this plan's orders took in this process, by outcome (not journaled: a
-    # resumed plan counts from the resume on)
+    # resumed plan counts from the resume on, a redelivered finished plan counts none)
     quote_counters: dict[str, int]
 
     @property

@@ -276,6 +276,20 @@ def test_each_plan_reports_its_own_quotes(make_rig: Any) -> None:
     assert 0 < sum(second.quote_counters.values()) < sum(total.values())
 
 
+def test_a_finished_plans_quote_counts_leave_with_its_result(make_rig: Any) -> None:
+    """An embedding runs plans for months: once a plan has finished and its result carries
+    its quote counts, the engine keeps nothing for it, and a redelivery of the finished
+    plan (answered from the journal, no quote taken) counts none."""
+    rig = mixed_rig(make_rig)
+    first = run_plan(rig, *MIXED, plan_id="first")
+    assert sum(first.quote_counters.values()) >= len(first.orders)
+    assert dict(rig.engine.context.plan_quotes) == {}
+    again = run_plan(rig, *MIXED, plan_id="first")
+    assert [o.order_id for o in again.orders] == [o.order_id for o in first.orders]
+    assert sum(again.quote_counters.values()) == 0
+    assert dict(rig.engine.context.plan_quotes) == {}
+
+
 def bad_input_rig(make_rig: Any, config: EngineConfig | None = None) -> Any:
     symbols = BOOK | {
         "HALT": SymbolSpec(price=Decimal(10), tradable=False),

@@ -175,7 +175,7 @@ def frames_per_commit(directory: Path, payload_bytes: int) -> tuple[float, float
 
 def main() -> None:
     args = bench_parser(__doc__).parse_args()
-    events, rounds = (200, 1) if args.quick else (2000, 5)
+    events, rounds = (200, 1) if args.quick else (2000, 9)
     report = Report("journal_append", args)
     size = transition_bytes()
     with scratch(args.workdir) as directory:

@@ -146,14 +146,13 @@ def test_trade_stream_drops_poll_then_reconnect(tmp_path: Path) -> None:
         assert reads <= elapsed / 0.2 + counters.trade_stream_connects + 2
 
 
-def test_every_rest_call_is_counted_per_order(tmp_path: Path) -> None:
-    """The adapter reports REST calls in total, by endpoint and by broker order."""
+def test_every_rest_call_is_counted_by_endpoint(tmp_path: Path) -> None:
+    """The adapter reports REST calls in total and by endpoint, each one the server saw."""
     with alpaca_rig(tmp_path, market(NEVER)) as rig:
         rig.run({"symbol": "AAPL", "side": "buy", "quantity": "10"})
         counters = rig.broker.counters
         assert counters.rest_calls == sum(counters.by_endpoint.values())
         assert counters.rest_calls == rig.server.app.stats["requests"]
-        assert set(counters.by_order) == {o for o in rig.book().orders}
         assert len(acks(rig)) == 4
 
 

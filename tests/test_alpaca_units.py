@@ -196,6 +196,30 @@ def test_a_reconnect_makes_every_open_order_worth_one_read() -> None:
     assert not tracker.needs_read(order_id)
 
 
+def test_final_orders_are_forgotten_oldest_first_open_ones_never() -> None:
+    """A long-lived engine keeps a bounded number of final orders: the oldest final one is
+    dropped (asked for again, it costs one REST read), an open order is kept however many
+    finish after it, and a final order seen again counts once."""
+    tracker = OrderTracker(final_orders_kept=2)
+    tracker.stream_connected()
+    still_open = replace(order(BrokerOrderStatus.NEW, "0"), id="open")
+    tracker.show(still_open)
+    finals = [replace(order(BrokerOrderStatus.FILLED, "10"), id=f"final-{i}") for i in range(3)]
+    for final in finals:
+        tracker.show(final)
+    tracker.observe(finals[2])
+    assert tracker.latest("final-0") is None
+    assert tracker.needs_read("final-0")
+    assert tracker.news("final-0") is None
+    assert [tracker.latest(f.id) for f in finals[1:]] == finals[1:]
+    assert not tracker.needs_read("final-1")
+    assert tracker.latest("open") == still_open
+    tracker.observe(finals[0])  # read again: now the latest final, the oldest goes
+    assert tracker.latest("final-0") == finals[0]
+    assert tracker.latest("final-1") is None
+    assert tracker.latest("final-2") == finals[2]
+
+
 def test_sdk_floats_become_exact_decimals() -> None:
     """Conversions go through text: 190.05 stays 190.05, never 190.04999999999998."""
     quote = SdkQuote(

@@ -208,9 +208,7 @@ class AlpacaBroker:
     # -- orders -----------------------------------------------------------------------
 
     def _show(self, answer: Any) -> BrokerOrder:
-        order = self.orders.show(order_from_sdk(_expect(SdkOrder, answer)))
-        self.counters.by_order[order.id] += 1
-        return order
+        return self.orders.show(order_from_sdk(_expect(SdkOrder, answer)))
 
     async def submit_order(self, request: OrderRequest) -> BrokerOrder:
         await self._trade_stream_ready()
@@ -231,7 +229,6 @@ class AlpacaBroker:
             qty=int(qty), limit_price=float(limit_price), client_order_id=client_order_id
         )
         trading = self.rest.trading
-        self.counters.by_order[order_id] += 1
         try:
             answer = await self.rest.write(
                 "replace_order", lambda: trading.replace_order_by_id(order_id, request)
@@ -246,7 +243,6 @@ class AlpacaBroker:
 
     async def cancel_order(self, order_id: str) -> None:
         trading = self.rest.trading
-        self.counters.by_order[order_id] += 1
         await self.rest.read("cancel_order", lambda: trading.cancel_order_by_id(order_id))
 
     async def get_order(self, order_id: str) -> BrokerOrder:
@@ -326,7 +322,6 @@ class AlpacaBroker:
             self.counters.order_refreshes += 1
         else:
             self.counters.status_polls += 1
-        self.counters.by_order[order_id] += 1
         trading = self.rest.trading
         answer = await self.rest.read("get_order", lambda: trading.get_order_by_id(order_id))
         self.orders.observe(order_from_sdk(_expect(SdkOrder, answer)))

@@ -37,7 +37,7 @@ Timeout = float | tuple[float, float] | tuple[float, None] | None
 
 @dataclass
 class AlpacaCounters:
-    """What the adapter did, for results and logs: REST calls by endpoint and by order."""
+    """What the adapter did, for results and logs: REST calls by endpoint."""
 
     rest_calls: int = 0
     rest_retries: int = 0
@@ -51,7 +51,6 @@ class AlpacaCounters:
     quote_stream_connects: int = 0
     quote_stream_refused: int = 0
     by_endpoint: Counter[str] = field(default_factory=Counter)
-    by_order: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, object]:
         plain = {k: v for k, v in vars(self).items() if not isinstance(v, Counter)}

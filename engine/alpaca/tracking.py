@@ -11,16 +11,21 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 
 from ..broker import BrokerOrder, Quote
 
-__all__ = ["EVERYONE", "OrderTracker", "QuoteBoard", "Waiters", "Watch"]
+__all__ = ["EVERYONE", "FINAL_ORDERS_KEPT", "OrderTracker", "QuoteBoard", "Waiters", "Watch"]
 
 EVERYONE = "*"
+# Final orders the tracker keeps, the latest to become final last. A final order never
+# changes again, so forgetting one costs at most one REST read if it is asked for again,
+# and an engine embedded for months (or an account whose other orders stream by) does not
+# keep every order it ever saw.
+FINAL_ORDERS_KEPT = 10_000
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -108,11 +113,13 @@ class OrderTracker:
     updates, so each open order is read once again after it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, final_orders_kept: int = FINAL_ORDERS_KEPT) -> None:
         self._lock = threading.Lock()
         self._latest: dict[str, BrokerOrder] = {}
         self._shown: dict[str, BrokerOrder] = {}
         self._confirmed: dict[str, int] = {}
+        self._finals: OrderedDict[str, None] = OrderedDict()  # ids, oldest final first
+        self._finals_kept = final_orders_kept
         self.generation = 0
         self.stream_up = False
         self.waiters = Waiters()
@@ -123,8 +130,16 @@ class OrderTracker:
             merged = _fresher(self._latest.get(order.id), order)
             self._latest[order.id] = merged
             self._confirmed[order.id] = self.generation
+            if merged.is_terminal and order.id not in self._finals:
+                self._finals[order.id] = None
+                if len(self._finals) > self._finals_kept:
+                    self._forget(self._finals.popitem(last=False)[0])
         self.waiters.wake(order.id)
         return merged
+
+    def _forget(self, order_id: str) -> None:
+        for views in (self._latest, self._shown, self._confirmed):
+            views.pop(order_id, None)
 
     def show(self, order: BrokerOrder) -> BrokerOrder:
         """Merge, and remember this as what the engine has now seen of the order."""

@@ -11,6 +11,7 @@ import os
 import socket
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ HistoryRow = tuple[int, str, str | None, str, str, str | None, dict[str, Any]]
 
 HEARTBEAT_INTERVAL_SECONDS = 5.0
 BUSY_TIMEOUT_MS = 5000
+# Orders whose last order_seq a writer keeps in memory, the most recently appended to last;
+# an older order's is read from UNIQUE(order_id, order_seq) again, so a writer that runs
+# for months does not keep one entry per order it ever wrote.
+ORDER_SEQS_KEPT = 10_000
 
 _EVENT_FIELDS = (
     "seq", "order_id", "order_seq", "plan_id", "at", "kind",
@@ -201,7 +206,8 @@ class Journal:
         self._lock = lock
         self._last_seq = 0
         self._last_hash = GENESIS_HASH
-        self._order_seqs: dict[str, int] = {}
+        self._order_seqs: OrderedDict[str, int] = OrderedDict()
+        self.order_seqs_kept = ORDER_SEQS_KEPT
         self._last_heartbeat = 0.0
         row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         if row is not None:
@@ -360,8 +366,12 @@ class Journal:
                 order_rows.append((order_seq == 1, row_values))
         self._commit(rows, order_rows)
         self._last_seq, self._last_hash = seq, prev_hash
+        known = self._order_seqs
         for order_id, next_seq in order_seqs.items():
-            self._order_seqs[order_id] = next_seq - 1
+            known[order_id] = next_seq - 1
+            known.move_to_end(order_id)
+        while len(known) > self.order_seqs_kept:
+            known.popitem(last=False)
         return stored
 
     def _commit(

@@ -156,6 +156,20 @@ def test_order_seq_counts_per_order_and_survives_reopen(path: Path) -> None:
         assert journal.verify_chain() is None
 
 
+def test_a_long_lived_writer_keeps_a_bounded_order_seq_memory(path: Path) -> None:
+    """A writer remembers the last order_seq of its most recent orders only; an order it
+    forgot continues at the right order_seq, read again from the per-order index."""
+    with Journal.open(path) as journal:
+        journal.order_seqs_kept = 2
+        for order_id in ("o1", "o2", "o3", "o1", "o4", "o5"):
+            journal.append(NewEvent("fact", order_id), at=AT)
+        assert list(journal._order_seqs) == ["o4", "o5"]
+        again = [journal.append(NewEvent("fact", o), at=AT) for o in ("o1", "o2", "o5")]
+        assert [(e.order_id, e.order_seq) for e in again] == [("o1", 3), ("o2", 2), ("o5", 2)]
+        assert len(journal._order_seqs) == 2
+        assert journal.verify_chain() is None
+
+
 def test_stored_event_round_trips(path: Path) -> None:
     """What events() returns is exactly what was appended, with the time in UTC ISO form."""
     data = {"price": "100.08", "nested": {"b": [1, 2, None], "a": "ü"}, "flag": True}

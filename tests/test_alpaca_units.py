@@ -27,7 +27,7 @@ from engine.alpaca import (
 )
 from engine.alpaca.convert import quote_from_sdk
 from engine.alpaca.rest import RestGateway
-from engine.alpaca.tracking import OrderTracker
+from engine.alpaca.tracking import OrderTracker, Waiters
 from engine.broker import BrokerOrder
 from engine.errors import DuplicateClientOrderId, NotReplaceable, OrderNotFound, OutcomeUnknown
 
@@ -218,6 +218,26 @@ def test_final_orders_are_forgotten_oldest_first_open_ones_never() -> None:
     assert tracker.latest("final-0") == finals[0]
     assert tracker.latest("final-1") is None
     assert tracker.latest("final-2") == finals[2]
+
+
+def test_a_finished_wait_leaves_nothing_behind() -> None:
+    """Waiters are keyed by order id: once nobody waits on an order its key is gone (a
+    long-lived engine would keep one per order ever waited on), while a waiter still
+    registered on the same key is still woken."""
+    waiters = Waiters()
+
+    async def wait_twice() -> None:
+        with waiters.watch("order-1") as first:
+            with waiters.watch("order-1"):
+                pass
+            waiters.wake("order-1")
+            started = time.monotonic()
+            await first.wait(5)
+            assert first.future.done()
+            assert time.monotonic() - started < 5
+
+    asyncio.run(wait_twice())
+    assert waiters._by_key == {}
 
 
 def test_sdk_floats_become_exact_decimals() -> None:

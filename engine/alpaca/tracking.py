@@ -61,7 +61,10 @@ class Waiters:
             yield Watch(future)
         finally:
             with self._lock:
-                self._by_key[key].discard(future)
+                waiting = self._by_key[key]
+                waiting.discard(future)
+                if not waiting:
+                    del self._by_key[key]  # one key per order ever waited on would pile up
 
     async def until(self, key: str, ready: Callable[[], bool], timeout: float) -> bool:
         """Wait until `ready()` holds (re-checked after every wake-up) or `timeout` passes."""

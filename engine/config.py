@@ -58,6 +58,16 @@ class EngineConfig(BaseModel):
     max_wait_for_open_seconds: float = Field(
         24 * 3600.0, gt=0, description="The longest wait for an open before market_closed."
     )
+    in_flight: Literal["refuse", "resume_first", "abandon"] = Field(
+        "refuse",
+        description="A new plan while other plans' orders are in flight in the journal: "
+        "refuse it, walk those orders to the end first, or abandon them.",
+    )
+    unknown_orders: Literal["refuse", "ignore"] = Field(
+        "refuse",
+        description="Open broker orders with walkbook client ids this journal does not know: "
+        "refuse to run or resume, or go on.",
+    )
 
     @field_validator("ladder")
     @classmethod

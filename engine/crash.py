@@ -43,6 +43,7 @@ BROKER_METHODS = (
     "cancel_order",
     "get_order",
     "get_order_by_client_id",
+    "open_orders",
     "wait_for_update",
 )
 

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Sequence,
+)
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from functools import partial
 from pathlib import Path
@@ -21,21 +31,47 @@ from .broker import Broker, BrokerOrder
 from .clock import Clock, RealClock
 from .config import EngineConfig
 from .crash import CrashingBroker, CrashPoints
-from .errors import BrokerError, BrokerRejected, InvalidIntent, InvalidPlan, UnknownSymbol
+from .errors import (
+    BrokerError,
+    BrokerRejected,
+    EngineHalting,
+    InvalidIntent,
+    InvalidPlan,
+    PlanAtBroker,
+    PlansInFlight,
+    UnknownBrokerOrders,
+    UnknownSymbol,
+)
 from .fsm import TERMINAL_STATES, FailReason, OrderState
 from .hooks import Hooks, NoticeT, PlanCompleted
-from .intents import CloseType, OrderIntent, OrderSide, RebalancePlan
+from .intents import CloseType, OrderIntent, OrderSide, RebalancePlan, Urgency
 from .numbers import ZERO, decimal_text, floor_to
-from .order import EventKind, OrderRecord, fold_history, make_order_id
+from .order import (
+    EventKind,
+    OrderRecord,
+    client_order_id,
+    engine_order_of,
+    fold_history,
+    fold_orders,
+    make_order_id,
+)
 from .quotes import QuoteCounters, QuoteService
 from .results import OrderResult, PlanResult
 from .retry import read_with_retry
+from .stopping import StopRequests, clear_halt_request, read_halt_request
 from .walk import OrderWalk, WalkContext
 
 __all__ = ["CheckedPlan", "Engine", "ResumeReport", "ResumedOrder", "plan_digest"]
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_RECONCILE_CONCURRENCY = 64
+# how often an engine with orders walking looks for a `walkbook halt` request, and how
+# often a halt looks whether the work it asked to stop has stopped (engine clock seconds)
+HALT_POLL_SECONDS = 0.25
+# failures that sent the broker nothing and may pass: a redelivered plan tries them again
+RETRYABLE_UNSENT = frozenset(
+    {FailReason.MARKET_CLOSED, FailReason.BROKER_UNAVAILABLE, FailReason.NO_QUOTE}
+)
 BPS = Decimal(10_000)
 CENT = Decimal("0.01")
 T = TypeVar("T")
@@ -107,6 +143,17 @@ class Engine:
             stream_wait_seconds=self.config.stream_quote_wait_seconds,
         )
         self.hooks = Hooks()
+        self.stops = StopRequests()
+        # orders an execute, resume or stop of this engine is walking (no one else may)
+        self._owned: set[str] = set()
+        # execute/resume calls under way; a halt waits for them, the halt watcher runs with them
+        self._busy = 0
+        self._watcher: asyncio.Task[None] | None = None
+        self._requested_stops: list[asyncio.Future[tuple[OrderResult, ...]]] = []
+        self._halting = False
+        # the open orders the unknown-orders check listed, for the first reconcile to use
+        # instead of listing again (dropped once a walk moves orders on)
+        self._open_listing: dict[str, BrokerOrder] | None = None
         self.context = WalkContext(
             self.journal,
             self.broker,
@@ -115,6 +162,7 @@ class Engine:
             self.config,
             self.crash_points,
             listeners=[self.hooks.after_commit],
+            stops=self.stops,
         )
 
     def __enter__(self) -> Engine:
@@ -154,24 +202,28 @@ class Engine:
         with other contents it is refused.
         """
         log = self.log.bind(plan_id=plan.plan_id)
-        digest = plan_digest(plan)
-        known = self._journaled_plan_digest(plan.plan_id)
-        if known is None:
-            checked = await self.preflight(plan)
-            records = self._create_orders(checked, digest)
-            log.info("plan.started", orders=len(records))
-            records = await self._refuse_invalid(records, checked.problems)
-        elif known != digest:
-            raise InvalidPlan(
-                f"plan {plan.plan_id} was already delivered with different contents; "
-                "use a new plan_id",
-                plan_id=plan.plan_id,
-            )
-        else:
-            folded = fold_history(self.journal.order_history(plan_id=plan.plan_id))
-            records = [folded[order_id] for order_id in self._plan_order_ids(plan)]
-            log.info("plan.redelivered", in_flight=sum(not r.is_terminal for r in records))
-        done = {r.order_id: r for r in await self._walk_sells_then_buys(records)}
+        async with self._work():
+            digest = plan_digest(plan)
+            known = self._journaled_plan_digest(plan.plan_id)
+            if known is not None and known != digest:
+                raise InvalidPlan(
+                    f"plan {plan.plan_id} was already delivered with different contents; "
+                    "use a new plan_id",
+                    plan_id=plan.plan_id,
+                )
+            await self._refuse_unknown_broker_orders()
+            await self._settle_other_plans(plan.plan_id)
+            if known is None:
+                checked = await self.preflight(plan)
+                first_attempts = self._first_attempts(checked)
+                await self._refuse_plan_at_broker(plan.plan_id, first_attempts)
+                records = self._create_orders(plan.plan_id, first_attempts, digest)
+                log.info("plan.started", orders=len(records))
+                records = await self._refuse_invalid(records, checked.problems)
+            else:
+                records = self._redelivered(plan, digest)
+                log.info("plan.redelivered", in_flight=sum(not r.is_terminal for r in records))
+            done = {r.order_id: r for r in await self._walk_owned(records)}
         result = self._plan_result(plan.plan_id, [done.get(r.order_id, r) for r in records])
         if all(r.state in TERMINAL_STATES for r in result.orders):
             self.hooks.deliver(PlanCompleted(result))
@@ -185,18 +237,27 @@ class Engine:
     def execute_sync(self, intent: OrderIntent, *, plan_id: str | None = None) -> OrderResult:
         return self.clock.run(self.execute(intent, plan_id=plan_id))
 
-    async def resume(self) -> ResumeReport:
+    async def resume(self, *, max_age_seconds: float | None = None) -> ResumeReport:
         """Drive every non-terminal order in the journal to VALIDATED or FAILED.
 
         Each order is rebuilt from its events and reconciled with the broker first
         (unanswered intents looked up by client_order_id, live orders re-read, fills
         counted once); then it continues from its state with the time its step had left.
+        An order created more than `max_age_seconds` ago is abandoned instead: its live
+        broker orders cancelled, FAILED `abandoned`, nothing new placed for it.
         """
-        # the events come in seq order, so the records in the order the orders were created
-        folded = fold_history(self.journal.order_history(unless_state=TERMINAL_STATES))
-        records = list(folded.values())
-        seq_before = self.journal.last_seq
-        done = {r.order_id: r for r in await self._walk_sells_then_buys(records)}
+        async with self._work():
+            # the events come in seq order, so the records in the order the orders were created
+            await self._refuse_unknown_broker_orders()
+            folded = fold_history(self.journal.order_history(unless_state=TERMINAL_STATES))
+            records = list(folded.values())
+            if max_age_seconds is not None:
+                cutoff = self.clock.now() - timedelta(seconds=max_age_seconds)
+                for record in records:
+                    if datetime.fromisoformat(record.created_at) < cutoff:
+                        self.stops.stop_order(record.order_id, FailReason.ABANDONED)
+            seq_before = self.journal.last_seq
+            done = {r.order_id: r for r in await self._walk_owned(records)}
         self._announce_completed_plans({r.plan_id for r in records if r.plan_id is not None})
         actions: dict[str, Counter[str]] = {r.order_id: Counter() for r in records}
         for event in self.journal.events(after_seq=seq_before):
@@ -217,8 +278,39 @@ class Engine:
             )
         )
 
-    def resume_sync(self) -> ResumeReport:
-        return self.clock.run(self.resume())
+    def resume_sync(self, *, max_age_seconds: float | None = None) -> ResumeReport:
+        return self.clock.run(self.resume(max_age_seconds=max_age_seconds))
+
+    # -- stopping -------------------------------------------------------------------
+
+    async def halt(self) -> tuple[OrderResult, ...]:
+        """Stop everything: no new placement, every live broker order cancelled (journaled
+        first), the fills that came first counted, each order FAILED `cancelled`.
+
+        Orders this engine is walking stop where they are; in-flight orders an earlier
+        process left in the journal are stopped too. New work is refused until the halt
+        has finished. Returns the result of every order that was in flight.
+        """
+        return await self._stop_where(FailReason.CANCELLED)
+
+    async def cancel(self, order_id: str) -> OrderResult:
+        """Halt one engine order (see `halt`); an order already terminal is left as it is."""
+        stopped = await self._stop_where(FailReason.CANCELLED, order_id=order_id)
+        if stopped:
+            return stopped[0]
+        row = self.journal.order(order_id)
+        if row is None:
+            raise InvalidIntent(f"no order {order_id} in this journal", order_id=order_id)
+        return OrderResult.from_record(self._records_of([order_id])[order_id])
+
+    async def cancel_plan(self, plan_id: str) -> tuple[OrderResult, ...]:
+        """Halt every in-flight order of one plan (see `halt`)."""
+        return await self._stop_where(FailReason.CANCELLED, plan_id=plan_id)
+
+    async def abandon(self, plan_id: str) -> tuple[OrderResult, ...]:
+        """Give up a plan's in-flight orders without trading them further: their live broker
+        orders cancelled, each FAILED `abandoned` (a stale plan a new one replaces)."""
+        return await self._stop_where(FailReason.ABANDONED, plan_id=plan_id)
 
     async def preflight(self, plan: RebalancePlan) -> CheckedPlan:
         """Check every intent against the broker before anything is journaled or sent.
@@ -287,33 +379,267 @@ class Engine:
         first = self.journal.first_event_of_plan(plan_id)
         return None if first is None else str(first.data.get("plan_digest"))
 
-    def _plan_order_ids(self, plan: RebalancePlan) -> list[str]:
-        return [make_order_id(plan.plan_id, i, intent) for i, intent in enumerate(plan.orders)]
+    @asynccontextmanager
+    async def _work(self) -> AsyncIterator[None]:
+        """One execute or resume under way: refused while a halt runs; while any is under
+        way, `walkbook halt` requests are watched for; a halt waits for all to end."""
+        if self._halting:
+            raise EngineHalting("the engine is halting; no new work until the halt has finished")
+        self._busy += 1
+        if self._watcher is None:
+            self._watcher = asyncio.ensure_future(self._watch_halt_requests())
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            self._open_listing = None
+            if self._busy == 0 and self._watcher is not None:
+                self._watcher.cancel()
+                self._watcher = None
+                # the stops requested from outside end with the work they stopped
+                requested, self._requested_stops = self._requested_stops, []
+                await asyncio.gather(*requested)
 
-    def _create_orders(self, checked: CheckedPlan, digest: str) -> list[OrderRecord]:
+    async def _watch_halt_requests(self) -> None:
+        """Take a `walkbook halt`/`abandon` request addressed to this process: the walks it
+        names stop where they are (the requester waits for their orders to end)."""
+        path = self.journal.path
+        while True:
+            request = read_halt_request(path)
+            if request is not None:
+                clear_halt_request(path)
+                if request.target_pid == os.getpid():
+                    self.log.warning(
+                        "halt.requested", plan_id=request.plan_id, reason=request.reason.value
+                    )
+                    stop = self._stop_where(request.reason, plan_id=request.plan_id)
+                    self._requested_stops.append(asyncio.ensure_future(stop))
+            await self.clock.sleep(HALT_POLL_SECONDS)
+
+    async def _stop_where(
+        self, reason: FailReason, *, plan_id: str | None = None, order_id: str | None = None
+    ) -> tuple[OrderResult, ...]:
+        """Stop the in-flight orders chosen (one order, one plan, or all) and wait for them."""
+        everything = plan_id is None and order_id is None
+        rows = self.journal.orders(plan_id=plan_id, unless_state=TERMINAL_STATES)
+        ids = [r["order_id"] for r in rows if order_id is None or r["order_id"] == order_id]
+        if order_id is not None:
+            self.stops.stop_order(order_id, reason)
+        elif plan_id is not None:
+            self.stops.stop_plan(plan_id, reason)
+        else:
+            self._halting = True
+            self.stops.stop_all(reason)
+        try:
+            unowned = set(ids) - self._owned
+            if unowned:
+                folded = fold_history(
+                    self.journal.order_history(plan_id=plan_id, unless_state=TERMINAL_STATES)
+                )
+                await self._walk_owned([r for i, r in folded.items() if i in unowned])
+            while self._busy if everything else self._owned.intersection(ids):
+                await self.clock.sleep(HALT_POLL_SECONDS)
+        finally:
+            if order_id is not None:
+                self.stops.orders.pop(order_id, None)
+            elif plan_id is not None:
+                self.stops.plans.pop(plan_id, None)
+            else:
+                self.stops.everything = None
+                self._halting = False
+        records = self._records_of(ids)
+        return tuple(OrderResult.from_record(records[i]) for i in ids)
+
+    async def _walk_owned(self, records: Sequence[OrderRecord]) -> list[OrderRecord]:
+        """Walk `records` as this engine's own until they end; orders another call of this
+        engine is walking are waited for instead. A cancelled caller stops these orders
+        (their live broker orders cancelled) before the cancellation goes on."""
+        taken = {r.order_id for r in records} & self._owned
+        mine = [r for r in records if r.order_id not in taken]
+        ids = {r.order_id for r in mine}
+        self._owned |= ids
+        try:
+            work = asyncio.ensure_future(self._walk_sells_then_buys(mine))
+            try:
+                walked = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                for order_id in ids:
+                    self.stops.stop_order(order_id, FailReason.CANCELLED)
+                await asyncio.shield(work)
+                raise
+        finally:
+            self._owned -= ids
+            for order_id in ids:
+                self.stops.orders.pop(order_id, None)
+        while self._owned & taken:
+            await self.clock.sleep(HALT_POLL_SECONDS)
+        if not taken:
+            return walked
+        done = {r.order_id: r for r in walked}
+        others = self._records_of(taken)
+        return [done.get(r.order_id) or others[r.order_id] for r in records]
+
+    def _records_of(self, order_ids: Collection[str]) -> dict[str, OrderRecord]:
+        """Each order's record as its journaled events make it now."""
+        events = self.journal.events
+        return {i: fold_orders(events(order_id=i))[i] for i in order_ids}
+
+    async def _refuse_unknown_broker_orders(self) -> None:
+        """Open orders at the broker with walkbook client ids this journal does not know mean
+        another journal (or a lost or older copy of this one) trades the account: acting
+        beside them could trade twice, so run and resume refuse (`unknown_orders`)."""
+        if self.config.unknown_orders == "ignore":
+            return
+        try:
+            orders = await self._read(self.broker.open_orders)
+        except BrokerError as exc:
+            self.log.warning("unknown_orders.unchecked", error=exc.message)
+            return
+        self._open_listing = {order.id: order for order in orders}
+        unknown = [
+            o
+            for o in orders
+            if (order_id := engine_order_of(o.client_order_id)) is not None
+            and self.journal.order(order_id) is None
+        ]
+        if unknown:
+            shown = _first_few(
+                f"{o.client_order_id} ({o.symbol} {o.side.value} {o.qty})" for o in unknown
+            )
+            raise UnknownBrokerOrders(
+                f"{len(unknown)} open order(s) at the broker carry walkbook client ids this "
+                f"journal does not know: {shown}; another journal trades this account, "
+                "or this one is an older copy "
+                '(ignore with --ignore-unknown-orders / unknown_orders="ignore")',
+                client_order_ids=[o.client_order_id for o in unknown],
+            )
+
+    async def _refuse_plan_at_broker(
+        self, plan_id: str, orders: Sequence[tuple[str, OrderIntent, dict[str, Any]]]
+    ) -> None:
+        """A plan new to this journal whose orders the broker already has (delivered through
+        another journal on the account, or to an older copy of this one) is refused before
+        anything is journaled or sent: each order's first client order id is looked up (one
+        read per order, up to `reconcile_concurrency` at a time)."""
+        found: list[BrokerOrder] = []
+
+        async def look_up(order: tuple[str, OrderIntent, dict[str, Any]]) -> None:
+            order_id, intent, _ = order
+            first_step = "M" if intent.urgency is Urgency.HIGH or not self.config.ladder else "L1"
+            cid = client_order_id(order_id, first_step, 1)
+            at_broker = await self._read(partial(self.broker.get_order_by_client_id, cid))
+            if at_broker is not None:
+                found.append(at_broker)
+
+        await _bounded(self.reconcile_concurrency, orders, look_up)
+        if found:
+            shown = _first_few(
+                f"{o.client_order_id} ({o.symbol} {o.side.value} {o.qty}, {o.status.value})"
+                for o in found
+            )
+            raise PlanAtBroker(
+                f"plan {plan_id} refused: the broker already has {len(found)} of its orders, "
+                f"placed through another journal (or an older copy of this one): {shown}",
+                plan_id=plan_id,
+                client_order_ids=[o.client_order_id for o in found],
+            )
+
+    async def _settle_other_plans(self, plan_id: str) -> None:
+        """Before a plan runs, what other plans left in flight in this journal (a process
+        killed mid-plan) is refused, walked to the end, or abandoned (`in_flight`)."""
+        rows = [
+            r
+            for r in self.journal.orders(unless_state=TERMINAL_STATES)
+            if r["plan_id"] != plan_id and r["order_id"] not in self._owned
+        ]
+        if not rows:
+            return
+        policy = self.config.in_flight
+        if policy == "refuse":
+            plans = sorted({str(r["plan_id"]) for r in rows})
+            shown = _first_few(f"{r['order_id']} ({r['symbol']} {r['state']})" for r in rows)
+            raise PlansInFlight(
+                f"plan {plan_id} refused: {len(rows)} order(s) of plan(s) {', '.join(plans)} "
+                f"are still in flight in this journal: {shown}; resume them (walkbook "
+                "resume), abandon them (walkbook abandon --plan P), "
+                "or deliver with in_flight resume_first or abandon",
+                plans=plans,
+                orders=[r["order_id"] for r in rows],
+            )
+        folded = fold_history(self.journal.order_history(unless_state=TERMINAL_STATES))
+        stale = [folded[r["order_id"]] for r in rows]
+        self.log.warning("plan.settling_in_flight", policy=policy, orders=len(stale))
+        if policy == "abandon":
+            for record in stale:
+                self.stops.stop_order(record.order_id, FailReason.ABANDONED)
+        await self._walk_owned(stale)
+
+    def _first_attempts(
+        self, checked: CheckedPlan
+    ) -> list[tuple[str, OrderIntent, dict[str, Any]]]:
         plan = checked.plan
-        order_ids = self._plan_order_ids(plan)
+        return [
+            (
+                make_order_id(plan.plan_id, index, intent),
+                intent,
+                # what the plan asked for, before preflight rounded it down to whole shares
+                {"requested_qty": decimal_text(checked.requested[index])}
+                if index in checked.requested
+                else {},
+            )
+            for index, intent in enumerate(plan.orders)
+        ]
+
+    def _redelivered(self, plan: RebalancePlan, digest: str) -> list[OrderRecord]:
+        """A plan delivered again: each line's latest attempt, and a new attempt for a line
+        whose latest failed, for a reason that may pass, before anything was sent."""
+        folded = fold_history(self.journal.order_history(plan_id=plan.plan_id))
+        records, retries = [], []
+        for index, intent in enumerate(plan.orders):
+            attempt = 1
+            while make_order_id(plan.plan_id, index, intent, attempt + 1) in folded:
+                attempt += 1
+            record = folded[make_order_id(plan.plan_id, index, intent, attempt)]
+            records.append(record)
+            if (
+                record.state == OrderState.FAILED
+                and record.reason in RETRYABLE_UNSENT
+                and not record.sent_anything
+            ):
+                new_id = make_order_id(plan.plan_id, index, intent, attempt + 1)
+                extra = {"retry_of": record.order_id, "attempt": attempt + 1}
+                retries.append((index, (new_id, record.intent, extra)))
+        if retries:
+            created = self._create_orders(plan.plan_id, [item for _, item in retries], digest)
+            for (index, _), record in zip(retries, created, strict=True):
+                records[index] = record
+            self.log.info("plan.retrying_unsent", orders=len(created))
+        return records
+
+    def _create_orders(
+        self,
+        plan_id: str,
+        orders: Sequence[tuple[str, OrderIntent, dict[str, Any]]],
+        digest: str,
+    ) -> list[OrderRecord]:
+        """Journal a `created` event for each (order_id, intent, extra data), in one commit."""
         config = self.config.model_dump(mode="json")
         at = self.clock.now()
         items: list[tuple[NewEvent, dict[str, Any] | None]] = []
         records = []
         # append_many stores the events at the seqs after last_seq, in order, or none.
-        seqs = range(self.journal.last_seq + 1, self.journal.last_seq + 1 + len(order_ids))
-        for index, (order_id, intent, seq) in enumerate(
-            zip(order_ids, plan.orders, seqs, strict=True)
-        ):
+        seqs = range(self.journal.last_seq + 1, self.journal.last_seq + 1 + len(orders))
+        for (order_id, intent, extra), seq in zip(orders, seqs, strict=True):
             data: dict[str, Any] = {
                 "intent": intent.model_dump(mode="json"),
                 "config": config,
                 "plan_digest": digest,
+                **extra,
             }
-            if index in checked.requested:
-                # what the plan asked for, before preflight rounded it down to whole shares
-                data["requested_qty"] = decimal_text(checked.requested[index])
             event = NewEvent(
                 kind=EventKind.CREATED,
                 order_id=order_id,
-                plan_id=plan.plan_id,
+                plan_id=plan_id,
                 to_state=OrderState.PENDING,
                 data=data,
             )
@@ -351,7 +677,13 @@ class Engine:
         Returns the buys as they are now.
         """
         sized = list(buys)
-        pending = [i for i, r in enumerate(sized) if r.state == OrderState.PENDING]
+        pending = [
+            i
+            for i, r in enumerate(sized)
+            if r.state == OrderState.PENDING
+            and r.stop_reason is None
+            and self.stops.reason_for(r.order_id, r.plan_id) is None
+        ]
         if not pending:
             return sized
         account = await self._read(self.broker.get_account)
@@ -407,6 +739,8 @@ class Engine:
 
         await _bounded(self.reconcile_concurrency, loose, reconcile_one)
         ready = [i for i, r in enumerate(done) if i not in stopped and not r.is_terminal]
+        if ready:
+            self._open_listing = None  # walks move orders on: a later reconcile lists anew
         await _bounded(self.concurrency, ready, walk_one)
         return done
 
@@ -421,6 +755,8 @@ class Engine:
         )
         if to_reread < 2:
             return {}
+        if self._open_listing is not None:
+            return self._open_listing
         try:
             orders = await self._read(self.broker.open_orders)
         except BrokerError as exc:
@@ -477,6 +813,12 @@ async def _bounded(limit: int, items: Sequence[T], work: Callable[[T], Awaitable
                 raise
 
     await asyncio.gather(*(worker() for _ in range(min(limit, len(items)))))
+
+
+def _first_few(items: Iterable[str], shown: int = 5) -> str:
+    """The first `shown` items of a list for a one-line message, "..." for the rest."""
+    listed = list(items)
+    return ", ".join(listed[:shown]) + (" ..." if len(listed) > shown else "")
 
 
 def plan_digest(plan: RebalancePlan) -> str:

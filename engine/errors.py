@@ -15,6 +15,7 @@ __all__ = [
     "BrokerRejected",
     "BrokerUnavailable",
     "DuplicateClientOrderId",
+    "EngineHalting",
     "IllegalTransition",
     "InputError",
     "InvalidIntent",
@@ -22,6 +23,9 @@ __all__ = [
     "NotReplaceable",
     "OrderNotFound",
     "OutcomeUnknown",
+    "PlanAtBroker",
+    "PlansInFlight",
+    "UnknownBrokerOrders",
     "UnknownSymbol",
     "WalkbookError",
     "first_validation_error",
@@ -51,6 +55,24 @@ class UnknownSymbol(InvalidIntent):
 
 class InvalidPlan(InputError):
     """A plan file or plan object that is malformed or inconsistent."""
+
+
+class PlansInFlight(InputError):
+    """A new plan while orders of other plans are in flight in the journal (`in_flight="refuse"`);
+    `orders` names them, `plans` their plans."""
+
+
+class PlanAtBroker(InputError):
+    """The broker already has orders of this plan that the journal does not know (the plan
+    was delivered through another journal, or this one was restored from an older copy)."""
+
+
+class UnknownBrokerOrders(InputError):
+    """Open orders at the broker carry walkbook client order ids this journal does not know."""
+
+
+class EngineHalting(InputError):
+    """The engine is halting; it takes no new work until the halt has finished."""
 
 
 class IllegalTransition(WalkbookError):

@@ -71,6 +71,9 @@ class FailReason(StrEnum):
     VALIDATION_MISMATCH = "validation_mismatch"
     PARTIAL_FILL = "partial_fill"
     CANCELLED = "cancelled"
+    CANCELLED_EXTERNALLY = "cancelled_externally"
+    ABANDONED = "abandoned"
+    PLACED_ELSEWHERE = "placed_elsewhere"
     BROKER_UNAVAILABLE = "broker_unavailable"
     INVALID_INTENT = "invalid_intent"
 

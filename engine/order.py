@@ -29,6 +29,7 @@ __all__ = [
     "EventKind",
     "OrderRecord",
     "client_order_id",
+    "engine_order_of",
     "fold_history",
     "fold_orders",
     "make_order_id",
@@ -56,6 +57,8 @@ class EventKind:
     FILL = "fill"
     ORDER_FINAL = "order_final"
     RESIZED = "resized"
+    INTENT_WITHDRAWN = "intent_withdrawn"
+    STOP_REQUESTED = "stop_requested"
     ERROR = "error"
 
 
@@ -64,12 +67,13 @@ EVENT_KINDS: tuple[str, ...] = tuple(
 )
 
 
-def make_order_id(plan_id: str, index: int, intent: OrderIntent) -> str:
-    """Deterministic: the same plan line always maps to the same engine order."""
-    digest = hashlib.blake2b(
-        f"{plan_id}|{index}|{intent.symbol}|{intent.side.value}".encode(), digest_size=8
-    ).hexdigest()
-    return f"o{digest}"
+def make_order_id(plan_id: str, index: int, intent: OrderIntent, attempt: int = 1) -> str:
+    """Deterministic: the same plan line always maps to the same engine order; a line tried
+    again (a failure that sent nothing, redelivered) maps to one new order per attempt."""
+    key = f"{plan_id}|{index}|{intent.symbol}|{intent.side.value}"
+    if attempt > 1:
+        key += f"|{attempt}"
+    return f"o{hashlib.blake2b(key.encode(), digest_size=8).hexdigest()}"
 
 
 def client_order_id(order_id: str, step: str, attempt: int) -> str:
@@ -77,6 +81,14 @@ def client_order_id(order_id: str, step: str, attempt: int) -> str:
     value = f"wb-{order_id}-{step}-{attempt}"
     assert len(value) <= CLIENT_ORDER_ID_MAX, value
     return value
+
+
+def engine_order_of(client_id: str) -> str | None:
+    """The engine order a walkbook client order id belongs to; None for anyone else's."""
+    parts = client_id.split("-")
+    if len(parts) != 4 or parts[0] != "wb" or not parts[1].startswith("o"):
+        return None
+    return parts[1]
 
 
 @lru_cache(maxsize=DISTINCT_CONFIGS_KEPT)
@@ -132,6 +144,9 @@ class OrderRecord:
     client_order_ids: tuple[str, ...] = ()
     pending_intent: dict[str, Any] | None = None
     pending_cancel: str | None = None
+    cancels_sent: frozenset[str] = frozenset()
+    ended_at_broker: dict[str, Any] | None = None
+    stop_reason: str | None = None
     state_entered_at: str | None = None
     step_limit_price: Decimal | None = None
     step_quote: dict[str, Any] | None = None
@@ -158,6 +173,11 @@ class OrderRecord:
     def unfinished_broker_orders(self) -> list[str]:
         """Broker orders acknowledged but not yet seen in a final status."""
         return [b for b in self.broker_order_ids if b not in self.final_broker_orders]
+
+    @property
+    def sent_anything(self) -> bool:
+        """Whether any order was ever meant for the broker (an intent journaled)."""
+        return bool(self.client_order_ids)
 
     @property
     def awaits_broker_answer(self) -> bool:
@@ -298,14 +318,19 @@ class OrderRecord:
             if broker_id == fields["live_broker_order_id"]:
                 fields["live_broker_order_id"] = None
                 fields["live_client_order_id"] = None
-        elif kind == EventKind.REJECTED:
+            if data.get("external"):
+                fields["ended_at_broker"] = {"broker_order_id": broker_id, "status": data["status"]}
+        elif kind in _ANSWERED_UNSENT_KINDS:
             fields["pending_intent"] = None
         elif kind == EventKind.CANCEL_INTENT:
             fields["pending_cancel"] = data["broker_order_id"]
+            fields["cancels_sent"] = fields["cancels_sent"] | {data["broker_order_id"]}
         elif kind == EventKind.CANCEL_ACK:
             fields["pending_cancel"] = None
         elif kind == EventKind.RESIZED:
             fields["target_qty"] = Decimal(data["qty"])
+        elif kind == EventKind.STOP_REQUESTED:
+            fields["stop_reason"] = data["reason"]
 
     def projection(self) -> dict[str, Any]:
         """The row of the journal's `orders` table for this record."""
@@ -347,6 +372,8 @@ _FAILED, _QUOTED, _MARKET = (
 )
 _INTENT_KINDS = frozenset({EventKind.SUBMIT_INTENT, EventKind.REPLACE_INTENT})
 _ACK_KINDS = frozenset({EventKind.SUBMIT_ACK, EventKind.REPLACE_ACK})
+# an intent the broker refused, or one a stop withdrew because the broker never had it
+_ANSWERED_UNSENT_KINDS = frozenset({EventKind.REJECTED, EventKind.INTENT_WITHDRAWN})
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -21,7 +22,7 @@ import structlog
 
 from journal import Event, Journal, NewEvent, stamp
 
-from .broker import Asset, Broker, BrokerOrder, OrderRequest
+from .broker import Asset, Broker, BrokerOrder, BrokerOrderStatus, OrderRequest
 from .clock import Clock
 from .config import EngineConfig, journaled_config
 from .crash import CrashPoints
@@ -39,13 +40,23 @@ from .order import EventKind, OrderRecord, client_order_id
 from .pricing import limit_price
 from .quotes import QuoteCounters, QuoteService, UsableQuote
 from .retry import read_with_retry
+from .stopping import StopRequested, StopRequests
 
-__all__ = ["OrderJournal", "OrderWalk", "WalkContext"]
+__all__ = ["EndedAtBroker", "OrderJournal", "OrderWalk", "WalkContext"]
 
 T = TypeVar("T")
 PRICE_STEP = Decimal("0.000001")
 QTY_WHOLE, QTY_FRACTION = Decimal(1), Decimal("0.0001")
 Listener = Callable[[OrderRecord, Event], None]
+# what a broker order can end in without filling; walkbook asked for it, or someone else did
+_ENDED_UNFILLED = frozenset(
+    {BrokerOrderStatus.CANCELED, BrokerOrderStatus.EXPIRED, BrokerOrderStatus.REJECTED}
+)
+
+
+class EndedAtBroker(Exception):
+    """A limit order ended at the broker (cancelled, expired, rejected) without walkbook
+    asking: a person or the broker decided, and walkbook places nothing more for it."""
 
 
 @dataclass
@@ -63,6 +74,7 @@ class WalkContext:
     plan_quotes: defaultdict[str | None, QuoteCounters] = field(
         default_factory=lambda: defaultdict(QuoteCounters)
     )
+    stops: StopRequests = field(default_factory=StopRequests)
 
 
 class OrderJournal:
@@ -182,7 +194,8 @@ class OrderWalk:
     ) -> BrokerOrder:
         """Write-ahead: journal the intent, then perform the call and journal its outcome."""
         self.book.write(intent_kind, data)
-        return await self._perform(intent_kind, ack_kind, data["client_order_id"], call)
+        cid = data["client_order_id"]
+        return await self._perform(intent_kind, ack_kind, cid, call, fresh=True)
 
     async def _perform(
         self,
@@ -190,13 +203,26 @@ class OrderWalk:
         ack_kind: str,
         cid: str,
         call: Callable[[], Awaitable[BrokerOrder]],
+        *,
+        fresh: bool = False,
     ) -> BrokerOrder:
-        """Call the broker for a journaled intent; journal the ack, the unknown, or the refusal."""
+        """Call the broker for a journaled intent; journal the ack, the unknown, or the refusal.
+
+        `fresh`: the first sending of an intent just journaled. The broker already holding
+        its client order id then means another journal placed it (the same plan delivered
+        twice on one account): never adopted, so nothing is counted or traded twice.
+        """
         adopted = False
         try:
             try:
                 order = await call()
             except DuplicateClientOrderId:
+                if fresh:
+                    raise BrokerRejected(
+                        f"client order id {cid} is already at the broker, placed through "
+                        "another journal",
+                        reason=FailReason.PLACED_ELSEWHERE.value,
+                    ) from None
                 found = await self._read(lambda: self.ctx.broker.get_order_by_client_id(cid))
                 if found is None:
                     raise
@@ -241,6 +267,7 @@ class OrderWalk:
         )
 
     async def _submit(self, step: str, attempt: int, qty: Decimal, price: Decimal | None) -> None:
+        self._check_not_stopped()
         data = {
             "client_order_id": client_order_id(self.record.order_id, step, attempt),
             "order_type": "market" if price is None else "limit",
@@ -289,14 +316,31 @@ class OrderWalk:
                 )
                 self.log.error("order.overfill", filled=str(self.record.filled_qty))
         if order.is_terminal and order.id not in self.record.final_broker_orders:
+            external = self._ended_elsewhere(order)
             self.book.write(
                 EventKind.ORDER_FINAL,
                 {
                     "broker_order_id": order.id,
                     "status": order.status.value,
                     "filled_qty": decimal_text(order.filled_qty),
+                    **({"external": True} if external else {}),
                 },
             )
+            if external:
+                self.log.warning("order.ended_at_broker", status=order.status.value)
+                raise EndedAtBroker(order.id)
+
+    def _ended_elsewhere(self, order: BrokerOrder) -> bool:
+        """A limit order that ended unfilled-in-part although walkbook never asked it to.
+
+        Market orders are left out: a broker may end a market order's unfillable rest on
+        its own, and the walk's next market attempt (at most `market_attempts`) is the answer.
+        """
+        return (
+            order.order_type == "limit"
+            and order.status in _ENDED_UNFILLED
+            and order.id not in self.record.cancels_sent
+        )
 
     async def _confirm_terminal(self, order_id: str) -> BrokerOrder:
         """Wait until the broker reports the order terminal, counting fills as they land."""
@@ -320,6 +364,30 @@ class OrderWalk:
         self.book.write(EventKind.CANCEL_INTENT, {"broker_order_id": live})
         await self._send_cancel(live)
         await self._confirm_terminal(live)
+
+    async def _stop(self, reason: FailReason) -> None:
+        """Stop on purpose (halt, cancel, abandon): settle what the broker may have without
+        placing anything new, cancel every unfinished broker order (each cancel journaled
+        before it is sent), count the fills that landed first, then end FAILED `reason`.
+
+        The stop is journaled first, so a process killed halfway is resumed into the stop,
+        never back into the walk."""
+        self._journal_stop(reason)
+        # an order found ended at the broker is journaled and final: nothing to cancel
+        with suppress(EndedAtBroker):
+            await self._reconcile({})
+        for broker_order_id in self.record.unfinished_broker_orders:
+            self.book.write(EventKind.CANCEL_INTENT, {"broker_order_id": broker_order_id})
+            await self._send_cancel(broker_order_id)
+            await self._confirm_terminal(broker_order_id)
+        self.log.warning("order.stopped", reason=reason.value)
+        self._fire(
+            Trigger.FAIL, reason=reason.value, filled_qty=decimal_text(self.record.filled_qty)
+        )
+
+    def _journal_stop(self, reason: FailReason) -> None:
+        if self.record.stop_reason is None:
+            self.book.write(EventKind.STOP_REQUESTED, {"reason": reason.value})
 
     async def _pull_live_order(self) -> None:
         """Giving up for now: ask the broker to cancel the live order so nothing trades unwatched.
@@ -356,6 +424,7 @@ class OrderWalk:
         assert old_id is not None
         qty = self.record.remaining_qty
         cid = client_order_id(self.record.order_id, step, self._next_attempt(step))
+        self._check_not_stopped()
         data = {
             "client_order_id": cid,
             "broker_order_id": old_id,
@@ -363,9 +432,11 @@ class OrderWalk:
             "limit_price": decimal_text(price),
         }
         self.book.write(EventKind.REPLACE_INTENT, data)
-        await self._perform_replace(data, step, price)
+        await self._perform_replace(data, step, price, fresh=True)
 
-    async def _perform_replace(self, data: dict[str, Any], step: str, price: Decimal) -> None:
+    async def _perform_replace(
+        self, data: dict[str, Any], step: str, price: Decimal, *, fresh: bool = False
+    ) -> None:
         """Send a journaled replace; if the old order already finished, place anew instead."""
         broker, old_id, cid = self.ctx.broker, data["broker_order_id"], data["client_order_id"]
         qty = Decimal(data["qty"])
@@ -375,6 +446,7 @@ class OrderWalk:
                 EventKind.REPLACE_ACK,
                 cid,
                 lambda: broker.replace_order(old_id, qty, price, cid),
+                fresh=fresh,
             )
         except NotReplaceable as exc:
             self.book.write(
@@ -395,13 +467,34 @@ class OrderWalk:
             await self._submit(step, self._next_attempt(step), self.record.remaining_qty, price)
 
     async def _await_fills(self, deadline: float) -> None:
-        """Count fills on the live order until it is final, fully filled, or the deadline."""
+        """Count fills on the live order until it is final, fully filled, or the deadline;
+        a stop request ends the wait at once (StopRequested)."""
         broker = self.ctx.broker
         while (live := self.record.live_broker_order_id) is not None:
             left = deadline - self.ctx.clock.monotonic()
             if left <= 0:
                 return
-            self._absorb(await self._read(partial(broker.wait_for_update, live, left)))
+            read = partial(self._read, partial(broker.wait_for_update, live, left))
+            self._absorb(await self._unless_stopped(read))
+
+    async def _unless_stopped(self, call: Callable[[], Awaitable[T]]) -> T:
+        self._check_not_stopped()
+        record = self.record
+        return await self.ctx.stops.wait_or_stop(call, record.order_id, record.plan_id)
+
+    def _stop_reason(self) -> FailReason | None:
+        """Why this order must stop: a stop journaled for it (by this process or one before
+        it), else a request made to this engine; None while it may walk on."""
+        record = self.record
+        if record.stop_reason is not None:
+            return FailReason(record.stop_reason)
+        return self.ctx.stops.reason_for(record.order_id, record.plan_id)
+
+    def _check_not_stopped(self) -> None:
+        """Before anything new is placed: a stop request wins over the walk's next step."""
+        reason = self._stop_reason()
+        if reason is not None:
+            raise StopRequested(reason)
 
     async def _quote(self) -> UsableQuote | None:
         quote = await self._read(
@@ -484,6 +577,12 @@ class OrderWalk:
                 return True
             except BrokerRejected as exc:
                 await self._fail(_reason(exc.reason), message=exc.message)
+            except EndedAtBroker:
+                await self._fail(
+                    FailReason.CANCELLED_EXTERNALLY, **(self.record.ended_at_broker or {})
+                )
+            except StopRequested as stop:
+                await self._stop(stop.reason)
         except BrokerUnavailable as exc:
             self.book.write(
                 EventKind.ERROR, {"error": "broker_unavailable", "message": exc.message}
@@ -494,6 +593,9 @@ class OrderWalk:
 
     async def _drive(self) -> None:
         while not self.machine.is_terminal:
+            if self.record.ended_at_broker is not None:
+                raise EndedAtBroker(self.record.ended_at_broker["broker_order_id"])
+            self._check_not_stopped()
             state = self.record.state
             if state == OrderState.PENDING:
                 await self._start()
@@ -511,6 +613,9 @@ class OrderWalk:
         record, broker = self.record, self.ctx.broker
         if record.is_terminal:
             return
+        stopping = self._stop_reason()
+        if stopping is not None:
+            self._journal_stop(stopping)  # before anything unanswered is withdrawn
         if record.awaits_broker_answer:
             listed = {}  # the listing predates what answering them does at the broker
         if record.pending_intent is not None:
@@ -535,6 +640,10 @@ class OrderWalk:
         if found is not None:
             self._acknowledge(ack_kind, found, adopted=True)
             self._absorb(found)
+            return
+        if self._stop_reason() is not None:
+            # stopping: what the broker never had is not sent now, and never will be
+            self.book.write(EventKind.INTENT_WITHDRAWN, {"client_order_id": cid})
             return
         data = {k: v for k, v in intent.items() if k != "kind"}
         if kind == EventKind.SUBMIT_INTENT:
@@ -583,7 +692,7 @@ class OrderWalk:
         if wait > self.config.max_wait_for_open_seconds:
             return False
         self.log.info("order.waiting_for_open", next_open=clock.next_open.isoformat())
-        await self.ctx.clock.sleep(max(wait, 0.0))
+        await self._unless_stopped(partial(self.ctx.clock.sleep, max(wait, 0.0)))
         return (await self._read(self.ctx.broker.get_clock)).is_open
 
     async def _leave_quoted(self) -> None:
@@ -692,7 +801,7 @@ class OrderWalk:
         symbol = record.intent.symbol
         actual = await self._read(lambda: broker.get_position(symbol))
         while abs(actual - expected) > tolerance and self.ctx.clock.monotonic() < deadline:
-            await self.ctx.clock.sleep(1.0)
+            await self._unless_stopped(partial(self.ctx.clock.sleep, 1.0))
             actual = await self._read(lambda: broker.get_position(symbol))
         self.book.write(
             EventKind.POSITION_READ,

@@ -188,6 +188,21 @@ def _unreadable(path: Path, exc: sqlite3.DatabaseError) -> JournalCorrupt:
     return JournalCorrupt(f"{path} is not a walkbook journal: {exc}", path=str(path))
 
 
+def _order_filter(
+    plan_id: str | None, unless_state: Collection[str], table: str = ""
+) -> tuple[str, list[str]]:
+    """The WHERE clause (and its parameters) choosing `orders` rows of a plan, or not in
+    some states; `table` prefixes the columns ("o.")."""
+    where, params = [], []
+    if plan_id is not None:
+        where.append(f"{table}plan_id = ?")
+        params.append(plan_id)
+    if unless_state:
+        where.append(f"{table}state NOT IN ({', '.join('?' for _ in unless_state)})")
+        params += list(unless_state)
+    return (f" WHERE {' AND '.join(where)}" if where else ""), params
+
+
 def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
     names = [column[0] for column in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor]
@@ -462,14 +477,7 @@ class Journal:
         lookup each five times slower, and full `Event`s twice as slow). Orders
         interleave, each order's events in its own order: what a fold per order needs.
         """
-        where, params = [], []
-        if plan_id is not None:
-            where.append("o.plan_id = ?")
-            params.append(plan_id)
-        if unless_state:
-            where.append(f"o.state NOT IN ({', '.join('?' for _ in unless_state)})")
-            params += list(unless_state)
-        matching = f" WHERE {' AND '.join(where)}" if where else ""
+        matching, params = _order_filter(plan_id, unless_state, "o.")
         # Each matching order with its `created` seq: one read of the rows, whose ids then
         # keep the scan's rows by a set lookup (`order_id IN (SELECT ...)` in SQL probes a
         # temporary b-tree per row and costs a fifth more).
@@ -505,13 +513,14 @@ class Journal:
         ).fetchone()
         return None if row is None else Event.from_values(row)
 
-    def orders(self, *, plan_id: str | None = None) -> list[dict[str, Any]]:
-        """The `orders` projection, oldest first."""
-        if plan_id is None:
-            return _dicts(self.conn.execute("SELECT * FROM orders ORDER BY created_at, order_id"))
+    def orders(
+        self, *, plan_id: str | None = None, unless_state: Collection[str] = ()
+    ) -> list[dict[str, Any]]:
+        """The `orders` projection, oldest first; of one plan, or without some states."""
+        matching, params = _order_filter(plan_id, unless_state)
         return _dicts(
             self.conn.execute(
-                "SELECT * FROM orders WHERE plan_id = ? ORDER BY created_at, order_id", [plan_id]
+                f"SELECT * FROM orders{matching} ORDER BY created_at, order_id", params
             )
         )
 

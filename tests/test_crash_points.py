@@ -7,6 +7,7 @@ is `SimulatedCrash`, raised at the armed point and caught by nothing in the engi
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -39,6 +40,8 @@ class Scenario:
     market: dict[str, Any]
     orders: list[dict[str, Any]]
     config: EngineConfig = DEFAULT_CONFIG
+    # Engine.halt() this many virtual seconds into the walk
+    halt_after_seconds: float | None = None
 
     def plan(self) -> RebalancePlan:
         return parse_plan({"plan_id": "crash", "orders": self.orders})
@@ -81,6 +84,16 @@ SCENARIOS = {
         {"symbols": {"SPY": SPY}, "fill_intensity": 0.05, "partial_fill_probability": 0.8},
         [{"symbol": "SPY", "side": "buy", "quantity": "2.5"}],
     ),
+    "halted_mid_walk": Scenario(
+        {
+            "seed": 8,
+            "symbols": steady(spread_bps=20),
+            "fill_intensity": 0.1,
+            "partial_fill_probability": 1.0,
+        },
+        [{"symbol": "AAPL", "side": "buy", "quantity": "60"}],
+        halt_after_seconds=15,
+    ),
 }
 
 
@@ -101,8 +114,22 @@ def _run(scenario: Scenario, path: Path, points: CrashPoints) -> tuple[Survivor,
     clock = VirtualClock(START)
     broker = RecordingSimBroker(MarketSpec(**scenario.market), clock)
     engine = Engine(broker, path, config=scenario.config, clock=clock, crash_points=points)
+
+    async def execute() -> None:
+        if scenario.halt_after_seconds is None:
+            await engine.execute_plan(scenario.plan())
+            return
+
+        async def halt_later(seconds: float) -> None:
+            await clock.sleep(seconds)
+            await engine.halt()
+
+        await asyncio.gather(
+            engine.execute_plan(scenario.plan()), halt_later(scenario.halt_after_seconds)
+        )
+
     try:
-        engine.execute_plan_sync(scenario.plan())
+        clock.run(execute())
     except SimulatedCrash:
         return Survivor(engine, broker, clock), True
     return Survivor(engine, broker, clock), False
@@ -148,7 +175,14 @@ CRASH_SITES = _crash_sites()
 def test_every_named_point_is_reached_by_some_scenario() -> None:
     """The sweep is exhaustive: each append kind and broker call the walk uses gets a crash."""
     reached = {site.values[1] for site in CRASH_SITES}
-    walk_kinds = set(EVENT_KINDS) - {EventKind.ERROR, EventKind.OUTCOME_UNKNOWN, EventKind.REJECTED}
+    # a withdrawn intent needs a stop to meet an unanswered intent: a crash, then a halt
+    # (test_halt_after_a_crash_withdraws_what_the_broker_never_had)
+    walk_kinds = set(EVENT_KINDS) - {
+        EventKind.ERROR,
+        EventKind.OUTCOME_UNKNOWN,
+        EventKind.REJECTED,
+        EventKind.INTENT_WITHDRAWN,
+    }
     expected = {f"{w}_append.{kind}" for kind in walk_kinds for w in ("before", "after")}
     expected |= {
         f"{w}_broker.{method}"
@@ -162,6 +196,7 @@ def test_every_named_point_is_reached_by_some_scenario() -> None:
             "replace_order",
             "cancel_order",
             "get_order",
+            "open_orders",
             "wait_for_update",
         )
     }
@@ -224,3 +259,25 @@ def _assert_outcome(survivor: Survivor, scenario: Scenario) -> None:
     }
     assert {o.client_order_id for o in broker.orders.values()} <= journaled
     assert fold_orders(survivor.journal.events()).keys() == records.keys()
+
+
+def test_halt_after_a_crash_withdraws_what_the_broker_never_had(tmp_path: Path) -> None:
+    """Killed between journaling a submit and sending it, then halted instead of resumed:
+    the intent is withdrawn (journaled), never sent, and the order ends FAILED cancelled."""
+    scenario = SCENARIOS["fill_at_step_1"]
+    path = tmp_path / "journal.db"
+    survivor, crashed = _run(scenario, path, CrashPoints(armed="before_broker.submit_order", nth=1))
+    assert crashed
+    survivor.engine.close()
+    assert not survivor.broker.orders
+    with Engine(survivor.broker, path, clock=survivor.clock) as engine:
+        stopped = survivor.clock.run(engine.halt())
+        assert [(o.state, o.reason) for o in stopped] == [("FAILED", "cancelled")]
+        kinds = [e.kind for e in engine.journal.events()]
+        assert kinds[-3:] == [
+            EventKind.STOP_REQUESTED,
+            EventKind.INTENT_WITHDRAWN,
+            EventKind.TRANSITION,
+        ]
+        assert engine.resume_sync().nothing_in_flight
+    assert not survivor.broker.orders

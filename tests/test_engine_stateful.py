@@ -25,8 +25,10 @@ from walk_support import check_invariants
 
 from engine import (
     Engine,
+    EngineConfig,
     InvalidIntent,
     MarketSpec,
+    PlansInFlight,
     SimBroker,
     SymbolSpec,
     VirtualClock,
@@ -57,6 +59,7 @@ FAULTS = st.fixed_dictionaries(
         "stream_gap_probability": st.sampled_from([0.02, 0.6]),
     }
 )
+IN_FLIGHT = st.sampled_from(["refuse", "resume_first", "abandon"])
 CRASHES = st.one_of(st.none(), st.tuples(st.sampled_from(all_crash_points()), st.integers(1, 4)))
 CALM: dict[str, Any] = {
     "reject_probability": 0.0,
@@ -108,11 +111,18 @@ class EngineUnderFaults(RuleBasedStateMachine):
 
     # -- one engine process per rule -------------------------------------------------
 
-    def _engine_process(self, crash: tuple[str, int] | None, faults: dict[str, Any]) -> Engine:
+    def _engine_process(
+        self,
+        crash: tuple[str, int] | None,
+        faults: dict[str, Any],
+        config: EngineConfig | None = None,
+    ) -> Engine:
         world = self.world
         world.broker.spec = world.broker.spec.model_copy(update=faults)
         points = CrashPoints() if crash is None else CrashPoints(armed=crash[0], nth=crash[1])
-        return Engine(world.broker, world.journal_path, clock=world.clock, crash_points=points)
+        return Engine(
+            world.broker, world.journal_path, config, clock=world.clock, crash_points=points
+        )
 
     def _in_flight(self) -> bool:
         if not self.world.journal_path.exists():
@@ -120,21 +130,36 @@ class EngineUnderFaults(RuleBasedStateMachine):
         with self.world.journal as journal:
             return any(row["state"] not in ("VALIDATED", "FAILED") for row in journal.orders())
 
-    @rule(plan=orders(), crash=CRASHES, faults=FAULTS)
+    @rule(plan=orders(), crash=CRASHES, faults=FAULTS, in_flight=IN_FLIGHT)
     def deliver_plan(
-        self, plan: list[dict[str, Any]], crash: tuple[str, int] | None, faults: dict[str, Any]
+        self,
+        plan: list[dict[str, Any]],
+        crash: tuple[str, int] | None,
+        faults: dict[str, Any],
+        in_flight: str,
     ) -> None:
         self.plans += 1
         sent_before = len(self.world.broker.orders)
-        engine = self._engine_process(crash, faults)
+        was_in_flight = self._in_flight()
+        engine = self._engine_process(crash, faults, EngineConfig(in_flight=in_flight))
         seq_before = engine.journal.last_seq
         try:
             engine.execute_plan_sync(parse_plan({"plan_id": f"p{self.plans}", "orders": plan}))
-        except InvalidIntent:
-            event("plan refused before anything was sent")
-            # refused as written (a sell beyond the position): nothing journaled, nothing sent
+        except PlansInFlight:
+            event("plan refused: another plan in flight")
+            assert was_in_flight
+            assert in_flight == "refuse"
             assert engine.journal.last_seq == seq_before
             assert len(self.world.broker.orders) == sent_before
+        except InvalidIntent:
+            event("plan refused before anything was sent")
+            # refused as written (a sell beyond the position): nothing of it journaled or
+            # sent; with in_flight="resume_first" or "abandon" the plans it found in flight
+            # were settled first (their own journaling and orders)
+            assert engine.journal.first_event_of_plan(f"p{self.plans}") is None
+            if not was_in_flight:
+                assert engine.journal.last_seq == seq_before
+                assert len(self.world.broker.orders) == sent_before
         except SimulatedCrash:
             event("crashed while executing a plan")
         finally:
@@ -149,6 +174,18 @@ class EngineUnderFaults(RuleBasedStateMachine):
             assert report.nothing_in_flight == (not in_flight)
         except SimulatedCrash:
             event("crashed while resuming")
+        finally:
+            engine.close()
+
+    @rule(crash=CRASHES)
+    def halt(self, crash: tuple[str, int] | None) -> None:
+        engine = self._engine_process(crash, {})
+        try:
+            stopped = engine.clock.run(engine.halt())
+            event("halted")
+            assert all(order.state != "VALIDATED" for order in stopped)
+        except SimulatedCrash:
+            event("crashed while halting")
         finally:
             engine.close()
 
@@ -182,7 +219,15 @@ class EngineUnderFaults(RuleBasedStateMachine):
             live_per_order[engine_order] += not order.status.is_terminal
             broker_fills[engine_order] += order.filled_qty
         assert all(n <= 1 for n in live_per_order.values()), live_per_order
+        stopped: set[str] = set()
+        for e in events:  # a stopped order never places anything again
+            if e.kind == EventKind.STOP_REQUESTED:
+                stopped.add(str(e.order_id))
+            elif e.kind in (EventKind.SUBMIT_INTENT, EventKind.REPLACE_INTENT):
+                assert e.order_id not in stopped, e
         for order_id, record in records.items():
+            if record.is_terminal and order_id in stopped:
+                assert record.reason in ("cancelled", "abandoned", "cancelled_externally")
             assert record.filled_qty <= broker_fills[order_id]  # never a fill the broker lacks
             assert broker_fills[order_id] <= record.quantity  # never over-filled at the broker
             if record.is_terminal:

@@ -1,0 +1,164 @@
+"""Stopping orders on purpose: which orders must stop and why, and halt requests between processes.
+
+A stop is cooperative. A walk checks for a stop request before every new placement and
+while it waits on the broker, and then cancels what it has live (write-ahead, like any
+side effect) instead of being interrupted in the middle of a broker call whose answer
+the journal would then lack. `walkbook halt` reaches a process that holds the journal
+through a request file beside it, which every engine walking orders polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .fsm import FailReason
+
+__all__ = [
+    "HaltRequest",
+    "StopRequested",
+    "StopRequests",
+    "clear_halt_request",
+    "halt_request_path",
+    "read_halt_request",
+    "write_halt_request",
+]
+
+T = TypeVar("T")
+STOP_REASONS = frozenset({FailReason.CANCELLED, FailReason.ABANDONED})
+
+
+class StopRequested(Exception):
+    """Raised inside a walk that must stop; the walk then cancels what it has live."""
+
+    def __init__(self, reason: FailReason) -> None:
+        super().__init__(reason.value)
+        self.reason = reason
+
+
+class StopRequests:
+    """The orders that must stop (all, by plan, by order) and the reason each ends with.
+
+    Walks that wait on the broker wake when a request arrives. The wake-up event is made
+    for the running event loop on first use, so one engine serves several `asyncio.run`s.
+    """
+
+    def __init__(self) -> None:
+        self.everything: FailReason | None = None
+        self.plans: dict[str, FailReason] = {}
+        self.orders: dict[str, FailReason] = {}
+        self._changed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def reason_for(self, order_id: str, plan_id: str | None) -> FailReason | None:
+        """Why this order must stop, or None when it may walk on."""
+        found = self.orders.get(order_id)
+        if found is None and plan_id is not None:
+            found = self.plans.get(plan_id)
+        return found or self.everything
+
+    def stop_all(self, reason: FailReason) -> None:
+        self.everything = reason
+        self._wake()
+
+    def stop_plan(self, plan_id: str, reason: FailReason) -> None:
+        self.plans[plan_id] = reason
+        self._wake()
+
+    def stop_order(self, order_id: str, reason: FailReason) -> None:
+        self.orders[order_id] = reason
+        self._wake()
+
+    def _wake(self) -> None:
+        # waiters hold the old event; a fresh one serves the next wait
+        if self._changed is not None:
+            self._changed.set()
+        self._changed = None
+
+    def _event(self) -> asyncio.Event:
+        loop = asyncio.get_running_loop()
+        if self._changed is None or self._loop is not loop:
+            self._changed, self._loop = asyncio.Event(), loop
+        return self._changed
+
+    async def wait_or_stop(
+        self, call: Callable[[], Awaitable[T]], order_id: str, plan_id: str | None
+    ) -> T:
+        """The answer of a broker read, unless a stop for this order arrives first: then
+        the read is abandoned (a read changes nothing at the broker) and StopRequested raised."""
+        reason = self.reason_for(order_id, plan_id)
+        if reason is not None:
+            raise StopRequested(reason)
+        read = asyncio.ensure_future(call())
+        try:
+            while True:
+                woken = asyncio.ensure_future(self._event().wait())
+                try:
+                    await asyncio.wait({read, woken}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    woken.cancel()
+                if read.done():
+                    return read.result()
+                reason = self.reason_for(order_id, plan_id)
+                if reason is not None:
+                    raise StopRequested(reason)
+        finally:
+            if not read.done():
+                read.cancel()
+
+
+@dataclass(frozen=True)
+class HaltRequest:
+    """What `walkbook halt` or `walkbook abandon` asks of the process holding a journal."""
+
+    plan_id: str | None
+    reason: FailReason
+    target_pid: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"plan_id": self.plan_id, "reason": self.reason.value, "target_pid": self.target_pid}
+
+
+def halt_request_path(journal_path: Path) -> Path:
+    """`<journal>.halt`, beside the journal (resolved, so every spelling of it agrees)."""
+    resolved = journal_path.resolve()
+    return resolved.with_name(resolved.name + ".halt")
+
+
+def write_halt_request(journal_path: Path, request: HaltRequest) -> Path:
+    """Create the request atomically (written aside, then renamed), readable only by us."""
+    path = halt_request_path(journal_path)
+    staging = path.with_name(f"{path.name}.{os.getpid()}")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(request.to_json(), out)
+    os.replace(staging, path)
+    return path
+
+
+def read_halt_request(journal_path: Path) -> HaltRequest | None:
+    """The pending request, or None. A request addressed to a process (`target_pid`) is for
+    that process only: one left behind by a halt that died never stops a later run."""
+    path = halt_request_path(journal_path)
+    try:
+        data = json.loads(path.read_text())
+        plan_id = data.get("plan_id")
+        reason = FailReason(data["reason"])
+        return HaltRequest(
+            None if plan_id is None else str(plan_id),
+            reason if reason in STOP_REASONS else FailReason.CANCELLED,
+            int(data["target_pid"]),
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return HaltRequest(None, FailReason.CANCELLED, 0)
+
+
+def clear_halt_request(journal_path: Path) -> None:
+    halt_request_path(journal_path).unlink(missing_ok=True)

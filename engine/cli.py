@@ -1,7 +1,8 @@
 """`walkbook` command line: a thin click layer over the library.
 
-Exit codes: 0 every order VALIDATED; 1 some order did not validate; 2 bad input
-(one line on stderr, nothing sent to a broker).
+Exit codes (engine.cli_stop): 0 every order VALIDATED; 1 some order FAILED; 2 bad input
+or a refused request (one line on stderr, nothing sent, nothing journaled); 3 halted,
+nothing left live; 4 stopped with work possibly live: run `walkbook resume`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
@@ -25,6 +27,15 @@ from rich.table import Table
 from journal import Journal, JournalError
 
 from .cli_alpaca import BrokerChoice, alpaca_engine, broker_options, sim_server
+from .cli_stop import (
+    EXIT_BAD_INPUT,
+    EXIT_CODES_HELP,
+    abandon_command,
+    halt_command,
+    halting_on_signals,
+    outcome_exit_code,
+    work_exits,
+)
 from .clock import VirtualClock
 from .config import EngineConfig
 from .engine import Engine
@@ -36,8 +47,6 @@ from .results import PlanResult
 from .sim import MarketSpec, SimBroker, load_market_spec, parse_market_spec
 
 __all__ = ["main"]
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 REPORT_WIDTH = 160
@@ -196,9 +205,9 @@ def _simulated_engine(
 def _run_plan(
     engine_context: AbstractContextManager[Engine], plan: RebalancePlan, console: Console
 ) -> PlanResult:
-    with engine_context as engine, Progress(console, plan) as progress:
+    with engine_context as engine, Progress(console, plan) as progress, work_exits(engine):
         progress.follow(engine)
-        return engine.execute_plan_sync(plan)
+        return engine.clock.run(halting_on_signals(engine, engine.execute_plan(plan)))
 
 
 def _run_on_simulator(
@@ -217,7 +226,7 @@ def _finish(result: PlanResult, console: Console, result_json: Path | None) -> N
     console.print(result_table(result))
     if result_json is not None:
         result_json.write_text(json.dumps(result.to_json_dict(), indent=2) + "\n")
-    sys.exit(EXIT_OK if all(o.succeeded for o in result.orders) else EXIT_FAILED)
+    sys.exit(outcome_exit_code(result.orders))
 
 
 def _common_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -240,13 +249,34 @@ def _common_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-@click.group()
+@click.group(epilog=EXIT_CODES_HELP)
 @click.version_option(package_name="walkbook")
 def main() -> None:
     """walkbook: crash-safe walk-the-book order execution with a SQLite journal."""
 
 
-@main.command()
+IN_FLIGHT_OPTION = click.option(
+    "--in-flight",
+    type=click.Choice(["refuse", "resume_first", "abandon"]),
+    help="Other plans' orders in flight in the journal: refuse (the default), walk them "
+    "to the end first, or abandon them.",
+)
+IGNORE_UNKNOWN_OPTION = click.option(
+    "--ignore-unknown-orders",
+    is_flag=True,
+    help="Go on although the broker shows open walkbook orders this journal does not know.",
+)
+
+
+def _with_overrides(choice: BrokerChoice, **overrides: Any) -> BrokerChoice:
+    """The broker choice with the engine-config settings given as their own options."""
+    given = {k: v for k, v in overrides.items() if v}
+    if given.pop("ignore_unknown_orders", False):
+        given["unknown_orders"] = "ignore"
+    return replace(choice, config_overrides=given)
+
+
+@main.command(epilog=EXIT_CODES_HELP)
 @click.argument("plan_file", type=click.Path(path_type=Path))
 @click.option("--journal", "journal_path", required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -257,6 +287,8 @@ def main() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Keep the simulator's state in this SQLite file so a later resume meets the same book.",
 )
+@IN_FLIGHT_OPTION
+@IGNORE_UNKNOWN_OPTION
 @_common_options
 @broker_options
 def run(
@@ -264,15 +296,21 @@ def run(
     journal_path: Path,
     market: Path | None,
     sim_state: Path | None,
+    in_flight: str | None,
+    ignore_unknown_orders: bool,
     seed: int | None,
     result_json: Path | None,
     log_level: str,
     broker_choice: BrokerChoice,
 ) -> None:
     """Execute PLAN_FILE, journaling into --journal: on the simulator in virtual time,
-    or with --broker alpaca on an Alpaca account (paper unless --live) in real time."""
+    or with --broker alpaca on an Alpaca account (paper unless --live) in real time.
+    SIGINT or SIGTERM halts it (live orders cancelled, exit 3); a second one exits at once."""
     _configure_logging(log_level)
     console = _console()
+    broker_choice = _with_overrides(
+        broker_choice, in_flight=in_flight, ignore_unknown_orders=ignore_unknown_orders
+    )
     with _bad_input_exits():
         broker_choice.check(market=market, sim_state=sim_state, seed=seed)
         plan = load_plan(plan_file)
@@ -285,13 +323,21 @@ def run(
     _finish(result, console, result_json)
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES_HELP)
 @click.option("--journal", "journal_path", required=True, type=click.Path(path_type=Path))
 @click.option(
     "--sim-state",
     type=click.Path(dir_okay=False, path_type=Path),
     help="The simulator state file the interrupted run used (required on the simulator).",
 )
+@click.option(
+    "--max-age",
+    "max_age_seconds",
+    type=click.FloatRange(min=0),
+    help="Abandon (cancel, FAILED abandoned) in-flight orders created longer ago than "
+    "this many seconds instead of walking them.",
+)
+@IGNORE_UNKNOWN_OPTION
 @click.option(
     "--offline-seconds",
     type=float,
@@ -309,12 +355,16 @@ def run(
 def resume(
     journal_path: Path,
     sim_state: Path | None,
+    max_age_seconds: float | None,
+    ignore_unknown_orders: bool,
     offline_seconds: float,
     log_level: str,
     broker_choice: BrokerChoice,
 ) -> None:
-    """Finish every order a killed run left in flight: no duplicates, no lost fills."""
+    """Finish every order a killed run left in flight: no duplicates, no lost fills.
+    SIGINT or SIGTERM halts it (live orders cancelled, exit 3)."""
     _configure_logging(log_level)
+    broker_choice = _with_overrides(broker_choice, ignore_unknown_orders=ignore_unknown_orders)
     with _bad_input_exits():
         broker_choice.check(sim_state=sim_state)
         if not journal_path.exists():
@@ -334,12 +384,12 @@ def resume(
                 offline_seconds,
                 broker_choice.engine_config(),
             )
-        with engine_context as engine:
-            report = engine.resume_sync()
+        with engine_context as engine, work_exits(engine):
+            resumed = engine.resume(max_age_seconds=max_age_seconds)
+            report = engine.clock.run(halting_on_signals(engine, resumed))
     for line in report.lines():
         click.echo(line)
-    failed = [o for o in report.orders if not o.result.succeeded]
-    sys.exit(EXIT_FAILED if failed else EXIT_OK)
+    sys.exit(outcome_exit_code(o.result for o in report.orders))
 
 
 def _bundled(name: str) -> Any:
@@ -404,3 +454,5 @@ from .cli_audit import journal_group, report_command  # noqa: E402 -- registered
 main.add_command(journal_group)
 main.add_command(report_command)
 main.add_command(sim_server)
+main.add_command(halt_command)
+main.add_command(abandon_command)

@@ -13,9 +13,9 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +44,21 @@ class BrokerChoice:
     engine_config_path: Path | None = None
     alpaca_rate_limit: int | None = None
     alpaca_timeout: float | None = None
+    # engine-config settings given as options of their own (run --in-flight, ...)
+    config_overrides: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def is_alpaca(self) -> bool:
         return self.name == "alpaca"
 
     def engine_config(self) -> EngineConfig | None:
-        """The --engine-config file (ladder, step waits, timeouts), or None for defaults."""
+        """The --engine-config file (ladder, step waits, timeouts) with the options that
+        override it, or None for defaults."""
         path = self.engine_config_path
-        return None if path is None else load_model(path, EngineConfig, "engine config")
+        config = None if path is None else load_model(path, EngineConfig, "engine config")
+        if not self.config_overrides:
+            return config
+        return (config or EngineConfig()).model_copy(update=dict(self.config_overrides))
 
     def check(self, **simulator_options: object) -> None:
         """Refuse options that belong to the other broker (nothing is sent, nothing journaled)."""

@@ -8,6 +8,12 @@ simulated market fills eagerly where a test wants fills.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -16,10 +22,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import requests
 from walk_support import check_invariants
 
 from engine import Engine, EngineConfig, MarketSpec, PlanResult, RealClock, SymbolSpec, parse_plan
-from engine.alpaca import AlpacaBroker, AlpacaSettings
+from engine.alpaca import KEY_ID_ENV, SECRET_KEY_ENV, AlpacaBroker, AlpacaSettings
 from engine.order import EventKind
 from engine.simserver import FaultSpec, ServerThread, SimServer
 from journal import Event
@@ -36,6 +43,50 @@ FAST = EngineConfig(
     broker_retry_backoff_seconds=0.05,
 )
 RESTING = FAST.model_copy(update={"medium_step_wait_seconds": 1.2})
+WALKBOOK = str(Path(sys.executable).with_name("walkbook"))
+
+
+def keyed_env(key_id: str = KEYS[0], secret: str = KEYS[1]) -> dict[str, str]:
+    return {**os.environ, KEY_ID_ENV: key_id, SECRET_KEY_ENV: secret}
+
+
+@contextmanager
+def sim_server_process(directory: Path, market_spec: dict[str, Any]) -> Iterator[tuple[str, Path]]:
+    """`walkbook sim-server --port 0` in its own process; yields (URL, state file)."""
+    (directory / "market.json").write_text(json.dumps(market_spec))
+    state = directory / "server.db"
+    command = [WALKBOOK, "sim-server", "--port", "0", "--state", str(state)]
+    server = subprocess.Popen(
+        [*command, "--market", str(directory / "market.json")],
+        env=keyed_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert line.startswith("listening on http://127.0.0.1:"), line
+        yield line.split()[-1], state
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=10) == 0
+
+
+def rest(url: str, path: str) -> Any:
+    headers = {"APCA-API-KEY-ID": KEYS[0], "APCA-API-SECRET-KEY": KEYS[1]}
+    return requests.get(url + path, headers=headers, timeout=5).json()
+
+
+def submitted(journal: Path) -> int:
+    """How many broker orders the journal has an acknowledgement for (0 before it exists)."""
+    if not journal.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as conn:
+            query = "SELECT count(*) FROM events WHERE kind IN ('submit_ack', 'replace_ack')"
+            return int(conn.execute(query).fetchone()[0])
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return 0
 
 
 def market(fill_intensity: float = EAGER, **fields: Any) -> MarketSpec:

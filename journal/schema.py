@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from sqlite_utils.migrations import Migrations
 
 __all__ = [
+    "APPEND_ONLY_TRIGGERS",
     "FORMAT_NAME",
     "MIGRATION_NAMES",
     "MUTABLE_ORDER_COLUMNS",
@@ -30,6 +31,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "check_schema",
     "migrate",
+    "missing_triggers",
     "table_names",
 ]
 
@@ -78,6 +80,9 @@ MUTABLE_ORDER_COLUMNS = (
     "last_seq",
 )
 
+
+# the triggers that refuse UPDATE and DELETE on `events`, by name
+APPEND_ONLY_TRIGGERS = ("events_refuse_update", "events_refuse_delete")
 
 _APPEND_ONLY_TRIGGERS = (
     """
@@ -247,6 +252,14 @@ def _applied(conn: sqlite3.Connection, tables: set[str]) -> list[str]:
         [MIGRATION_SET],
     )
     return [row[0] for row in rows]
+
+
+def missing_triggers(conn: sqlite3.Connection) -> list[str]:
+    """The append-only triggers the file lacks: someone dropped them to edit history."""
+    present = {
+        row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+    }
+    return [name for name in APPEND_ONLY_TRIGGERS if name not in present]
 
 
 def check_schema(conn: sqlite3.Connection) -> None:

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from journal import Journal, NewEvent, canonical_json, stamp
+from journal import Journal, JournalCorrupt, NewEvent, canonical_json, stamp
+from journal.trust import check_before_acting
 
 from .broker import Broker, BrokerOrder
 from .clock import Clock, RealClock
@@ -211,7 +212,7 @@ class Engine:
                     "use a new plan_id",
                     plan_id=plan.plan_id,
                 )
-            await self._refuse_unknown_broker_orders()
+            await self._check_open_orders_against_journal()
             await self._settle_other_plans(plan.plan_id)
             if known is None:
                 checked = await self.preflight(plan)
@@ -248,8 +249,9 @@ class Engine:
         """
         async with self._work():
             # the events come in seq order, so the records in the order the orders were created
-            await self._refuse_unknown_broker_orders()
+            await self._check_open_orders_against_journal()
             folded = fold_history(self.journal.order_history(unless_state=TERMINAL_STATES))
+            self._check_projection(folded)
             records = list(folded.values())
             if max_age_seconds is not None:
                 cutoff = self.clock.now() - timedelta(seconds=max_age_seconds)
@@ -385,6 +387,7 @@ class Engine:
         way, `walkbook halt` requests are watched for; a halt waits for all to end."""
         if self._halting:
             raise EngineHalting("the engine is halting; no new work until the halt has finished")
+        check_before_acting(self.journal)
         self._busy += 1
         if self._watcher is None:
             self._watcher = asyncio.ensure_future(self._watch_halt_requests())
@@ -484,10 +487,28 @@ class Engine:
         events = self.journal.events
         return {i: fold_orders(events(order_id=i))[i] for i in order_ids}
 
-    async def _refuse_unknown_broker_orders(self) -> None:
+    def _check_projection(self, records: dict[str, OrderRecord]) -> None:
+        """The `orders` rows of in-flight orders must be what their events fold to: a row
+        edited by hand (or events lost under it) means the journal cannot be acted on."""
+        rows = {r["order_id"]: r for r in self.journal.orders(unless_state=TERMINAL_STATES)}
+        for order_id in sorted(rows.keys() | records.keys()):
+            record = records.get(order_id)
+            row = rows.get(order_id)
+            if record is None or row is None or record.projection() != row:
+                seq = (row or {}).get("last_seq") if record is None else record.last_seq
+                raise JournalCorrupt(
+                    f"{self.journal.path}: the orders row of {order_id} does not match its "
+                    f"events (last seq {seq}): the journal was edited; refusing to act on it "
+                    "(walkbook journal verify)",
+                    order_id=order_id,
+                    seq=seq,
+                )
+
+    async def _check_open_orders_against_journal(self) -> None:
         """Open orders at the broker with walkbook client ids this journal does not know mean
         another journal (or a lost or older copy of this one) trades the account: acting
-        beside them could trade twice, so run and resume refuse (`unknown_orders`)."""
+        beside them could trade twice, so run and resume refuse (`unknown_orders`). An open
+        order of an order the journal calls finished means the journal cannot be trusted."""
         if self.config.unknown_orders == "ignore":
             return
         try:
@@ -496,12 +517,24 @@ class Engine:
             self.log.warning("unknown_orders.unchecked", error=exc.message)
             return
         self._open_listing = {order.id: order for order in orders}
-        unknown = [
-            o
-            for o in orders
-            if (order_id := engine_order_of(o.client_order_id)) is not None
-            and self.journal.order(order_id) is None
-        ]
+        unknown, finished = [], []
+        for order in orders:
+            order_id = engine_order_of(order.client_order_id)
+            if order_id is None:
+                continue
+            row = self.journal.order(order_id)
+            if row is None:
+                unknown.append(order)
+            elif row["state"] in TERMINAL_STATES:
+                finished.append(order)
+        if finished:
+            raise JournalCorrupt(
+                f"{self.journal.path}: the broker has open orders of orders this journal says "
+                f"are finished: {_first_few(o.client_order_id for o in finished)}; the "
+                "journal was edited, is an older copy, or another journal trades the same "
+                "plan: refusing to act on it",
+                client_order_ids=[o.client_order_id for o in finished],
+            )
         if unknown:
             shown = _first_few(
                 f"{o.client_order_id} ({o.symbol} {o.side.value} {o.qty})" for o in unknown
@@ -567,6 +600,7 @@ class Engine:
                 orders=[r["order_id"] for r in rows],
             )
         folded = fold_history(self.journal.order_history(unless_state=TERMINAL_STATES))
+        self._check_projection(folded)
         stale = [folded[r["order_id"]] for r in rows]
         self.log.warning("plan.settling_in_flight", policy=policy, orders=len(stale))
         if policy == "abandon":

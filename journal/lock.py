@@ -4,6 +4,10 @@ Exclusion comes from an OS lock (`flock`) on a sidecar file, which the kernel
 releases when the owner dies, even by SIGKILL, so a crash never leaves a stale
 lock. The owner's pid and host are recorded in the journal's `owner` table so
 a refused process can say who holds it.
+
+The lock belongs to the file, not to the spelling of its path: the sidecar sits beside
+the journal's resolved path (every symlink followed), and a journal file with a second
+hard link is refused, since each name would otherwise get a lock of its own.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ class JournalLock:
     """An exclusive, process-lifetime lock on `<journal>.lock`."""
 
     def __init__(self, journal_path: Path) -> None:
-        self.path = journal_path.with_name(journal_path.name + ".lock")
+        self.journal_path = Path(os.path.realpath(journal_path))
+        self.path = self.journal_path.with_name(self.journal_path.name + ".lock")
         self._fd: int | None = None
 
     def acquire(self, describe_owner: str) -> None:
-        """Take the lock or raise JournalLocked naming the current owner."""
+        """Take the lock or raise JournalLocked naming the current owner; refuse a journal
+        file that more than one name (hard link) reaches."""
+        _refuse_hard_links(self.journal_path)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
@@ -43,6 +50,11 @@ class JournalLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, describe_owner.encode("utf-8"), 0)
         self._fd = fd
+        try:
+            _refuse_hard_links(self.journal_path)  # a link made while we waited for the lock
+        except JournalUnavailable:
+            self.release()
+            raise
 
     @property
     def held(self) -> bool:
@@ -53,3 +65,17 @@ class JournalLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def _refuse_hard_links(journal_path: Path) -> None:
+    try:
+        links = os.stat(journal_path).st_nlink
+    except FileNotFoundError:
+        return  # a new journal
+    if links > 1:
+        raise JournalUnavailable(
+            f"journal {journal_path} has {links} hard links: a journal must have one name, "
+            "or two processes could each lock a name of their own and write at once",
+            path=str(journal_path),
+            links=links,
+        )

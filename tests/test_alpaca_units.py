@@ -121,12 +121,56 @@ def test_paper_by_default_and_the_live_endpoint_needs_live() -> None:
     assert not settings(trading_url="https://api.alpaca.markets", live=True).paper
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.alpaca.markets",
+        "https://API.ALPACA.MARKETS/",
+        "https://api.alpaca.markets:443",
+        "https://api.alpaca.markets./v2",
+        "HTTPS://Api.Alpaca.Markets",
+        "https://user@api.alpaca.markets",
+        " https://api.alpaca.markets ",
+        "http://paper-api.alpaca.markets",
+        "https://paper-api.alpaca.markets:8443",
+        "https://paper-api.alpaca.markets.evil.example",
+        "https://broker.example",
+        "https://10.0.0.1:8123",
+        "https://paper-api.alpaca.markets:99999",
+    ],
+)
+def test_without_live_only_paper_or_loopback_is_accepted(url: str) -> None:
+    with pytest.raises(AlpacaConfigError, match="--live"):
+        settings(trading_url=url)
+    with pytest.raises(AlpacaConfigError, match="--live"):
+        settings(trading_url="http://127.0.0.1:8123", data_url=url)
+    assert not settings(trading_url=url, live=True).paper
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://paper-api.alpaca.markets",
+        "https://PAPER-API.alpaca.markets./",
+        "https://paper-api.alpaca.markets:443/v2",
+        "http://127.0.0.1:8123",
+        "http://localhost:8123",
+        "http://[::1]:8123",
+        "https://127.0.0.2",
+    ],
+)
+def test_paper_and_loopback_urls_need_no_live(url: str) -> None:
+    assert settings(trading_url=url).paper
+
+
 def test_an_overridden_url_carries_data_and_both_streams_with_it() -> None:
     local = settings(trading_url="http://127.0.0.1:8123")
     assert local.data_url == "http://127.0.0.1:8123"
     assert local.trading_stream_url == "ws://127.0.0.1:8123/stream"
     assert local.data_stream_url == "ws://127.0.0.1:8123/v2/iex"
-    proxied = settings(trading_url="https://broker.example", data_url="https://data.example")
+    proxied = settings(
+        trading_url="https://broker.example", data_url="https://data.example", live=True
+    )
     assert proxied.trading_stream_url == "wss://broker.example/stream"
     assert proxied.data_stream_url == "wss://data.example/v2/iex"
 

@@ -1,11 +1,14 @@
 """Everything the Alpaca adapter is configured with; keys come from the environment.
 
-Paper is the default. Live trading needs `live=True` (the CLI's explicit `--live`), and a
-live endpoint given as a URL override without it is refused before anything is sent.
+Paper is the default. Without `live=True` (the CLI's explicit `--live`) a URL override
+must be Alpaca's paper (or market-data) endpoint or a loopback address, compared after
+parsing (scheme, case, port, trailing dots): any other host, the live endpoint however it
+is spelled or a proxy in front of it, needs `--live`, and is refused before anything is sent.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +25,34 @@ KEY_ID_ENV = "APCA_API_KEY_ID"
 SECRET_KEY_ENV = "APCA_API_SECRET_KEY"
 BASE_URL_ENV = "APCA_API_BASE_URL"
 FEEDS = ("iex", "sip")  # the two feeds StockDataStream takes
+# the hosts a URL override may name without --live (besides loopback addresses)
+PAPER_HOSTS = frozenset(
+    str(urlsplit(url.value).hostname) for url in (BaseURL.TRADING_PAPER, BaseURL.DATA)
+)
+HTTPS_PORT = 443
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _safe_without_live(url: str) -> bool:
+    """Whether `url` can only reach paper money: Alpaca's paper or data host over https on
+    its default port, or this machine. Parsed, never compared as text."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return False
+    host = (parts.hostname or "").rstrip(".")
+    if _is_loopback(host):
+        return parts.scheme in ("http", "https")
+    return parts.scheme == "https" and host in PAPER_HOSTS and port in (None, HTTPS_PORT)
 
 
 def _ws_url(base: str, path: str) -> str:
@@ -63,11 +94,14 @@ class AlpacaSettings:
             )
         if self.feed not in FEEDS:
             raise AlpacaConfigError(f"unknown Alpaca data feed {self.feed!r}; use one of {FEEDS}")
-        live_host = urlsplit(BaseURL.TRADING_LIVE.value).netloc
-        if not self.live and self.trading_url and urlsplit(self.trading_url).netloc == live_host:
-            raise AlpacaConfigError(
-                f"{self.trading_url} is Alpaca's live endpoint: pass --live to trade real money"
-            )
+        if self.live:
+            return
+        for url in (self.trading_url, self.data_url):
+            if url is not None and not _safe_without_live(url):
+                raise AlpacaConfigError(
+                    f"{url} is neither Alpaca's paper endpoint nor a loopback address: it may "
+                    "reach real money; pass --live to use it (nothing was sent)"
+                )
 
     @classmethod
     def from_env(

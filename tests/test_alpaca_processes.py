@@ -173,3 +173,21 @@ def test_cli_alpaca_policies_reach_the_adapter(tmp_path: Path) -> None:
                                       "--alpaca-rate-limit", "50"])  # fmt: skip
     assert on_sim.exit_code == 2
     assert on_sim.stderr.startswith("walkbook: error: --alpaca-url")
+
+
+@pytest.mark.parametrize(
+    "url", ["https://API.ALPACA.MARKETS/", "https://api.alpaca.markets:443", "https://x.example"]
+)
+def test_cli_refuses_a_non_paper_url_without_live_before_anything(tmp_path: Path, url: str) -> None:
+    """The live endpoint however spelled, or any other host, needs --live: exit 2, one line,
+    nothing journaled, and nothing sent (the check runs before any connection)."""
+    plan, journal = tmp_path / "plan.json", tmp_path / "j.db"
+    plan.write_text(json.dumps(PLAN))
+    command = ["run", str(plan), "--journal", str(journal), "--broker", "alpaca",
+               "--alpaca-url", url]  # fmt: skip
+    refused = CliRunner(env=keyed_env()).invoke(cli_main, command)
+    assert refused.exit_code == 2, refused.output
+    assert refused.stderr.startswith("walkbook: error: ")
+    assert "--live" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert not journal.exists()

@@ -23,6 +23,7 @@ from . import audit
 from .audit import ExecutionReport, OrderTimeline, TimelineEntry
 from .audit.quality import SUMMARY_COLUMNS, TEXT_COLUMNS, percent
 from .errors import InputError
+from .files import open_private
 from .numbers import decimal_text
 
 __all__ = ["journal_group", "report_command"]
@@ -147,8 +148,9 @@ def export(journal_path: Path, format_: audit.ExportFormat, ledger: bool, out: P
             count = write(journal_path, format_, out=sys.stdout)
         else:
             partial = out.with_name(out.name + ".partial")
+            partial.unlink(missing_ok=True)  # a leftover is replaced (created 0600), not reused
             try:
-                with partial.open("w", encoding="utf-8", newline="") as stream:
+                with open_private(partial, newline="") as stream:
                     count = write(journal_path, format_, out=stream)
                 partial.replace(out)
             finally:

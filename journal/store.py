@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 from .chain import (
     GENESIS_HASH,
@@ -32,7 +33,15 @@ from .errors import JournalCorrupt, JournalError, JournalUnavailable, JournalWri
 from .lock import JournalLock
 from .schema import MUTABLE_ORDER_COLUMNS, ORDER_COLUMNS, check_schema, migrate, table_names
 
-__all__ = ["Event", "HistoryRow", "Journal", "NewEvent", "Synchronous", "stamp"]
+__all__ = [
+    "Event",
+    "HistoryRow",
+    "Journal",
+    "NewEvent",
+    "Synchronous",
+    "readonly_uri",
+    "stamp",
+]
 
 Synchronous = Literal["FULL", "NORMAL"]
 # An order event as a fold reads it (`Journal.order_history`):
@@ -162,23 +171,66 @@ class Event:
 
 
 def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
-    if create and not path.exists():
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise JournalUnavailable(
-                f"cannot create journal {path}: {exc.strerror}", path=str(path)
-            ) from exc
+    if create:
+        _create_private(path)
     elif not path.exists():
         raise JournalUnavailable(f"journal {path} does not exist", path=str(path))
-    uri = f"file:{path}" + ("" if create else "?mode=ro")
+    uri = _uri(path) if create else readonly_uri(path)
     try:
         # isolation_level=None: no implicit transactions; every write says BEGIN and COMMIT.
         return sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
     except sqlite3.Error as exc:
         raise JournalUnavailable(f"cannot open journal {path}: {exc}", path=str(path)) from exc
+
+
+def _create_private(path: Path) -> None:
+    """Create a new journal file 0600 before SQLite opens it (SQLite would make it 0644, and
+    gives its -wal and -shm the file's mode); through a symlink too, to the file it names."""
+    if path.exists():
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise JournalUnavailable(
+            f"cannot create journal {path}: {exc.strerror}", path=str(path)
+        ) from exc
+
+
+def _uri(path: Path, query: str = "") -> str:
+    """SQLite's URI for `path`, escaped so a `?`, `#` or `%` in it stays part of the name."""
+    return f"file:{quote(str(path))}" + (f"?{query}" if query else "")
+
+
+def _writable(path: Path) -> bool:
+    return os.access(path, os.W_OK, effective_ids=True)
+
+
+def readonly_uri(path: str | Path) -> str:
+    """How a reader opens the journal at `path`: `mode=ro`, beside a writer if one runs; or,
+    when the file or its directory cannot be written, `immutable=1`, without the -shm file
+    SQLite would otherwise need to create there (no writer can exist then).
+
+    Immutable reading skips a -wal file, so a non-empty one is refused (JournalUnavailable)
+    rather than its committed events silently left out.
+    """
+    path, real = Path(path), Path(os.path.realpath(path))
+    if _writable(real) and _writable(real.parent):
+        return _uri(path, "mode=ro")
+    wal = real.with_name(real.name + "-wal")
+    try:
+        wal_bytes = wal.stat().st_size
+    except FileNotFoundError:
+        wal_bytes = 0
+    if wal_bytes:
+        raise JournalUnavailable(
+            f"journal {path} is read-only beside a write-ahead log ({wal.name}, {wal_bytes} "
+            "bytes) that may hold committed events a read-only reader would leave out: "
+            f"checkpoint it where it is writable (sqlite3 {path} 'PRAGMA wal_checkpoint"
+            "(TRUNCATE)'), or copy the journal and its -wal file to a writable directory and "
+            "read the copy",
+            path=str(path),
+        )
+    return _uri(path, "immutable=1")
 
 
 def _unreadable(path: Path, exc: sqlite3.DatabaseError) -> JournalCorrupt:
@@ -273,8 +325,9 @@ class Journal:
     def open_readonly(cls, path: str | Path) -> Journal:
         """Open an existing journal to read, without the lock: safe while another process writes.
 
-        An older schema is read as it is (a reader never migrates); every query here
-        reads both.
+        A read-only journal (file or directory) is read without writing anything beside it
+        (`readonly_uri`). An older schema is read as it is (a reader never migrates); every
+        query here reads both.
         """
         path = Path(path)
         conn = _connect(path, create=False)

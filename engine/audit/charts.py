@@ -14,6 +14,7 @@ from decimal import Decimal
 from html import escape
 from pathlib import Path
 
+from ..files import write_private_text
 from ..fsm import OrderState, is_limit_step, step_number
 from ..numbers import decimal_text
 from ..order import EventKind
@@ -260,5 +261,5 @@ def report_html(path: str | Path, out: str | Path) -> ExecutionReport:
 
     report = summarize(map(charted, replay(path)))
     page = render_html(report, charts, f"walkbook execution report: {Path(path).name}")
-    Path(out).write_text(page, encoding="utf-8")
+    write_private_text(Path(out), page)
     return report

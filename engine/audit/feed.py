@@ -32,6 +32,7 @@ from typing import IO, Any
 import msgspec
 
 from journal import GENESIS_HASH, chain_links
+from journal.store import readonly_uri
 
 __all__ = ["FEED_MIN_EVENTS", "Feed", "Watch", "worth_a_helper"]
 
@@ -70,10 +71,10 @@ def _first_spaced(rows: list[Row]) -> int | None:
 
 class Watch:
     """Whether another connection committed to the file since this was made (`PRAGMA
-    data_version`, on a connection of its own)."""
+    data_version`, on a connection of its own, opened as the journal's readers are)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        self.conn = sqlite3.connect(readonly_uri(path), uri=True)
         self.version = self.data_version()
 
     def data_version(self) -> int:
@@ -162,7 +163,7 @@ def _write_frame(out: IO[bytes], payload: bytes) -> None:
 def main(path: str, sql: str, last_seq: int, chain: bool) -> None:
     """The helper: one read-only snapshot, its rows up to `last_seq` in frames, then the
     count (and with `chain`, the first problem of the chain, after which it stops)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    conn = sqlite3.connect(readonly_uri(path), uri=True, isolation_level=None)
     conn.execute("BEGIN")
     out, encode = sys.stdout.buffer, msgspec.msgpack.Encoder().encode
     cursor = conn.execute(sql, {"after": 0, "last_seq": last_seq})

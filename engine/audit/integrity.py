@@ -7,7 +7,8 @@ and that each `orders` row equals the replay of its order at that row's `last_se
 `orders` rows are read alongside, in `last_seq` order for the rows claiming each seq
 and in creation order for each order's own row, so memory holds the chain's last hash
 and the folds (and rows) of orders whose row is not reached yet, never the events nor
-one entry per order.
+one entry per order. A pass that finds nothing wrong then checks that the append-only
+triggers are still in the file.
 
 A large journal (`feed.worth_a_helper`) is checked in two processes: a helper
 (`feed.Feed`) reads the events of the same commit up to the seq this snapshot ends at and
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from journal import (
     decode_canonical,
     link_problem,
 )
+from journal.schema import missing_triggers
 
 from ..order import EventKind
 from . import feed
@@ -48,7 +50,8 @@ __all__ = ["VerifyResult", "verify"]
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """The verdict: `ok`, or the first bad seq and what is wrong there."""
+    """The verdict: `ok`, or what is wrong: at the first bad seq, or (missing append-only
+    triggers) in the file's schema, with no seq."""
 
     path: str
     events_checked: int
@@ -58,19 +61,18 @@ class VerifyResult:
 
     @property
     def ok(self) -> bool:
-        return self.first_bad_seq is None
+        return self.problem is None
 
     def summary(self) -> str:
         """One line for people and logs."""
         if self.ok:
             return (
                 f"{self.path}: OK, {self.events_checked} events and {self.orders_checked} orders "
-                "verified (hash chain, seq, transitions, fills, orders projection)"
+                "verified (hash chain, seq, transitions, fills, orders projection, "
+                "append-only triggers)"
             )
-        return (
-            f"{self.path}: FAILED at seq {self.first_bad_seq}: {self.problem} "
-            f"({self.events_checked} events checked)"
-        )
+        where = "" if self.first_bad_seq is None else f" at seq {self.first_bad_seq}"
+        return f"{self.path}: FAILED{where}: {self.problem} ({self.events_checked} events checked)"
 
 
 def _differences(stored: Mapping[str, Any], replayed: Mapping[str, Any]) -> str:
@@ -280,7 +282,21 @@ def verify(path: str | Path) -> VerifyResult:
     newer schema raises `JournalCorrupt` or `JournalSchemaTooNew` instead.
     """
     with read_snapshot(path) as journal:
-        return _with_helper(journal) or _Verifier(journal).run()
+        result = _with_helper(journal) or _Verifier(journal).run()
+        return _with_triggers(journal, result) if result.ok else result
+
+
+def _with_triggers(journal: Journal, result: VerifyResult) -> VerifyResult:
+    """The verdict, failed when an append-only trigger is gone: the events check out, but
+    whoever dropped it could edit or delete rows without SQLite refusing."""
+    missing = missing_triggers(journal.conn)
+    if not missing:
+        return result
+    return replace(
+        result,
+        problem=f"append-only trigger(s) {', '.join(missing)} missing: someone dropped them, "
+        "so events can be edited or deleted without SQLite refusing",
+    )
 
 
 def _with_helper(journal: Journal) -> VerifyResult | None:

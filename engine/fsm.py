@@ -74,6 +74,7 @@ class FailReason(StrEnum):
     CANCELLED_EXTERNALLY = "cancelled_externally"
     ABANDONED = "abandoned"
     PLACED_ELSEWHERE = "placed_elsewhere"
+    ORDER_NOT_FOUND = "order_not_found"
     BROKER_UNAVAILABLE = "broker_unavailable"
     INVALID_INTENT = "invalid_intent"
 

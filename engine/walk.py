@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property, partial
@@ -52,6 +52,15 @@ Listener = Callable[[OrderRecord, Event], None]
 _ENDED_UNFILLED = frozenset(
     {BrokerOrderStatus.CANCELED, BrokerOrderStatus.EXPIRED, BrokerOrderStatus.REJECTED}
 )
+
+
+class BrokerOrderMissing(Exception):
+    """The broker has nothing under a broker order id (nor its client order id) that
+    walkbook placed and the broker acknowledged."""
+
+    def __init__(self, broker_order_id: str) -> None:
+        super().__init__(broker_order_id)
+        self.broker_order_id = broker_order_id
 
 
 class EndedAtBroker(Exception):
@@ -344,17 +353,73 @@ class OrderWalk:
 
     async def _confirm_terminal(self, order_id: str) -> BrokerOrder:
         """Wait until the broker reports the order terminal, counting fills as they land."""
-        broker = self.ctx.broker
-        order = await self._read(lambda: broker.get_order(order_id))
+        order = await self._read_order(order_id)
         deadline = self.ctx.clock.monotonic() + self.config.settle_timeout_seconds
         while not order.is_terminal:
             self._absorb(order)
             left = deadline - self.ctx.clock.monotonic()
             if left <= 0:
                 raise BrokerUnavailable(f"order {order_id} did not reach a final status")
-            order = await self._read(partial(broker.wait_for_update, order_id, left))
+            order = await self._wait_for_update(order_id, left)
         self._absorb(order)
         return order
+
+    async def _read_order(self, broker_order_id: str) -> BrokerOrder:
+        """The broker's view of one of this order's broker orders. A broker that answers
+        "not found" for an order walkbook placed is asked by its client order id; when it has
+        nothing under either, BrokerOrderMissing (a fact to journal, never a crash)."""
+        broker = self.ctx.broker
+        try:
+            return await self._read(partial(broker.get_order, broker_order_id))
+        except OrderNotFound:
+            cid = self._client_id_of(broker_order_id)
+            self.log.warning("broker.order_not_found", broker_order_id=broker_order_id)
+            found = None
+            if cid is not None:
+                found = await self._read(partial(broker.get_order_by_client_id, cid))
+            if found is None:
+                raise BrokerOrderMissing(broker_order_id) from None
+            return found if found.id == broker_order_id else replace(found, id=broker_order_id)
+
+    async def _wait_for_update(self, broker_order_id: str, timeout_seconds: float) -> BrokerOrder:
+        broker = self.ctx.broker
+        try:
+            return await self._read(
+                partial(broker.wait_for_update, broker_order_id, timeout_seconds)
+            )
+        except OrderNotFound:
+            # a wait the broker cannot serve becomes a poll: pause, then read by client id
+            await self.ctx.clock.sleep(
+                min(timeout_seconds, self.config.broker_retry_backoff_seconds)
+            )
+            return await self._read_order(broker_order_id)
+
+    def _client_id_of(self, broker_order_id: str) -> str | None:
+        """The client order id an acknowledgement journaled for a broker order (a rare read:
+        only a broker that lost an order's id needs it)."""
+        for event in self.ctx.journal.events(order_id=self.record.order_id):
+            acked = event.kind in (EventKind.SUBMIT_ACK, EventKind.REPLACE_ACK)
+            if acked and event.data["broker_order_id"] == broker_order_id:
+                return str(event.data["client_order_id"])
+        return None
+
+    async def _lost_at_broker(self, broker_order_id: str) -> None:
+        """A broker order the broker has nothing of: journaled final (`not_found`, its counted
+        fills kept), then the order fails once whatever else it has live is gone."""
+        while True:
+            counted = self.record.broker_filled.get(broker_order_id, ZERO)
+            self.book.write(
+                EventKind.ORDER_FINAL,
+                {
+                    "broker_order_id": broker_order_id,
+                    "status": "not_found",
+                    "filled_qty": decimal_text(counted),
+                },
+            )
+            try:
+                return await self._fail(FailReason.ORDER_NOT_FOUND, broker_order_id=broker_order_id)
+            except BrokerOrderMissing as missing:
+                broker_order_id = missing.broker_order_id
 
     async def _cancel_live(self) -> None:
         """Cancel the live broker order (if any), confirm it is final and count its fills."""
@@ -455,7 +520,7 @@ class OrderWalk:
             )
             await self._cancel_live()
             return await self._submit_remaining(step, price)
-        self._absorb(await self._read(lambda: broker.get_order(old_id)))
+        self._absorb(await self._read_order(old_id))
         self._absorb(new)
         if new.qty > self.record.remaining_qty and not new.is_terminal:
             self.log.warning("order.replace_oversized", new_qty=str(new.qty))
@@ -469,13 +534,11 @@ class OrderWalk:
     async def _await_fills(self, deadline: float) -> None:
         """Count fills on the live order until it is final, fully filled, or the deadline;
         a stop request ends the wait at once (StopRequested)."""
-        broker = self.ctx.broker
         while (live := self.record.live_broker_order_id) is not None:
             left = deadline - self.ctx.clock.monotonic()
             if left <= 0:
                 return
-            read = partial(self._read, partial(broker.wait_for_update, live, left))
-            self._absorb(await self._unless_stopped(read))
+            self._absorb(await self._unless_stopped(partial(self._wait_for_update, live, left)))
 
     async def _unless_stopped(self, call: Callable[[], Awaitable[T]]) -> T:
         self._check_not_stopped()
@@ -576,13 +639,14 @@ class OrderWalk:
                 await phase()
                 return True
             except BrokerRejected as exc:
-                await self._fail(_reason(exc.reason), message=exc.message)
+                await self._ending(self._fail(_reason(exc.reason), message=exc.message))
             except EndedAtBroker:
-                await self._fail(
-                    FailReason.CANCELLED_EXTERNALLY, **(self.record.ended_at_broker or {})
-                )
+                ended = self.record.ended_at_broker or {}
+                await self._ending(self._fail(FailReason.CANCELLED_EXTERNALLY, **ended))
             except StopRequested as stop:
-                await self._stop(stop.reason)
+                await self._ending(self._stop(stop.reason))
+            except BrokerOrderMissing as missing:
+                await self._lost_at_broker(missing.broker_order_id)
         except BrokerUnavailable as exc:
             self.book.write(
                 EventKind.ERROR, {"error": "broker_unavailable", "message": exc.message}
@@ -590,6 +654,14 @@ class OrderWalk:
             self.log.error("order.interrupted", error=exc.message)
             await self._pull_live_order()
         return False
+
+    async def _ending(self, end: Awaitable[None]) -> None:
+        """End the order (fail or stop); a broker order found missing on the way is
+        journaled and the order fails `order_not_found` instead."""
+        try:
+            await end
+        except BrokerOrderMissing as missing:
+            await self._lost_at_broker(missing.broker_order_id)
 
     async def _drive(self) -> None:
         while not self.machine.is_terminal:
@@ -610,7 +682,7 @@ class OrderWalk:
 
     async def _reconcile(self, listed: Mapping[str, BrokerOrder]) -> None:
         """Settle what a previous process left open: an unanswered intent, a cancel, fills."""
-        record, broker = self.record, self.ctx.broker
+        record = self.record
         if record.is_terminal:
             return
         stopping = self._stop_reason()
@@ -625,7 +697,7 @@ class OrderWalk:
         for broker_order_id in self.record.unfinished_broker_orders:
             order = listed.get(broker_order_id)
             if order is None:
-                order = await self._read(partial(broker.get_order, broker_order_id))
+                order = await self._read_order(broker_order_id)
             self._absorb(order)
 
     async def _resolve_pending(self, intent: dict[str, Any]) -> None:
@@ -745,7 +817,7 @@ class OrderWalk:
     async def _place_limit(self, step: str, price: Decimal) -> None:
         live = self.record.live_broker_order_id
         if live is not None:
-            self._absorb(await self._read(lambda: self.ctx.broker.get_order(live)))
+            self._absorb(await self._read_order(live))
         if self.record.live_broker_order_id is None or self.record.remaining_qty <= 0:
             return await self._submit_remaining(step, price)
         if self._may_replace(price):

@@ -1,0 +1,182 @@
+"""What the original system's own tests expected and walkbook missed (../shared/seeds/):
+corrupt and unbelievable quotes, and a broker that answers "not found" for an order
+walkbook placed. The faults come from a broker wrapper behind the public Broker protocol,
+over the simulator, where the simulator cannot produce them itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+from walk_support import check_invariants, resting, steady
+
+from engine import Quote, SimBroker, parse_plan
+from engine.broker import BrokerOrder
+from engine.errors import OrderNotFound
+from engine.order import EventKind
+
+BUY = {"symbol": "AAPL", "side": "buy", "quantity": "10"}
+
+
+class QuoteFaultBroker(SimBroker):
+    """The simulator, with each source's quotes for a symbol replaced by (bid, ask), or
+    withheld (None) — a corrupt stream, a REST snapshot that disagrees, an outage."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.stream_quotes: dict[str, tuple[str, str] | None] = {}
+        self.rest_quotes: dict[str, tuple[str, str] | None] = {}
+
+    @staticmethod
+    def _faulted(quote: Quote | None, fault: tuple[str, str] | None) -> Quote | None:
+        if quote is None or fault is None:
+            return None
+        return replace(quote, bid=Decimal(fault[0]), ask=Decimal(fault[1]))
+
+    async def stream_quote(self, symbol: str, wait_seconds: float) -> Quote | None:
+        quote = await super().stream_quote(symbol, wait_seconds)
+        if symbol not in self.stream_quotes:
+            return quote
+        return self._faulted(quote, self.stream_quotes[symbol])
+
+    async def latest_quote(self, symbol: str) -> Quote | None:
+        quote = await super().latest_quote(symbol)
+        if symbol not in self.rest_quotes:
+            return quote
+        return self._faulted(quote, self.rest_quotes[symbol])
+
+
+def first_limit_price(rig: Any) -> Decimal | None:
+    for event in rig.journal.events():
+        if event.kind == EventKind.SUBMIT_INTENT and event.data["order_type"] == "limit":
+            return Decimal(event.data["limit_price"])
+    return None
+
+
+def quoted(rig: Any, stream: tuple[str, str] | None, rest: tuple[str, str] | None) -> Any:
+    """One AAPL buy walked with these stream and REST quotes on every read."""
+    rig.broker.stream_quotes["AAPL"] = stream
+    rig.broker.rest_quotes["AAPL"] = rest
+    return rig.engine.execute_plan_sync(parse_plan({"plan_id": "p1", "orders": [BUY]}))
+
+
+def test_a_negative_bid_everywhere_is_corrupt_not_a_missing_side(make_rig):
+    rig = make_rig(broker_cls=QuoteFaultBroker, **resting())
+    result = quoted(rig, ("-100", "100.50"), ("-100", "100.50"))
+    (order,) = result.orders
+    assert (order.state, order.reason) == ("FAILED", "no_quote")
+    assert not rig.broker.orders  # nothing priced from it, nothing sent
+    assert result.quote_counters["corrupt"] >= 2
+
+
+def test_a_corrupt_stream_quote_falls_back_to_a_good_rest_quote(make_rig):
+    rig = make_rig(broker_cls=QuoteFaultBroker, **resting())
+    quoted(rig, ("-1.00", "100.50"), ("100.00", "100.50"))
+    assert first_limit_price(rig) == Decimal("100.38")  # 100 + 0.75 * 0.50, from REST
+
+
+def test_an_unbelievable_stream_spread_is_confirmed_from_rest_and_priced_from_it(make_rig):
+    rig = make_rig(broker_cls=QuoteFaultBroker, **resting())
+    result = quoted(rig, ("100", "120"), ("100.00", "100.50"))
+    assert first_limit_price(rig) == Decimal("100.38")  # never 115, 14.50 above the real ask
+    assert result.quote_counters["suspicious_spread"] >= 1
+
+
+def test_an_unbelievable_spread_nobody_confirms_is_never_priced(make_rig):
+    rig = make_rig(broker_cls=QuoteFaultBroker, **resting())
+    result = quoted(rig, ("100", "120"), None)
+    assert (result.orders[0].state, result.orders[0].reason) == ("FAILED", "no_quote")
+    assert not rig.broker.orders
+
+
+def test_a_wide_book_both_sources_show_is_believed(make_rig):
+    rig = make_rig(broker_cls=QuoteFaultBroker, **resting())
+    result = quoted(rig, ("100", "120"), ("100.10", "119.90"))
+    assert first_limit_price(rig) == Decimal("115")
+    assert result.quote_counters["confirmed_by_other_source"] >= 1
+
+
+def test_a_spread_far_wider_than_the_symbol_s_recent_ones_needs_confirming(make_rig):
+    """A spread of 6% is believable for an unknown symbol, not for one that has traded at
+    10 bps all along: after a few quotes, the jump is checked against REST."""
+    rig = make_rig(broker_cls=QuoteFaultBroker, **resting())
+    for plan_id in ("warm-1", "warm-2"):
+        rig.engine.execute_plan_sync(parse_plan({"plan_id": plan_id, "orders": [BUY]}))
+    rig.broker.stream_quotes["AAPL"] = ("97", "103")
+    rig.broker.rest_quotes["AAPL"] = ("99.95", "100.05")
+    rig.engine.execute_plan_sync(parse_plan({"plan_id": "p3", "orders": [BUY]}))
+    intents = [e for e in rig.journal.events(plan_id="p3") if e.kind == EventKind.SUBMIT_INTENT]
+    assert Decimal(intents[0].data["limit_price"]) < Decimal("100.05")
+
+
+# -- a broker that loses an order ---------------------------------------------------------
+
+
+class ForgetfulBroker(SimBroker):
+    """Answers "not found" by id for every order of the symbols in `forgets`; unless
+    `knows_client_ids`, it has nothing of them under any id (not by client order id, not
+    in its open orders, not to cancel): a 404 for an order walkbook placed."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.forgets: set[str] = set()
+        self.knows_client_ids = False
+
+    def _lost(self, order_id: str) -> bool:
+        order = self.orders.get(order_id)
+        return order is not None and order.symbol in self.forgets
+
+    async def get_order(self, order_id: str) -> BrokerOrder:
+        if self._lost(order_id):
+            raise OrderNotFound(f"order {order_id} not found", order_id=order_id)
+        return await super().get_order(order_id)
+
+    async def wait_for_update(self, order_id: str, timeout_seconds: float) -> BrokerOrder:
+        if self._lost(order_id):
+            raise OrderNotFound(f"order {order_id} not found", order_id=order_id)
+        return await super().wait_for_update(order_id, timeout_seconds)
+
+    async def cancel_order(self, order_id: str) -> None:
+        if self._lost(order_id) and not self.knows_client_ids:
+            raise OrderNotFound(f"order {order_id} not found", order_id=order_id)
+        await super().cancel_order(order_id)
+
+    async def open_orders(self) -> list[BrokerOrder]:
+        listed = await super().open_orders()
+        return [o for o in listed if self.knows_client_ids or o.symbol not in self.forgets]
+
+    async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        found = await super().get_order_by_client_id(client_order_id)
+        if found is not None and found.symbol in self.forgets and not self.knows_client_ids:
+            return None
+        return found
+
+
+def two_symbols() -> dict[str, Any]:
+    return steady() | {"MSFT": steady("300")["AAPL"]}
+
+
+PLAN = {"plan_id": "p1", "orders": [BUY, {"symbol": "MSFT", "side": "buy", "quantity": "3"}]}
+
+
+def test_a_404_for_a_placed_order_fails_that_order_and_the_plan_goes_on(make_rig):
+    rig = make_rig(broker_cls=ForgetfulBroker, **resting(symbols=two_symbols()))
+    rig.broker.forgets.add("AAPL")
+    result = rig.engine.execute_plan_sync(parse_plan(PLAN))
+    by_symbol = {o.symbol: o for o in result.orders}
+    assert (by_symbol["AAPL"].state, by_symbol["AAPL"].reason) == ("FAILED", "order_not_found")
+    assert by_symbol["MSFT"].state == "VALIDATED"
+    finals = [e.data for e in rig.journal.events() if e.kind == EventKind.ORDER_FINAL]
+    assert any(d["status"] == "not_found" for d in finals)
+    assert rig.engine.resume_sync().nothing_in_flight
+
+
+def test_a_404_by_id_with_the_order_found_by_client_id_walks_on(make_rig):
+    rig = make_rig(broker_cls=ForgetfulBroker, **resting(symbols=two_symbols()))
+    rig.broker.forgets.add("AAPL")
+    rig.broker.knows_client_ids = True
+    result = rig.engine.execute_plan_sync(parse_plan(PLAN))
+    assert {o.symbol: o.state for o in result.orders} == {"AAPL": "VALIDATED", "MSFT": "VALIDATED"}
+    check_invariants(rig)

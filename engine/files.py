@@ -6,9 +6,16 @@ import os
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["PRIVATE_MODE", "open_private", "write_private_text"]
+__all__ = ["PRIVATE_MODE", "create_private", "open_private", "write_private_text"]
 
 PRIVATE_MODE = 0o600
+
+
+def create_private(path: Path) -> None:
+    """Create `path` empty and 0600 unless it exists, before a library (SQLite) opens it
+    with its own default mode."""
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_MODE))
 
 
 def open_private(path: Path, *, newline: str | None = None) -> TextIO:

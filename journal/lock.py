@@ -70,8 +70,8 @@ class JournalLock:
 def _refuse_hard_links(journal_path: Path) -> None:
     try:
         links = os.stat(journal_path).st_nlink
-    except FileNotFoundError:
-        return  # a new journal
+    except OSError:
+        return  # a new journal, or a path opening it will report on
     if links > 1:
         raise JournalUnavailable(
             f"journal {journal_path} has {links} hard links: a journal must have one name, "

@@ -256,6 +256,25 @@ def test_a_new_journal_its_wal_shm_and_lock_are_0600(tmp_path: Path, through: st
     assert written == dict.fromkeys(written, 0o600)
 
 
+@pytest.mark.usefixtures("umask_022")
+def test_a_run_s_simulator_state_and_result_json_are_0600(tmp_path: Path) -> None:
+    """Every file a `walkbook run` writes holds the account's trades: none is world-readable."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(
+        '{"plan_id": "p", "orders": [{"symbol": "AAPL", "side": "buy", "quantity": "1"}]}'
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    result = invoke(
+        "run", plan, "--journal", out / "j.db", "--sim-state", out / "sim.db",
+        "--result-json", out / "result.json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    written = {p.name: mode(p) for p in out.iterdir()}
+    assert {"j.db", "sim.db", "result.json"} <= set(written)
+    assert written == dict.fromkeys(written, 0o600)
+
+
 OUTPUTS: dict[str, list[str]] = {
     "journal export --out": ["journal", "export", "--out", OUT],
     "journal export --ledger --format csv --out": ["journal", "export", "--ledger", "--format",

@@ -14,6 +14,7 @@ from typing import Any
 from journal import decode_json
 
 from ..errors import InputError
+from ..files import create_private
 
 __all__ = ["SimStore"]
 
@@ -33,12 +34,13 @@ class SimStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
+            create_private(self.path)
             self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self.conn.execute("PRAGMA busy_timeout = 5000")
             self.conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise InputError(f"cannot use simulator state {self.path}: {exc}") from None
 
     def load(self) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]] | None:

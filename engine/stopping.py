@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .files import open_private
 from .fsm import FailReason
 
 __all__ = [
@@ -134,8 +135,7 @@ def write_halt_request(journal_path: Path, request: HaltRequest) -> Path:
     """Create the request atomically (written aside, then renamed), readable only by us."""
     path = halt_request_path(journal_path)
     staging = path.with_name(f"{path.name}.{os.getpid()}")
-    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
+    with open_private(staging) as out:
         json.dump(request.to_json(), out)
     os.replace(staging, path)
     return path

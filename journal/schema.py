@@ -255,11 +255,18 @@ def _applied(conn: sqlite3.Connection, tables: set[str]) -> list[str]:
 
 
 def missing_triggers(conn: sqlite3.Connection) -> list[str]:
-    """The append-only triggers the file lacks: someone dropped them to edit history."""
-    present = {
-        row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-    }
-    return [name for name in APPEND_ONLY_TRIGGERS if name not in present]
+    """The append-only triggers the file lacks, or has in another form than walkbook wrote
+    them (dropped to edit history, or recreated to do nothing): each by name."""
+    present = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"))
+    return [
+        name
+        for name, sql in zip(APPEND_ONLY_TRIGGERS, _APPEND_ONLY_TRIGGERS, strict=True)
+        if _words(present.get(name) or "") != _words(sql)
+    ]
+
+
+def _words(sql: str) -> list[str]:
+    return sql.split()
 
 
 def check_schema(conn: sqlite3.Connection) -> None:

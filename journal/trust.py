@@ -44,8 +44,9 @@ def check_before_acting(journal: Journal) -> None:
     missing = missing_triggers(conn)
     if missing:
         raise JournalCorrupt(
-            f"{journal.path}: append-only trigger(s) {', '.join(missing)} are missing: the "
-            "journal may have been edited; refusing to act on it (walkbook journal verify)",
+            f"{journal.path}: append-only trigger(s) {', '.join(missing)} are missing or "
+            "altered: the journal may have been edited; refusing to act on it (walkbook "
+            "journal verify)",
             missing_triggers=missing,
         )
     checked_seq, checked_hash = recorded_check(journal)

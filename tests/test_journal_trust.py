@@ -120,6 +120,10 @@ def test_a_clean_journal_passes_and_the_check_is_recorded(tmp_path: Path) -> Non
 
 TAMPERS: dict[str, tuple[str, ...]] = {
     "triggers dropped": ("DROP TRIGGER events_refuse_update",),
+    "a trigger made harmless": (
+        "DROP TRIGGER events_refuse_delete",
+        "CREATE TRIGGER events_refuse_delete BEFORE DELETE ON events BEGIN SELECT 1; END",
+    ),
     "last event deleted": (
         "DROP TRIGGER events_refuse_delete",
         "DELETE FROM events WHERE seq = (SELECT max(seq) FROM events)",

@@ -294,8 +294,8 @@ def _with_triggers(journal: Journal, result: VerifyResult) -> VerifyResult:
         return result
     return replace(
         result,
-        problem=f"append-only trigger(s) {', '.join(missing)} missing: someone dropped them, "
-        "so events can be edited or deleted without SQLite refusing",
+        problem=f"append-only trigger(s) {', '.join(missing)} missing or altered: someone "
+        "dropped or replaced them, so events can be edited or deleted without SQLite refusing",
     )
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 import structlog
 
@@ -185,14 +185,29 @@ class Report:
             self.args.json.write_text(json.dumps(payload, indent=2) + "\n")
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """Bad arguments: one line on stderr and exit 2, like walkbook's own commands."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _existing_directory(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not an existing directory")
+    return path
+
+
 def bench_parser(doc: str | None) -> argparse.ArgumentParser:
     """The arguments every script takes: --quick, --json PATH, --workdir DIR."""
-    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
+    parser = _OneLineErrors(description=(doc or "").strip().splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--json", type=Path, help="write the rows as JSON to this file")
     parser.add_argument(
         "--workdir",
-        type=Path,
+        type=_existing_directory,
         help="where the scratch databases go (default: the system temp dir); same disk for all",
     )
     return parser

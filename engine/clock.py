@@ -14,9 +14,14 @@ from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["Clock", "RealClock", "VirtualClock"]
+__all__ = ["Clock", "RealClock", "VirtualClock", "WrongEventLoop"]
 
 T = TypeVar("T")
+
+
+class WrongEventLoop(RuntimeError):
+    """A VirtualClock used from an event loop it does not drive (`asyncio.run`, say): its
+    time would never move and every wait would hang."""
 
 
 class Clock(Protocol):
@@ -88,13 +93,29 @@ class VirtualClock:
         self._time = _VirtualTime()
 
     def now(self) -> datetime:
+        self._check_loop()
         return self.start + timedelta(seconds=self._time.elapsed)
 
     def monotonic(self) -> float:
+        self._check_loop()
         return self._time.elapsed
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    def _check_loop(self) -> None:
+        """Virtual time moves only on the loop `run` makes: refuse any other running loop at
+        once, instead of waiting forever on a clock that never advances."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # outside any loop: reading the time is fine
+        if not (isinstance(loop, _VirtualLoop) and loop._virtual_time is self._time):
+            raise WrongEventLoop(
+                "this VirtualClock only runs under its own loop: use clock.run(coro) (or the "
+                "engine's *_sync methods) instead of asyncio.run, or give the Engine a "
+                "RealClock"
+            )
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` to completion on a fresh virtual-time event loop."""

@@ -7,6 +7,7 @@ Delivery is at most once per process; after a crash the journal is the record.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -81,6 +82,15 @@ class Hooks:
     _log: Any = field(default_factory=lambda: structlog.get_logger("walkbook.hooks"))
 
     def subscribe(self, notice_type: type[NoticeT], callback: Callable[[NoticeT], None]) -> None:
+        """Refuses a coroutine function: hooks run synchronously right after the commit, and
+        a coroutine would be created, never awaited, and its work silently lost."""
+        call = callback if inspect.isroutine(callback) else type(callback).__call__
+        if inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(callback):
+            raise TypeError(
+                f"{getattr(callback, '__qualname__', callback)!r} is an async function: hooks "
+                "are called synchronously after each commit; subscribe a plain function "
+                "(it may hand the notice to your loop, e.g. with loop.create_task)"
+            )
         self._subscribers.setdefault(notice_type, []).append(callback)
 
     def deliver(self, notice: Notice) -> None:

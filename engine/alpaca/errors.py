@@ -31,6 +31,7 @@ __all__ = [
     "SubPennyPrice",
     "error_from_response",
     "redact",
+    "shortened",
 ]
 
 MESSAGE_LIMIT = 200
@@ -84,11 +85,25 @@ _BY_MESSAGE: tuple[tuple[str, type[BrokerError], dict[str, str]], ...] = (
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret replaced, so keys never reach an error, a log or the journal."""
+    """`text` with every secret replaced, so keys never reach an error, a log or the journal.
+
+    A secret is replaced where it stands as a token (in a header, a URL, a body: between
+    characters that are not letters or digits), never inside a word: a short secret must
+    not turn "host" into "ho***" and make the error unreadable.
+    """
     for secret in secrets:
         if secret:
-            text = text.replace(secret, "***")
+            token = rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])"
+            text = re.sub(token, "***", text)
     return text
+
+
+def shortened(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """`text` cut to about `limit` characters at a word boundary, marked as cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0]
+    return f"{cut} ..."
 
 
 def _parse_body(body: str) -> tuple[int | None, str]:
@@ -114,7 +129,7 @@ def error_from_response(
     unreadable answer then means the outcome is unknown, to be resolved by client_order_id.
     """
     code, message = _parse_body(body)
-    message = redact(message, secrets)[:MESSAGE_LIMIT] or "no message"
+    message = shortened(redact(message, secrets)) or "no message"
     fields: dict[str, Any] = {"status": status, "code": code}
     text = f"alpaca: HTTP {status}: {message}"
     lowered = message.lower()

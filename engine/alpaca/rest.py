@@ -25,7 +25,7 @@ from alpaca.trading.client import TradingClient
 from requests.adapters import HTTPAdapter
 
 from ..errors import BrokerError, BrokerUnavailable, OutcomeUnknown
-from .errors import RateLimited, error_from_response, redact
+from .errors import RateLimited, error_from_response, redact, shortened
 from .limiter import RateLimiter
 from .settings import AlpacaSettings
 
@@ -139,5 +139,5 @@ class RestGateway:
         secrets = self.settings.secrets
         if isinstance(exc, APIError):
             return error_from_response(exc.status_code, str(exc), write=write, secrets=secrets)
-        detail = redact(f"{type(exc).__name__}: {exc}", secrets)[:200]
+        detail = shortened(redact(f"{type(exc).__name__}: {exc}", secrets))
         return (OutcomeUnknown if write else BrokerUnavailable)(f"alpaca: {detail}")

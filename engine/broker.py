@@ -190,6 +190,17 @@ class Broker(Protocol):
         `get_order`)."""
         ...
 
+    async def close_position(self, symbol: str, qty: Decimal) -> BrokerOrder:
+        """Sell `qty` of a long position through the broker's close-position route (Alpaca:
+        `DELETE /v2/positions/{symbol}?qty=`), the only route for the fraction of a
+        whole-share asset. The order it makes carries a client order id of the broker's."""
+        ...
+
+    async def recent_orders(self, symbol: str, since: datetime) -> list[BrokerOrder]:
+        """The symbol's orders submitted at or after `since`, oldest first, whatever their
+        status (finds a close-position order, whose client order id is not walkbook's)."""
+        ...
+
     async def wait_for_update(self, order_id: str, timeout_seconds: float) -> BrokerOrder:
         """Return the order once it changes (fill, status) or when the timeout passes."""
         ...

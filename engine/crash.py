@@ -12,6 +12,7 @@ import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import TypeVar
 
@@ -44,6 +45,8 @@ BROKER_METHODS = (
     "get_order",
     "get_order_by_client_id",
     "open_orders",
+    "close_position",
+    "recent_orders",
     "wait_for_update",
 )
 
@@ -146,6 +149,12 @@ class CrashingBroker:
 
     async def open_orders(self) -> list[BrokerOrder]:
         return await self._call("open_orders", self.inner.open_orders)
+
+    async def close_position(self, symbol: str, qty: Decimal) -> BrokerOrder:
+        return await self._call("close_position", lambda: self.inner.close_position(symbol, qty))
+
+    async def recent_orders(self, symbol: str, since: datetime) -> list[BrokerOrder]:
+        return await self._call("recent_orders", lambda: self.inner.recent_orders(symbol, since))
 
     async def wait_for_update(self, order_id: str, timeout_seconds: float) -> BrokerOrder:
         return await self._call(

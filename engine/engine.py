@@ -352,7 +352,12 @@ class Engine:
             raise InvalidIntent(f"cannot check the asset: {exc.message}") from None
         if not asset.tradable:
             raise InvalidIntent("asset is not tradable", symbol=symbol)
-        if intent.is_fractional and not asset.fractionable:
+        # a FULL close sells what the broker holds, its fraction through close-position
+        if (
+            intent.is_fractional
+            and not asset.fractionable
+            and intent.close_type is not CloseType.FULL
+        ):
             whole = intent.quantity.to_integral_value(rounding=ROUND_FLOOR)
             if self.config.fractional_on_whole_share_asset == "refuse" or whole <= 0:
                 raise InvalidIntent(

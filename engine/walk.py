@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from functools import cached_property, partial
 from typing import Any, TypeVar
 
@@ -36,7 +36,7 @@ from .errors import (
 from .fsm import FailReason, OrderMachine, OrderState, Trigger, is_limit_step, step_number
 from .intents import CloseType, OrderSide, Urgency
 from .numbers import ZERO, decimal_text
-from .order import EventKind, OrderRecord, client_order_id
+from .order import EventKind, OrderRecord, client_order_id, engine_order_of
 from .pricing import limit_price
 from .quotes import QuoteCounters, QuoteService, UsableQuote
 from .retry import read_with_retry
@@ -44,10 +44,14 @@ from .stopping import StopRequested, StopRequests
 
 __all__ = ["EndedAtBroker", "OrderJournal", "OrderWalk", "WalkContext"]
 
+# a submit intent's `order_type` for the close-position route, and its step in client ids
+CLOSE_POSITION, CLOSE_STEP = "close_position", "C"
+
 T = TypeVar("T")
 PRICE_STEP = Decimal("0.000001")
 QTY_WHOLE, QTY_FRACTION = Decimal(1), Decimal("0.0001")
 Listener = Callable[[OrderRecord, Event], None]
+Finder = Callable[[], Awaitable[BrokerOrder | None]]
 # what a broker order can end in without filling; walkbook asked for it, or someone else did
 _ENDED_UNFILLED = frozenset(
     {BrokerOrderStatus.CANCELED, BrokerOrderStatus.EXPIRED, BrokerOrderStatus.REJECTED}
@@ -179,14 +183,14 @@ class OrderWalk:
         return await read_with_retry(call, self.config, self.ctx.clock, lambda: self.log)
 
     async def _resolve_unknown(
-        self, cid: str, resend: Callable[[], Awaitable[BrokerOrder]]
+        self, cid: str, resend: Callable[[], Awaitable[BrokerOrder]], find: Finder
     ) -> BrokerOrder:
         """After an unknown outcome: adopt the order if the broker has it, else resend, same id."""
         config = self.config
         for attempt in range(config.broker_retry_attempts):
             await self.ctx.clock.sleep(config.broker_retry_backoff_seconds * 2**attempt)
             try:
-                found = await self.ctx.broker.get_order_by_client_id(cid)
+                found = await find()
                 if found is not None:
                     return found
                 return await resend()
@@ -204,7 +208,33 @@ class OrderWalk:
         """Write-ahead: journal the intent, then perform the call and journal its outcome."""
         self.book.write(intent_kind, data)
         cid = data["client_order_id"]
-        return await self._perform(intent_kind, ack_kind, cid, call, fresh=True)
+        find = self._finder({"kind": intent_kind, **data})
+        return await self._perform(intent_kind, ack_kind, cid, call, fresh=True, find=find)
+
+    def _finder(self, intent: dict[str, Any]) -> Finder:
+        """How to find the broker order an intent may have made: by its client order id, or
+        for a close-position (whose client id is the broker's) among the symbol's recent
+        orders."""
+        if intent.get("order_type") == CLOSE_POSITION:
+            return partial(self._find_close_order, intent)
+        broker, cid = self.ctx.broker, intent["client_order_id"]
+        return partial(broker.get_order_by_client_id, cid)
+
+    async def _find_close_order(self, intent: dict[str, Any]) -> BrokerOrder | None:
+        """The sell of exactly the intent's qty of the symbol submitted since the intent, with
+        a client id that is not walkbook's and no acknowledgement in this order's journal."""
+        since = datetime.fromisoformat(intent["sent_after"])
+        symbol, qty = self.record.intent.symbol, Decimal(intent["qty"])
+        recent = await self.ctx.broker.recent_orders(symbol, since)
+        for order in recent:
+            if (
+                order.side is OrderSide.SELL
+                and order.qty == qty
+                and engine_order_of(order.client_order_id) is None
+                and order.id not in self.record.broker_order_ids
+            ):
+                return order
+        return None
 
     async def _perform(
         self,
@@ -214,6 +244,7 @@ class OrderWalk:
         call: Callable[[], Awaitable[BrokerOrder]],
         *,
         fresh: bool = False,
+        find: Finder | None = None,
     ) -> BrokerOrder:
         """Call the broker for a journaled intent; journal the ack, the unknown, or the refusal.
 
@@ -241,7 +272,8 @@ class OrderWalk:
                     EventKind.OUTCOME_UNKNOWN,
                     {"client_order_id": cid, "operation": intent_kind, "error": exc.message},
                 )
-                order, adopted = await self._resolve_unknown(cid, call), True
+                find = find or partial(self.ctx.broker.get_order_by_client_id, cid)
+                order, adopted = await self._resolve_unknown(cid, call, find), True
         except BrokerRejected as exc:
             self.book.write(
                 EventKind.REJECTED,
@@ -704,7 +736,8 @@ class OrderWalk:
         """An intent without an answer: adopt the broker's order if it exists, else send again."""
         cid, kind = intent["client_order_id"], intent["kind"]
         broker = self.ctx.broker
-        found = await self._read(lambda: broker.get_order_by_client_id(cid))
+        find = self._finder(intent)
+        found = await self._read(find)
         self.log.info("resume.pending_intent", client_order_id=cid, found=found is not None)
         ack_kind = (
             EventKind.SUBMIT_ACK if kind == EventKind.SUBMIT_INTENT else EventKind.REPLACE_ACK
@@ -718,7 +751,14 @@ class OrderWalk:
             self.book.write(EventKind.INTENT_WITHDRAWN, {"client_order_id": cid})
             return
         data = {k: v for k, v in intent.items() if k != "kind"}
-        if kind == EventKind.SUBMIT_INTENT:
+        if data.get("order_type") == CLOSE_POSITION:
+            symbol, qty = self.record.intent.symbol, Decimal(data["qty"])
+            await self._close_sent(
+                await self._perform(
+                    kind, ack_kind, cid, lambda: broker.close_position(symbol, qty), find=find
+                )
+            )
+        elif kind == EventKind.SUBMIT_INTENT:
             request = self._request(data)
             self._absorb(
                 await self._perform(kind, ack_kind, cid, lambda: broker.submit_order(request))
@@ -768,12 +808,64 @@ class OrderWalk:
         return (await self._read(self.ctx.broker.get_clock)).is_open
 
     async def _leave_quoted(self) -> None:
-        """QUOTED: urgency HIGH (or an empty ladder) goes to market, the rest to step 1."""
-        if self.record.intent.urgency is Urgency.HIGH or not self.config.ladder:
+        """QUOTED: the fraction a whole-share asset cannot trade is closed first; then urgency
+        HIGH (or an empty ladder, or nothing left) goes to market, the rest to step 1."""
+        live = self.record.live_broker_order_id
+        if live is not None:  # a close-position order a resume found: its fills first
+            await self._confirm_terminal(live)
+        fraction = await self._fraction_to_close()
+        if fraction > 0:
+            await self._close_fraction(fraction)
+        if (
+            self.record.intent.urgency is Urgency.HIGH
+            or not self.config.ladder
+            or self.record.remaining_qty <= 0
+        ):
             quote = await self._fresh_quote()
             self._fire(Trigger.ESCALATE, quote=None if quote is None else quote.as_data())
             return
         await self._enter_step(1)
+
+    async def _fraction_to_close(self) -> Decimal:
+        """What a FULL close of a non-fractionable asset holds beyond whole shares (a corporate
+        action's or a fractional era's remainder): no plain order may trade it, so it goes
+        through the close-position route, once."""
+        record, intent = self.record, self.record.intent
+        if intent.close_type is not CloseType.FULL or intent.side is not OrderSide.SELL:
+            return ZERO
+        if any(f"-{CLOSE_STEP}-" in cid for cid in record.client_order_ids):
+            return ZERO
+        if self.asset is None:
+            self.asset = await self._read(partial(self.ctx.broker.get_asset, intent.symbol))
+        if self.asset.fractionable:
+            return ZERO
+        remaining = record.remaining_qty
+        return remaining - remaining.to_integral_value(rounding=ROUND_FLOOR)
+
+    async def _close_fraction(self, qty: Decimal) -> None:
+        """Sell `qty` through the broker's close-position route, write-ahead like any side
+        effect (found again after a crash among the symbol's recent orders)."""
+        symbol = self.record.intent.symbol
+        data = {
+            "client_order_id": client_order_id(self.record.order_id, CLOSE_STEP, 1),
+            "order_type": CLOSE_POSITION,
+            "qty": decimal_text(qty),
+            "limit_price": None,
+            "sent_after": stamp(self.ctx.clock.now()),
+        }
+        order = await self._side_effect(
+            EventKind.SUBMIT_INTENT,
+            EventKind.SUBMIT_ACK,
+            data,
+            lambda: self.ctx.broker.close_position(symbol, qty),
+        )
+        await self._close_sent(order)
+
+    async def _close_sent(self, order: BrokerOrder) -> None:
+        """The close-position order's fills, counted once it is final."""
+        self._absorb(order)
+        if not order.is_terminal:
+            await self._confirm_terminal(order.id)
 
     async def _enter_step(self, k: int) -> None:
         """Price step k from a fresh quote and journal the move into LIMIT_STEP_k."""

@@ -297,3 +297,23 @@ def test_open_orders_pages_past_one_listing_and_leaves_out_other_systems_orders(
 def _expect_order(answer: object) -> SdkOrder:
     assert isinstance(answer, SdkOrder)
     return answer
+
+
+def test_a_fractional_position_of_a_whole_share_asset_closes_through_the_sdk(
+    tmp_path: Path,
+) -> None:
+    """2.7 shares of a non-fractionable asset, closed FULL through alpaca-py: the 0.7 goes
+    through `DELETE /v2/positions/{symbol}?qty=0.7`, the 2 whole shares walk."""
+    ko = SymbolSpec(price=Decimal("62"), spread_bps=10, volatility_bps=0, fractionable=False)
+    spec = market(EAGER, symbols={"KO": ko}, positions={"KO": Decimal("2.7")})
+    with alpaca_rig(tmp_path, spec, config=RESTING) as rig:
+        result = rig.run({"symbol": "KO", "side": "sell", "quantity": "2.7", "close_type": "full"})
+        rig.check(result)
+        (order,) = result.orders
+        assert order.state == OrderState.VALIDATED, order
+        assert order.filled_qty == Decimal("2.7")
+        assert rig.server.app.stats["DELETE /v2/positions/{symbol}"] == 1
+        assert rig.book().positions.get("KO", Decimal(0)) == 0
+        intents = [e.data for e in rig.events("submit_intent")]
+        assert [i["order_type"] for i in intents][:2] == ["close_position", "limit"]
+        assert [Decimal(i["qty"]) for i in intents][:2] == [Decimal("0.7"), Decimal(2)]

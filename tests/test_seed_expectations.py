@@ -10,9 +10,10 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from walk_support import check_invariants, resting, steady
 
-from engine import Quote, SimBroker, parse_plan
+from engine import InvalidIntent, Quote, SimBroker, parse_plan
 from engine.broker import BrokerOrder
 from engine.errors import OrderNotFound
 from engine.order import EventKind
@@ -180,3 +181,40 @@ def test_a_404_by_id_with_the_order_found_by_client_id_walks_on(make_rig):
     result = rig.engine.execute_plan_sync(parse_plan(PLAN))
     assert {o.symbol: o.state for o in result.orders} == {"AAPL": "VALIDATED", "MSFT": "VALIDATED"}
     check_invariants(rig)
+
+
+# -- a fractional position in a whole-share asset --------------------------------------------
+
+
+def whole_share(position: str) -> dict[str, Any]:
+    symbol = steady()["AAPL"].model_copy(update={"fractionable": False})
+    return resting(symbols={"AAPL": symbol}, positions={"AAPL": Decimal(position)})
+
+
+@pytest.mark.parametrize("position", ["0.1", "0.3", "0.5", "0.9", "1.3", "2.7"])
+@pytest.mark.parametrize("written", ["position", "1"])
+def test_a_full_close_sells_the_fraction_through_close_position(
+    make_rig: Any, position: str, written: str
+) -> None:
+    """The fraction goes through the close-position route (a plain fractional order on a
+    whole-share asset is refused by the broker), the whole shares walk; both journaled."""
+    rig = make_rig(**whole_share(position))
+    quantity = position if written == "position" else written
+    close = {"symbol": "AAPL", "side": "sell", "quantity": quantity, "close_type": "full"}
+    (order,) = rig.engine.execute_plan_sync(parse_plan({"plan_id": "c", "orders": [close]})).orders
+    assert order.state == "VALIDATED", order
+    assert order.filled_qty == Decimal(position)
+    assert rig.broker.positions.get("AAPL", Decimal(0)) == 0
+    intents = [e.data for e in rig.journal.events() if e.kind == EventKind.SUBMIT_INTENT]
+    assert intents[0]["order_type"] == "close_position"
+    assert Decimal(intents[0]["qty"]) == Decimal(position) % 1
+    assert all(Decimal(i["qty"]) == Decimal(i["qty"]).to_integral_value() for i in intents[1:])
+    check_invariants(rig)
+
+
+def test_a_plain_fractional_sell_of_a_whole_share_asset_is_refused_by_the_broker(make_rig):
+    """Why the route exists: the simulator, like Alpaca, refuses the plain order."""
+    rig = make_rig(**whole_share("0.3"))
+    sell = {"symbol": "AAPL", "side": "sell", "quantity": "0.3"}
+    with pytest.raises(InvalidIntent, match="not fractionable"):
+        rig.engine.execute_plan_sync(parse_plan({"plan_id": "s", "orders": [sell]}))

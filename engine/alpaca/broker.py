@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from contextlib import suppress
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -25,7 +25,11 @@ from alpaca.trading.models import Asset as SdkAsset
 from alpaca.trading.models import Clock as SdkClock
 from alpaca.trading.models import Order as SdkOrder
 from alpaca.trading.models import Position, TradeAccount
-from alpaca.trading.requests import GetOrdersRequest, ReplaceOrderRequest
+from alpaca.trading.requests import (
+    ClosePositionRequest,
+    GetOrdersRequest,
+    ReplaceOrderRequest,
+)
 
 from ..broker import Account, Asset, BrokerOrder, MarketClock, OrderRequest, Quote
 from ..errors import BrokerUnavailable, NotReplaceable, OrderNotFound, UnknownSymbol
@@ -282,17 +286,50 @@ class AlpacaBroker:
         return listed
 
     async def _open_orders_page(self, after: datetime | None) -> list[SdkOrder]:
-        trading = self.rest.trading
-        request = GetOrdersRequest(
-            status=QueryOrderStatus.OPEN,
-            limit=OPEN_ORDERS_PER_PAGE,
-            direction=Sort.ASC,
-            after=after,
+        return await self._orders_page(
+            GetOrdersRequest(
+                status=QueryOrderStatus.OPEN,
+                limit=OPEN_ORDERS_PER_PAGE,
+                direction=Sort.ASC,
+                after=after,
+            )
         )
+
+    async def _orders_page(self, request: GetOrdersRequest) -> list[SdkOrder]:
+        trading = self.rest.trading
         answer = await self.rest.read("get_orders", lambda: trading.get_orders(filter=request))
         if not isinstance(answer, list):
             raise BrokerUnavailable(f"alpaca: unexpected answer {type(answer).__name__}")
         return [_expect(SdkOrder, order) for order in answer]
+
+    async def close_position(self, symbol: str, qty: Decimal) -> BrokerOrder:
+        """`DELETE /v2/positions/{symbol}?qty=`: Alpaca's route for a fractional remainder
+        of a non-fractionable asset, which a plain order would be refused for."""
+        await self._trade_stream_ready()
+        trading = self.rest.trading
+        options = ClosePositionRequest(qty=str(qty))
+        answer = await self.rest.write(
+            "close_position", lambda: trading.close_position(symbol, close_options=options)
+        )
+        return self._show(answer)
+
+    async def recent_orders(self, symbol: str, since: datetime) -> list[BrokerOrder]:
+        """`GET /v2/orders?status=all&symbols=` after `since` (less a second: Alpaca's
+        filter is exclusive), oldest first, one page of up to 500."""
+        page = await self._orders_page(
+            GetOrdersRequest(
+                status=QueryOrderStatus.ALL,
+                symbols=[symbol],
+                after=since - timedelta(seconds=1),
+                direction=Sort.ASC,
+                limit=OPEN_ORDERS_PER_PAGE,
+            )
+        )
+        found = []
+        for order in page:
+            with suppress(UnsupportedOrder):
+                found.append(self.orders.show(order_from_sdk(order)))
+        return found
 
     async def wait_for_update(self, order_id: str, timeout_seconds: float) -> BrokerOrder:
         """The order as soon as it differs from what the engine last saw, or at the timeout.

@@ -86,6 +86,7 @@ class _Order:
     replaced_by: str | None = None
     replaces: str | None = None
     version: int = 0
+    submitted_at: str | None = None
 
     @property
     def remaining(self) -> Decimal:
@@ -527,6 +528,7 @@ class SimBroker:
         return order_id
 
     def _accept(self, order: _Order, book: _Book) -> None:
+        order.submitted_at = self.clock.now().isoformat()
         self.orders[order.id] = order
         self._dirty.add(order.id)
         self._by_client_id[order.client_order_id] = order.id
@@ -605,6 +607,43 @@ class SimBroker:
         order = self._order(order_id)
         self._book(order.symbol)
         return order.snapshot()
+
+    @_persisted
+    async def close_position(self, symbol: str, qty: Decimal) -> BrokerOrder:
+        """A market sell of `qty` of the position, fractions allowed whatever the asset,
+        under a client order id of the simulator's (as Alpaca's close-position route)."""
+        await self._call(read=False)
+        book = self._book(symbol)
+        available = self.positions.get(symbol, ZERO) - self._reserved_qty(symbol)
+        if qty <= 0 or qty > available:
+            raise BrokerRejected(
+                f"insufficient qty available for order (requested: {qty}, available: {available})",
+                reason="insufficient_position",
+            )
+        order_id = self._new_id()
+        order = _Order(
+            id=order_id,
+            client_order_id=f"close-{order_id}",
+            symbol=symbol,
+            side=OrderSide.SELL,
+            order_type="market",
+            qty=qty,
+            limit_price=None,
+        )
+        self._accept(order, book)
+        return order.snapshot()
+
+    @_persisted
+    async def recent_orders(self, symbol: str, since: datetime) -> list[BrokerOrder]:
+        await self._call()
+        self.catch_up()
+        return [
+            o.snapshot()
+            for o in self.orders.values()
+            if o.symbol == symbol
+            and o.submitted_at is not None
+            and datetime.fromisoformat(o.submitted_at) >= since
+        ]
 
     @_persisted
     async def open_orders(self) -> list[BrokerOrder]:

@@ -105,6 +105,7 @@ class SimApp:
                 web.delete("/v2/orders/{order_id}", self.cancel),
                 web.get("/v2/positions", self.positions),
                 web.get("/v2/positions/{symbol}", self.position),
+                web.delete("/v2/positions/{symbol}", self.close_position),
                 web.get("/v2/account", self.account),
                 web.get("/v2/clock", self.clock),
                 web.get("/v2/assets/{symbol}", self.asset),
@@ -251,6 +252,9 @@ class SimApp:
         orders += self.resting.values()
         if status != "all":
             orders = [o for o in orders if o.is_terminal == (status == "closed")]
+        symbols = {s.strip().upper() for s in request.query.get("symbols", "").split(",")}
+        if symbols - {""}:
+            orders = [o for o in orders if o.symbol in symbols]
         orders.sort(key=lambda o: seen.setdefault(o.id, now))
         if after is not None:
             orders = [o for o in orders if seen[o.id] > after]
@@ -321,6 +325,17 @@ class SimApp:
         if not qty:
             return error(404, 40410000, "position does not exist")
         return web.json_response(position_json(symbol, qty))
+
+    async def close_position(self, request: web.Request) -> web.Response:
+        """`DELETE /v2/positions/{symbol}?qty=`: a market sell of that much of the position,
+        fractions allowed on any asset, under a client order id of the server's."""
+        symbol = request.match_info["symbol"].upper()
+        if not await self.broker.get_position(symbol):
+            return error(404, 40410000, "position does not exist")
+        if "qty" not in request.query:
+            raise _BadRequest("the simulator closes a position by qty only")
+        qty = _decimal(request.query["qty"], "qty")
+        return self._order(await self.broker.close_position(symbol, qty))
 
     async def account(self, request: web.Request) -> web.Response:
         return web.json_response(account_json(await self.broker.get_account()))

@@ -907,9 +907,15 @@ class OrderWalk:
             self._fire(Trigger.ESCALATE, quote=None if quote is None else quote.as_data())
 
     async def _place_limit(self, step: str, price: Decimal) -> None:
+        """The step's order at `price`: the live order kept when it already rests there (a
+        replace that changes nothing is refused by Alpaca), else replaced or placed anew."""
         live = self.record.live_broker_order_id
         if live is not None:
-            self._absorb(await self._read_order(live))
+            order = await self._read_order(live)
+            self._absorb(order)
+            if not order.is_terminal and order.limit_price == price:
+                self.log.info("order.step_keeps_resting_order", limit_price=str(price))
+                return
         if self.record.live_broker_order_id is None or self.record.remaining_qty <= 0:
             return await self._submit_remaining(step, price)
         if self._may_replace(price):

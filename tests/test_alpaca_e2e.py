@@ -4,16 +4,18 @@ walkbook's sim-server on 127.0.0.1: fills over trade_updates, replace, cancel/ne
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from decimal import Decimal
 from pathlib import Path
 
 import msgpack
 import pytest
+from alpaca.common.exceptions import APIError
 from alpaca.trading.enums import OrderSide as SdkSide
 from alpaca.trading.enums import OrderStatus, OrderType, TimeInForce
 from alpaca.trading.models import Order as SdkOrder
-from alpaca.trading.requests import StopOrderRequest
+from alpaca.trading.requests import ReplaceOrderRequest, StopOrderRequest
 from alpaca_support import EAGER, KEYS, NEVER, RESTING, acks, alpaca_rig, market
 from websockets.sync.client import connect
 
@@ -317,3 +319,27 @@ def test_a_fractional_position_of_a_whole_share_asset_closes_through_the_sdk(
         intents = [e.data for e in rig.events("submit_intent")]
         assert [i["order_type"] for i in intents][:2] == ["close_position", "limit"]
         assert [Decimal(i["qty"]) for i in intents][:2] == [Decimal("0.7"), Decimal(2)]
+
+
+def test_a_replace_that_changes_nothing_is_refused_403_as_alpaca_does(tmp_path: Path) -> None:
+    """PATCH /v2/orders/{id} with the order's own qty and limit price: 403 40310000 "order
+    parameters are not changed" (Alpaca's answer), through alpaca-py."""
+    with alpaca_rig(tmp_path, market(NEVER)) as rig:
+        broker = rig.broker
+
+        async def resting_buy() -> str:
+            quote = await broker.latest_quote("AAPL")
+            assert quote is not None
+            price = (quote.bid - 1).quantize(Decimal("0.01"))
+            request = OrderRequest("same-1", "AAPL", OrderSide.BUY, Decimal(2), "limit", price)
+            placed = await broker.submit_order(request)
+            assert placed.limit_price == price
+            return placed.id
+
+        order_id = asyncio.run(resting_buy())
+        order = _expect_order(broker.rest.trading.get_order_by_id(order_id))
+        unchanged = ReplaceOrderRequest(qty=2, limit_price=float(order.limit_price or 0))
+        with pytest.raises(APIError) as refused:
+            broker.rest.trading.replace_order_by_id(order_id, unchanged)
+        assert refused.value.status_code == 403
+        assert json.loads(str(refused.value))["code"] == 40310000

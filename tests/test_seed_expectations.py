@@ -218,3 +218,17 @@ def test_a_plain_fractional_sell_of_a_whole_share_asset_is_refused_by_the_broker
     sell = {"symbol": "AAPL", "side": "sell", "quantity": "0.3"}
     with pytest.raises(InvalidIntent, match="not fractionable"):
         rig.engine.execute_plan_sync(parse_plan({"plan_id": "s", "orders": [sell]}))
+
+
+def test_a_step_whose_price_equals_the_resting_order_s_keeps_it(make_rig):
+    """On a one-tick spread every ratio rounds to the same price: the steps keep the resting
+    order instead of a replace that changes nothing (which Alpaca refuses with 403)."""
+    rig = make_rig(broker_cls=QuoteFaultBroker, **resting())
+    result = quoted(rig, ("100.00", "100.01"), ("100.00", "100.01"))
+    (order,) = result.orders
+    assert order.state == "VALIDATED"
+    kinds = [e.kind for e in rig.journal.events()]
+    assert kinds.count(EventKind.REPLACE_INTENT) == 0
+    limits = [o for o in rig.broker.orders.values() if o.order_type == "limit"]
+    assert len(limits) == 1  # one limit order rested through all three steps
+    assert order.steps_used == 4  # three limit steps and the market step

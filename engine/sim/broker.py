@@ -567,6 +567,8 @@ class SimBroker:
             )
         if qty != qty.to_integral_value() or old.qty != old.qty.to_integral_value():
             raise NotReplaceable("fractional orders cannot be replaced", order_id=order_id)
+        if qty == old.qty and limit_price == old.limit_price:
+            raise BrokerRejected("order parameters are not changed", reason="rejected")
         if client_order_id in self._by_client_id:
             raise DuplicateClientOrderId(
                 "client_order_id must be unique", client_order_id=client_order_id

@@ -292,6 +292,11 @@ class SimApp:
             self.broker.fill_now(sim_id)
         old = self.broker.order_snapshot(sim_id)
         limit = body.get("limit_price", old.limit_price)
+        unchanged = ("qty" not in body or _decimal(body["qty"], "qty") == old.qty) and (
+            limit is None or _decimal(limit, "limit_price") == old.limit_price
+        )
+        if unchanged:
+            return error(403, 40310000, "order parameters are not changed")
         order = await self.broker.replace_order(
             sim_id,
             _decimal(body["qty"], "qty") if "qty" in body else old.qty,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -16,7 +17,7 @@ from dataclasses import replace
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 import click
 import structlog
@@ -26,7 +27,13 @@ from rich.table import Table
 
 from journal import Journal, JournalError
 
-from .cli_alpaca import BrokerChoice, alpaca_engine, broker_options, sim_server
+from .cli_alpaca import (
+    BrokerChoice,
+    FiniteFloatRange,
+    alpaca_engine,
+    broker_options,
+    sim_server,
+)
 from .cli_stop import (
     EXIT_BAD_INPUT,
     EXIT_CODES_HELP,
@@ -38,11 +45,14 @@ from .cli_stop import (
 )
 from .clock import VirtualClock
 from .config import EngineConfig
-from .engine import Engine
+from .engine import Engine, ResumeReport
 from .errors import InputError
+from .files import write_private_text
+from .fsm import TERMINAL_STATES
 from .hooks import OrderFilled, OrderTransitioned
-from .intents import RebalancePlan, load_plan, parse_plan
+from .intents import DEFAULT_MAX_PLAN_ORDERS, RebalancePlan, load_plan, parse_plan
 from .numbers import decimal_text
+from .ownership import refuse_foreign_journal
 from .results import PlanResult
 from .sim import MarketSpec, SimBroker, load_market_spec, parse_market_spec
 
@@ -60,8 +70,14 @@ def _console() -> Console:
     return console
 
 
+def _printable(message: str) -> str:
+    """`message` with every unprintable character escaped: a key named "\\n" or "\\x1b[2J" in
+    a hostile file must neither break the one-line refusal nor reach the terminal raw."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def _die(message: str) -> NoReturn:
-    click.echo(f"walkbook: error: {message}", err=True)
+    click.echo(f"walkbook: error: {_printable(message)}", err=True)
     sys.exit(EXIT_BAD_INPUT)
 
 
@@ -72,6 +88,61 @@ def _bad_input_exits() -> Iterator[None]:
         yield
     except (InputError, JournalError) as exc:
         _die(exc.message)
+
+
+class OneLineUsageError(click.ClickException):
+    """A usage error shown like every other refusal: one `walkbook: error:` line, exit 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"walkbook: error: {_printable(self.format_message())}", err=True)
+
+
+@contextmanager
+def _usage_errors_on_one_line() -> Iterator[None]:
+    """Click's usage errors (a bad option value, a missing argument) as OneLineUsageError;
+    `walkbook` alone still shows the help."""
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise
+    except click.UsageError as exc:
+        command = "walkbook" if exc.ctx is None else exc.ctx.command_path
+        message = exc.format_message().rstrip(".")
+        raise OneLineUsageError(f"{message} (see `{command} --help`)") from None
+
+
+class WalkbookGroup(click.Group):
+    """The `walkbook` group: its own and its commands' usage errors fit the exit-code
+    contract (exit 2, one line on stderr)."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        with _usage_errors_on_one_line():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _usage_errors_on_one_line():
+            return super().invoke(ctx)
+
+
+class JournalFile(click.Path):
+    """A journal's path: a file name, not a directory (its lock and WAL files sit beside it)."""
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = Path(os.fsdecode(super().convert(value, param, ctx)))
+        if not path.name:
+            self.fail(f"{value!r} names no file.", param, ctx)
+        return path
 
 
 def _configure_logging(level: str) -> None:
@@ -222,10 +293,35 @@ def _run_on_simulator(
     return _run_plan(engine_context, plan, console)
 
 
+def _check_result_path(path: Path | None) -> None:
+    """Before anything is journaled: the result file's directory exists and takes the file,
+    so a plan that traded does not end in a traceback for want of a place to write to."""
+    if path is None:
+        return
+    directory = path.parent
+    if not directory.is_dir():
+        raise InputError(f"--result-json {path}: directory {directory} does not exist")
+    if path.exists():
+        writable = os.access(path, os.W_OK)
+    else:
+        writable = os.access(directory, os.W_OK | os.X_OK)
+    if not writable:
+        raise InputError(f"--result-json {path}: not writable")
+
+
+def _write_result(result: PlanResult, path: Path) -> None:
+    """The result JSON, created 0600 like every file walkbook writes. A failure now (a full
+    disk) is reported, and the exit code stays the plan's: the journal holds the result."""
+    try:
+        write_private_text(path, json.dumps(result.to_json_dict(), indent=2) + "\n")
+    except OSError as exc:
+        click.echo(f"walkbook: error: cannot write --result-json {path}: {exc.strerror}", err=True)
+
+
 def _finish(result: PlanResult, console: Console, result_json: Path | None) -> NoReturn:
     console.print(result_table(result))
     if result_json is not None:
-        result_json.write_text(json.dumps(result.to_json_dict(), indent=2) + "\n")
+        _write_result(result, result_json)
     sys.exit(outcome_exit_code(result.orders))
 
 
@@ -249,7 +345,7 @@ def _common_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-@click.group(epilog=EXIT_CODES_HELP)
+@click.group(cls=WalkbookGroup, epilog=EXIT_CODES_HELP)
 @click.version_option(package_name="walkbook")
 def main() -> None:
     """walkbook: crash-safe walk-the-book order execution with a SQLite journal."""
@@ -278,9 +374,16 @@ def _with_overrides(choice: BrokerChoice, **overrides: Any) -> BrokerChoice:
 
 @main.command(epilog=EXIT_CODES_HELP)
 @click.argument("plan_file", type=click.Path(path_type=Path))
-@click.option("--journal", "journal_path", required=True, type=click.Path(path_type=Path))
+@click.option("--journal", "journal_path", required=True, type=JournalFile())
 @click.option(
     "--market", type=click.Path(path_type=Path), help="Market spec JSON for the simulator."
+)
+@click.option(
+    "--max-plan-orders",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PLAN_ORDERS,
+    show_default=True,
+    help="Refuse a plan with more orders than this.",
 )
 @click.option(
     "--sim-state",
@@ -295,6 +398,7 @@ def run(
     plan_file: Path,
     journal_path: Path,
     market: Path | None,
+    max_plan_orders: int,
     sim_state: Path | None,
     in_flight: str | None,
     ignore_unknown_orders: bool,
@@ -313,7 +417,8 @@ def run(
     )
     with _bad_input_exits():
         broker_choice.check(market=market, sim_state=sim_state, seed=seed)
-        plan = load_plan(plan_file)
+        _check_result_path(result_json)
+        plan = load_plan(plan_file, max_orders=max_plan_orders)
         if broker_choice.is_alpaca:
             result = _run_plan(alpaca_engine(journal_path, broker_choice), plan, console)
         else:
@@ -324,7 +429,7 @@ def run(
 
 
 @main.command(epilog=EXIT_CODES_HELP)
-@click.option("--journal", "journal_path", required=True, type=click.Path(path_type=Path))
+@click.option("--journal", "journal_path", required=True, type=JournalFile())
 @click.option(
     "--sim-state",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -333,14 +438,14 @@ def run(
 @click.option(
     "--max-age",
     "max_age_seconds",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     help="Abandon (cancel, FAILED abandoned) in-flight orders created longer ago than "
     "this many seconds instead of walking them.",
 )
 @IGNORE_UNKNOWN_OPTION
 @click.option(
     "--offline-seconds",
-    type=float,
+    type=FiniteFloatRange(min=0),
     default=0.0,
     show_default=True,
     help="Virtual seconds the market moves on while the engine was down.",
@@ -362,13 +467,16 @@ def resume(
     broker_choice: BrokerChoice,
 ) -> None:
     """Finish every order a killed run left in flight: no duplicates, no lost fills.
-    SIGINT or SIGTERM halts it (live orders cancelled, exit 3)."""
+    SIGINT or SIGTERM halts it (live orders cancelled, exit 3). A journal with nothing in
+    flight exits 0 at once; one whose live orders the broker does not know is refused."""
     _configure_logging(log_level)
     broker_choice = _with_overrides(broker_choice, ignore_unknown_orders=ignore_unknown_orders)
     with _bad_input_exits():
-        broker_choice.check(sim_state=sim_state)
         if not journal_path.exists():
             raise InputError(f"journal {journal_path} does not exist")
+        if _nothing_in_flight(journal_path):
+            _report(ResumeReport(orders=()))
+        broker_choice.check(sim_state=sim_state)
         engine_context: AbstractContextManager[Engine]
         if broker_choice.is_alpaca:
             engine_context = alpaca_engine(journal_path, broker_choice)
@@ -385,8 +493,25 @@ def resume(
                 broker_choice.engine_config(),
             )
         with engine_context as engine, work_exits(engine):
-            resumed = engine.resume(max_age_seconds=max_age_seconds)
+            resumed = _resume_own_journal(engine, max_age_seconds)
             report = engine.clock.run(halting_on_signals(engine, resumed))
+    _report(report)
+
+
+def _nothing_in_flight(journal_path: Path) -> bool:
+    """Read-only, before anything else: a journal with nothing in flight (one a run killed
+    during start-up leaves, say) needs no broker, no simulator state and no lock."""
+    with Journal.open_readonly(journal_path) as journal:
+        return not journal.orders(unless_state=TERMINAL_STATES)
+
+
+async def _resume_own_journal(engine: Engine, max_age_seconds: float | None) -> ResumeReport:
+    """Resume, once the broker shows the journal is its account's (docs/crash-recovery.md)."""
+    await refuse_foreign_journal(engine.journal, engine.broker)
+    return await engine.resume(max_age_seconds=max_age_seconds)
+
+
+def _report(report: ResumeReport) -> NoReturn:
     for line in report.lines():
         click.echo(line)
     sys.exit(outcome_exit_code(o.result for o in report.orders))
@@ -411,7 +536,7 @@ def _fresh_demo_journal(path: Path) -> None:
     "journal_path",
     default=Path("demo-out/journal.db"),
     show_default=True,
-    type=click.Path(path_type=Path),
+    type=JournalFile(),
 )
 @_common_options
 def demo(journal_path: Path, seed: int | None, result_json: Path | None, log_level: str) -> None:
@@ -419,6 +544,7 @@ def demo(journal_path: Path, seed: int | None, result_json: Path | None, log_lev
     _configure_logging(log_level)
     console = _console()
     with _bad_input_exits():
+        _check_result_path(result_json)
         plan = parse_plan(_bundled("demo_plan.json"))
         spec = parse_market_spec(_bundled("demo_market.json")).with_seed(seed)
         _fresh_demo_journal(journal_path)
@@ -432,7 +558,7 @@ STATUS_COLUMNS = ("order_id", "plan_id", "symbol", "side", "quantity", "state", 
 
 
 @main.command()
-@click.option("--journal", "journal_path", required=True, type=click.Path(path_type=Path))
+@click.option("--journal", "journal_path", required=True, type=JournalFile())
 @click.option("--json", "as_json", is_flag=True, help="Print the orders as a JSON list.")
 def status(journal_path: Path, as_json: bool) -> None:
     """List every order in a journal and its state (read-only; safe while a run is writing)."""

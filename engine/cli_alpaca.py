@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -27,9 +28,20 @@ from .engine import Engine
 from .errors import InputError
 from .jsonfile import load_model
 
-__all__ = ["BrokerChoice", "alpaca_engine", "broker_options", "sim_server"]
+__all__ = ["BrokerChoice", "FiniteFloatRange", "alpaca_engine", "broker_options", "sim_server"]
 
 BROKERS = ("sim", "alpaca")
+MAX_PORT = 65_535
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that refuses NaN and the infinities: NaN compares as inside any range."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 @dataclass(frozen=True)
@@ -100,7 +112,7 @@ def broker_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--alpaca-timeout",
-            type=click.FloatRange(min=0, min_open=True),
+            type=FiniteFloatRange(min=0, min_open=True),
             help="Seconds to wait for each REST answer (default 10).",
         ),
         click.option("--live", is_flag=True, help="Trade the LIVE account (real money)."),
@@ -194,7 +206,13 @@ def _server_keys() -> tuple[str, str]:
 
 
 @click.command("sim-server")
-@click.option("--port", type=int, default=0, show_default=True, help="0: any free port.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, MAX_PORT),
+    default=0,
+    show_default=True,
+    help="0: any free port.",
+)
 @click.option("--state", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--market", type=click.Path(path_type=Path), help="Market spec JSON.")
 @click.option("--faults", type=click.Path(path_type=Path), help="Fault spec JSON.")

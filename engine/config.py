@@ -19,24 +19,28 @@ __all__ = ["DEFAULT_LADDER", "EngineConfig", "journaled_config"]
 
 DEFAULT_LADDER = (Decimal("0.75"), Decimal("0.85"), Decimal("0.95"))
 DISTINCT_CONFIGS_KEPT = 64
+# validation compares positions; a tolerance of shares (or 1000) would pass a wrong fill
+MAX_VALIDATION_TOLERANCE = Decimal("0.01")
+# any wait longer than this is a typo (1e300 seconds hung the virtual clock)
+MAX_SECONDS = 30 * 24 * 3600.0
 
 
 class EngineConfig(BaseModel):
     """Everything that shapes a walk; journaled with each order so a resume walks the same way."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     ladder: tuple[Decimal, ...] = DEFAULT_LADDER
-    medium_step_wait_seconds: float = Field(10.0, gt=0)
-    low_step_wait_seconds: float = Field(30.0, gt=0)
-    market_wait_seconds: float = Field(30.0, gt=0)
+    medium_step_wait_seconds: float = Field(10.0, gt=0, le=MAX_SECONDS)
+    low_step_wait_seconds: float = Field(30.0, gt=0, le=MAX_SECONDS)
+    market_wait_seconds: float = Field(30.0, gt=0, le=MAX_SECONDS)
     market_attempts: int = Field(3, ge=1)
-    settle_timeout_seconds: float = Field(30.0, gt=0)
-    quote_freshness_seconds: float = Field(5.0, gt=0)
-    stream_quote_wait_seconds: float = Field(1.0, ge=0)
-    validation_tolerance: Decimal = Field(Decimal("0.000000001"), ge=0)
+    settle_timeout_seconds: float = Field(30.0, gt=0, le=MAX_SECONDS)
+    quote_freshness_seconds: float = Field(5.0, gt=0, le=MAX_SECONDS)
+    stream_quote_wait_seconds: float = Field(1.0, ge=0, le=MAX_SECONDS)
+    validation_tolerance: Decimal = Field(Decimal("0.000000001"), ge=0, le=MAX_VALIDATION_TOLERANCE)
     broker_retry_attempts: int = Field(5, ge=1)
-    broker_retry_backoff_seconds: float = Field(0.5, gt=0)
+    broker_retry_backoff_seconds: float = Field(0.5, gt=0, le=MAX_SECONDS)
     validation: Literal["all_or_nothing", "skip_invalid"] = Field(
         "all_or_nothing",
         description="A plan with a bad order: refuse it whole, or fail just that order unsent.",
@@ -56,7 +60,10 @@ class EngineConfig(BaseModel):
         False, description="When the market is closed, wait for the broker's next open."
     )
     max_wait_for_open_seconds: float = Field(
-        24 * 3600.0, gt=0, description="The longest wait for an open before market_closed."
+        24 * 3600.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="The longest wait for an open before market_closed.",
     )
     in_flight: Literal["refuse", "resume_first", "abandon"] = Field(
         "refuse",

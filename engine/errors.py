@@ -16,6 +16,7 @@ __all__ = [
     "BrokerUnavailable",
     "DuplicateClientOrderId",
     "EngineHalting",
+    "ForeignJournal",
     "IllegalTransition",
     "InputError",
     "InvalidIntent",
@@ -69,6 +70,11 @@ class PlanAtBroker(InputError):
 
 class UnknownBrokerOrders(InputError):
     """Open orders at the broker carry walkbook client order ids this journal does not know."""
+
+
+class ForeignJournal(InputError):
+    """The broker knows none of the live orders the journal says it acknowledged: the journal
+    was written against another account, and acting on it here would end orders live there."""
 
 
 class EngineHalting(InputError):

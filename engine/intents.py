@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from decimal import Decimal
 from enum import StrEnum
@@ -12,8 +11,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InvalidIntent, InvalidPlan, first_validation_error
+from .jsonfile import read_json, shown
 
 __all__ = [
+    "DEFAULT_MAX_PLAN_ORDERS",
+    "MAX_TEXT_CHARS",
     "CloseType",
     "OrderIntent",
     "OrderSide",
@@ -29,7 +31,13 @@ MAX_QUANTITY_DECIMALS = 9
 MAX_QUANTITY = Decimal(10) ** 12
 _QUANTITY_STEP = Decimal(10) ** -MAX_QUANTITY_DECIMALS
 SYMBOL_PATTERN = re.compile(r"^[A-Z][A-Z0-9.]{0,9}$")
+# digits (ASCII only: Decimal also reads other scripts' digits), then maybe a fraction; the
+# sign is let through so that "-1" is refused for what it is, a quantity not above zero
+PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 _ONE = Decimal(1)
+MAX_TEXT_CHARS = 128
+DEFAULT_MAX_PLAN_ORDERS = 10_000
+FreeText = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 
 
 class OrderSide(StrEnum):
@@ -67,8 +75,8 @@ class OrderIntent(BaseModel):
     quantity: Decimal
     close_type: CloseType = CloseType.NONE
     urgency: Urgency = Urgency.MEDIUM
-    correlation_id: str | None = None
-    strategy_id: str | None = None
+    correlation_id: FreeText | None = None
+    strategy_id: FreeText | None = None
 
     @field_validator("side", "close_type", "urgency", mode="before")
     @classmethod
@@ -78,16 +86,28 @@ class OrderIntent(BaseModel):
     @field_validator("symbol")
     @classmethod
     def _symbol_shape(cls, value: str) -> str:
+        """ASCII is checked before upper-casing, which maps "ß" to "SS" and "ﬀ" to "FF"."""
+        if not value.isascii():
+            raise ValueError(f"malformed symbol {shown(value)}: not ASCII")
         symbol = value.strip().upper()
         if not SYMBOL_PATTERN.match(symbol):
-            raise ValueError(f"malformed symbol {value!r}")
+            raise ValueError(f"malformed symbol {shown(value)}")
         return symbol
 
     @field_validator("quantity", mode="before")
     @classmethod
-    def _quantity_not_float(cls, value: Any) -> Any:
+    def _quantity_plain(cls, value: Any) -> Any:
+        """A quantity written as text must be plain decimal notation: Decimal would also read
+        "1_000", " 1e3", "+1" and "Infinity", none of which a plan should mean."""
+        if isinstance(value, bool):
+            raise ValueError("quantity must be a number, got a boolean")
         if isinstance(value, float):
             return Decimal(repr(value))
+        if isinstance(value, str) and not PLAIN_DECIMAL.fullmatch(value):
+            raise ValueError(
+                "quantity must be a finite number in plain decimal notation (digits, maybe a "
+                f"'.' and more digits), got {shown(value)}"
+            )
         return value
 
     @field_validator("quantity")
@@ -155,27 +175,34 @@ class RebalancePlan(BaseModel):
         return self
 
 
-def parse_plan(payload: Any) -> RebalancePlan:
-    """Build a plan from decoded JSON, raising InvalidPlan with one line naming the problem."""
+def _refuse_too_many_orders(payload: Any, max_orders: int) -> None:
+    """Counted before any order is validated: a million-order file is refused at once."""
+    orders = payload.get("orders") if isinstance(payload, dict) else None
+    if isinstance(orders, list) and len(orders) > max_orders:
+        raise InvalidPlan(
+            f"invalid plan: orders: {len(orders)} orders, at most {max_orders} per plan"
+        )
+
+
+def parse_plan(payload: Any, *, max_orders: int = DEFAULT_MAX_PLAN_ORDERS) -> RebalancePlan:
+    """Build a plan of at most `max_orders` orders from decoded JSON, raising InvalidPlan
+    with one line naming the problem."""
+    _refuse_too_many_orders(payload, max_orders)
     try:
         return RebalancePlan.model_validate(payload)
     except ValidationError as exc:
         raise InvalidPlan(f"invalid plan: {first_validation_error(exc)}") from None
 
 
-def load_plan(path: str | Path) -> RebalancePlan:
-    """Read a plan file (see docs/plans.md)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidPlan(f"plan file {path} does not exist", path=str(path)) from None
-    except OSError as exc:
-        raise InvalidPlan(f"cannot read plan file {path}: {exc.strerror}", path=str(path)) from None
-    try:
-        payload = json.loads(text, parse_float=Decimal)
-    except json.JSONDecodeError as exc:
-        raise InvalidPlan(
-            f"plan file {path} is not valid JSON: {exc.msg} at line {exc.lineno}", path=str(path)
-        ) from None
-    return parse_plan(payload)
+def _plain_json_number(text: str) -> Decimal:
+    """A plan's JSON numbers (quantities) in plain decimal notation: 1e3 is refused, not
+    read as 1000."""
+    if "e" in text or "E" in text:
+        raise ValueError(f"number {text} has an exponent: write it in plain decimal notation")
+    return Decimal(text)
+
+
+def load_plan(path: str | Path, *, max_orders: int = DEFAULT_MAX_PLAN_ORDERS) -> RebalancePlan:
+    """Read a plan file of at most `max_orders` orders (see docs/plans.md)."""
+    payload = read_json(path, "plan file", error=InvalidPlan, parse_float=_plain_json_number)
+    return parse_plan(payload, max_orders=max_orders)

@@ -6,50 +6,86 @@ import math
 import random
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ..errors import InputError, first_validation_error
-from ..jsonfile import load_model
+from ..intents import MAX_QUANTITY
+from ..jsonfile import load_model, shown
 
-__all__ = ["MarketSpec", "SymbolSpec", "load_market_spec"]
+__all__ = ["MarketSpec", "SymbolSpec", "load_market_spec", "parse_market_spec"]
+
+# Bounds that keep the simulator's arithmetic finite and inside the decimal context's 28
+# digits (a price of 1e400 or a spread of 1e308 bps overflowed it with a traceback).
+MIN_PRICE, MAX_PRICE = Decimal("0.0001"), Decimal(10_000_000)
+MAX_CASH = Decimal(10) ** 15
+MAX_SPREAD_BPS = 10_000.0  # the bid at half the mid
+MAX_VOLATILITY_BPS = 100.0  # 1% a second
+MAX_LATENCY_SECONDS = 60.0
+MAX_OPENS_IN_SECONDS = 7 * 24 * 3600.0
+Position = Annotated[Decimal, Field(le=MAX_QUANTITY)]
 
 
 class SymbolSpec(BaseModel):
     """One symbol's market: where it starts, how wide and how jumpy it is, how easily it fills."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    price: Decimal = Field(gt=0)
-    spread_bps: float = Field(5.0, gt=0)
-    volatility_bps: float = Field(1.5, ge=0, description="stdev of the mid per second, in bps")
+    price: Decimal = Field(ge=MIN_PRICE, le=MAX_PRICE)
+    spread_bps: float = Field(5.0, gt=0, le=MAX_SPREAD_BPS)
+    volatility_bps: float = Field(
+        1.5, ge=0, le=MAX_VOLATILITY_BPS, description="stdev of the mid per second, in bps"
+    )
     fractionable: bool = True
     tradable: bool = True
     zero_quote_probability: float = Field(
         0.0, ge=0, le=1, description="chance per second that a zero-bid/ask episode starts"
     )
     liquidity: float = Field(1.0, gt=0, description="multiplier on passive fill intensity")
-    price_increment: Decimal | None = Field(None, gt=0)
+    price_increment: Decimal | None = Field(None, ge=MIN_PRICE, le=MAX_PRICE)
+
+
+def _seeded_symbol(seed: int, name: str) -> SymbolSpec:
+    """Deterministic defaults for `name` drawn from the seed (per symbol: no symbol's draw
+    perturbs another's)."""
+    rng = random.Random(f"{seed}/{name}")
+    price = Decimal(str(round(math.exp(rng.uniform(math.log(5), math.log(400))), 2)))
+    return SymbolSpec(
+        price=price,
+        spread_bps=round(rng.uniform(2, 15), 2),
+        volatility_bps=round(rng.uniform(0.5, 3), 2),
+        liquidity=round(rng.uniform(0.6, 1.5), 2),
+    )
+
+
+def _with_price(seed: int, name: str, given: Any) -> Any:
+    """A listed symbol's fields, its price drawn from the seed when the spec leaves it out."""
+    if isinstance(given, dict) and "price" not in given:
+        return {**given, "price": _seeded_symbol(seed, name).price}
+    return given
 
 
 class MarketSpec(BaseModel):
     """The whole simulated market and account."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     seed: int = 7
-    cash: Decimal = Field(Decimal(1_000_000), ge=0)
-    positions: dict[str, Decimal] = Field(default_factory=dict)
+    cash: Decimal = Field(Decimal(1_000_000), ge=0, le=MAX_CASH)
+    positions: dict[str, Position] = Field(default_factory=dict)
     symbols: dict[str, SymbolSpec] = Field(default_factory=dict)
     unknown_symbols: list[str] = Field(
         default_factory=list, description="symbols the broker must answer as unknown"
     )
     market_open: bool = True
     opens_in_seconds: float | None = Field(
-        None, gt=0, description="closed until this long after the simulation starts, then open"
+        None,
+        gt=0,
+        le=MAX_OPENS_IN_SECONDS,
+        description="closed until this long after the simulation starts, then open",
     )
-    latency_seconds: float = Field(0.02, ge=0)
+    latency_seconds: float = Field(0.02, ge=0, le=MAX_LATENCY_SECONDS)
     fill_intensity: float = Field(
         0.15, gt=0, description="passive fills per second for an order at the far touch"
     )
@@ -63,25 +99,41 @@ class MarketSpec(BaseModel):
     read_error_probability: float = Field(0.0, ge=0, le=1)
     submit_timeout_probability: float = Field(0.0, ge=0, le=1)
 
+    @field_validator("positions")
+    @classmethod
+    def _no_short_positions(cls, positions: dict[str, Decimal]) -> dict[str, Decimal]:
+        """The simulator rejects sells beyond the position: it models no short positions."""
+        for symbol, quantity in positions.items():
+            if quantity < 0:
+                raise ValueError(
+                    f"position {shown(symbol)} is {quantity}: the simulator models no short "
+                    "positions"
+                )
+        return positions
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _seeded_prices(cls, symbols: Any, info: ValidationInfo) -> Any:
+        """`price` is optional (docs/plans.md): a listed symbol without one starts where the
+        spec's own seed puts it, as an unlisted symbol would."""
+        seed = info.data.get("seed")
+        if not isinstance(symbols, dict) or not isinstance(seed, int):
+            return symbols
+        return {name: _with_price(seed, name, given) for name, given in symbols.items()}
+
     def symbol(self, name: str) -> SymbolSpec:
         """The spec for `name`, or deterministic defaults drawn from the seed."""
         known = self.symbols.get(name)
         if known is not None:
             return known
-        rng = random.Random(f"{self.seed}/{name}")
-        price = Decimal(str(round(math.exp(rng.uniform(math.log(5), math.log(400))), 2)))
-        return SymbolSpec(
-            price=price,
-            spread_bps=round(rng.uniform(2, 15), 2),
-            volatility_bps=round(rng.uniform(0.5, 3), 2),
-            liquidity=round(rng.uniform(0.6, 1.5), 2),
-        )
+        return _seeded_symbol(self.seed, name)
 
     def with_seed(self, seed: int | None) -> MarketSpec:
         return self if seed is None else self.model_copy(update={"seed": seed})
 
 
 def parse_market_spec(payload: Any) -> MarketSpec:
+    """A market spec from decoded JSON, every problem one InputError line."""
     try:
         return MarketSpec.model_validate(payload)
     except ValidationError as exc:
@@ -89,4 +141,5 @@ def parse_market_spec(payload: Any) -> MarketSpec:
 
 
 def load_market_spec(path: str | Path) -> MarketSpec:
+    """A market spec from a strict JSON file (see docs/plans.md)."""
     return load_model(path, MarketSpec, "market spec")

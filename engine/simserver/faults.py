@@ -7,28 +7,37 @@ REST request, or only to those matching `only` ("METHOD /path-prefix" entries).
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..jsonfile import load_model
+from ..jsonfile import load_model, shown
 
 __all__ = ["FaultInjector", "FaultSpec", "load_fault_spec"]
 
 Probability = Field(0.0, ge=0, le=1)
+# an `only` entry: a method the API serves, then a path under the trading or data API
+ONLY_ENTRY = re.compile(r"(GET|POST|PATCH|DELETE) /(v2/|v1beta)\S*")
+MAX_SECONDS = 24 * 3600.0
+MAX_LATENCY_SECONDS = 60.0
+QuoteAge = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
 
 
 class FaultSpec(BaseModel):
     """What goes wrong, how often. Alpaca's own limits (200/min, one data stream) included."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     seed: int = 1
     rate_limit_per_minute: int = Field(200, ge=1, description="requests per window per key")
-    rate_limit_window_seconds: float = Field(60.0, gt=0)
+    rate_limit_window_seconds: float = Field(60.0, gt=0, le=MAX_SECONDS)
     data_stream_connections: int = Field(1, ge=0, description="market-data sockets per key")
-    latency_seconds: float = Field(0.0, ge=0, description="added before each REST answer")
+    latency_seconds: float = Field(
+        0.0, ge=0, le=MAX_LATENCY_SECONDS, description="added before each REST answer"
+    )
     http_429_probability: float = Probability
     http_5xx_probability: float = Probability
     drop_probability: float = Field(
@@ -41,14 +50,26 @@ class FaultSpec(BaseModel):
         0.0, ge=0, le=1, description="fill the old order in full just before a replace (422)"
     )
     stream_drop_after_seconds: float | None = Field(
-        None, gt=0, description="close every websocket this long after it connects"
+        None, gt=0, le=MAX_SECONDS, description="close every websocket this long after it connects"
     )
-    stale_quote_seconds: dict[str, float] = Field(
+    stale_quote_seconds: dict[str, QuoteAge] = Field(
         default_factory=dict, description="symbol (or *) -> age added to its quotes"
     )
     only: list[str] = Field(
         default_factory=list, description='limit HTTP faults to e.g. ["POST /v2/orders"]'
     )
+
+    @field_validator("only")
+    @classmethod
+    def _method_and_path(cls, only: list[str]) -> list[str]:
+        """An entry no request can match would silently turn every HTTP fault off."""
+        for entry in only:
+            if not ONLY_ENTRY.fullmatch(entry):
+                raise ValueError(
+                    f"{shown(entry)} is not 'METHOD /path' with METHOD one of GET, POST, PATCH, "
+                    "DELETE and the path under /v2/ or /v1beta"
+                )
+        return only
 
     def applies_to(self, method: str, path: str) -> bool:
         request = f"{method.upper()} {path}"
@@ -74,4 +95,5 @@ class FaultInjector:
 
 
 def load_fault_spec(path: str | Path | None) -> FaultSpec:
+    """The fault spec in the strict JSON file at `path`; no path, no faults."""
     return FaultSpec() if path is None else load_model(path, FaultSpec, "fault spec")

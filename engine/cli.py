@@ -52,7 +52,6 @@ from .fsm import TERMINAL_STATES
 from .hooks import OrderFilled, OrderTransitioned
 from .intents import DEFAULT_MAX_PLAN_ORDERS, RebalancePlan, load_plan, parse_plan
 from .numbers import decimal_text
-from .ownership import refuse_foreign_journal
 from .results import PlanResult
 from .sim import MarketSpec, SimBroker, load_market_spec, parse_market_spec
 
@@ -493,7 +492,7 @@ def resume(
                 broker_choice.engine_config(),
             )
         with engine_context as engine, work_exits(engine):
-            resumed = _resume_own_journal(engine, max_age_seconds)
+            resumed = engine.resume(max_age_seconds=max_age_seconds)
             report = engine.clock.run(halting_on_signals(engine, resumed))
     _report(report)
 
@@ -503,12 +502,6 @@ def _nothing_in_flight(journal_path: Path) -> bool:
     during start-up leaves, say) needs no broker, no simulator state and no lock."""
     with Journal.open_readonly(journal_path) as journal:
         return not journal.orders(unless_state=TERMINAL_STATES)
-
-
-async def _resume_own_journal(engine: Engine, max_age_seconds: float | None) -> ResumeReport:
-    """Resume, once the broker shows the journal is its account's (docs/crash-recovery.md)."""
-    await refuse_foreign_journal(engine.journal, engine.broker)
-    return await engine.resume(max_age_seconds=max_age_seconds)
 
 
 def _report(report: ResumeReport) -> NoReturn:

@@ -23,7 +23,7 @@ import click
 from journal import Journal, JournalLocked
 from journal.lock import JournalLock
 
-from .cli_alpaca import BrokerChoice, alpaca_engine, broker_options
+from .cli_alpaca import BrokerChoice, FiniteFloatRange, alpaca_engine, broker_options
 from .engine import Engine
 from .errors import InputError
 from .fsm import TERMINAL_STATES, FailReason
@@ -218,7 +218,7 @@ def _stop_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--wait",
             "wait_seconds",
-            type=click.FloatRange(min=0, min_open=True, max=24 * 3600),
+            type=FiniteFloatRange(min=0, min_open=True, max=24 * 3600),
             default=DEFAULT_HALT_WAIT_SECONDS,
             show_default=True,
             help="How long to wait for a running process to stop its orders.",

@@ -56,6 +56,7 @@ from .order import (
     fold_orders,
     make_order_id,
 )
+from .ownership import refuse_foreign_journal
 from .quotes import QuoteCounters, QuoteService
 from .results import OrderResult, PlanResult
 from .retry import read_with_retry
@@ -439,6 +440,7 @@ class Engine:
             self._halting = True
             self.stops.stop_all(reason)
         try:
+            await refuse_foreign_journal(self.journal, self.broker)
             unowned = set(ids) - self._owned
             if unowned:
                 folded = fold_history(
@@ -513,15 +515,19 @@ class Engine:
         """Open orders at the broker with walkbook client ids this journal does not know mean
         another journal (or a lost or older copy of this one) trades the account: acting
         beside them could trade twice, so run and resume refuse (`unknown_orders`). An open
-        order of an order the journal calls finished means the journal cannot be trusted."""
+        order of an order the journal calls finished means the journal cannot be trusted.
+        And a journal whose live orders the broker has none of is another account's."""
         if self.config.unknown_orders == "ignore":
+            await refuse_foreign_journal(self.journal, self.broker)
             return
         try:
             orders = await self._read(self.broker.open_orders)
         except BrokerError as exc:
             self.log.warning("unknown_orders.unchecked", error=exc.message)
+            await refuse_foreign_journal(self.journal, self.broker)
             return
         self._open_listing = {order.id: order for order in orders}
+        await refuse_foreign_journal(self.journal, self.broker, listed=self._open_listing)
         unknown, finished = [], []
         for order in orders:
             order_id = engine_order_of(order.client_order_id)

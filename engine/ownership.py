@@ -8,6 +8,8 @@ anything is journaled.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import structlog
 
 from journal import Journal
@@ -32,15 +34,20 @@ async def _known(broker: Broker, broker_order_id: str, client_order_id: str | No
     return True
 
 
-async def refuse_foreign_journal(journal: Journal, broker: Broker, probes: int = PROBES) -> None:
+async def refuse_foreign_journal(
+    journal: Journal, broker: Broker, probes: int = PROBES, listed: Collection[str] = ()
+) -> None:
     """Raise ForeignJournal when the broker knows none of the first `probes` live broker
     orders the journal's in-flight orders acknowledged.
 
-    One known order proves the account (ids are the account's), so a journal of this account
-    costs one read. A broker that cannot answer proves nothing either way: the walk's own
+    One known order proves the account (ids are the account's): one in `listed` (the ids of
+    a listing of open orders just read) costs nothing, else a journal of this account costs
+    one read. A broker that cannot answer proves nothing either way: the walk's own
     reconcile, with its retries, takes over.
     """
     rows = journal.orders(unless_state=TERMINAL_STATES)
+    if any(r["live_broker_order_id"] in listed for r in rows):
+        return
     live = [r for r in rows if r["live_broker_order_id"]][:probes]
     for row in live:
         try:

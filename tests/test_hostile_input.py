@@ -336,11 +336,20 @@ def test_alpaca_timeout_must_be_finite_and_positive(tmp_path: Path, timeout: str
     assert_refused(result, "--alpaca-timeout", journal)
 
 
-@pytest.mark.parametrize(("option", "value"), [("--offline-seconds", "nan"), ("--max-age", "inf")])
-def test_resume_seconds_must_be_finite(tmp_path: Path, option: str, value: str) -> None:
+@pytest.mark.parametrize(
+    ("command", "option", "value"),
+    [
+        ("resume", "--offline-seconds", "nan"),
+        ("resume", "--max-age", "inf"),
+        ("halt", "--wait", "nan"),
+        ("abandon", "--wait", "inf"),
+    ],
+)
+def test_seconds_must_be_finite(tmp_path: Path, command: str, option: str, value: str) -> None:
     journal = tmp_path / "j.db"
     Journal.open(journal).close()
-    assert_refused(invoke("resume", "--journal", journal, option, value), option)
+    extra = ["--plan", "p"] if command == "abandon" else []
+    assert_refused(invoke(command, "--journal", journal, *extra, option, value), option)
 
 
 def test_validation_tolerance_is_at_most_a_hundredth_of_a_share(tmp_path: Path) -> None:

@@ -552,6 +552,14 @@ class OrderWalk:
             )
             await self._cancel_live()
             return await self._submit_remaining(step, price)
+        except OrderNotFound as exc:
+            # the order to replace is unknown to the broker: nothing was made; its fate is
+            # settled like any order the broker lost
+            self.book.write(
+                EventKind.REJECTED,
+                {"client_order_id": cid, "reason": "order_not_found", "message": exc.message},
+            )
+            raise BrokerOrderMissing(old_id) from None
         self._absorb(await self._read_order(old_id))
         self._absorb(new)
         if new.qty > self.record.remaining_qty and not new.is_terminal:

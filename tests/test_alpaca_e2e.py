@@ -343,3 +343,22 @@ def test_a_replace_that_changes_nothing_is_refused_403_as_alpaca_does(tmp_path: 
             broker.rest.trading.replace_order_by_id(order_id, unchanged)
         assert refused.value.status_code == 403
         assert json.loads(str(refused.value))["code"] == 40310000
+
+
+def test_a_corrupt_streamed_quote_from_sim_server_is_priced_from_rest(tmp_path: Path) -> None:
+    """sim-server's stream shows a negative bid (the market spec's `stream_quote` knob):
+    through alpaca-py the walk prices from the REST quote instead, and trades."""
+    aapl = SymbolSpec(
+        price=Decimal("190"),
+        spread_bps=10,
+        volatility_bps=0,
+        stream_quote=(Decimal("-1"), Decimal("190.10")),
+    )
+    with alpaca_rig(tmp_path, market(EAGER, symbols={"AAPL": aapl}), config=RESTING) as rig:
+        result = rig.run({"symbol": "AAPL", "side": "buy", "quantity": "3"})
+        rig.check(result)
+        assert result.orders[0].state == OrderState.VALIDATED
+        assert result.quote_counters["corrupt"] >= 1
+        step = next(e for e in rig.events(EventKind.TRANSITION) if e.to_state == "LIMIT_STEP_1")
+        assert step.data["quote"]["source"] == "rest"
+        assert Decimal(step.data["quote"]["bid"]) > 0

@@ -386,6 +386,9 @@ class SimBroker:
             bid = ZERO
         if book.zero_side in ("ask", "both") and (hide_both or book.zero_side == "ask"):
             ask = ZERO
+        shown = book.spec.stream_quote if hide_both else book.spec.rest_quote
+        if shown is not None:  # the quote knobs: a corrupt or disagreeing source
+            bid, ask = shown
         at = self._origin + timedelta(seconds=book.tick_index * TICK_SECONDS)
         return Quote(
             symbol, bid, ask, at, "stream" if hide_both else "rest", Decimal(100), Decimal(100)
@@ -558,7 +561,7 @@ class SimBroker:
         self, order_id: str, qty: Decimal, limit_price: Decimal, client_order_id: str
     ) -> BrokerOrder:
         await self._call(read=False)
-        old = self._order(order_id)
+        old = self._order(order_id, by_id=False)
         book = self._book(old.symbol)
         if old.status not in (BrokerOrderStatus.NEW, BrokerOrderStatus.PARTIALLY_FILLED):
             raise NotReplaceable(
@@ -592,16 +595,25 @@ class SimBroker:
     @_persisted
     async def cancel_order(self, order_id: str) -> None:
         await self._call(read=False)
-        order = self._order(order_id)
+        order = self._order(order_id, by_id=False)
         self._book(order.symbol)
         if order.status in (BrokerOrderStatus.NEW, BrokerOrderStatus.PARTIALLY_FILLED):
             self._set_status(order, BrokerOrderStatus.PENDING_CANCEL)
 
-    def _order(self, order_id: str) -> _Order:
+    def _order(self, order_id: str, *, by_id: bool = True) -> _Order:
+        """The order, or OrderNotFound: also for one the `order_lookup` knob hides."""
         order = self.orders.get(order_id)
-        if order is None:
+        if order is None or self._lost(order, by_id=by_id):
             raise OrderNotFound(f"order {order_id} not found", order_id=order_id)
         return order
+
+    def _lost(self, order: _Order, *, by_id: bool) -> bool:
+        lookup = self._spec_of(order.symbol).order_lookup
+        return lookup == "not_found" or (by_id and lookup == "not_found_by_id")
+
+    def _spec_of(self, symbol: str) -> SymbolSpec:
+        book = self._books.get(symbol)
+        return book.spec if book is not None else self._book(symbol).spec
 
     @_persisted
     async def get_order(self, order_id: str) -> BrokerOrder:
@@ -643,6 +655,7 @@ class SimBroker:
             o.snapshot()
             for o in self.orders.values()
             if o.symbol == symbol
+            and not self._lost(o, by_id=False)
             and o.submitted_at is not None
             and datetime.fromisoformat(o.submitted_at) >= since
         ]
@@ -651,7 +664,11 @@ class SimBroker:
     async def open_orders(self) -> list[BrokerOrder]:
         await self._call()
         self.catch_up()
-        return [o.snapshot() for o in self.orders.values() if o.status in _OPEN]
+        return [
+            o.snapshot()
+            for o in self.orders.values()
+            if o.status in _OPEN and not self._lost(o, by_id=False)
+        ]
 
     def catch_up(self) -> None:
         """Run every symbol with an open order forward to the clock, so what is open now
@@ -663,7 +680,7 @@ class SimBroker:
     async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         await self._call()
         order_id = self._by_client_id.get(client_order_id)
-        if order_id is None:
+        if order_id is None or self._lost(self.orders[order_id], by_id=False):
             return None
         order = self.orders[order_id]
         self._book(order.symbol)

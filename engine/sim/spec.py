@@ -6,7 +6,7 @@ import math
 import random
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -27,6 +27,11 @@ MAX_OPENS_IN_SECONDS = 7 * 24 * 3600.0
 Position = Annotated[Decimal, Field(le=MAX_QUANTITY)]
 
 
+# a quote a source shows whatever the book is: corrupt (negative) prices allowed, finite only
+QuotePrice = Annotated[Decimal, Field(ge=-MAX_PRICE, le=MAX_PRICE)]
+QuoteOverride = tuple[QuotePrice, QuotePrice]
+
+
 class SymbolSpec(BaseModel):
     """One symbol's market: where it starts, how wide and how jumpy it is, how easily it fills."""
 
@@ -44,6 +49,17 @@ class SymbolSpec(BaseModel):
     )
     liquidity: float = Field(1.0, gt=0, description="multiplier on passive fill intensity")
     price_increment: Decimal | None = Field(None, ge=MIN_PRICE, le=MAX_PRICE)
+    stream_quote: QuoteOverride | None = Field(
+        None, description="[bid, ask] every streamed quote shows instead (a corrupt feed)"
+    )
+    rest_quote: QuoteOverride | None = Field(
+        None, description="[bid, ask] every REST quote shows instead (a source that disagrees)"
+    )
+    order_lookup: Literal["normal", "not_found_by_id", "not_found"] = Field(
+        "normal",
+        description="answer 'not found' for this symbol's orders once placed: to a read by "
+        "id only, or everywhere (by id and client id, to cancel, in listings)",
+    )
 
 
 def _seeded_symbol(seed: int, name: str) -> SymbolSpec:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from pydantic import ValidationError
@@ -121,8 +122,25 @@ class NotReplaceable(BrokerError):
 
 
 def first_validation_error(exc: ValidationError) -> str:
-    """One readable line from a pydantic error: where, then what."""
-    error = exc.errors()[0]
+    """One readable line from a pydantic error: where, then what. An unknown field comes
+    first, with the missing field it most likely meant: a typo'd `qty` is the cause of
+    `quantity` being missing, and says so."""
+    errors = exc.errors()
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    error = (unknown or errors)[0]
     where = ".".join(str(part) for part in error["loc"])
+    if unknown:
+        return _unknown_field(error, [e for e in errors if e["type"] == "missing"])
     message = str(error["msg"]).removeprefix("Value error, ")
     return f"{where}: {message}" if where else message
+
+
+def _unknown_field(error: Any, missing: list[Any]) -> str:
+    *parent, name = error["loc"]
+    siblings = [str(e["loc"][-1]) for e in missing if list(e["loc"][:-1]) == parent]
+    guess = difflib.get_close_matches(str(name), siblings, n=1, cutoff=0.4)
+    if not guess and len(siblings) == 1:
+        guess = siblings
+    where = ".".join(str(part) for part in parent)
+    hint = f"; did you mean '{guess[0]}'?" if guess else ""
+    return f"{where + ': ' if where else ''}unknown field '{name}'{hint}"

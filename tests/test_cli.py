@@ -52,7 +52,7 @@ BAD_PLANS = [
     ("empty symbol", plan_with(symbol=""), "malformed symbol"),
     ("bad symbol", plan_with(symbol="A$PL"), "malformed symbol"),
     ("closing buy", plan_with(close_type="full"), "requires side sell"),
-    ("unknown field", plan_with(qty="1"), "orders.0.qty"),
+    ("unknown field", plan_with(qty="1"), "orders.0: unknown field 'qty'"),
     ("empty plan", {"plan_id": "p", "orders": []}, "orders"),
     ("malformed json", '{"plan_id": "p", "orders": [', "not valid JSON"),
 ]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from engine import OrderTransitioned, PlanStatus, parse_plan
+from engine import InvalidPlan, OrderTransitioned, PlanStatus, parse_plan
 from engine.alpaca.errors import error_from_response, redact, shortened
 from engine.clock import WrongEventLoop
 
@@ -96,3 +96,21 @@ def test_a_bench_workdir_that_does_not_exist_is_one_line_exit_2(tmp_path: Path) 
     assert run.stderr.strip().splitlines() == [
         f"resume.py: error: argument --workdir: {tmp_path / 'missing'} is not an existing directory"
     ]
+
+
+@pytest.mark.parametrize(
+    ("order", "message"),
+    [
+        ({"qty": "5"}, "orders.0: unknown field 'qty'; did you mean 'quantity'?"),
+        ({"quantity": "5", "sidee": "buy"}, "orders.0: unknown field 'sidee'"),
+    ],
+)
+def test_a_typo_d_field_is_named_before_the_field_it_leaves_missing(
+    order: dict[str, str], message: str
+) -> None:
+    line = {"symbol": "AAPL", "side": "buy"} | order
+    if "sidee" in order:
+        del line["side"]
+    with pytest.raises(InvalidPlan) as refused:
+        parse_plan({"plan_id": "p", "orders": [line]})
+    assert refused.value.message.startswith(f"invalid plan: {message}")

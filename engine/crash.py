@@ -8,6 +8,7 @@ catches) so a fresh Engine can resume from the same journal file.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -32,22 +33,11 @@ CRASH_ENV = "WALKBOOK_CRASH_AT"
 KILLED_EXIT_STATUS = 137
 T = TypeVar("T")
 
-BROKER_METHODS = (
-    "get_asset",
-    "get_clock",
-    "get_account",
-    "get_position",
-    "stream_quote",
-    "latest_quote",
-    "submit_order",
-    "replace_order",
-    "cancel_order",
-    "get_order",
-    "get_order_by_client_id",
-    "open_orders",
-    "close_position",
-    "recent_orders",
-    "wait_for_update",
+# every method of the Broker protocol, read off the protocol itself: one list to keep
+BROKER_METHODS = tuple(
+    name
+    for name, member in vars(Broker).items()
+    if not name.startswith("_") and inspect.iscoroutinefunction(member)
 )
 
 

@@ -298,3 +298,16 @@ def test_halt_after_a_crash_withdraws_what_the_broker_never_had(tmp_path: Path) 
         ]
         assert engine.resume_sync().nothing_in_flight
     assert not survivor.broker.orders
+
+
+def test_the_crashing_broker_wraps_every_method_of_the_protocol() -> None:
+    """BROKER_METHODS is read off the Broker protocol, and CrashingBroker defines each: a
+    method added to the protocol cannot go without its crash points."""
+    from engine.broker import Broker
+    from engine.crash import BROKER_METHODS, CrashingBroker
+
+    assert "open_orders" in BROKER_METHODS
+    assert "name" not in BROKER_METHODS
+    assert set(BROKER_METHODS) == {n for n in vars(Broker) if not n.startswith("_")} - {"name"}
+    missing = [m for m in BROKER_METHODS if m not in vars(CrashingBroker)]
+    assert not missing, missing

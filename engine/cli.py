@@ -26,6 +26,7 @@ from rich.live import Live
 from rich.table import Table
 
 from journal import Journal, JournalError
+from journal.lock import lock_holder
 
 from .cli_alpaca import (
     BrokerChoice,
@@ -547,16 +548,39 @@ def demo(journal_path: Path, seed: int | None, result_json: Path | None, log_lev
 
 
 STATUS_COLUMNS = ("order_id", "plan_id", "symbol", "side", "quantity", "state", "reason",
-                  "filled_qty", "avg_price", "steps_used", "updated_at")  # fmt: skip
+                  "filled_qty", "avg_price", "steps_used", "live_client_order_id",
+                  "live_broker_order_id", "created_at", "updated_at")  # fmt: skip
+
+
+def _who_walks(journal_path: Path, in_flight: int) -> str:
+    """Whether a live process walks the journal's orders: a held lock, or nobody."""
+    holder = lock_holder(journal_path)
+    if holder is not None:
+        return f"walking: held by {holder}"
+    if in_flight:
+        return (
+            f"NOT WALKING: no process holds this journal, and {in_flight} order(s) are in "
+            "flight (live at the broker, unwatched): run `walkbook resume` or `walkbook halt`"
+        )
+    return "idle: no process holds this journal; nothing is in flight"
 
 
 @main.command()
 @click.option("--journal", "journal_path", required=True, type=JournalFile())
 @click.option("--json", "as_json", is_flag=True, help="Print the orders as a JSON list.")
-def status(journal_path: Path, as_json: bool) -> None:
-    """List every order in a journal and its state (read-only; safe while a run is writing)."""
+@click.option("--in-flight", "in_flight_only", is_flag=True, help="Only orders not yet final.")
+@click.option("--plan", "plan_id", help="Only this plan's orders.")
+def status(journal_path: Path, as_json: bool, in_flight_only: bool, plan_id: str | None) -> None:
+    """List a journal's orders in the order they were created, and say whether a live process
+    is walking them (read-only; safe while a run is writing). The first line (on stderr with
+    --json) says `walking`, `idle`, or `NOT WALKING` when orders are in flight and nobody
+    holds the journal."""
     with _bad_input_exits(), Journal.open_readonly(journal_path) as journal:
-        rows = journal.orders()
+        in_flight = len(journal.orders(unless_state=TERMINAL_STATES))
+        rows = journal.orders(
+            plan_id=plan_id, unless_state=TERMINAL_STATES if in_flight_only else ()
+        )
+    click.echo(_who_walks(journal_path, in_flight), err=as_json)
     if as_json:
         click.echo(json.dumps([{c: row[c] for c in STATUS_COLUMNS} for row in rows], indent=2))
         return

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import JournalLocked, JournalUnavailable
 
-__all__ = ["JournalLock"]
+__all__ = ["JournalLock", "lock_holder"]
 
 
 class JournalLock:
@@ -65,6 +65,25 @@ class JournalLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def lock_holder(journal_path: Path) -> str | None:
+    """Who holds the journal's lock now ("pid N on host"), or None when no live process
+    does; a reader's question, answered without creating or writing anything."""
+    lock_path = JournalLock(journal_path).path
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return None  # never locked here, or not ours to read: nobody we can see holds it
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another process"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _refuse_hard_links(journal_path: Path) -> None:

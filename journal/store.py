@@ -572,9 +572,7 @@ class Journal:
         """The `orders` projection, oldest first; of one plan, or without some states."""
         matching, params = _order_filter(plan_id, unless_state)
         return _dicts(
-            self.conn.execute(
-                f"SELECT * FROM orders{matching} ORDER BY created_at, order_id", params
-            )
+            self.conn.execute(f"SELECT * FROM orders{matching} ORDER BY created_at, rowid", params)
         )
 
     def order(self, order_id: str) -> dict[str, Any] | None:

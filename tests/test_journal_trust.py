@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from walk_support import resting
+from walk_support import kill_after, resting
 
 from engine import (
     Engine,
@@ -51,19 +51,7 @@ def in_flight_journal(tmp_path: Path) -> tuple[VirtualClock, SimBroker, Path]:
     clock = VirtualClock()
     broker = SimBroker(MarketSpec(**resting()), clock)
     path = tmp_path / "j.db"
-    engine = Engine(broker, path, clock=clock)
-
-    async def killed() -> None:
-        import asyncio
-
-        work = asyncio.ensure_future(engine.execute_plan(parse_plan(PLAN)))
-        await clock.sleep(3)
-        assert not work.done()
-        raise SystemExit
-
-    with pytest.raises(SystemExit):
-        clock.run(killed())
-    engine.close()
+    kill_after(Engine(broker, path, clock=clock), clock, parse_plan(PLAN), 3)
     return clock, broker, path
 
 

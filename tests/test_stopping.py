@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from walk_support import check_invariants, resting, steady
+from walk_support import check_invariants, kill_after, resting, steady
 
 from engine import Engine, EngineConfig, MarketSpec, SimBroker, VirtualClock, parse_plan, verify
 from engine.crash import CrashPoints, SimulatedCrash
@@ -45,21 +45,6 @@ def open_orders(rig: Any) -> list[Any]:
 async def after(rig: Any, seconds: float, action: Any) -> Any:
     await rig.clock.sleep(seconds)
     return await action()
-
-
-def kill_after(engine: Engine, clock: VirtualClock, delivered: Any, seconds: float) -> None:
-    """Run `delivered` for `seconds`, then drop the process on the floor (as SIGKILL would:
-    the loop is torn down, no halt runs) and close the journal."""
-
-    async def killed() -> None:
-        work = asyncio.ensure_future(engine.execute_plan(delivered))
-        await clock.sleep(seconds)
-        assert not work.done()
-        raise SystemExit
-
-    with pytest.raises(SystemExit):
-        clock.run(killed())
-    engine.close()
 
 
 def run_with(rig: Any, work: Any, *others: Any) -> list[Any]:

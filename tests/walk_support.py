@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any
 
+import pytest
+
 from engine import (
+    Engine,
     OrderResult,
     OrderSide,
     PlanResult,
     SimBroker,
     SymbolSpec,
+    VirtualClock,
     parse_plan,
 )
 from engine.broker import OrderRequest
@@ -38,6 +43,21 @@ def run_one(rig: Any, **order: Any) -> OrderResult:
 
 
 NEVER = 1e-9
+
+
+def kill_after(engine: Engine, clock: VirtualClock, delivered: Any, seconds: float) -> None:
+    """Run `delivered` for `seconds`, then drop the process on the floor (as SIGKILL would:
+    the loop is torn down, no halt runs) and close the journal."""
+
+    async def killed() -> None:
+        work = asyncio.ensure_future(engine.execute_plan(delivered))
+        await clock.sleep(seconds)
+        assert not work.done()
+        raise SystemExit
+
+    with pytest.raises(SystemExit):
+        clock.run(killed())
+    engine.close()
 
 
 def steady(price: str = "100", spread_bps: float = 10) -> dict[str, SymbolSpec]:

@@ -474,6 +474,9 @@ def resume(
     with _bad_input_exits():
         if not journal_path.exists():
             raise InputError(f"journal {journal_path} does not exist")
+        holder = lock_holder(journal_path)
+        if holder is not None:  # asked before reading: the holder may be mid-commit
+            raise InputError(f"journal is in use by {holder}")
         if _nothing_in_flight(journal_path):
             _report(ResumeReport(orders=()))
         broker_choice.check(sim_state=sim_state)

@@ -233,8 +233,14 @@ def readonly_uri(path: str | Path) -> str:
     return _uri(path, "immutable=1")
 
 
-def _unreadable(path: Path, exc: sqlite3.DatabaseError) -> JournalCorrupt:
-    """SQLite could not read the file: a damaged journal, or not a database at all."""
+def _unreadable(path: Path, exc: sqlite3.DatabaseError) -> JournalError:
+    """SQLite could not read the file: busy past the timeout (a writer stopped mid-commit),
+    a damaged journal, or not a database at all."""
+    if "locked" in str(exc) or "busy" in str(exc):
+        return JournalUnavailable(
+            f"{path} is busy: another process holds it mid-write ({exc}); try again",
+            path=str(path),
+        )
     if "malformed" in str(exc):
         return JournalCorrupt(f"{path} is damaged (truncated or corrupted): {exc}", path=str(path))
     return JournalCorrupt(f"{path} is not a walkbook journal: {exc}", path=str(path))

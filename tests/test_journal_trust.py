@@ -190,3 +190,19 @@ def test_an_empty_journal_is_refused_while_the_broker_shows_its_orders(tmp_path:
     path.write_bytes(b"")
     with Engine(broker, path, clock=clock) as engine, pytest.raises(UnknownBrokerOrders):
         engine.resume_sync()
+
+
+def test_a_journal_held_mid_write_is_busy_not_called_corrupt(tmp_path: Path) -> None:
+    """A reader that waits out the busy timeout on a writer stopped mid-write is told the
+    journal is busy, never that it is not a walkbook journal."""
+    path = tmp_path / "j.db"
+    Journal.open(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(JournalUnavailable, match="is busy"):
+            Journal.open_readonly(path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()

@@ -170,8 +170,9 @@ def _stop(
     open_engine: Callable[[], AbstractContextManager[Engine]],
 ) -> NoReturn:
     """Stop the chosen in-flight orders, through the running owner or, when none, here."""
-    from .cli import _bad_input_exits  # late: engine.cli imports this module
+    from .cli import _bad_input_exits, _configure_logging  # late: engine.cli imports this
 
+    _configure_logging("warning")
     with _bad_input_exits():
         if not journal_path.exists():
             raise InputError(f"journal {journal_path} does not exist")

@@ -188,6 +188,7 @@ def test_walkbook_halt_with_nothing_running_cancels_what_a_killed_run_left_live(
     halted = desk.walkbook("halt", "--plan", "day-2")
     assert halted.returncode == 0, halted.stdout + halted.stderr
     assert halted.stdout.count("FAILED (cancelled)") == 2
+    assert "order.stopped" not in halted.stdout  # logs go to stderr, results to stdout
     assert_halted_clean(desk)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
+import requests
 from alpaca.common.exceptions import APIError
 from alpaca.trading.enums import OrderSide as SdkSide
 from alpaca.trading.enums import OrderStatus, OrderType, TimeInForce
@@ -362,3 +363,22 @@ def test_a_corrupt_streamed_quote_from_sim_server_is_priced_from_rest(tmp_path: 
         step = next(e for e in rig.events(EventKind.TRANSITION) if e.to_state == "LIMIT_STEP_1")
         assert step.data["quote"]["source"] == "rest"
         assert Decimal(step.data["quote"]["bid"]) > 0
+
+
+def test_a_limit_order_without_a_limit_price_is_a_json_422_not_a_500(tmp_path: Path) -> None:
+    with alpaca_rig(tmp_path, market(NEVER)) as rig:
+        answer = requests.post(
+            rig.server.url + "/v2/orders",
+            json={
+                "symbol": "AAPL",
+                "qty": "1",
+                "side": "buy",
+                "type": "limit",
+                "time_in_force": "day",
+            },
+            headers={"APCA-API-KEY-ID": KEYS[0], "APCA-API-SECRET-KEY": KEYS[1]},
+            timeout=5,
+        )
+        assert answer.status_code == 422
+        assert "limit_price is required" in answer.json()["message"]
+        assert not rig.server.app.broker.orders

@@ -219,6 +219,8 @@ class SimApp:
         except ValueError:
             raise _BadRequest("side must be buy or sell") from None
         limit = body.get("limit_price")
+        if limit is None and order_type in ("limit", "stop_limit"):
+            raise _BadRequest(f"limit_price is required for {order_type} orders")
         order_request = OrderRequest(
             client_order_id=str(body.get("client_order_id") or uuid.uuid4()),
             symbol=str(body.get("symbol", "")).upper(),

@@ -53,6 +53,7 @@ from .fsm import TERMINAL_STATES
 from .hooks import OrderFilled, OrderTransitioned
 from .intents import DEFAULT_MAX_PLAN_ORDERS, RebalancePlan, load_plan, parse_plan
 from .numbers import decimal_text
+from .order import fold_history
 from .results import PlanResult
 from .sim import MarketSpec, SimBroker, load_market_spec, parse_market_spec
 
@@ -551,8 +552,9 @@ def demo(journal_path: Path, seed: int | None, result_json: Path | None, log_lev
 
 
 STATUS_COLUMNS = ("order_id", "plan_id", "symbol", "side", "quantity", "state", "reason",
-                  "filled_qty", "avg_price", "steps_used", "live_client_order_id",
-                  "live_broker_order_id", "created_at", "updated_at")  # fmt: skip
+                  "filled_qty", "avg_price", "steps_used", "limit_price", "state_since",
+                  "live_client_order_id", "live_broker_order_id", "created_at",
+                  "updated_at")  # fmt: skip
 
 
 def _who_walks(journal_path: Path, in_flight: int) -> str:
@@ -579,11 +581,17 @@ def status(journal_path: Path, as_json: bool, in_flight_only: bool, plan_id: str
     --json) says `walking`, `idle`, or `NOT WALKING` when orders are in flight and nobody
     holds the journal."""
     with _bad_input_exits(), Journal.open_readonly(journal_path) as journal:
-        in_flight = len(journal.orders(unless_state=TERMINAL_STATES))
+        walking = fold_history(journal.order_history(unless_state=TERMINAL_STATES))
         rows = journal.orders(
             plan_id=plan_id, unless_state=TERMINAL_STATES if in_flight_only else ()
         )
-    click.echo(_who_walks(journal_path, in_flight), err=as_json)
+    for row in rows:
+        # where an in-flight order stands in its walk: its step's price and since when
+        record = walking.get(row["order_id"])
+        price = None if record is None else record.step_limit_price
+        row["limit_price"] = None if price is None else decimal_text(price)
+        row["state_since"] = None if record is None else record.state_entered_at
+    click.echo(_who_walks(journal_path, len(walking)), err=as_json)
     if as_json:
         click.echo(json.dumps([{c: row[c] for c in STATUS_COLUMNS} for row in rows], indent=2))
         return

@@ -54,6 +54,10 @@ def test_a_dead_run_s_orders_are_flagged_not_walking(tmp_path: Path) -> None:
     rows = [r for r in json.loads(listed.stdout) if r["plan_id"] == "day-2"]
     assert [r["symbol"] for r in rows] == ["ZZZ", "AAPL"]  # the plan's order, not the hash's
     assert all(r["live_broker_order_id"] and r["live_client_order_id"] for r in rows)
+    # where each stands in its walk: the step's limit price and since when
+    assert all(r["limit_price"] and r["state_since"] for r in rows)
+    finished = [r for r in json.loads(listed.stdout) if r["plan_id"] == "day-1"]
+    assert all(r["limit_price"] is None and r["state_since"] is None for r in finished)
 
 
 def test_a_held_journal_is_shown_walking_with_its_holder(tmp_path: Path) -> None:

@@ -14,7 +14,11 @@ from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["Clock", "RealClock", "VirtualClock", "WrongEventLoop"]
+__all__ = ["MIN_WAIT_SECONDS", "Clock", "RealClock", "VirtualClock", "WrongEventLoop"]
+
+# a wait shorter than this is over: float deadlines leave residues (1e-15 s) that virtual
+# time cannot advance by, so a wait on one would spin without time passing
+MIN_WAIT_SECONDS = 1e-6
 
 T = TypeVar("T")
 

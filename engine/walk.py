@@ -23,7 +23,7 @@ import structlog
 from journal import Event, Journal, NewEvent, stamp
 
 from .broker import Asset, Broker, BrokerOrder, BrokerOrderStatus, OrderRequest
-from .clock import Clock
+from .clock import MIN_WAIT_SECONDS, Clock
 from .config import EngineConfig, journaled_config
 from .crash import CrashPoints
 from .errors import (
@@ -390,7 +390,7 @@ class OrderWalk:
         while not order.is_terminal:
             self._absorb(order)
             left = deadline - self.ctx.clock.monotonic()
-            if left <= 0:
+            if left <= MIN_WAIT_SECONDS:
                 raise BrokerUnavailable(f"order {order_id} did not reach a final status")
             order = await self._wait_for_update(order_id, left)
         self._absorb(order)
@@ -576,7 +576,7 @@ class OrderWalk:
         a stop request ends the wait at once (StopRequested)."""
         while (live := self.record.live_broker_order_id) is not None:
             left = deadline - self.ctx.clock.monotonic()
-            if left <= 0:
+            if left <= MIN_WAIT_SECONDS:
                 return
             self._absorb(await self._unless_stopped(partial(self._wait_for_update, live, left)))
 

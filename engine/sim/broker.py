@@ -28,7 +28,7 @@ from ..broker import (
     OrderType,
     Quote,
 )
-from ..clock import Clock
+from ..clock import MIN_WAIT_SECONDS, Clock
 from ..errors import (
     BrokerRejected,
     BrokerUnavailable,
@@ -694,6 +694,6 @@ class SimBroker:
         while True:
             self._book(order.symbol)
             remaining = deadline - self.clock.monotonic()
-            if order.version != version or remaining <= 0:
+            if order.version != version or remaining <= MIN_WAIT_SECONDS:
                 return order.snapshot()
             await self.clock.sleep(min(float(TICK_SECONDS), remaining))

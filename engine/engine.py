@@ -152,7 +152,6 @@ class Engine:
         self._busy = 0
         self._watcher: asyncio.Task[None] | None = None
         self._requested_stops: list[asyncio.Future[tuple[OrderResult, ...]]] = []
-        self._halting = False
         # the open orders the unknown-orders check listed, for the first reconcile to use
         # instead of listing again (dropped once a walk moves orders on)
         self._open_listing: dict[str, BrokerOrder] | None = None
@@ -391,7 +390,7 @@ class Engine:
     async def _work(self) -> AsyncIterator[None]:
         """One execute or resume under way: refused while a halt runs; while any is under
         way, `walkbook halt` requests are watched for; a halt waits for all to end."""
-        if self._halting:
+        if self.stops.everything is not None:
             raise EngineHalting("the engine is halting; no new work until the halt has finished")
         check_before_acting(self.journal)
         self._busy += 1
@@ -437,7 +436,6 @@ class Engine:
         elif plan_id is not None:
             self.stops.stop_plan(plan_id, reason)
         else:
-            self._halting = True
             self.stops.stop_all(reason)
         try:
             await refuse_foreign_journal(self.journal, self.broker)
@@ -456,7 +454,6 @@ class Engine:
                 self.stops.plans.pop(plan_id, None)
             else:
                 self.stops.everything = None
-                self._halting = False
         records = self._records_of(ids)
         return tuple(OrderResult.from_record(records[i]) for i in ids)
 

@@ -66,9 +66,10 @@ def order_intents(count: int) -> list[OrderIntent]:
 
 
 def market(intents: list[OrderIntent]) -> MarketSpec:
-    """Default market, with twice each sell's quantity held so a sell never closes out."""
+    """Default market (made-up symbols allowed), with twice each sell's quantity held so a
+    sell never closes out."""
     positions = {i.symbol: i.quantity * 2 for i in intents if i.side is OrderSide.SELL}
-    return MarketSpec(seed=11, positions=positions, cash=Decimal(10) ** 9)
+    return MarketSpec(seed=11, positions=positions, cash=Decimal(10) ** 9, universe="any")
 
 
 def walk_all(path: Path, intents: list[OrderIntent]) -> tuple[int, int]:

@@ -22,10 +22,13 @@ __all__ = [
     "OrderType",
     "Quote",
     "QuoteSource",
+    "TimeInForce",
 ]
 
 OrderType = Literal["limit", "market"]
 QuoteSource = Literal["stream", "rest"]
+# Alpaca's time-in-force values for equities; walkbook itself places DAY orders only.
+TimeInForce = Literal["day", "gtc", "ioc", "fok", "opg", "cls"]
 
 
 class BrokerOrderStatus(StrEnum):
@@ -71,6 +74,10 @@ class OrderRequest:
     qty: Decimal
     order_type: OrderType
     limit_price: Decimal | None = None
+    time_in_force: TimeInForce = "day"
+    # a dollar amount asked for instead of a quantity (market orders only): the broker
+    # sizes the order and `qty` is not read
+    notional: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,8 @@ class BrokerOrder:
     filled_avg_price: Decimal | None
     replaced_by: str | None = None
     replaces: str | None = None
+    time_in_force: TimeInForce = "day"
+    notional: Decimal | None = None
 
     @classmethod
     def accepted(cls, order_id: str, request: OrderRequest) -> BrokerOrder:
@@ -104,6 +113,8 @@ class BrokerOrder:
             status=BrokerOrderStatus.NEW,
             filled_qty=ZERO,
             filled_avg_price=None,
+            time_in_force=request.time_in_force,
+            notional=request.notional,
         )
 
     @property
@@ -134,12 +145,21 @@ class Asset:
     tradable: bool
     fractionable: bool
     price_increment: Decimal | None = None
+    shortable: bool = False
+    easy_to_borrow: bool = False
 
 
 @dataclass(frozen=True)
 class Account:
+    """The account's money as the broker reports it. On a margin account `buying_power`
+    includes what the broker would lend; `non_marginable_buying_power` is what cash alone
+    buys (None where a broker does not report it)."""
+
     cash: Decimal
     buying_power: Decimal
+    equity: Decimal | None = None
+    non_marginable_buying_power: Decimal | None = None
+    multiplier: Decimal = Decimal(1)
 
 
 @dataclass(frozen=True)

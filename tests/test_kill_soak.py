@@ -247,6 +247,7 @@ def test_two_resumes_at_once_one_drives_the_other_says_in_use(tmp_path: Path) ->
     files = Files.make(tmp_path, seed=5)
     many = [{"symbol": f"S{i:02d}", "side": "buy", "quantity": "3"} for i in range(40)]
     files.plan.write_text(json.dumps({"plan_id": "many", "orders": many}))
+    files.market.write_text(json.dumps({**MARKET, "seed": 5, "universe": "any"}))
     crashed = subprocess.run(
         [str(WALKBOOK), *files.run_args()],
         env={**os.environ, "WALKBOOK_CRASH_AT": "after_broker.submit_order:3"},

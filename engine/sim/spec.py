@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from ..errors import InputError, first_validation_error
 from ..intents import MAX_QUANTITY
 from ..jsonfile import load_model, shown
+from .ledger import AccountType
+from .universe import LISTED_TICKERS
 
 __all__ = ["MarketSpec", "SymbolSpec", "load_market_spec", "parse_market_spec"]
 
@@ -44,6 +46,14 @@ class SymbolSpec(BaseModel):
     )
     fractionable: bool = True
     tradable: bool = True
+    shortable: bool = Field(
+        True, description="a sell with no long position may open a short (margin account)"
+    )
+    easy_to_borrow: bool = Field(
+        True,
+        description="shown in the asset; a hard-to-borrow short sale is still accepted (Alpaca "
+        "takes DAY orders for one, and walkbook places DAY orders)",
+    )
     zero_quote_probability: float = Field(
         0.0, ge=0, le=1, description="chance per second that a zero-bid/ask episode starts"
     )
@@ -89,10 +99,20 @@ class MarketSpec(BaseModel):
 
     seed: int = 7
     cash: Decimal = Field(Decimal(1_000_000), ge=0, le=MAX_CASH)
+    account_type: AccountType = Field(
+        "margin",
+        description="margin: Alpaca's default, buying power beyond cash from $2,000 of equity "
+        "and short sales; cash: buying power is the cash and a sell never opens a short",
+    )
     positions: dict[str, Position] = Field(default_factory=dict)
     symbols: dict[str, SymbolSpec] = Field(default_factory=dict)
     unknown_symbols: list[str] = Field(
         default_factory=list, description="symbols the broker must answer as unknown"
+    )
+    universe: Literal["listed", "any"] = Field(
+        "listed",
+        description="listed: only `symbols`, `positions` and well-known US listings trade, "
+        "as at Alpaca; any: every symbol not in `unknown_symbols` is invented from the seed",
     )
     market_open: bool = True
     opens_in_seconds: float | None = Field(
@@ -101,7 +121,21 @@ class MarketSpec(BaseModel):
         le=MAX_OPENS_IN_SECONDS,
         description="closed until this long after the simulation starts, then open",
     )
+    closes_in_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_OPENS_IN_SECONDS,
+        description="the close, this long after the simulation starts: DAY orders expire, "
+        "GTC orders with fills are done_for_day, and the market stays closed",
+    )
     latency_seconds: float = Field(0.02, ge=0, le=MAX_LATENCY_SECONDS)
+    pending_new_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=MAX_LATENCY_SECONDS,
+        description="how long an accepted order is pending_new before it reaches the venue "
+        "(0: accepted, then new at the next look at the market)",
+    )
     fill_intensity: float = Field(
         0.15, gt=0, description="passive fills per second for an order at the far touch"
     )
@@ -111,6 +145,9 @@ class MarketSpec(BaseModel):
     partial_fill_probability: float = Field(0.5, ge=0, le=1)
     market_partial_probability: float = Field(0.03, ge=0, le=1)
     reject_probability: float = Field(0.0, ge=0, le=1)
+    late_reject_probability: float = Field(
+        0.0, ge=0, le=1, description="chance an accepted order is rejected at the venue"
+    )
     stream_gap_probability: float = Field(0.02, ge=0, le=1)
     read_error_probability: float = Field(0.0, ge=0, le=1)
     submit_timeout_probability: float = Field(0.0, ge=0, le=1)
@@ -118,12 +155,14 @@ class MarketSpec(BaseModel):
     @field_validator("positions")
     @classmethod
     def _no_short_positions(cls, positions: dict[str, Decimal]) -> dict[str, Decimal]:
-        """The simulator rejects sells beyond the position: it models no short positions."""
+        """The day starts long or flat: a short position is only ever opened by a sell, on a
+        margin account, whose cost basis the simulator then knows."""
         for symbol, quantity in positions.items():
             if quantity < 0:
                 raise ValueError(
                     f"position {shown(symbol)} is {quantity}: the simulator models no short "
-                    "positions"
+                    "positions at the start (a sell with no position opens one on a margin "
+                    "account)"
                 )
         return positions
 
@@ -136,6 +175,21 @@ class MarketSpec(BaseModel):
         if not isinstance(symbols, dict) or not isinstance(seed, int):
             return symbols
         return {name: _with_price(seed, name, given) for name, given in symbols.items()}
+
+    def lists(self, name: str) -> bool:
+        """Whether the market knows `name` at all (an unknown one is refused, as Alpaca does)."""
+        if name in self.unknown_symbols:
+            return False
+        if self.universe == "any" or name in self.symbols or name in self.positions:
+            return True
+        return name in LISTED_TICKERS
+
+    def listed(self) -> list[str]:
+        """Every symbol `lists` accepts (for `universe: any`, those the spec names)."""
+        names = set(self.symbols) | set(self.positions)
+        if self.universe == "listed":
+            names |= LISTED_TICKERS
+        return sorted(names - set(self.unknown_symbols))
 
     def symbol(self, name: str) -> SymbolSpec:
         """The spec for `name`, or deterministic defaults drawn from the seed."""

@@ -1,16 +1,17 @@
 """Alpaca's REST API (the paths alpaca-py calls) over the simulator, with Alpaca's guards.
 
 Requests pass, in order: the key check (401 without keys, 403 with wrong ones), the
-account's rate limit (429 past `rate_limit_per_minute`), the fault knobs, then the
-handler; after each one the trade_updates stream is told what changed.
+account's rate limit (429 past `rate_limit_per_minute` for trading paths, past
+`data_rate_limit_per_minute` for market data; every answer from there on carries Alpaca's
+X-Ratelimit-* headers), the fault knobs, then the handler; after each one the
+trade_updates stream is told what changed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -19,12 +20,13 @@ from typing import Any
 
 from aiohttp import web
 
-from ..broker import BrokerOrder, BrokerOrderStatus, OrderRequest
+from ..broker import BrokerOrder, BrokerOrderStatus, OrderRequest, TimeInForce
 from ..errors import BrokerError, BrokerRejected, OrderNotFound, UnknownSymbol
 from ..intents import OrderSide
-from ..numbers import decimal_text
+from ..numbers import ZERO, decimal_text
 from ..sim import SimBroker
 from .faults import FaultInjector
+from .ratelimit import RateLimits
 from .streams import MarketData, TradeUpdates
 from .wire import (
     IdMap,
@@ -49,6 +51,8 @@ MAX_ORDERS_LISTED = 500
 # system's stop orders rest in a real account, so walkbook meets orders in the account
 # that are not its own and not of a type it places.
 RESTING_TYPES = frozenset({"stop", "stop_limit"})
+# Alpaca's opg and cls (auction) orders are not simulated: refused, never silently made DAY
+SIMULATED_TIME_IN_FORCE: tuple[TimeInForce, ...] = ("day", "gtc", "ioc", "fok")
 
 
 class _BadRequest(BrokerRejected):
@@ -76,6 +80,44 @@ def _decimal(value: Any, name: str) -> Decimal:
     return number
 
 
+def _order_request(body: dict[str, Any]) -> tuple[OrderRequest, str]:
+    """The order a `POST /v2/orders` body asks for, and its wire type; Alpaca's 422 for a
+    body it would refuse before looking at the account."""
+    order_type = body.get("type") or body.get("order_type")
+    if order_type not in ("limit", "market", *RESTING_TYPES):
+        raise _BadRequest("type must be market, limit, stop or stop_limit")
+    if ("qty" in body) == ("notional" in body):
+        raise _BadRequest("qty or notional is required, not both")
+    notional = None if "notional" not in body else _decimal(body["notional"], "notional")
+    if notional is not None and order_type != "market":
+        raise _BadRequest("the simulator takes notional orders as market orders only")
+    tif = body.get("time_in_force")
+    if tif not in SIMULATED_TIME_IN_FORCE:
+        raise _BadRequest(f"time_in_force must be one of {', '.join(SIMULATED_TIME_IN_FORCE)}")
+    qty = ZERO if notional is not None else _decimal(body["qty"], "qty")
+    if (notional is not None or qty != qty.to_integral_value()) and tif != "day":
+        raise _BadRequest("fractional orders must be DAY orders")
+    try:
+        side = OrderSide(str(body.get("side", "")).lower())
+    except ValueError:
+        raise _BadRequest("side must be buy or sell") from None
+    limit = body.get("limit_price")
+    if limit is None and order_type in ("limit", "stop_limit"):
+        raise _BadRequest(f"limit_price is required for {order_type} orders")
+    order_request = OrderRequest(
+        client_order_id=str(body.get("client_order_id") or uuid.uuid4()),
+        symbol=str(body.get("symbol", "")).upper(),
+        side=side,
+        qty=qty,
+        # a resting order keeps the simulated type it would trade as once triggered
+        order_type="limit" if order_type in ("limit", "stop_limit") else "market",
+        limit_price=None if limit is None else _decimal(limit, "limit_price"),
+        time_in_force=tif,
+        notional=notional,
+    )
+    return order_request, order_type
+
+
 class SimApp:
     """The aiohttp application: one SimBroker, one key pair, one set of faults."""
 
@@ -86,9 +128,9 @@ class SimApp:
         self.ids = IdMap()
         self.ids.learn(list(broker.order_versions()))
         self.updates = TradeUpdates(broker, self.ids, keys, faults)
-        self.market_data = MarketData(broker, keys, faults)
         self.stats: Counter[str] = Counter()
-        self._sent: deque[float] = deque()
+        self.market_data = MarketData(broker, keys, faults, self.stats)
+        self.limits = RateLimits(faults.spec)
         # sim-style id -> a resting order (its order_type stands in), and what its JSON says
         self.resting: dict[str, BrokerOrder] = {}
         self._resting_fields: dict[str, dict[str, Any]] = {}
@@ -108,6 +150,7 @@ class SimApp:
                 web.delete("/v2/positions/{symbol}", self.close_position),
                 web.get("/v2/account", self.account),
                 web.get("/v2/clock", self.clock),
+                web.get("/v2/assets", self.assets),
                 web.get("/v2/assets/{symbol}", self.asset),
                 web.get("/v2/stocks/quotes/latest", self.latest_quotes),
                 web.get("/stream", self.updates.handle),
@@ -137,27 +180,21 @@ class SimApp:
         resource = request.match_info.route.resource
         route = request.path if resource is None else resource.canonical
         self.stats[f"{request.method} {route}"] += 1
-        if not self._within_rate_limit():
+        verdict = self.limits.take(request.path)
+        if not verdict.admitted:
             self.stats["rate_limited"] += 1
-            return error(429, 42910000, "rate limit exceeded")
+            self.stats[f"rate_limited_{verdict.api}"] += 1
+            return verdict.stamp(error(429, 42910000, "rate limit exceeded"))
         faulted = await self._inject(request)
-        if faulted is not None:
+        if faulted is not None:  # an injected 429 names no reset: no headers
             return faulted
         try:
-            return await handler(request)
+            response = await handler(request)
         except (BrokerError, UnknownSymbol) as exc:
-            return error_for(exc)
+            response = error_for(exc)
         finally:
             self.updates.publish()
-
-    def _within_rate_limit(self) -> bool:
-        spec, now = self.faults.spec, time.monotonic()
-        while self._sent and now - self._sent[0] >= spec.rate_limit_window_seconds:
-            self._sent.popleft()
-        if len(self._sent) >= spec.rate_limit_per_minute:
-            return False
-        self._sent.append(now)
-        return True
+        return verdict.stamp(response)
 
     async def _inject(self, request: web.Request) -> web.StreamResponse | None:
         spec, faults = self.faults.spec, self.faults
@@ -204,37 +241,18 @@ class SimApp:
         return body
 
     async def submit(self, request: web.Request) -> web.Response:
+        """`POST /v2/orders`: refused at once when malformed (422) or unaffordable (403);
+        otherwise `accepted`, with what happens next reported on trade_updates."""
         body = await self._body(request)
-        order_type = body.get("type") or body.get("order_type")
-        if order_type not in ("limit", "market", *RESTING_TYPES) or "qty" not in body:
-            raise _BadRequest(
-                "only qty-based limit and market orders are simulated (stop and stop_limit "
-                "orders rest, never executed)"
-            )
-        qty = _decimal(body["qty"], "qty")
-        if qty != qty.to_integral_value() and body.get("time_in_force") != "day":
-            raise _BadRequest("fractional orders must be DAY orders")
+        order_request, order_type = _order_request(body)
         try:
-            side = OrderSide(str(body.get("side", "")).lower())
-        except ValueError:
-            raise _BadRequest("side must be buy or sell") from None
-        limit = body.get("limit_price")
-        if limit is None and order_type in ("limit", "stop_limit"):
-            raise _BadRequest(f"limit_price is required for {order_type} orders")
-        order_request = OrderRequest(
-            client_order_id=str(body.get("client_order_id") or uuid.uuid4()),
-            symbol=str(body.get("symbol", "")).upper(),
-            side=side,
-            qty=qty,
-            # a resting order keeps the simulated type it would trade as once triggered
-            order_type="limit" if order_type in ("limit", "stop_limit") else "market",
-            limit_price=None if limit is None else _decimal(limit, "limit_price"),
-        )
-        if order_type in RESTING_TYPES:
-            await self.broker.get_asset(order_request.symbol)  # an unknown symbol is refused
-            stop = _decimal(body.get("stop_price"), "stop_price")
-            return self._order(self._rest(order_request, order_type, stop))
-        order = await self.broker.submit_order(order_request)
+            if order_type in RESTING_TYPES:
+                await self.broker.get_asset(order_request.symbol)
+                stop = _decimal(body.get("stop_price"), "stop_price")
+                return self._order(self._rest(order_request, order_type, stop))
+            order = await self.broker.submit_order(order_request)
+        except UnknownSymbol:
+            return error(422, 40010001, f"could not find us_equity asset {order_request.symbol}")
         if self.faults.roll("submit_504", self.faults.spec.submit_504_probability):
             return gateway_error(504)
         return self._order(order)
@@ -305,6 +323,8 @@ class SimApp:
             _decimal(limit, "limit_price"),
             str(body.get("client_order_id") or uuid.uuid4()),
         )
+        if self.faults.roll("replace_rejected", self.faults.spec.replace_rejected_probability):
+            self.broker.fill_now(sim_id)
         return self._order(order)
 
     async def cancel(self, request: web.Request) -> web.Response:
@@ -323,15 +343,15 @@ class SimApp:
     # -- account, market ------------------------------------------------------------
 
     async def positions(self, request: web.Request) -> web.Response:
-        held = sorted(self.broker.positions.items())
-        return web.json_response([position_json(s, q) for s, q in held])
+        return web.json_response([position_json(p) for p in self.broker.position_views()])
 
     async def position(self, request: web.Request) -> web.Response:
         symbol = request.match_info["symbol"].upper()
-        qty = await self.broker.get_position(symbol)
-        if not qty:
+        await self.broker.get_position(symbol)  # an unknown symbol is refused
+        held = self.broker.position_views(symbol)
+        if not held:
             return error(404, 40410000, "position does not exist")
-        return web.json_response(position_json(symbol, qty))
+        return web.json_response(position_json(held[0]))
 
     async def close_position(self, request: web.Request) -> web.Response:
         """`DELETE /v2/positions/{symbol}?qty=`: a market sell of that much of the position,
@@ -353,6 +373,30 @@ class SimApp:
     async def asset(self, request: web.Request) -> web.Response:
         symbol = request.match_info["symbol"].upper()
         return web.json_response(asset_json(await self.broker.get_asset(symbol)))
+
+    async def assets(self, request: web.Request) -> web.Response:
+        """`GET /v2/assets`: every listed asset, filtered as Alpaca filters (status: all by
+        default; asset_class: us_equity by default, the only class simulated; exchange;
+        attributes: any of them, which no simulated asset has). A value Alpaca does not
+        list is refused, so a typo cannot pass as an empty filter.
+        https://docs.alpaca.markets/docs/working-with-assets"""
+        status = request.query.get("status")
+        asset_class = request.query.get("asset_class", "us_equity")
+        if status not in (None, "active", "inactive"):
+            raise _BadRequest("invalid status")
+        if asset_class not in ("us_equity", "us_option", "crypto"):
+            raise _BadRequest("invalid asset_class")
+        if asset_class != "us_equity" or request.query.get("attributes"):
+            return web.json_response([])
+        listed = [asset_json(asset) for asset in self.broker.assets()]
+        exchange = request.query.get("exchange")
+        return web.json_response(
+            [
+                asset
+                for asset in listed
+                if status in (None, asset["status"]) and exchange in (None, asset["exchange"])
+            ]
+        )
 
     async def latest_quotes(self, request: web.Request) -> web.Response:
         symbols = [s for s in request.query.get("symbols", "").upper().split(",") if s]

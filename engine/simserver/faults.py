@@ -1,7 +1,8 @@
 """The sim-server's fault knobs (`--faults SPEC.json`), seeded so a run can be replayed.
 
-Every knob defaults to off. The HTTP knobs (429, 5xx, drops, latency) apply to every
-REST request, or only to those matching `only` ("METHOD /path-prefix" entries).
+Every fault knob defaults to off; Alpaca's own limits default to the free plan's. The
+HTTP knobs (429, 5xx, drops, latency) apply to every REST request, or only to those
+matching `only` ("METHOD /path-prefix" entries).
 """
 
 from __future__ import annotations
@@ -27,14 +28,23 @@ QuoteAge = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
 
 
 class FaultSpec(BaseModel):
-    """What goes wrong, how often. Alpaca's own limits (200/min, one data stream) included."""
+    """What goes wrong, how often. Alpaca's own limits (200/min for trading and for market
+    data, one data stream, 30 IEX symbols) included."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     seed: int = 1
-    rate_limit_per_minute: int = Field(200, ge=1, description="requests per window per key")
+    rate_limit_per_minute: int = Field(
+        200, ge=1, description="trading API requests per window per key"
+    )
+    data_rate_limit_per_minute: int = Field(
+        200, ge=1, description="market-data REST requests per window per key (free plan)"
+    )
     rate_limit_window_seconds: float = Field(60.0, gt=0, le=MAX_SECONDS)
     data_stream_connections: int = Field(1, ge=0, description="market-data sockets per key")
+    iex_symbol_limit: int = Field(
+        30, ge=0, description="quote symbols one /v2/iex connection may hold (405 beyond)"
+    )
     latency_seconds: float = Field(
         0.0, ge=0, le=MAX_LATENCY_SECONDS, description="added before each REST answer"
     )
@@ -48,6 +58,13 @@ class FaultSpec(BaseModel):
     )
     replace_filled_probability: float = Field(
         0.0, ge=0, le=1, description="fill the old order in full just before a replace (422)"
+    )
+    replace_rejected_probability: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="fill the old order in full while its replace is pending: the PATCH "
+        "answers 200, then the replacement is rejected on trade_updates",
     )
     stream_drop_after_seconds: float | None = Field(
         None, gt=0, le=MAX_SECONDS, description="close every websocket this long after it connects"

@@ -11,39 +11,24 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import timedelta
 from typing import Any
 
 import msgpack
 from aiohttp import WSMsgType, web
 
-from ..broker import BrokerOrder, BrokerOrderStatus, Quote
+from ..broker import Quote
 from ..errors import UnknownSymbol
 from ..numbers import ZERO, decimal_text
 from ..sim import SimBroker
+from ..sim.orders import Activity
 from .faults import FaultInjector
 from .wire import IdMap, order_json, pack, quote_frame
 
 __all__ = ["MarketData", "TradeUpdates"]
-
-_EVENTS = {
-    BrokerOrderStatus.NEW: "new",
-    BrokerOrderStatus.ACCEPTED: "accepted",
-    BrokerOrderStatus.PENDING_NEW: "pending_new",
-    BrokerOrderStatus.PARTIALLY_FILLED: "partial_fill",
-    BrokerOrderStatus.FILLED: "fill",
-    BrokerOrderStatus.PENDING_CANCEL: "pending_cancel",
-    BrokerOrderStatus.PENDING_REPLACE: "pending_replace",
-    BrokerOrderStatus.CANCELED: "canceled",
-    BrokerOrderStatus.EXPIRED: "expired",
-    BrokerOrderStatus.REJECTED: "rejected",
-    BrokerOrderStatus.REPLACED: "replaced",
-    BrokerOrderStatus.DONE_FOR_DAY: "done_for_day",
-}
-
 
 CLOSE = b""  # an outbox entry meaning: close the socket once everything before it is sent
 
@@ -127,8 +112,7 @@ class TradeUpdates:
         self.keys = keys
         self.sockets = Sockets(faults)
         self.listening: set[web.WebSocketResponse] = set()
-        self._versions = broker.order_versions()
-        self._seen: dict[str, BrokerOrder] = {}
+        broker.activity = []
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = await self.sockets.open(request)
@@ -164,43 +148,24 @@ class TradeUpdates:
         self.sockets.post(ws, json.dumps(message).encode())
 
     def publish(self) -> None:
-        """Send one trade update per order change since the last call (a new order: two)."""
-        versions = self.broker.order_versions()
-        now = datetime.now(UTC)
-        for order_id, version in versions.items():
-            known = self._versions.get(order_id)
-            if known == version:
-                continue
-            order = self.broker.order_snapshot(order_id)
-            if known is None:  # Alpaca announces every order as `new` first
-                announced = replace(
-                    order, status=BrokerOrderStatus.NEW, filled_qty=ZERO, filled_avg_price=None
-                )
-                self._broadcast(self._event(announced, now))
-            if known is not None or order.status is not BrokerOrderStatus.NEW:
-                self._broadcast(self._event(order, now))
-            self._seen[order_id] = order
-        self._versions = versions
+        """Send what the simulator recorded since the last call, in order: one message per
+        status change and one per execution (with the position right after it)."""
+        activity, self.broker.activity = self.broker.activity or [], []
+        for change in activity:
+            self._broadcast(self._event(change))
 
-    def _event(self, order: BrokerOrder, now: datetime) -> dict[str, Any]:
+    def _event(self, change: Activity) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "event": _EVENTS.get(order.status, order.status.value),
-            "order": order_json(order, self.ids, now),
-            "timestamp": now.isoformat(),
-            "position_qty": decimal_text(self.broker.positions.get(order.symbol, ZERO)),
+            "event": change.event,
+            "order": order_json(change.order, self.ids, change.at),
+            "timestamp": change.at.isoformat(),
         }
-        before = self._seen.get(order.id)
-        filled_before = ZERO if before is None else before.filled_qty
-        if order.filled_qty > filled_before and order.filled_avg_price is not None:
-            notional_before = (
-                ZERO if before is None else filled_before * (before.filled_avg_price or ZERO)
-            )
-            qty = order.filled_qty - filled_before
-            price = (order.filled_qty * order.filled_avg_price - notional_before) / qty
+        if change.qty is not None and change.price is not None:
             data.update(
                 execution_id=str(uuid.uuid4()),
-                qty=decimal_text(qty),
-                price=decimal_text(price.quantize(Decimal("0.000001"))),
+                qty=decimal_text(change.qty),
+                price=decimal_text(change.price),
+                position_qty=decimal_text(change.position_qty or ZERO),
             )
         return {"stream": "trade_updates", "data": data}
 
@@ -211,12 +176,27 @@ class TradeUpdates:
 
 
 class MarketData:
-    """`/v2/<feed>`: Alpaca's market-data stream of quotes, one connection per key allowed."""
+    """`/v2/<feed>`: Alpaca's market-data stream of quotes, one connection per key allowed.
 
-    def __init__(self, broker: SimBroker, keys: tuple[str, str], faults: FaultInjector) -> None:
+    On `/v2/iex` a connection holds at most `iex_symbol_limit` quote symbols (the free
+    plan's 30): a subscription past it is refused whole with 405 and the connection keeps
+    what it had, as Alpaca does (https://docs.alpaca.markets/docs/streaming-market-data).
+    Each refusal counts as `symbol_limit_refused` in the server's stats.
+    """
+
+    iex_path = "/v2/iex"  # the free plan's feed; /v2/sip and /v2/test take any number
+
+    def __init__(
+        self,
+        broker: SimBroker,
+        keys: tuple[str, str],
+        faults: FaultInjector,
+        stats: Counter[str],
+    ) -> None:
         self.broker = broker
         self.keys = keys
         self.faults = faults
+        self.stats = stats
         self.sockets = Sockets(faults)
         self.subscribed: dict[web.WebSocketResponse, set[str]] = {}
         self.refused = 0
@@ -225,6 +205,7 @@ class MarketData:
         ws = await self.sockets.open(request)
         self._send(ws, [{"T": "success", "msg": "connected"}])
         authorized = False
+        limit = self.faults.spec.iex_symbol_limit if request.path == self.iex_path else None
 
         def on_message(payload: Any) -> None:
             nonlocal authorized
@@ -235,6 +216,10 @@ class MarketData:
                 authorized = self._authenticate(ws, payload)
             elif action == "subscribe" and authorized:
                 added = set(payload.get("quotes", [])) - self.subscribed[ws]
+                if limit is not None and len(self.subscribed[ws] | added) > limit:
+                    self.stats["symbol_limit_refused"] += 1
+                    self._send(ws, [{"T": "error", "code": 405, "msg": "symbol limit exceeded"}])
+                    return
                 self.subscribed[ws] |= added
                 self._send(ws, [self._subscription(ws)])
                 if added:

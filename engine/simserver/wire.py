@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
-from ..broker import Account, Asset, BrokerOrder, MarketClock, Quote
+from ..broker import Asset, BrokerOrder, MarketClock, Quote
 from ..errors import (
     BrokerError,
     BrokerRejected,
@@ -25,6 +25,7 @@ from ..errors import (
     UnknownSymbol,
 )
 from ..numbers import decimal_text
+from ..sim.ledger import PositionView, SimAccount
 
 __all__ = [
     "IdMap",
@@ -42,6 +43,16 @@ __all__ = [
 ]
 
 NAMESPACE = uuid.UUID("2f0c1a52-6b7e-4d8e-9a51-3c1d7e0b9a11")
+# what an insufficient buying power or insufficient qty refusal shows beside its message
+REFUSAL_FIGURES = (
+    "buying_power",
+    "cost_basis",
+    "available",
+    "existing_qty",
+    "held_for_orders",
+    "related_orders",
+    "symbol",
+)
 GATEWAY_HTML = "<html><head><title>{status}</title></head><body><h1>{status}</h1></body></html>"
 
 
@@ -89,24 +100,24 @@ def order_json(order: BrokerOrder, ids: IdMap, now: datetime) -> dict[str, Any]:
         "updated_at": now.isoformat(),
         "submitted_at": created,
         "filled_at": final_at if status == "filled" else None,
-        "expired_at": None,
+        "expired_at": final_at if status == "expired" else None,
         "canceled_at": final_at if status == "canceled" else None,
-        "failed_at": None,
+        "failed_at": final_at if status == "rejected" else None,
         "replaced_at": final_at if status == "replaced" else None,
         "replaced_by": None if order.replaced_by is None else ids.wire(order.replaced_by),
         "replaces": None if order.replaces is None else ids.wire(order.replaces),
         "asset_id": _uuid(f"asset/{order.symbol}"),
         "symbol": order.symbol,
         "asset_class": "us_equity",
-        "notional": None,
-        "qty": decimal_text(order.qty),
+        "notional": _text(order.notional),
+        "qty": None if order.notional is not None else decimal_text(order.qty),  # as Alpaca
         "filled_qty": decimal_text(order.filled_qty),
         "filled_avg_price": _text(order.filled_avg_price),
         "order_class": "simple",
         "order_type": order.order_type,
         "type": order.order_type,
         "side": order.side.value,
-        "time_in_force": "day",
+        "time_in_force": order.time_in_force,
         "limit_price": _text(order.limit_price),
         "stop_price": None,
         "status": status,
@@ -128,8 +139,8 @@ def asset_json(asset: Asset) -> dict[str, Any]:
         "status": "active" if asset.tradable else "inactive",
         "tradable": asset.tradable,
         "marginable": True,
-        "shortable": False,
-        "easy_to_borrow": False,
+        "shortable": asset.shortable,
+        "easy_to_borrow": asset.easy_to_borrow,
         "fractionable": asset.fractionable,
         "min_order_size": "1",
         "min_trade_increment": "0.000000001" if asset.fractionable else "1",
@@ -137,22 +148,37 @@ def asset_json(asset: Asset) -> dict[str, Any]:
     }
 
 
-def position_json(symbol: str, qty: Decimal) -> dict[str, Any]:
-    """Entry prices are not simulated: they read as zero."""
+def position_json(position: PositionView) -> dict[str, Any]:
+    """Alpaca's position object (a short: negative qty, market value and cost basis; a
+    positive average entry price). Intraday figures equal the unrealized ones: the whole
+    simulation is today (engine/sim/ledger.py)."""
     return {
-        "asset_id": _uuid(f"asset/{symbol}"),
-        "symbol": symbol,
+        "asset_id": _uuid(f"asset/{position.symbol}"),
+        "symbol": position.symbol,
         "exchange": "NASDAQ",
         "asset_class": "us_equity",
-        "avg_entry_price": "0",
-        "qty": decimal_text(qty),
-        "qty_available": decimal_text(qty),
-        "side": "long" if qty >= 0 else "short",
-        "cost_basis": "0",
+        "asset_marginable": True,
+        "avg_entry_price": decimal_text(position.avg_entry_price),
+        "qty": decimal_text(position.qty),
+        "qty_available": decimal_text(position.qty_available),
+        "side": position.side,
+        "market_value": decimal_text(position.market_value),
+        "cost_basis": decimal_text(position.cost_basis),
+        "unrealized_pl": decimal_text(position.unrealized_pl),
+        "unrealized_plpc": decimal_text(position.unrealized_plpc),
+        "unrealized_intraday_pl": decimal_text(position.unrealized_pl),
+        "unrealized_intraday_plpc": decimal_text(position.unrealized_plpc),
+        "current_price": decimal_text(position.current_price),
+        "lastday_price": decimal_text(position.lastday_price),
+        "change_today": decimal_text(position.change_today),
     }
 
 
-def account_json(account: Account) -> dict[str, Any]:
+def account_json(account: SimAccount) -> dict[str, Any]:
+    """Alpaca's account object (https://alpaca.markets/docs/api-references/trading-api/account/):
+    equity = cash + long_market_value + short_market_value (the latter negative), and
+    portfolio_value, its deprecated alias. Nothing is blocked, no transfer is pending and
+    options are not traded."""
     return {
         "id": _uuid("account"),
         "account_number": "SIM000001",
@@ -160,14 +186,30 @@ def account_json(account: Account) -> dict[str, Any]:
         "currency": "USD",
         "cash": decimal_text(account.cash),
         "buying_power": decimal_text(account.buying_power),
-        "portfolio_value": decimal_text(account.cash),
-        "pattern_day_trader": False,
+        "regt_buying_power": decimal_text(account.regt_buying_power),
+        "non_marginable_buying_power": _text(account.non_marginable_buying_power),
+        "options_buying_power": "0",
+        "accrued_fees": "0",
+        "pending_transfer_in": "0",
+        "pending_transfer_out": "0",
+        "equity": _text(account.equity),
+        "last_equity": decimal_text(account.last_equity),
+        "portfolio_value": _text(account.equity),
+        "long_market_value": decimal_text(account.long_market_value),
+        "short_market_value": decimal_text(account.short_market_value),
+        "initial_margin": decimal_text(account.initial_margin),
+        "maintenance_margin": decimal_text(account.maintenance_margin),
+        "last_maintenance_margin": decimal_text(account.last_maintenance_margin),
+        "sma": "0",
+        "multiplier": decimal_text(account.multiplier),
+        "shorting_enabled": account.shorting_enabled,
         "trading_blocked": False,
         "transfers_blocked": False,
         "account_blocked": False,
         "trade_suspended_by_user": False,
-        "shorting_enabled": False,
-        "multiplier": "1",
+        "created_at": account.created_at.isoformat(),
+        "options_approved_level": 0,
+        "options_trading_level": 0,
     }
 
 
@@ -254,6 +296,13 @@ def error_for(exc: BrokerError | UnknownSymbol) -> web.Response:
         return gateway_error(504)
     if isinstance(exc, BrokerRejected):
         if exc.reason in ("insufficient_funds", "insufficient_position"):
+            # Alpaca's 403 carries the figures it counted beside code and message
+            figures = {k: v for k, v in exc.fields.items() if k in REFUSAL_FIGURES}
+            if "related_orders" in figures:
+                figures["related_orders"] = [_uuid(i) for i in figures["related_orders"]]
+            body = {"code": 40310000, "message": exc.message, **figures}
+            return web.json_response(body, status=403)
+        if exc.reason == "below_minimum":  # an order worth under Alpaca's $1 minimum
             return error(403, 40310000, exc.message)
         return error(422, 42210000, exc.message)
     return error(503, 50310000, "service unavailable")

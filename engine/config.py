@@ -56,6 +56,11 @@ class EngineConfig(BaseModel):
     funds_buffer_bps: Decimal = Field(
         Decimal(50), ge=0, description="Headroom over the ask when costing a buy against funds."
     )
+    use_margin: bool = Field(
+        False,
+        description="Size buys to the broker's buying power, borrowing on a margin account; "
+        "off: only to what cash buys.",
+    )
     wait_for_open: bool = Field(
         False, description="When the market is closed, wait for the broker's next open."
     )

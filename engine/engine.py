@@ -716,7 +716,9 @@ class Engine:
         Buying power is read after every sell is final, so it counts the cash their fills
         released at every step. Buys are costed at the ask plus `funds_buffer_bps`, in plan
         order; one that does not fit is shrunk to what fits, or failed `insufficient_funds`.
-        Returns the buys as they are now.
+        A margin account's buying power includes what the broker would lend: unless
+        `use_margin`, buys spend only what cash buys (its non-marginable buying power, else
+        its cash). Returns the buys as they are now.
         """
         sized = list(buys)
         pending = [
@@ -729,7 +731,15 @@ class Engine:
         if not pending:
             return sized
         account = await self._read(self.broker.get_account)
-        available = account.buying_power
+        funds: dict[str, Decimal] = {}
+        if not self.config.use_margin:  # what cash buys, never what the broker would lend
+            if account.non_marginable_buying_power is not None:
+                funds["non_marginable_buying_power"] = account.non_marginable_buying_power
+            else:
+                funds["cash"] = account.cash
+        funds["buying_power"] = account.buying_power
+        funds_from = min(funds, key=funds.__getitem__)  # on a tie, the cash figure
+        available = funds[funds_from]
         buffer = 1 + self.config.funds_buffer_bps / BPS
         for index in pending:
             walk = OrderWalk(self.context, sized[index])
@@ -744,7 +754,8 @@ class Engine:
             fits = floor_to(available / price, walk.whole_shares_step())
             details = {
                 "requested": decimal_text(qty),
-                "buying_power": decimal_text(account.buying_power),
+                **{figure: decimal_text(value) for figure, value in funds.items()},
+                "funds_from": funds_from,
                 "available": decimal_text(available.quantize(CENT)),
                 "price_estimate": decimal_text(price.quantize(CENT)),
             }

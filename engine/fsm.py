@@ -72,11 +72,18 @@ class FailReason(StrEnum):
     PARTIAL_FILL = "partial_fill"
     CANCELLED = "cancelled"
     CANCELLED_EXTERNALLY = "cancelled_externally"
+    REJECTED_AT_BROKER = "rejected_at_broker"
+    EXPIRED = "expired"
     ABANDONED = "abandoned"
     PLACED_ELSEWHERE = "placed_elsewhere"
     ORDER_NOT_FOUND = "order_not_found"
     BROKER_UNAVAILABLE = "broker_unavailable"
     INVALID_INTENT = "invalid_intent"
+    # refusals the broker gave a reason for (engine/alpaca/errors.py maps Alpaca's answers)
+    UNKNOWN_SYMBOL = "unknown_symbol"
+    NOT_PERMITTED = "not_permitted"
+    BELOW_MINIMUM = "below_minimum"
+    PATTERN_DAY_TRADER = "pattern_day_trader"
 
 
 TERMINAL_STATES = frozenset({OrderState.VALIDATED.value, OrderState.FAILED.value})

@@ -52,10 +52,13 @@ PRICE_STEP = Decimal("0.000001")
 QTY_WHOLE, QTY_FRACTION = Decimal(1), Decimal("0.0001")
 Listener = Callable[[OrderRecord, Event], None]
 Finder = Callable[[], Awaitable[BrokerOrder | None]]
-# what a broker order can end in without filling; walkbook asked for it, or someone else did
-_ENDED_UNFILLED = frozenset(
-    {BrokerOrderStatus.CANCELED, BrokerOrderStatus.EXPIRED, BrokerOrderStatus.REJECTED}
-)
+# what a broker order can end in without filling (walkbook asked for it, or someone else
+# did), and the reason the walk fails with when walkbook did not ask
+_ENDED_UNFILLED = {
+    BrokerOrderStatus.CANCELED.value: FailReason.CANCELLED_EXTERNALLY,
+    BrokerOrderStatus.EXPIRED.value: FailReason.EXPIRED,
+    BrokerOrderStatus.REJECTED.value: FailReason.REJECTED_AT_BROKER,
+}
 
 
 class BrokerOrderMissing(Exception):
@@ -68,8 +71,8 @@ class BrokerOrderMissing(Exception):
 
 
 class EndedAtBroker(Exception):
-    """A limit order ended at the broker (cancelled, expired, rejected) without walkbook
-    asking: a person or the broker decided, and walkbook places nothing more for it."""
+    """A broker order ended (cancelled, expired, rejected) without walkbook asking: a
+    person or the broker decided, and walkbook places nothing more for it."""
 
 
 @dataclass
@@ -372,16 +375,20 @@ class OrderWalk:
                 raise EndedAtBroker(order.id)
 
     def _ended_elsewhere(self, order: BrokerOrder) -> bool:
-        """A limit order that ended unfilled-in-part although walkbook never asked it to.
+        """An order that ended unfilled-in-part although walkbook never asked it to: a limit
+        order cancelled, expired or rejected, or any order rejected.
 
-        Market orders are left out: a broker may end a market order's unfillable rest on
-        its own, and the walk's next market attempt (at most `market_attempts`) is the answer.
+        A market order's cancelled or expired rest is left out (a broker may end the
+        unfillable rest on its own; the walk's next market attempt, at most
+        `market_attempts`, is the answer), and so is a replacement rejected because the
+        order it replaced filled first (Alpaca's "replace rejected"): the walk goes on with
+        whatever is left.
         """
-        return (
-            order.order_type == "limit"
-            and order.status in _ENDED_UNFILLED
-            and order.id not in self.record.cancels_sent
-        )
+        if order.id in self.record.cancels_sent or order.status.value not in _ENDED_UNFILLED:
+            return False
+        if order.status is BrokerOrderStatus.REJECTED:
+            return order.replaces is None
+        return order.order_type == "limit"
 
     async def _confirm_terminal(self, order_id: str) -> BrokerOrder:
         """Wait until the broker reports the order terminal, counting fills as they land."""
@@ -560,7 +567,9 @@ class OrderWalk:
                 {"client_order_id": cid, "reason": "order_not_found", "message": exc.message},
             )
             raise BrokerOrderMissing(old_id) from None
-        self._absorb(await self._read_order(old_id))
+        # the old order stays `pending_replace` (and may still fill) until the broker
+        # replaces it; its fills are counted before the walk goes on
+        await self._confirm_terminal(old_id)
         self._absorb(new)
         if new.qty > self.record.remaining_qty and not new.is_terminal:
             self.log.warning("order.replace_oversized", new_qty=str(new.qty))
@@ -679,10 +688,12 @@ class OrderWalk:
                 await phase()
                 return True
             except BrokerRejected as exc:
-                await self._ending(self._fail(_reason(exc.reason), message=exc.message))
+                answered = {k: v for k, v in exc.fields.items() if k != "reason"}
+                await self._ending(self._fail(_reason(exc.reason), message=exc.message, **answered))
             except EndedAtBroker:
                 ended = self.record.ended_at_broker or {}
-                await self._ending(self._fail(FailReason.CANCELLED_EXTERNALLY, **ended))
+                reason = _ENDED_UNFILLED.get(ended.get("status", ""))
+                await self._ending(self._fail(reason or FailReason.CANCELLED_EXTERNALLY, **ended))
             except StopRequested as stop:
                 await self._ending(self._stop(stop.reason))
             except BrokerOrderMissing as missing:

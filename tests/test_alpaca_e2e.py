@@ -177,8 +177,11 @@ def test_refusals_reach_the_engine_as_typed_errors(tmp_path: Path) -> None:
         async def scenario() -> None:
             with pytest.raises(SubPennyPrice):
                 await broker.submit_order(order("c1", limit_price=Decimal("189.951")))
-            with pytest.raises(InsufficientBuyingPower):
-                await broker.submit_order(order("c2", qty=Decimal(100)))
+            # beyond the margin account's 2x buying power, and the answer says how far
+            with pytest.raises(InsufficientBuyingPower) as funds:
+                await broker.submit_order(order("c2", qty=Decimal(200)))
+            assert Decimal(funds.value.fields["cost_basis"]) == 200 * Decimal("189.95")
+            assert Decimal(funds.value.fields["buying_power"]) < 200 * Decimal("189.95")
             with pytest.raises(BrokerRejected) as short:
                 await broker.submit_order(
                     order("c3", symbol="TSLA", side=OrderSide.SELL, qty=Decimal(5))

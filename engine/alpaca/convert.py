@@ -127,7 +127,14 @@ def clock_from_sdk(clock: SdkClock) -> MarketClock:
 
 
 def account_from_sdk(account: TradeAccount) -> Account:
+    """The account's money; on a margin account `buying_power` includes what Alpaca would
+    lend, `non_marginable_buying_power` is what cash alone buys
+    (https://docs.alpaca.markets/docs/account-plans,
+    https://docs.alpaca.markets/v1.1/docs/margin-and-short-selling)."""
     return Account(
         cash=_decimal(account.cash) or ZERO,
         buying_power=_decimal(account.buying_power) or ZERO,
+        equity=_decimal(account.equity),
+        non_marginable_buying_power=_decimal(account.non_marginable_buying_power),
+        multiplier=_decimal(account.multiplier) or Decimal(1),
     )

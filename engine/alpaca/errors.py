@@ -1,8 +1,11 @@
 """Alpaca's error answers mapped onto the engine's typed errors.
 
 Alpaca answers `{"code": int, "message": str}` (sometimes only `{"message": ...}`, and a
-gateway in front of it may answer HTML). The mapping reads the status and the message,
-never trusts the body to be JSON, and strips the account's keys from anything it keeps.
+gateway in front of it may answer HTML). The mapping reads the status, the code and the
+message together, never trusts the body to be JSON, and strips the account's keys from
+anything it keeps. A code alone decides little: 40010001 is Alpaca's code for a duplicate
+client order id and for other refusals alike (docs/alpaca.md, "Alpaca's error answers and
+what walkbook does", cites the Alpaca pages each mapping follows).
 """
 
 from __future__ import annotations
@@ -35,7 +38,17 @@ __all__ = [
 ]
 
 MESSAGE_LIMIT = 200
-DUPLICATE_CLIENT_ORDER_ID_CODE = 40010001
+FIGURE_LIMIT = 40
+RELATED_ORDERS_SHOWN = 3
+# https://docs.alpaca.markets/docs/trading/user-protections/ : a day trade refused by the
+# pattern day trader protection carries this code whatever its message says (Alpaca retired
+# the protection on 2026-07-06; an answer from before then, or a region that keeps it, still
+# gets its own reason rather than a generic refusal)
+PATTERN_DAY_TRADER_CODE = 40310100
+# figures Alpaca puts beside code and message (insufficient funds, insufficient qty)
+FIGURES = ("buying_power", "cost_basis", "available", "existing_qty", "held_for_orders", "symbol")
+# "could not find us_equity asset ...", 'asset "FOO" not found', "asset not found for FOO"
+_UNKNOWN_ASSET = re.compile(r"\bcould not find\b.*\basset\b|\basset\b.*\bnot found\b")
 
 
 class AlpacaConfigError(InputError):
@@ -50,10 +63,12 @@ class Forbidden(BrokerRejected):
 
 
 class InsufficientBuyingPower(BrokerRejected):
-    """The account cannot pay for the order."""
+    """The account cannot pay for the order; `day_trading` when it is the day-trading buying
+    power (a margin account's intraday limit) that ran out, not the overnight one."""
 
-    def __init__(self, message: str, **fields: Any) -> None:
-        super().__init__(message, reason="insufficient_funds", **fields)
+    def __init__(self, message: str, *, day_trading: bool = False, **fields: Any) -> None:
+        super().__init__(message, reason="insufficient_funds", day_trading=day_trading, **fields)
+        self.day_trading = day_trading
 
 
 class SubPennyPrice(BrokerRejected):
@@ -67,13 +82,19 @@ class RateLimited(BrokerUnavailable):
     """HTTP 429: the request was not processed; safe to send again after a pause."""
 
 
-# (pattern in the lower-cased message, error class, extra keyword arguments)
-_BY_MESSAGE: tuple[tuple[str, type[BrokerError], dict[str, str]], ...] = (
+# (pattern in the lower-cased message, error class, extra keyword arguments); the first
+# pattern found decides. Only this message makes a duplicate: adopting an order by client
+# order id after any other refusal would adopt nothing, or something else.
+_BY_MESSAGE: tuple[tuple[str, type[BrokerError], dict[str, Any]], ...] = (
     ("client_order_id must be unique", DuplicateClientOrderId, {}),
     ("sub-penny", SubPennyPrice, {}),
     ("minimum pricing criteria", SubPennyPrice, {}),
+    ("insufficient day trading buying power", InsufficientBuyingPower, {"day_trading": True}),
     ("insufficient buying power", InsufficientBuyingPower, {}),
     ("insufficient qty", BrokerRejected, {"reason": "insufficient_position"}),
+    ("minimal amount of order", BrokerRejected, {"reason": "below_minimum"}),
+    ("pattern day trading", BrokerRejected, {"reason": "pattern_day_trader"}),
+    ("not allowed for account", BrokerRejected, {"reason": "not_permitted"}),
     ("not replaceable", NotReplaceable, {}),
     ("unable to replace order", NotReplaceable, {}),
     ("sufficiently open", NotReplaceable, {}),
@@ -106,8 +127,9 @@ def shortened(text: str, limit: int = MESSAGE_LIMIT) -> str:
     return f"{cut} ..."
 
 
-def _parse_body(body: str) -> tuple[int | None, str]:
-    """(code, message) from an error body; HTML or garbage gives (None, a short plain text)."""
+def _parse_body(body: str) -> tuple[int | None, str, dict[str, Any]]:
+    """(code, message, the whole JSON object) from an error body; HTML or garbage gives
+    (None, a short plain text, {})."""
     try:
         payload = json.loads(body)
     except ValueError:
@@ -115,9 +137,28 @@ def _parse_body(body: str) -> tuple[int | None, str]:
     if isinstance(payload, dict):
         code = payload.get("code")
         message = payload.get("message")
-        return (code if isinstance(code, int) else None, str(message or "").strip())
+        return (code if isinstance(code, int) else None, str(message or "").strip(), payload)
     text = re.sub(r"<[^>]*>", " ", body)
-    return None, " ".join(text.split())
+    return None, " ".join(text.split()), {}
+
+
+def _figures(payload: dict[str, Any], secrets: Iterable[str]) -> dict[str, Any]:
+    """The figures an error body carries beside its message, as short texts, so the FAILED
+    transition shows what the broker counted: buying power against cost basis, shares
+    available against shares held for other orders (and how many orders, which first)."""
+    figures: dict[str, Any] = {}
+    for name in FIGURES:
+        value = payload.get(name)
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            figures[name] = shortened(redact(str(value), secrets), FIGURE_LIMIT)
+    related = payload.get("related_orders")
+    if isinstance(related, list):
+        shown = related[:RELATED_ORDERS_SHOWN]
+        figures["related_orders"] = len(related)
+        figures["related_order_ids"] = [
+            shortened(redact(str(i), secrets), FIGURE_LIMIT) for i in shown
+        ]
+    return figures
 
 
 def error_from_response(
@@ -128,17 +169,21 @@ def error_from_response(
     `write` marks a request that may have changed the account (POST, PATCH): a 5xx or an
     unreadable answer then means the outcome is unknown, to be resolved by client_order_id.
     """
-    code, message = _parse_body(body)
+    code, message, payload = _parse_body(body)
     message = shortened(redact(message, secrets)) or "no message"
-    fields: dict[str, Any] = {"status": status, "code": code}
+    fields: dict[str, Any] = {"status": status, "code": code, **_figures(payload, secrets)}
     text = f"alpaca: HTTP {status}: {message}"
     lowered = message.lower()
     if status == 429:
         return RateLimited(text, **fields)
     if status is None or status >= 500:
         return (OutcomeUnknown if write else BrokerUnavailable)(text, **fields)
-    if code == DUPLICATE_CLIENT_ORDER_ID_CODE:
-        return DuplicateClientOrderId(text, **fields)
+    if code == PATTERN_DAY_TRADER_CODE:
+        return BrokerRejected(text, reason="pattern_day_trader", **fields)
+    # an order for an asset Alpaca does not know; a 404 read of the asset itself stays a
+    # "not found" (the adapter answers it with UnknownSymbol)
+    if _UNKNOWN_ASSET.search(lowered) and (write or status != 404):
+        return BrokerRejected(text, reason="unknown_symbol", **fields)
     for pattern, error, extra in _BY_MESSAGE:
         if pattern in lowered:
             return error(text, **extra, **fields)

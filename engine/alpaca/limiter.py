@@ -3,7 +3,9 @@
 A sliding log rather than a token bucket: a bucket refilling at limit/window lets
 through up to twice the limit in one window, and Alpaca counts per rolling minute.
 The limiter lives in the engine's event loop; the blocking SDK call runs afterwards
-in a worker thread.
+in a worker thread. When the server answers 429 anyway (another process on the same
+account, a budget smaller than ours), `pause_until` holds every call until the moment the
+server named in X-Ratelimit-Reset.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class RateLimiter:
         self.window = window_seconds
         self._now = now
         self._sent: deque[float] = deque()
+        self._paused_until = 0.0
         self.throttled = 0
 
     def _forget_old(self, now: float) -> None:
@@ -42,6 +45,10 @@ class RateLimiter:
         waited = False
         while True:
             now = self._now()
+            if now < self._paused_until:
+                waited = True
+                await asyncio.sleep(self._paused_until - now)
+                continue
             self._forget_old(now)
             if len(self._sent) < self.limit:
                 self._sent.append(now)
@@ -49,6 +56,11 @@ class RateLimiter:
                 return
             waited = True
             await asyncio.sleep(self._sent[0] + self.window - now)
+
+    def pause_until(self, moment: float) -> None:
+        """Send nothing before `moment` (on this limiter's clock): the server's budget is
+        spent until then."""
+        self._paused_until = max(self._paused_until, moment)
 
     def in_window(self) -> int:
         """Calls counted in the current window (for reports and tests)."""

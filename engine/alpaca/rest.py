@@ -5,13 +5,18 @@ included, three times with a fixed 3 s sleep. We take that over: the SDK's own r
 are switched off (`_retry = 0`), every request gets a (connect, read) timeout through a
 mounted adapter, reads are retried here with jittered backoff on 429 and 5xx, and a
 write that timed out or got a 5xx is reported as an unknown outcome for the engine to
-resolve by client_order_id. Only a 429 write is sent again: Alpaca refused it unread.
+resolve by client_order_id. Only a 429 write is sent again: Alpaca refused it unread. A
+429 that says when the budget reopens (X-Ratelimit-Reset, Unix seconds:
+https://forum.alpaca.markets/t/executing-orders/12029) pauses every call until then,
+instead of the backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -76,6 +81,20 @@ class _TimeoutAdapter(HTTPAdapter):
         return super().send(request, stream, timeout or self.default_timeout, verify, cert, proxies)
 
 
+def _reopens_in(exc: Exception, window_seconds: float) -> float | None:
+    """Seconds until a 429's X-Ratelimit-Reset, at most one window (a skewed clock must not
+    stall us); None when the answer names no reset."""
+    if not isinstance(exc, APIError) or exc.response is None:
+        return None
+    try:
+        reset = float(exc.response.headers["X-Ratelimit-Reset"])
+    except (KeyError, ValueError):
+        return None
+    if not math.isfinite(reset):
+        return None
+    return min(max(reset - time.time(), 0.0), window_seconds)
+
+
 def _take_over(client: RESTClient, timeout: tuple[float, float]) -> None:
     """Switch off the SDK's blind retries and give its session a timeout."""
     client._retry = 0
@@ -123,13 +142,16 @@ class RestGateway:
                 return await asyncio.to_thread(call)
             except (APIError, requests.RequestException, ValueError) as exc:
                 error = self._typed(exc, write=write)
-            self.counters.rate_limited += isinstance(error, RateLimited)
-            again = isinstance(error, RateLimited) or (
-                not write and isinstance(error, BrokerUnavailable)
-            )
+                reopens_in = _reopens_in(exc, settings.rate_window_seconds)
+            limited = isinstance(error, RateLimited)
+            self.counters.rate_limited += limited
+            again = limited or (not write and isinstance(error, BrokerUnavailable))
             if not again or attempt == attempts:
                 raise error from None
             self.counters.rest_retries += 1
+            if limited and reopens_in is not None:
+                self.limiter.pause_until(time.monotonic() + reopens_in)
+                continue
             delay = settings.retry_backoff_seconds * 2 ** (attempt - 1)
             await asyncio.sleep(random.uniform(delay / 2, delay))
         raise AssertionError("unreachable")

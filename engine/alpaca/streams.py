@@ -6,7 +6,8 @@ subscription, spins on `sleep(0)`. They run on a daemon thread's event loop, so 
 of that ever holds up the engine. Each client is subclassed only to report its health
 (connected, refused with 406, lost) and, for quotes, to add symbols on its own loop:
 the SDK's `subscribe_quotes` blocks the caller until the stream loop has sent the
-message and mutates the handler table from the caller's thread.
+message and mutates the handler table from the caller's thread. Quotes are subscribed a
+symbol a message, so a plan's symbol limit (405) refuses only the symbols past it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Coroutine, Iterable
 from contextlib import suppress
 from typing import Any, TypeVar
 
+import msgpack
 import structlog
 from alpaca.data.enums import DataFeed
 from alpaca.data.live.stock import StockDataStream
@@ -34,6 +36,8 @@ __all__ = ["QuoteStream", "StreamThread", "UpdateStream"]
 
 T = TypeVar("T")
 CLOSE_SECONDS = 2.0
+# a subscription past the plan's symbol limit (the free plan's IEX feed: 30 symbols)
+SYMBOL_LIMIT_EXCEEDED = 405
 log = structlog.get_logger("walkbook")
 
 
@@ -84,7 +88,15 @@ class StreamThread:
 
 
 class QuoteStream(StockDataStream):
-    """One market-data connection for every symbol; reports connects, 406 refusals, drops."""
+    """One market-data connection for every symbol; reports connects, 406 refusals, drops.
+
+    Alpaca refuses a subscription that would pass the plan's symbol limit with 405 and
+    keeps the ones it had (https://docs.alpaca.markets/docs/streaming-market-data). Each
+    symbol is asked for in its own message, and answers come in order, so when a 405
+    arrives the server carries exactly the symbols its last `subscription` listed and is
+    full: every other symbol is dropped from the stream for good (never asked for again,
+    on this connection or the next), and the engine prices it from REST.
+    """
 
     def __init__(
         self, settings: AlpacaSettings, board: QuoteBoard, counters: AlpacaCounters
@@ -97,6 +109,8 @@ class QuoteStream(StockDataStream):
         )
         self._board = board
         self._counters = counters
+        self._carried: set[str] = set()  # what the server's last subscription message listed
+        self._asked: set[str] = set()  # symbols subscribed on this connection, answered or not
 
     async def _auth(self) -> None:
         try:
@@ -108,6 +122,7 @@ class QuoteStream(StockDataStream):
                     log.warning("alpaca.quote_stream_refused", error=str(exc), fallback="rest")
                 self._board.stream_refused()
             raise
+        self._carried, self._asked = set(), set()  # a new connection carries nothing yet
         self._counters.quote_stream_connects += 1
         self._board.stream_connected()
         log.info("alpaca.quote_stream_connected")
@@ -126,6 +141,35 @@ class QuoteStream(StockDataStream):
             handlers[symbol] = self._on_quote
         if added and self._running:
             await self._send_subscribe_msg()
+
+    async def _send_subscribe_msg(self) -> None:
+        """Ask for each quote symbol not yet asked for on this connection, one a message
+        (symbols added while a message is being sent are asked for in the same call)."""
+        while unasked := [s for s in self._handlers["quotes"] if s not in self._asked]:
+            symbol = unasked[0]
+            self._asked.add(symbol)
+            message = msgpack.packb({"action": "subscribe", "quotes": [symbol]})
+            await self._ws.send(message)  # type: ignore[attr-defined]  # SDK: `_ws = None`
+
+    async def _dispatch(self, msg: dict[str, Any]) -> None:
+        kind, code = msg.get("T"), msg.get("code")
+        if kind == "subscription":
+            self._carried = set(msg.get("quotes") or ())
+        elif kind == "error" and code == SYMBOL_LIMIT_EXCEEDED:
+            self._drop_refused(str(msg.get("msg", "")))
+            return
+        await super()._dispatch(msg)
+
+    def _drop_refused(self, message: str) -> None:
+        """The stream is full: stop asking for every symbol it does not carry."""
+        handlers = self._handlers["quotes"]
+        refused = sorted(set(handlers) - self._carried)
+        for symbol in refused:
+            del handlers[symbol]
+        if refused:
+            log.warning(
+                "alpaca.quote_symbols_refused", error=message, symbols=refused, fallback="rest"
+            )
 
     async def _on_quote(self, quote: SdkQuote) -> None:
         self._counters.stream_quotes += 1

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 from alpaca.trading.models import Order as SdkOrder
-from alpaca_support import EAGER, FAST, NEVER, AlpacaRig, acks, alpaca_rig, market
+from alpaca_support import EAGER, FAST, NEVER, AlpacaRig, acks, alpaca_rig, market, rest
 
 from engine import OrderState
 from engine.broker import BrokerOrderStatus
+from engine.errors import InvalidIntent
 from engine.order import EventKind
 from engine.simserver import FaultSpec
 
@@ -162,3 +163,29 @@ def _streamed_filled(rig: AlpacaRig, order_id: str) -> bool:
     not been shown to it yet, so only the stream can have)."""
     latest = rig.broker.orders.latest(order_id)
     return latest is not None and latest.status is BrokerOrderStatus.FILLED
+
+
+@pytest.mark.parametrize("validation", ["all_or_nothing", "skip_invalid"])
+def test_no_sell_opens_a_short_on_a_margin_account(tmp_path: Path, validation: str) -> None:
+    """On a margin account Alpaca takes a sell with no position as a short sale; walkbook
+    sells at most the position it read: a sell of a symbol not held, and one beyond the
+    position, are refused whole (InvalidIntent) or each fail `invalid_intent`, with
+    nothing sent, and the account holds no short afterwards.
+    https://docs.alpaca.markets/docs/margin-and-short-selling"""
+    spec = market(EAGER, positions={"MSFT": Decimal(3)})
+    config = FAST.model_copy(update={"validation": validation})
+    with alpaca_rig(tmp_path, spec, config=config) as rig:
+        assert rest(rig.server.url, "/v2/account")["shorting_enabled"] is True
+        sells = (
+            {"symbol": "AAPL", "side": "sell", "quantity": "5"},
+            {"symbol": "MSFT", "side": "sell", "quantity": "4"},
+        )
+        if validation == "all_or_nothing":
+            with pytest.raises(InvalidIntent, match="exceeds the position"):
+                rig.run(*sells)
+        else:
+            result = rig.run(*sells)
+            reasons = [(o.state, o.reason) for o in result.orders]
+            assert reasons == [(OrderState.FAILED, "invalid_intent")] * 2
+        assert rig.server.app.stats["POST /v2/orders"] == 0
+        assert rig.book().positions == {"MSFT": Decimal(3)}

@@ -217,8 +217,9 @@ class Broker(Protocol):
         ...
 
     async def recent_orders(self, symbol: str, since: datetime) -> list[BrokerOrder]:
-        """The symbol's orders submitted at or after `since`, oldest first, whatever their
-        status (finds a close-position order, whose client order id is not walkbook's)."""
+        """The symbol's orders submitted at or after `since` (a broker whose clock may differ
+        includes a little before it), oldest first, whatever their status (finds a
+        close-position order, whose client order id is not walkbook's)."""
         ...
 
     async def wait_for_update(self, order_id: str, timeout_seconds: float) -> BrokerOrder:

@@ -181,3 +181,17 @@ def cids(events: list[Event]) -> list[str]:
 
 def acks(rig: AlpacaRig) -> list[Event]:
     return rig.events(EventKind.SUBMIT_ACK) + rig.events(EventKind.REPLACE_ACK)
+
+
+@contextmanager
+def broker_on_server(
+    state: Path, spec: MarketSpec, faults: FaultSpec | None = None, **policies: Any
+) -> Iterator[tuple[ServerThread, AlpacaBroker]]:
+    """An AlpacaBroker on a fresh sim-server and no engine, to drive the Broker protocol
+    itself (the contract tests); `state` is the server's state file."""
+    server = SimServer(state, spec, faults or FaultSpec(), KEYS)
+    with (
+        ServerThread(server) as thread,
+        AlpacaBroker(settings_for(thread.url, **policies)) as broker,
+    ):
+        yield thread, broker

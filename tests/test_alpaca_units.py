@@ -216,6 +216,15 @@ def test_a_late_rest_answer_never_undoes_a_streamed_fill() -> None:
     assert tracker.latest(filled.id) == replace(filled, replaced_by="next")
 
 
+def test_a_late_accepted_answer_never_undoes_a_streamed_new() -> None:
+    """The submit's answer (`accepted`) can arrive after trade_updates said `new`: the order
+    stays at the venue in the tracker, so a wait on it is not left waiting for news."""
+    tracker = OrderTracker()
+    tracker.observe(order(BrokerOrderStatus.NEW, "0"))  # trade_updates: new
+    merged = tracker.show(order(BrokerOrderStatus.ACCEPTED, "0"))  # the POST's answer
+    assert merged.status is BrokerOrderStatus.NEW
+
+
 def test_news_is_what_the_engine_has_not_seen() -> None:
     tracker = OrderTracker()
     tracker.show(order(BrokerOrderStatus.NEW, "0"))

@@ -15,12 +15,14 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
+from decimal import Decimal
 
-from ..broker import BrokerOrder, Quote
+from ..broker import BrokerOrder, BrokerOrderStatus, Quote
 
 __all__ = ["EVERYONE", "FINAL_ORDERS_KEPT", "OrderTracker", "QuoteBoard", "Waiters", "Watch"]
 
 EVERYONE = "*"
+_NOT_ROUTED = frozenset({BrokerOrderStatus.ACCEPTED, BrokerOrderStatus.PENDING_NEW})
 # Final orders the tracker keeps, the latest to become final last. A final order never
 # changes again, so forgetting one costs at most one REST read if it is asked for again,
 # and an engine embedded for months (or an account whose other orders stream by) does not
@@ -97,11 +99,17 @@ def _fresher(old: BrokerOrder | None, new: BrokerOrder) -> BrokerOrder:
     """
     if old is None:
         return new
-    behind = (new.filled_qty, new.is_terminal) < (old.filled_qty, old.is_terminal)
+    behind = _progress(new) < _progress(old)
     keep, other = (old, new) if behind else (new, old)
     if keep.replaced_by is None and other.replaced_by is not None:
         keep = replace(keep, replaced_by=other.replaced_by)
     return keep
+
+
+def _progress(order: BrokerOrder) -> tuple[Decimal, bool, bool]:
+    """How far an order has come: fills, then finality, then whether it reached the venue
+    (an order seen `new` never goes back to `accepted`, whatever a late REST answer says)."""
+    return order.filled_qty, order.is_terminal, order.status not in _NOT_ROUTED
 
 
 def _view(order: BrokerOrder) -> tuple[object, ...]:

@@ -332,7 +332,9 @@ class SimBroker:
             if book.zero_side is None and rng.random() < book.spec.zero_quote_probability:
                 book.zero_side = rng.choice(("bid", "bid", "ask", "both"))
                 book.zero_until = book.tick_index + rng.randint(2, 8)
-            if self._session_open(self._tick_time(book.tick_index)):
+            at = self._tick_time(book.tick_index)
+            self._route_due(symbol, book, at)  # what reached the venue before this tick
+            if self._session_open(at):
                 for order in self._working_orders(symbol):
                     self._tick_order(order, book)
 
@@ -357,11 +359,13 @@ class SimBroker:
         since = (at - self._origin).total_seconds()
         return (opens is None or since >= opens) and (closes is None or since < closes)
 
-    def _route_due(self, symbol: str, book: _Book) -> None:
-        """Accepted orders reach the venue once their routing time has come and the market is
-        open (Alpaca queues orders sent while it is closed): pending_new first under a
-        routing delay, then new (or rejected), and a marketable one may fill at once."""
-        now = self.clock.now()
+    def _route_due(self, symbol: str, book: _Book, at: datetime | None = None) -> None:
+        """Accepted orders reach the venue once their routing time has come (by `at`, the
+        clock by default) and the market is open (Alpaca queues orders sent while it is
+        closed): pending_new first under a routing delay, then new (or rejected), and a
+        marketable one may fill at once. A market run forward over a long pause routes each
+        order at its own time, between the ticks, not after all of them."""
+        now = self.clock.now() if at is None else at
         for order in self._open_orders(symbol):
             if order.routed:
                 continue
@@ -777,7 +781,7 @@ class SimBroker:
         if qty != qty.to_integral_value() or old.qty != old.qty.to_integral_value():
             raise NotReplaceable("fractional orders cannot be replaced", order_id=order_id)
         if qty == old.qty and limit_price == old.limit_price:
-            raise BrokerRejected("order parameters are not changed", reason="rejected")
+            raise NotReplaceable("order parameters are not changed", order_id=order_id)
         if client_order_id in self._by_client_id:
             raise DuplicateClientOrderId(
                 "client_order_id must be unique", client_order_id=client_order_id

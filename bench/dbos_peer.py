@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from engine import EngineConfig, MarketSpec, OrderIntent, OrderSide, SimBroker, VirtualClock
+from engine.context import OrderJournal, WalkContext
 from engine.fsm import OrderMachine
 from engine.order import EventKind
 from engine.quotes import QuoteService
-from engine.walk import OrderJournal, WalkContext
 from journal import Journal
 
 from .common import Report, Row, Target, bench_parser, interleaved, quiet_logs, scratch

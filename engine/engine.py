@@ -31,6 +31,7 @@ from journal.trust import check_before_acting
 from .broker import Broker, BrokerOrder
 from .clock import Clock, RealClock
 from .config import EngineConfig
+from .context import WalkContext
 from .crash import CrashingBroker, CrashPoints
 from .errors import (
     BrokerError,
@@ -44,6 +45,7 @@ from .errors import (
     UnknownSymbol,
 )
 from .fsm import TERMINAL_STATES, FailReason, OrderState
+from .gateway import MARKET_STEP
 from .hooks import Hooks, NoticeT, PlanCompleted
 from .intents import CloseType, OrderIntent, OrderSide, RebalancePlan, Urgency
 from .numbers import ZERO, decimal_text, floor_to
@@ -61,7 +63,7 @@ from .quotes import QuoteCounters, QuoteService
 from .results import OrderResult, PlanResult
 from .retry import read_with_retry
 from .stopping import StopRequests, clear_halt_request, read_halt_request
-from .walk import OrderWalk, WalkContext
+from .walk import OrderWalk
 
 __all__ = ["CheckedPlan", "Engine", "ResumeReport", "ResumedOrder", "plan_digest"]
 
@@ -566,7 +568,8 @@ class Engine:
 
         async def look_up(order: tuple[str, OrderIntent, dict[str, Any]]) -> None:
             order_id, intent, _ = order
-            first_step = "M" if intent.urgency is Urgency.HIGH or not self.config.ladder else "L1"
+            market_first = intent.urgency is Urgency.HIGH or not self.config.ladder
+            first_step = MARKET_STEP if market_first else "L1"
             cid = client_order_id(order_id, first_step, 1)
             at_broker = await self._read(partial(self.broker.get_order_by_client_id, cid))
             if at_broker is not None:

@@ -32,6 +32,7 @@ __all__ = [
     "engine_order_of",
     "fold_history",
     "fold_orders",
+    "intent_step",
     "make_order_id",
     "shared_config",
 ]
@@ -81,6 +82,13 @@ def client_order_id(order_id: str, step: str, attempt: int) -> str:
     value = f"wb-{order_id}-{step}-{attempt}"
     assert len(value) <= CLIENT_ORDER_ID_MAX, value
     return value
+
+
+def intent_step(data: Mapping[str, Any]) -> str:
+    """The walk step a submit or replace intent was journaled for. Journals written before
+    intents carried `step` name it only inside the client order id (`wb-<order>-<step>-<n>`)."""
+    step = data.get("step")
+    return str(step) if step is not None else str(data["client_order_id"]).split("-")[-2]
 
 
 def engine_order_of(client_id: str) -> str | None:
@@ -142,6 +150,8 @@ class OrderRecord:
     final_broker_orders: frozenset[str] = frozenset()
     broker_order_ids: tuple[str, ...] = ()
     client_order_ids: tuple[str, ...] = ()
+    # the walk step (L1.., M, C) each of `client_order_ids` was journaled for, index by index
+    intent_steps: tuple[str, ...] = ()
     pending_intent: dict[str, Any] | None = None
     pending_cancel: str | None = None
     cancels_sent: frozenset[str] = frozenset()
@@ -173,6 +183,18 @@ class OrderRecord:
     def unfinished_broker_orders(self) -> list[str]:
         """Broker orders acknowledged but not yet seen in a final status."""
         return [b for b in self.broker_order_ids if b not in self.final_broker_orders]
+
+    @property
+    def live_step(self) -> str | None:
+        """The step whose intent placed the live broker order (None when nothing is live)."""
+        live = self.live_client_order_id
+        if live is None or live not in self.client_order_ids:
+            return None
+        return self.intent_steps[self.client_order_ids.index(live)]
+
+    def attempts_at(self, step: str) -> int:
+        """How many intents the journal holds for `step` (each a client order id of its own)."""
+        return self.intent_steps.count(step)
 
     @property
     def sent_anything(self) -> bool:
@@ -305,6 +327,7 @@ class OrderRecord:
         elif kind in _INTENT_KINDS:
             fields["pending_intent"] = {"kind": kind, **data}
             fields["client_order_ids"] += (data["client_order_id"],)
+            fields["intent_steps"] += (intent_step(data),)
         elif kind in _ACK_KINDS:
             broker_id = data["broker_order_id"]
             fields["live_broker_order_id"] = broker_id

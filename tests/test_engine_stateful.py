@@ -34,6 +34,7 @@ from engine import (
     VirtualClock,
     parse_plan,
 )
+from engine.broker import BrokerOrderStatus
 from engine.crash import CrashPoints, SimulatedCrash, all_crash_points
 from engine.order import EventKind, fold_orders
 from journal import Journal
@@ -216,7 +217,10 @@ class EngineUnderFaults(RuleBasedStateMachine):
         for order in broker.orders.values():
             assert order.client_order_id in journaled_cids  # written ahead, always
             engine_order = order.client_order_id.split("-")[1]
-            live_per_order[engine_order] += not order.status.is_terminal
+            # an order pending_replace and its replacement are one order mid-change (the
+            # broker replaces, or rejects the replacement, when it reaches the venue)
+            replacing = order.status is BrokerOrderStatus.PENDING_REPLACE
+            live_per_order[engine_order] += not order.status.is_terminal and not replacing
             broker_fills[engine_order] += order.filled_qty
         assert all(n <= 1 for n in live_per_order.values()), live_per_order
         stopped: set[str] = set()

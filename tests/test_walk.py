@@ -493,3 +493,22 @@ def test_resume_reads_on_its_own_an_order_the_listing_leaves_out(tmp_path):
         reread = reread_before_first_wait(broker)
         assert {order_id for call, order_id in reread if call == "get_order"} == live
         assert all(o.result.state == "VALIDATED" for o in report.orders)
+
+
+def test_with_replace_orders_off_every_step_cancels_and_places_anew(make_rig):
+    """`replace_orders=False`: the same whole-share walk as above never replaces (Alpaca's
+    replace is not atomic with fills); each step's order is placed only once the one
+    before it is final, and every old order ends `canceled`."""
+    rig = make_rig(config=EngineConfig(replace_orders=False), **resting())
+    result = run_one(rig, symbol="AAPL", side="buy", quantity="10")
+    oid = result.order_id
+
+    assert result.state == "VALIDATED"
+    assert not of_kind(rig, oid, EventKind.REPLACE_INTENT)
+    submits = of_kind(rig, oid, EventKind.SUBMIT_INTENT)
+    assert [e.data["step"] for e in submits] == ["L1", "L2", "L3", "M"]
+    by_cid = broker_orders_by_cid(rig)
+    placed = [by_cid[e.data["client_order_id"]] for e in submits]
+    assert [o.status for o in placed[:-1]] == [BrokerOrderStatus.CANCELED] * 3
+    assert all(o.replaces is None for o in placed)
+    check_invariants(rig, result)

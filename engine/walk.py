@@ -41,7 +41,7 @@ from .pricing import limit_price
 from .quotes import UsableQuote
 from .stopping import StopRequested
 
-__all__ = ["OrderWalk"]
+__all__ = ["LIMIT_STEP", "STATE_HANDLERS", "OrderWalk"]
 
 
 T = TypeVar("T")
@@ -232,16 +232,7 @@ class OrderWalk:
                 raise EndedAtBroker(self.record.ended_at_broker["broker_order_id"])
             self.gateway.check_not_stopped()
             state = self.record.state
-            if state == OrderState.PENDING:
-                await self._start()
-            elif state == OrderState.QUOTED:
-                await self._leave_quoted()
-            elif is_limit_step(state):
-                await self._limit_step(step_number(state))
-            elif state == OrderState.MARKET:
-                await self._market()
-            else:
-                await self._settle()
+            await STATE_HANDLERS[LIMIT_STEP if is_limit_step(state) else state](self)
 
     async def _reconcile(self, listed: Mapping[str, BrokerOrder]) -> None:
         """Settle what a previous process left open: an unanswered intent, a cancel, fills."""
@@ -359,8 +350,9 @@ class OrderWalk:
             wait_seconds=self.config.step_wait_seconds(self.record.intent.urgency),
         )
 
-    async def _limit_step(self, k: int) -> None:
+    async def _limit_step(self) -> None:
         """LIMIT_STEP_k: the step's order rests for the step's wait (what is left of it)."""
+        k = step_number(self.record.state)
         step, price = f"L{k}", self.record.step_limit_price
         assert price is not None, "a limit step is always entered with its price"
         if self.record.remaining_qty > 0 and self.record.live_step != step:
@@ -473,3 +465,14 @@ def _reason(code: str) -> FailReason:
 
 def _loggable(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k in ("trigger", "reason", "limit_price", "ratio")}
+
+
+# each non-terminal state's handler; every limit step shares one (it reads its k)
+LIMIT_STEP = "LIMIT_STEP"
+STATE_HANDLERS: dict[str, Callable[[OrderWalk], Awaitable[None]]] = {
+    OrderState.PENDING: OrderWalk._start,
+    OrderState.QUOTED: OrderWalk._leave_quoted,
+    LIMIT_STEP: OrderWalk._limit_step,
+    OrderState.MARKET: OrderWalk._market,
+    OrderState.SETTLING: OrderWalk._settle,
+}

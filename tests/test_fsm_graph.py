@@ -21,6 +21,7 @@ from engine.fsm import (
     state_names,
     transition_table,
 )
+from engine.walk import LIMIT_STEP, STATE_HANDLERS
 
 LADDERS = range(6)
 PENDING = str(OrderState.PENDING)
@@ -318,3 +319,13 @@ def test_an_unknown_initial_state_is_refused() -> None:
     """The initial state must be one of the ladder's states, as `transitions` required."""
     with pytest.raises(ValueError, match="LIMIT_STEP_4"):
         OrderMachine(3, recorder([]), initial=limit_step(4))
+
+
+@pytest.mark.parametrize("steps", [1, 3, 5])
+def test_every_state_a_walk_can_stand_in_has_a_handler(steps: int) -> None:
+    """The walk dispatches from a table keyed by state: every non-terminal state of the
+    graph (each limit step through the shared key) has exactly one handler, and no handler
+    waits for a state the graph does not have."""
+    open_states = [s for s in state_names(steps) if s not in TERMINAL_STATES]
+    keys = {LIMIT_STEP if s.startswith("LIMIT_STEP_") else s for s in open_states}
+    assert keys == set(STATE_HANDLERS)

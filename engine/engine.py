@@ -48,7 +48,7 @@ from .fsm import TERMINAL_STATES, FailReason, OrderState
 from .gateway import MARKET_STEP
 from .hooks import Hooks, NoticeT, PlanCompleted
 from .intents import CloseType, OrderIntent, OrderSide, RebalancePlan, Urgency
-from .numbers import ZERO, decimal_text, floor_to
+from .numbers import ZERO, decimal_text
 from .order import (
     EventKind,
     OrderRecord,
@@ -62,6 +62,7 @@ from .ownership import refuse_foreign_journal
 from .quotes import QuoteCounters, QuoteService
 from .results import OrderResult, PlanResult
 from .retry import read_with_retry
+from .sizing import BuySizer
 from .stopping import StopRequests, clear_halt_request, read_halt_request
 from .walk import OrderWalk
 
@@ -76,8 +77,6 @@ HALT_POLL_SECONDS = 0.25
 RETRYABLE_UNSENT = frozenset(
     {FailReason.MARKET_CLOSED, FailReason.BROKER_UNAVAILABLE, FailReason.NO_QUOTE}
 )
-BPS = Decimal(10_000)
-CENT = Decimal("0.01")
 T = TypeVar("T")
 
 
@@ -714,61 +713,21 @@ class Engine:
         return done + await self._walk_all(await self._size_buys_to_funds(buys))
 
     async def _size_buys_to_funds(self, buys: Sequence[OrderRecord]) -> list[OrderRecord]:
-        """Check buying power before buys are sent: each buy not yet started must fit.
-
-        Buying power is read after every sell is final, so it counts the cash their fills
-        released at every step. Buys are costed at the ask plus `funds_buffer_bps`, in plan
-        order; one that does not fit is shrunk to what fits, or failed `insufficient_funds`.
-        A margin account's buying power includes what the broker would lend: unless
-        `use_margin`, buys spend only what cash buys (its non-marginable buying power, else
-        its cash). Returns the buys as they are now.
-        """
-        sized = list(buys)
-        pending = [
-            i
-            for i, r in enumerate(sized)
+        """Buys not yet started, sized to the funds the sells left (engine/sizing.py)."""
+        live = [
+            r
+            for r in buys
             if r.state == OrderState.PENDING
             and r.stop_reason is None
             and self.stops.reason_for(r.order_id, r.plan_id) is None
         ]
-        if not pending:
-            return sized
+        if not live:
+            return list(buys)
         account = await self._read(self.broker.get_account)
-        funds: dict[str, Decimal] = {}
-        if not self.config.use_margin:  # what cash buys, never what the broker would lend
-            if account.non_marginable_buying_power is not None:
-                funds["non_marginable_buying_power"] = account.non_marginable_buying_power
-            else:
-                funds["cash"] = account.cash
-        funds["buying_power"] = account.buying_power
-        funds_from = min(funds, key=funds.__getitem__)  # on a tie, the cash figure
-        available = funds[funds_from]
-        buffer = 1 + self.config.funds_buffer_bps / BPS
-        for index in pending:
-            walk = OrderWalk(self.context, sized[index])
-            quote = await walk.quote_for_sizing()
-            if quote is None:
-                continue  # the walk itself will fail no_quote
-            price = quote.ask * buffer
-            qty = walk.record.quantity
-            if qty * price <= available:
-                available -= qty * price
-                continue
-            fits = floor_to(available / price, walk.whole_shares_step())
-            details = {
-                "requested": decimal_text(qty),
-                **{figure: decimal_text(value) for figure, value in funds.items()},
-                "funds_from": funds_from,
-                "available": decimal_text(available.quantize(CENT)),
-                "price_estimate": decimal_text(price.quantize(CENT)),
-            }
-            if self.config.insufficient_funds == "shrink" and fits > 0:
-                await walk.resize(fits, details)
-                available -= fits * price
-            else:
-                await walk.refuse(FailReason.INSUFFICIENT_FUNDS, **details)
-            sized[index] = walk.record
-        return sized
+        sized = {
+            r.order_id: r for r in await BuySizer(self.context, self._read).size(live, account)
+        }
+        return [sized.get(r.order_id, r) for r in buys]
 
     async def _walk_all(self, records: Sequence[OrderRecord]) -> list[OrderRecord]:
         """Reconcile every order with the broker, then walk them; results in input order.

@@ -45,7 +45,6 @@ __all__ = ["LIMIT_STEP", "STATE_HANDLERS", "OrderWalk"]
 
 
 T = TypeVar("T")
-QTY_WHOLE, QTY_FRACTION = Decimal(1), Decimal("0.0001")
 
 
 class OrderWalk:
@@ -154,22 +153,6 @@ class OrderWalk:
         """Fail a PENDING order before anything is sent for it."""
         self._fire(Trigger.FAIL, reason=reason.value, **data)
         return self.record
-
-    async def resize(self, qty: Decimal, details: dict[str, Any]) -> None:
-        """Shrink a PENDING buy to `qty` (journaled, so a resume walks the same size)."""
-        self.journal.write(
-            EventKind.RESIZED,
-            {"qty": decimal_text(qty), "reason": FailReason.INSUFFICIENT_FUNDS.value, **details},
-        )
-        self.log.warning("order.resized", qty=str(qty), **details)
-
-    async def quote_for_sizing(self) -> UsableQuote | None:
-        """A quote to cost the order with; the walk's first step takes a fresh one."""
-        return await self._quote()
-
-    def whole_shares_step(self) -> Decimal:
-        """The unit a resize keeps: whole shares, unless the order itself is fractional."""
-        return QTY_WHOLE if not self.record.intent.is_fractional else QTY_FRACTION
 
     async def reconcile(self, listed: Mapping[str, BrokerOrder] | None = None) -> bool:
         """Settle with the broker what a previous process left open, and nothing more.

@@ -1,0 +1,118 @@
+"""Sizing a plan's buys to the money the account has, before any of them is sent.
+
+Plan-level, not part of one order's walk: the buys of a plan share one figure of funds,
+read once after every sell is final, so it counts the cash their fills released. Buys are
+costed at the ask plus `funds_buffer_bps`, in plan order; one that does not fit is shrunk
+to what fits (`insufficient_funds="shrink"`, journaled `resized`) or failed
+`insufficient_funds`, unsent. A margin account's buying power includes what the broker
+would lend: unless `use_margin`, buys spend only what cash buys (its non-marginable buying
+power, else its cash).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from .broker import Account
+from .context import OrderJournal, WalkContext
+from .fsm import FailReason
+from .numbers import decimal_text, floor_to
+from .order import EventKind, OrderRecord
+from .quotes import UsableQuote
+from .walk import OrderWalk
+
+__all__ = ["BuySizer", "spendable_funds"]
+
+QuoteRead = Callable[[], Awaitable[UsableQuote | None]]
+# how the engine reads the broker (with its retries), here for quotes
+Reader = Callable[[QuoteRead], Awaitable[UsableQuote | None]]
+BPS = Decimal(10_000)
+CENT = Decimal("0.01")
+QTY_WHOLE, QTY_FRACTION = Decimal(1), Decimal("0.0001")
+log = structlog.get_logger("walkbook")
+
+
+def spendable_funds(account: Account, use_margin: bool) -> dict[str, Decimal]:
+    """The account's figures a buy may spend from, by name: the broker's buying power, and
+    without `use_margin` what cash alone buys (non-marginable buying power, else cash)."""
+    funds: dict[str, Decimal] = {}
+    if not use_margin:  # what cash buys, never what the broker would lend
+        if account.non_marginable_buying_power is not None:
+            funds["non_marginable_buying_power"] = account.non_marginable_buying_power
+        else:
+            funds["cash"] = account.cash
+    funds["buying_power"] = account.buying_power
+    return funds
+
+
+class BuySizer:
+    """Sizes the PENDING buys of one plan to the funds of one account read."""
+
+    def __init__(self, context: WalkContext, read: Reader) -> None:
+        self.ctx = context
+        self.config = context.config
+        self._read = read
+
+    async def size(self, buys: Sequence[OrderRecord], account: Account) -> list[OrderRecord]:
+        """Each buy as it is after sizing (unchanged, resized, or failed unsent)."""
+        funds = spendable_funds(account, self.config.use_margin)
+        funds_from = min(funds, key=funds.__getitem__)  # on a tie, the cash figure
+        available = funds[funds_from]
+        buffer = 1 + self.config.funds_buffer_bps / BPS
+        sized = []
+        for record in buys:
+            quote = await self._quote(record)
+            if quote is None:  # its walk fails no_quote
+                sized.append(record)
+                continue
+            price, qty = quote.ask * buffer, record.quantity
+            if qty * price <= available:
+                available -= qty * price
+                sized.append(record)
+                continue
+            fits = floor_to(available / price, _unit(record))
+            details = {
+                "requested": decimal_text(qty),
+                **{figure: decimal_text(value) for figure, value in funds.items()},
+                "funds_from": funds_from,
+                "available": decimal_text(available.quantize(CENT)),
+                "price_estimate": decimal_text(price.quantize(CENT)),
+            }
+            if self.config.insufficient_funds == "shrink" and fits > 0:
+                sized.append(self._resize(record, fits, details))
+                available -= fits * price
+            else:
+                walk = OrderWalk(self.ctx, record)
+                sized.append(await walk.refuse(FailReason.INSUFFICIENT_FUNDS, **details))
+        return sized
+
+    async def _quote(self, record: OrderRecord) -> UsableQuote | None:
+        """A quote to cost the buy with; its walk's first step takes a fresh one."""
+        quotes, plan_quotes = self.ctx.quotes, self.ctx.plan_quotes[record.plan_id]
+        symbol, now = record.intent.symbol, self.ctx.clock.now()
+        return await self._read(lambda: quotes.get(symbol, now, None, plan_quotes))
+
+    def _resize(self, record: OrderRecord, qty: Decimal, details: dict[str, Any]) -> OrderRecord:
+        """Shrink a PENDING buy to `qty` (journaled, so a resume walks the same size)."""
+        journal = OrderJournal(self.ctx, record)
+        journal.write(
+            EventKind.RESIZED,
+            {"qty": decimal_text(qty), "reason": FailReason.INSUFFICIENT_FUNDS.value, **details},
+        )
+        log.warning(
+            "order.resized",
+            order_id=record.order_id,
+            plan_id=record.plan_id,
+            qty=str(qty),
+            **details,
+        )
+        return journal.record
+
+
+def _unit(record: OrderRecord) -> Decimal:
+    """The unit a resize keeps: whole shares, unless the order itself is fractional."""
+    return QTY_WHOLE if not record.intent.is_fractional else QTY_FRACTION

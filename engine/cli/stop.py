@@ -1,124 +1,36 @@
-"""Stopping from the command line: exit codes a scheduler acts on, signals, `walkbook halt`
-and `walkbook abandon`.
-
-Exit codes: 0 every order VALIDATED; 1 some order FAILED; 2 bad input or a refused
-request, nothing sent and nothing journaled; 3 halted (a signal or `walkbook halt`),
-nothing left live; 4 stopped with work possibly live at the broker: run `walkbook resume`.
-"""
+"""`walkbook halt` and `walkbook abandon`: stop a journal's in-flight orders, through the
+process running it when there is one, else here."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import click
 
 from journal import Journal, JournalLocked
 from journal.lock import JournalLock
 
-from .cli_alpaca import BrokerChoice, FiniteFloatRange, alpaca_engine, broker_options
-from .engine import Engine
-from .errors import InputError
-from .fsm import TERMINAL_STATES, FailReason
-from .results import OrderResult
-from .stopping import HaltRequest, clear_halt_request, write_halt_request
+from ..engine import Engine
+from ..errors import InputError
+from ..fsm import TERMINAL_STATES, FailReason
+from ..sim import MarketSpec
+from ..stopping import HaltRequest, clear_halt_request, write_halt_request
+from .brokers import BrokerChoice, broker_options
+from .engines import alpaca_engine, simulated_engine
+from .exits import EXIT_CODES_HELP, EXIT_OK, bad_input_exits, stopped_with_work_live, work_exits
+from .options import FiniteFloatRange
+from .output import configure_logging
 
-__all__ = [
-    "EXIT_BAD_INPUT",
-    "EXIT_CODES_HELP",
-    "EXIT_FAILED",
-    "EXIT_HALTED",
-    "EXIT_OK",
-    "EXIT_WORK_LIVE",
-    "abandon_command",
-    "halt_command",
-    "halting_on_signals",
-    "outcome_exit_code",
-    "work_exits",
-]
+__all__ = ["abandon_command", "halt_command"]
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_HALTED, EXIT_WORK_LIVE = 0, 1, 2, 3, 4
-EXIT_CODES_HELP = (
-    "Exit codes: 0 every order VALIDATED; 1 some order FAILED; 2 bad input or refused "
-    "request (nothing sent, nothing journaled); 3 halted by a signal or `walkbook halt`, "
-    "nothing left live; 4 stopped with work possibly live at the broker: run `walkbook resume`."
-)
-HALT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 DEFAULT_HALT_WAIT_SECONDS = 120.0
 POLL_SECONDS = 0.2
-T = TypeVar("T")
-
-
-def outcome_exit_code(results: Iterable[OrderResult]) -> int:
-    """What a run or resume ended with, as the scheduler's exit code."""
-    orders = list(results)
-    if any(o.state not in TERMINAL_STATES for o in orders):
-        return EXIT_WORK_LIVE
-    if all(o.succeeded for o in orders):
-        return EXIT_OK
-    if any(o.reason == FailReason.CANCELLED for o in orders):
-        return EXIT_HALTED
-    return EXIT_FAILED
-
-
-def stopped_with_work_live(message: str) -> NoReturn:
-    click.echo(
-        f"walkbook: stopped: {message}; orders may be live at the broker: "
-        "run `walkbook resume` on this journal",
-        err=True,
-    )
-    sys.exit(EXIT_WORK_LIVE)
-
-
-@contextmanager
-def work_exits(engine: Engine) -> Iterator[None]:
-    """An error once something was journaled is exit 4, never 2: write-ahead means what
-    was journaled may have been sent. Before that, errors go on to the bad-input exit."""
-    start = engine.journal.last_seq
-    try:
-        yield
-    except Exception as exc:
-        if engine.journal.last_seq == start:
-            raise
-        stopped_with_work_live(getattr(exc, "message", None) or str(exc) or type(exc).__name__)
-
-
-async def halting_on_signals(engine: Engine, work: Coroutine[Any, Any, T]) -> T:
-    """Run `work`; the first SIGINT or SIGTERM halts the engine (live orders cancelled, each
-    order FAILED `cancelled`), a second one exits at once with code 4."""
-    loop = asyncio.get_running_loop()
-    halts: list[asyncio.Future[Any]] = []
-
-    def second(name: str) -> None:
-        click.echo(f"walkbook: {name} again: exiting now, leaving the rest to resume", err=True)
-        os._exit(EXIT_WORK_LIVE)
-
-    def first(name: str) -> None:
-        click.echo(
-            f"walkbook: {name}: halting, cancelling live orders ({name} again to exit now)",
-            err=True,
-        )
-        halts.append(asyncio.ensure_future(engine.halt()))
-        for sig in HALT_SIGNALS:
-            loop.add_signal_handler(sig, second, sig.name)
-
-    for sig in HALT_SIGNALS:
-        loop.add_signal_handler(sig, first, sig.name)
-    try:
-        result = await work
-        for halt in halts:
-            await halt
-        return result
-    finally:
-        for sig in HALT_SIGNALS:
-            loop.remove_signal_handler(sig)
 
 
 def _owner_pid(journal_path: Path) -> int | None:
@@ -170,10 +82,8 @@ def _stop(
     open_engine: Callable[[], AbstractContextManager[Engine]],
 ) -> NoReturn:
     """Stop the chosen in-flight orders, through the running owner or, when none, here."""
-    from .cli import _bad_input_exits, _configure_logging  # late: engine.cli imports this
-
-    _configure_logging("warning")
-    with _bad_input_exits():
+    configure_logging("warning")
+    with bad_input_exits():
         if not journal_path.exists():
             raise InputError(f"journal {journal_path} does not exist")
         while not _lock_free(journal_path):
@@ -234,9 +144,6 @@ def _stop_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def _engine_opener(
     journal_path: Path, sim_state: Path | None, choice: BrokerChoice
 ) -> Callable[[], AbstractContextManager[Engine]]:
-    from .cli import _simulated_engine  # late: engine.cli imports this module
-    from .sim import MarketSpec
-
     choice.check(sim_state=sim_state)
     if choice.is_alpaca:
         return lambda: alpaca_engine(journal_path, choice)
@@ -244,7 +151,7 @@ def _engine_opener(
         raise InputError(
             "--sim-state (an existing simulator state file) is required on the simulator"
         )
-    return lambda: _simulated_engine(
+    return lambda: simulated_engine(
         journal_path, MarketSpec(), sim_state, config=choice.engine_config()
     )
 
@@ -262,9 +169,7 @@ def halt_command(
     """Halt the journal's in-flight orders: cancel their live broker orders and end each
     FAILED `cancelled`. A process running the journal is asked to halt and waited for;
     with none, the halt is done here. Exit 0 once nothing of it is live."""
-    from .cli import _bad_input_exits
-
-    with _bad_input_exits():
+    with bad_input_exits():
         opener = _engine_opener(journal_path, sim_state, broker_choice)
     _stop(journal_path, plan_id, FailReason.CANCELLED, wait_seconds, opener)
 
@@ -281,8 +186,6 @@ def abandon_command(
 ) -> None:
     """Abandon a plan: cancel its live broker orders and end each in-flight order FAILED
     `abandoned`, never trading it further (a stale plan a new one replaces)."""
-    from .cli import _bad_input_exits
-
-    with _bad_input_exits():
+    with bad_input_exits():
         opener = _engine_opener(journal_path, sim_state, broker_choice)
     _stop(journal_path, plan_id, FailReason.ABANDONED, wait_seconds, opener)

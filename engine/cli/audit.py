@@ -16,15 +16,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from . import audit
-from .audit import ExecutionReport, OrderTimeline, TimelineEntry
-from .audit.quality import SUMMARY_COLUMNS, TEXT_COLUMNS, percent
-from .errors import InputError
-from .files import open_private
-from .numbers import decimal_text
+from .. import audit
+from ..audit import ExecutionReport, OrderTimeline, TimelineEntry
+from ..audit.quality import SUMMARY_COLUMNS, TEXT_COLUMNS, percent
+from ..errors import InputError
+from ..files import open_private
+from ..numbers import decimal_text
+from .exits import bad_input_exits
+from .output import report_console
 
 __all__ = ["journal_group", "report_command"]
 
@@ -34,21 +35,13 @@ QUIET_FIELDS = ("trigger", "reason", "quote", "config", "intent")
 
 @contextmanager
 def _errors_exit_2() -> Iterator[None]:
-    """engine.cli's one-line exit 2 for input and journal errors, and for an unwritable output."""
-    from .cli import _bad_input_exits  # late: engine.cli imports this module to register it
-
-    with _bad_input_exits():
+    """The one-line exit 2 for input and journal errors, and for an unwritable output."""
+    with bad_input_exits():
         try:
             yield
         except OSError as exc:
             where = exc.filename or "the output"
             raise InputError(f"cannot write {where}: {exc.strerror}") from exc
-
-
-def _console() -> Console:
-    from .cli import _console as console  # late: engine.cli imports this module to register it
-
-    return console()
 
 
 journal_option = click.option(
@@ -204,7 +197,7 @@ def report_command(journal_path: Path, html_path: Path | None, as_json: bool) ->
     if as_json:
         click.echo(json.dumps(report.as_json(), indent=2))
     else:
-        console = _console()
+        console = report_console()
         console.print(_report_table(report))
         for line in _report_lines(report):
             console.print(line, highlight=False)

@@ -1,0 +1,103 @@
+"""The engine a command drives: on the simulator in virtual time, or on Alpaca in real time.
+
+On Alpaca the keys are checked (one GET /v2/account) before the journal is opened, so
+refused keys cost nothing and journal nothing. The SDK is imported only when used:
+`walkbook run` on the simulator stays quick to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import click
+
+from journal import Journal
+
+from ..clock import RealClock, VirtualClock
+from ..config import EngineConfig
+from ..engine import Engine
+from ..sim import MarketSpec, SimBroker
+from .brokers import BrokerChoice
+
+__all__ = ["alpaca_engine", "simulated_engine"]
+
+
+@contextmanager
+def simulated_engine(
+    journal_path: Path,
+    market: MarketSpec,
+    sim_state: Path | None,
+    offline_seconds: float = 0.0,
+    config: EngineConfig | None = None,
+) -> Iterator[Engine]:
+    """An engine on the simulator in virtual time; the journal lock is taken first.
+
+    With `sim_state` the simulator lives in that file, and virtual time continues
+    from the later of its last save and the journal's last event, plus `offline_seconds`
+    during which the market moves on without the engine.
+    """
+    journal = Journal.open(journal_path)
+    try:
+        if sim_state is None:
+            clock = VirtualClock()
+            broker = SimBroker(market, clock)
+        else:
+            times = [t for t in (SimBroker.saved_time(sim_state), journal.last_at()) if t]
+            start = max(times) + timedelta(seconds=offline_seconds) if times else None
+            clock = VirtualClock(start)
+            broker = SimBroker.open(sim_state, market, clock)
+    except BaseException:
+        journal.close()
+        raise
+    try:
+        with Engine(broker, journal, config=config, clock=clock) as engine:
+            yield engine
+    finally:
+        broker.close()
+
+
+def _quiet_sdk_logging() -> None:
+    """alpaca-py logs through stdlib logging, every reconnect with a traceback; the adapter
+    reports what matters through structlog. websockets at DEBUG would print the auth frame
+    (the secret key): it never goes below INFO here."""
+    sdk = logging.getLogger("alpaca")
+    if not any(isinstance(h, logging.NullHandler) for h in sdk.handlers):
+        sdk.addHandler(logging.NullHandler())  # else stdlib's last-resort handler prints
+    sdk.propagate = False
+    logging.getLogger("websockets").setLevel(logging.INFO)
+
+
+@contextmanager
+def alpaca_engine(journal_path: Path, choice: BrokerChoice) -> Iterator[Engine]:
+    """An engine on Alpaca in real time; the keys are checked before the journal is opened."""
+    from ..alpaca import AlpacaBroker, AlpacaSettings  # here: the SDK only when trading on it
+
+    _quiet_sdk_logging()
+    config = choice.engine_config()
+    settings = AlpacaSettings.from_env(
+        trading_url=choice.alpaca_url,
+        data_url=choice.alpaca_data_url,
+        feed=choice.alpaca_feed,
+        live=choice.live,
+        **choice.alpaca_policies(),
+    )
+    with AlpacaBroker(settings) as broker:
+        asyncio.run(broker.check_keys())
+        try:
+            with Engine(broker, journal_path, config=config, clock=RealClock()) as engine:
+                yield engine
+        finally:
+            counters = broker.counters
+            click.echo(
+                f"walkbook: alpaca: {counters.rest_calls} REST calls "
+                f"(at most {settings.rate_limit} per {settings.rate_window_seconds:g} s), "
+                f"{counters.status_polls} status polls, {counters.trade_updates} trade updates, "
+                f"{counters.stream_quotes} streamed quotes, "
+                f"quote stream refused {counters.quote_stream_refused}x",
+                err=True,
+            )

@@ -1,0 +1,35 @@
+"""Parameter types the commands share: a journal's path and a finite float range."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["FiniteFloatRange", "JournalFile"]
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that refuses NaN and the infinities: NaN compares as inside any range."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+class JournalFile(click.Path):
+    """A journal's path: a file name, not a directory (its lock and WAL files sit beside it)."""
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = Path(os.fsdecode(super().convert(value, param, ctx)))
+        if not path.name:
+            self.fail(f"{value!r} names no file.", param, ctx)
+        return path

@@ -1,0 +1,314 @@
+"""`walkbook run`, `resume` and `demo`: the commands that walk orders to their end.
+
+SIGINT or SIGTERM halts them (live orders cancelled, exit 3); see engine.cli.exits for
+every exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+
+from journal import Journal
+from journal.lock import lock_holder
+
+from ..config import EngineConfig
+from ..engine import Engine, ResumeReport
+from ..errors import InputError
+from ..files import write_private_text
+from ..fsm import TERMINAL_STATES
+from ..intents import DEFAULT_MAX_PLAN_ORDERS, RebalancePlan, load_plan, parse_plan
+from ..results import PlanResult
+from ..sim import MarketSpec, load_market_spec, parse_market_spec
+from .brokers import BrokerChoice, broker_options
+from .engines import alpaca_engine, simulated_engine
+from .exits import EXIT_CODES_HELP, bad_input_exits, outcome_exit_code, work_exits
+from .options import FiniteFloatRange, JournalFile
+from .output import configure_logging, report_console
+from .progress import Progress, result_table
+from .signals import halting_on_signals
+
+__all__ = ["demo_command", "resume_command", "run_command"]
+
+
+def _run_plan(
+    engine_context: AbstractContextManager[Engine], plan: RebalancePlan, console: Console
+) -> PlanResult:
+    with engine_context as engine, Progress(console, plan) as progress, work_exits(engine):
+        progress.follow(engine)
+        return engine.clock.run(halting_on_signals(engine, engine.execute_plan(plan)))
+
+
+def _run_on_simulator(
+    plan: RebalancePlan,
+    journal_path: Path,
+    market: MarketSpec,
+    console: Console,
+    sim_state: Path | None = None,
+    config: EngineConfig | None = None,
+) -> PlanResult:
+    engine_context = simulated_engine(journal_path, market, sim_state, config=config)
+    return _run_plan(engine_context, plan, console)
+
+
+def _check_result_path(path: Path | None) -> None:
+    """Before anything is journaled: the result file's directory exists and takes the file,
+    so a plan that traded does not end in a traceback for want of a place to write to."""
+    if path is None:
+        return
+    directory = path.parent
+    if not directory.is_dir():
+        raise InputError(f"--result-json {path}: directory {directory} does not exist")
+    if path.exists():
+        writable = os.access(path, os.W_OK)
+    else:
+        writable = os.access(directory, os.W_OK | os.X_OK)
+    if not writable:
+        raise InputError(f"--result-json {path}: not writable")
+
+
+def _write_result(result: PlanResult, path: Path) -> None:
+    """The result JSON, created 0600 like every file walkbook writes. A failure now (a full
+    disk) is reported, and the exit code stays the plan's: the journal holds the result."""
+    try:
+        write_private_text(path, json.dumps(result.to_json_dict(), indent=2) + "\n")
+    except OSError as exc:
+        click.echo(f"walkbook: error: cannot write --result-json {path}: {exc.strerror}", err=True)
+
+
+def _finish(result: PlanResult, console: Console, result_json: Path | None) -> NoReturn:
+    console.print(result_table(result))
+    if result_json is not None:
+        _write_result(result, result_json)
+    sys.exit(outcome_exit_code(result.orders))
+
+
+def _common_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--seed", type=int, default=None, help="Simulator seed (overrides the spec)."),
+        click.option(
+            "--result-json",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Also write the plan result as JSON here.",
+        ),
+        click.option(
+            "--log-level",
+            type=click.Choice(["debug", "info", "warning", "error"]),
+            default="warning",
+            show_default=True,
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+IN_FLIGHT_OPTION = click.option(
+    "--in-flight",
+    type=click.Choice(["refuse", "resume_first", "abandon"]),
+    help="Other plans' orders in flight in the journal: refuse (the default), walk them "
+    "to the end first, or abandon them.",
+)
+IGNORE_UNKNOWN_OPTION = click.option(
+    "--ignore-unknown-orders",
+    is_flag=True,
+    help="Go on although the broker shows open walkbook orders this journal does not know.",
+)
+
+
+def _with_overrides(choice: BrokerChoice, **overrides: Any) -> BrokerChoice:
+    """The broker choice with the engine-config settings given as their own options."""
+    given = {k: v for k, v in overrides.items() if v}
+    if given.pop("ignore_unknown_orders", False):
+        given["unknown_orders"] = "ignore"
+    return replace(choice, config_overrides=given)
+
+
+@click.command("run", epilog=EXIT_CODES_HELP)
+@click.argument("plan_file", type=click.Path(path_type=Path))
+@click.option("--journal", "journal_path", required=True, type=JournalFile())
+@click.option(
+    "--market", type=click.Path(path_type=Path), help="Market spec JSON for the simulator."
+)
+@click.option(
+    "--max-plan-orders",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PLAN_ORDERS,
+    show_default=True,
+    help="Refuse a plan with more orders than this.",
+)
+@click.option(
+    "--sim-state",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Keep the simulator's state in this SQLite file so a later resume meets the same book.",
+)
+@IN_FLIGHT_OPTION
+@IGNORE_UNKNOWN_OPTION
+@_common_options
+@broker_options
+def run_command(
+    plan_file: Path,
+    journal_path: Path,
+    market: Path | None,
+    max_plan_orders: int,
+    sim_state: Path | None,
+    in_flight: str | None,
+    ignore_unknown_orders: bool,
+    seed: int | None,
+    result_json: Path | None,
+    log_level: str,
+    broker_choice: BrokerChoice,
+) -> None:
+    """Execute PLAN_FILE, journaling into --journal: on the simulator in virtual time,
+    or with --broker alpaca on an Alpaca account (paper unless --live) in real time.
+    SIGINT or SIGTERM halts it (live orders cancelled, exit 3); a second one exits at once."""
+    configure_logging(log_level)
+    console = report_console()
+    broker_choice = _with_overrides(
+        broker_choice, in_flight=in_flight, ignore_unknown_orders=ignore_unknown_orders
+    )
+    with bad_input_exits():
+        broker_choice.check(market=market, sim_state=sim_state, seed=seed)
+        _check_result_path(result_json)
+        plan = load_plan(plan_file, max_orders=max_plan_orders)
+        if broker_choice.is_alpaca:
+            result = _run_plan(alpaca_engine(journal_path, broker_choice), plan, console)
+        else:
+            spec = (load_market_spec(market) if market else MarketSpec()).with_seed(seed)
+            config = broker_choice.engine_config()
+            result = _run_on_simulator(plan, journal_path, spec, console, sim_state, config)
+    _finish(result, console, result_json)
+
+
+@click.command("resume", epilog=EXIT_CODES_HELP)
+@click.option("--journal", "journal_path", required=True, type=JournalFile())
+@click.option(
+    "--sim-state",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The simulator state file the interrupted run used (required on the simulator).",
+)
+@click.option(
+    "--max-age",
+    "max_age_seconds",
+    type=FiniteFloatRange(min=0),
+    help="Abandon (cancel, FAILED abandoned) in-flight orders created longer ago than "
+    "this many seconds instead of walking them.",
+)
+@IGNORE_UNKNOWN_OPTION
+@click.option(
+    "--offline-seconds",
+    type=FiniteFloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Virtual seconds the market moves on while the engine was down.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="warning",
+    show_default=True,
+)
+@broker_options
+def resume_command(
+    journal_path: Path,
+    sim_state: Path | None,
+    max_age_seconds: float | None,
+    ignore_unknown_orders: bool,
+    offline_seconds: float,
+    log_level: str,
+    broker_choice: BrokerChoice,
+) -> None:
+    """Finish every order a killed run left in flight: no duplicates, no lost fills.
+    SIGINT or SIGTERM halts it (live orders cancelled, exit 3). A journal with nothing in
+    flight exits 0 at once; one whose live orders the broker does not know is refused."""
+    configure_logging(log_level)
+    broker_choice = _with_overrides(broker_choice, ignore_unknown_orders=ignore_unknown_orders)
+    with bad_input_exits():
+        if not journal_path.exists():
+            raise InputError(f"journal {journal_path} does not exist")
+        holder = lock_holder(journal_path)
+        if holder is not None:  # asked before reading: the holder may be mid-commit
+            raise InputError(f"journal is in use by {holder}")
+        if _nothing_in_flight(journal_path):
+            _report(ResumeReport(orders=()))
+        broker_choice.check(sim_state=sim_state)
+        engine_context: AbstractContextManager[Engine]
+        if broker_choice.is_alpaca:
+            engine_context = alpaca_engine(journal_path, broker_choice)
+        elif sim_state is None:
+            raise InputError("--sim-state is required to resume on the simulator")
+        elif not sim_state.exists():
+            raise InputError(f"simulator state {sim_state} does not exist")
+        else:
+            engine_context = simulated_engine(
+                journal_path,
+                MarketSpec(),
+                sim_state,
+                offline_seconds,
+                broker_choice.engine_config(),
+            )
+        with engine_context as engine, work_exits(engine):
+            resumed = engine.resume(max_age_seconds=max_age_seconds)
+            report = engine.clock.run(halting_on_signals(engine, resumed))
+    _report(report)
+
+
+def _nothing_in_flight(journal_path: Path) -> bool:
+    """Read-only, before anything else: a journal with nothing in flight (one a run killed
+    during start-up leaves, say) needs no broker, no simulator state and no lock."""
+    with Journal.open_readonly(journal_path) as journal:
+        return not journal.orders(unless_state=TERMINAL_STATES)
+
+
+def _report(report: ResumeReport) -> NoReturn:
+    for line in report.lines():
+        click.echo(line)
+    sys.exit(outcome_exit_code(o.result for o in report.orders))
+
+
+def _bundled(name: str) -> Any:
+    return json.loads(resources.files("engine").joinpath("data", name).read_text(), parse_float=str)
+
+
+def _fresh_demo_journal(path: Path) -> None:
+    """The demo owns its journal: replace an old demo journal, refuse any other file."""
+    if path.exists():
+        Journal.open_readonly(path).close()
+        for suffix in ("", "-wal", "-shm", ".lock"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+@click.command("demo")
+@click.option(
+    "--journal",
+    "journal_path",
+    default=Path("demo-out/journal.db"),
+    show_default=True,
+    type=JournalFile(),
+)
+@_common_options
+def demo_command(
+    journal_path: Path, seed: int | None, result_json: Path | None, log_level: str
+) -> None:
+    """Run the bundled 10-order plan on the simulator into a fresh journal."""
+    configure_logging(log_level)
+    console = report_console()
+    with bad_input_exits():
+        _check_result_path(result_json)
+        plan = parse_plan(_bundled("demo_plan.json"))
+        spec = parse_market_spec(_bundled("demo_market.json")).with_seed(seed)
+        _fresh_demo_journal(journal_path)
+        result = _run_on_simulator(plan, journal_path, spec, console)
+    console.print(f"journal: {journal_path}  (walkbook status --journal {journal_path})")
+    _finish(result, console, result_json)

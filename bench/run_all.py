@@ -18,7 +18,16 @@ from typing import Any
 from .common import OUT_DIR, ROW_HEADERS, Row, format_table, number, row_cells
 
 # In run order; add a script by adding its module name.
-SCRIPTS = ("journal_append", "dbos_peer", "resume", "replay", "engine", "quality", "rest_budget")
+SCRIPTS = (
+    "journal_append",
+    "dbos_peer",
+    "resume",
+    "replay",
+    "engine",
+    "quality",
+    "rest_budget",
+    "scale",
+)
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT_TIMEOUT_SECONDS = 300
 

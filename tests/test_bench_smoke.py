@@ -54,6 +54,7 @@ EXPECTED_ROWS = {
         "6-order plan, REST calls per order, trade_updates live",
         "REST calls in the busiest minute, trade_updates live",
     ],
+    "scale": ["time per order, 100 vs 10 orders", "memory per order, 100 vs 10 orders"],
 }
 # DBOS is an optional extra (`.[bench]`): without it that row is a SKIP with its reason.
 MAY_SKIP = {"walk, durable steps per second"}

@@ -483,7 +483,9 @@ class SimBroker:
         order.version += 1
         self._dirty.add(order.id)
         if status not in OPEN:
-            self._live.get(order.symbol, {}).pop(order.id, None)
+            live = self._live.get(order.symbol)
+            if live is not None and live.pop(order.id, None) is not None and not live:
+                del self._live[order.symbol]  # a symbol with nothing open costs nothing
         if execution is not None:
             self._record(order, "fill" if order.remaining == 0 else "partial_fill", execution)
         elif status is not BrokerOrderStatus.ACCEPTED:  # Alpaca's stream has no `accepted`
@@ -649,7 +651,15 @@ class SimBroker:
             self._check_short_sale(symbol, qty, limit_price, book, releasing)
 
     def _check_buying_power(self, cost: Decimal, releasing: SimOrder | None) -> None:
-        """Alpaca's 403 for an order the buying power does not cover, with its figures."""
+        """Alpaca's 403 for an order the buying power does not cover, with its figures.
+
+        Without short positions no account's buying power is below the cash its open buys
+        leave free, so an order that cash covers passes without marking every holding to
+        its book (which made each buy cost as much as the positions held)."""
+        if not self.ledger.short_symbols and cost <= self.ledger.cash - self._reserved_cash(
+            releasing
+        ):
+            return
         power = self._account_now(releasing).buying_power
         if cost > power:
             raise BrokerRejected(
@@ -696,20 +706,27 @@ class SimBroker:
             raise BrokerRejected("fractional orders cannot be sold short", reason="rejected")
         self._check_buying_power(short_sale_value(qty, limit_price, book.ask), releasing)
 
+    def _live_orders(self) -> list[SimOrder]:
+        return [order for live in self._live.values() for order in live.values()]
+
     def _reserved_cash(self, excluding: SimOrder | None = None) -> Decimal:
-        total = ZERO
-        for order in self.orders.values():
-            if order is excluding or order.status not in OPEN or order.side is not OrderSide.BUY:
+        """What open buys hold of the cash. While a replace is pending, the larger of the
+        old order and its replacement (Alpaca: "the account's buying power is reduced by
+        the larger of the two orders")."""
+        held: dict[str, Decimal] = {}
+        for order in self._live_orders():
+            if order is excluding or order.side is not OrderSide.BUY:
                 continue
             price = order.limit_price or self._books[order.symbol].ask
-            total += order.remaining * price
-        return total
+            key = order.replaces if order.replaces and not order.routed else order.id
+            held[key] = max(held.get(key, ZERO), order.remaining * price)
+        return sum(held.values(), ZERO)
 
     def _reserved_shorts(self, excluding: SimOrder | None = None) -> Decimal:
         """What open sells of symbols not held long hold of the buying power: short sales."""
         total = ZERO
-        for order in self.orders.values():
-            if order is excluding or order.status not in OPEN or order.side is OrderSide.BUY:
+        for order in self._live_orders():
+            if order is excluding or order.side is OrderSide.BUY:
                 continue
             if self.ledger.qty(order.symbol) <= 0:
                 book = self._books[order.symbol]

@@ -155,6 +155,8 @@ class Ledger:
     cash: Decimal
     start: DayStart
     holdings: dict[str, Holding] = field(default_factory=dict)
+    # the symbols held short, kept as executions land (a buy's check asks it every time)
+    short_symbols: set[str] = field(default_factory=set)
 
     @classmethod
     def opening(
@@ -184,6 +186,10 @@ class Ledger:
         holding = self.holdings.get(symbol)
         old = ZERO if holding is None else holding.qty
         new = old + signed_qty
+        if new < 0:
+            self.short_symbols.add(symbol)
+        else:
+            self.short_symbols.discard(symbol)
         if not new:
             self.holdings.pop(symbol, None)
         elif holding is None or (old > 0) != (new > 0):
@@ -213,6 +219,7 @@ class Ledger:
             cost = costs.get(symbol)
             basis = qty * price_of(symbol) if cost is None else Decimal(cost)
             self.holdings[symbol] = Holding(qty, basis)
+        self.short_symbols = {s for s, h in self.holdings.items() if h.qty < 0}
 
     # -- figures ----------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from functools import lru_cache
 from itertools import pairwise
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -15,7 +15,7 @@ from journal import canonical_json
 
 from .intents import Urgency
 
-__all__ = ["DEFAULT_LADDER", "EngineConfig", "journaled_config"]
+__all__ = ["DEFAULT_LADDER", "PRICED_LIMITS", "EngineConfig", "journaled_config"]
 
 DEFAULT_LADDER = (Decimal("0.75"), Decimal("0.85"), Decimal("0.95"))
 DISTINCT_CONFIGS_KEPT = 64
@@ -23,6 +23,20 @@ DISTINCT_CONFIGS_KEPT = 64
 MAX_VALIDATION_TOLERANCE = Decimal("0.01")
 # any wait longer than this is a typo (1e300 seconds hung the virtual clock)
 MAX_SECONDS = 30 * 24 * 3600.0
+# a dollar figure of a risk limit: finite, not negative, and within the decimal context's
+# digits (a limit of 1e400 would round, not compare)
+MAX_MONEY = Decimal(10) ** 15
+Money = Annotated[Decimal, Field(ge=0, le=MAX_MONEY)]
+# more than 100 times equity in one position is a typo, not a limit
+MAX_POSITION_WEIGHT = Decimal(100)
+# the limits that cost each order at its quote before a plan starts (engine/risk.py)
+PRICED_LIMITS = (
+    "max_order_notional",
+    "max_plan_notional",
+    "max_position_weight",
+    "daily_traded_notional",
+    "min_order_notional",
+)
 
 
 class EngineConfig(BaseModel):
@@ -68,6 +82,11 @@ class EngineConfig(BaseModel):
         description="Size buys to the broker's buying power, borrowing on a margin account; "
         "off: only to what cash buys.",
     )
+    market_without_quote: bool = Field(
+        False,
+        description="An urgency HIGH order with no usable quote goes to market anyway (its "
+        "QUOTED transition journals a null quote and why); off: it fails no_quote.",
+    )
     wait_for_open: bool = Field(
         False, description="When the market is closed, wait for the broker's next open."
     )
@@ -87,6 +106,46 @@ class EngineConfig(BaseModel):
         description="Open broker orders with walkbook client ids this journal does not know: "
         "refuse to run or resume, or go on.",
     )
+    # pre-trade risk limits (engine/risk.py), in dollars unless named otherwise; None: off.
+    # Orders are costed as buys are sized: buys at the ask, sells at the bid.
+    max_order_notional: Money | None = Field(
+        None, description="Refuse an order worth more than this (order-level, by `validation`)."
+    )
+    max_plan_notional: Money | None = Field(
+        None, description="Refuse a plan whose orders together (buys and sells) exceed this."
+    )
+    max_position_weight: Decimal | None = Field(
+        None,
+        ge=0,
+        le=MAX_POSITION_WEIGHT,
+        description="Refuse a buy that would leave its position above this share of the "
+        "account's equity (order-level, by `validation`).",
+    )
+    daily_traded_notional: Money | None = Field(
+        None,
+        description="Refuse a plan that would take the fills this journal counts on the "
+        "current UTC day, plus the plan, above this.",
+    )
+    min_order_notional: Money | None = Field(
+        None, description="Skip, unsent, an order worth less than this (FAILED below_min_notional)."
+    )
+    sell_failure_gate: Money | None = Field(
+        None,
+        description="Start no buy when more than this many dollars of the plan's sells failed "
+        "or went unfilled (each buy FAILED blocked_by_sells, unsent).",
+    )
+    oversell_tolerance: Decimal = Field(
+        Decimal(0),
+        ge=0,
+        le=1,
+        description="A sell up to this fraction above the position is trimmed to the "
+        "position; beyond it, refused.",
+    )
+
+    @property
+    def prices_orders(self) -> bool:
+        """Whether a limit needs each order priced before the plan starts."""
+        return any(getattr(self, name) is not None for name in PRICED_LIMITS)
 
     @field_validator("ladder")
     @classmethod

@@ -17,6 +17,7 @@ import structlog
 
 from journal import Event
 
+from .fsm import OrderState
 from .order import EventKind, OrderRecord
 from .results import PlanResult
 
@@ -45,12 +46,14 @@ class OrderNotice:
 
 @dataclass(frozen=True)
 class OrderTransitioned(OrderNotice):
-    """An order moved between FSM states; `reason` is set when it FAILED."""
+    """An order moved between FSM states; `reason` and its one-line `detail` are set when it
+    FAILED."""
 
     source: str
     dest: str
     reason: str | None
     limit_price: Decimal | None
+    detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ class Hooks:
                     dest=str(event.to_state),
                     reason=data.get("reason"),
                     limit_price=None if limit is None else Decimal(limit),
+                    detail=record.failure_detail if event.to_state == OrderState.FAILED else None,
                 )
             )
         elif event.kind == EventKind.FILL:

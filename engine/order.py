@@ -20,7 +20,7 @@ from typing import Any
 from journal import Event, HistoryRow, NewEvent, canonical_json
 
 from .config import DISTINCT_CONFIGS_KEPT
-from .fsm import OrderState, is_limit_step
+from .fsm import FailReason, OrderState, is_limit_step
 from .intents import OrderIntent
 from .numbers import ZERO, decimal_text
 
@@ -30,6 +30,7 @@ __all__ = [
     "OrderRecord",
     "client_order_id",
     "engine_order_of",
+    "failure_detail",
     "fold_history",
     "fold_orders",
     "intent_step",
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 CLIENT_ORDER_ID_MAX = 48
+DETAIL_LIMIT = 200  # a failure detail is one line of about this many characters
 _AVG_PLACES = Decimal("1e-9")  # the projection's avg_price is rounded to 9 decimals
 
 
@@ -135,6 +137,8 @@ class OrderRecord:
     created_at: str
     updated_at: str
     reason: str | None = None
+    # one line saying why the order FAILED, from its FAILED transition (`failure_detail`)
+    failure_detail: str | None = None
     filled_qty: Decimal = ZERO
     notional: Decimal = ZERO
     live_broker_order_id: str | None = None
@@ -296,6 +300,7 @@ class OrderRecord:
             fields["step_quote"] = data.get("quote")
             if to_state == _FAILED:
                 fields["reason"] = data["reason"]
+                fields["failure_detail"] = failure_detail(self, data)
             elif to_state == _QUOTED:
                 fields["arrival"] = data["quote"]
             elif to_state == _MARKET or is_limit_step(to_state):
@@ -397,6 +402,69 @@ _INTENT_KINDS = frozenset({EventKind.SUBMIT_INTENT, EventKind.REPLACE_INTENT})
 _ACK_KINDS = frozenset({EventKind.SUBMIT_ACK, EventKind.REPLACE_ACK})
 # an intent the broker refused, or one a stop withdrew because the broker never had it
 _ANSWERED_UNSENT_KINDS = frozenset({EventKind.REJECTED, EventKind.INTENT_WITHDRAWN})
+
+
+# the figures a broker refusal carries beside its message (engine/alpaca/errors.py FIGURES,
+# the simulator's alike): what the broker counted, worth a reader's eye
+_BROKER_FIGURES = ("buying_power", "cost_basis", "available", "existing_qty", "held_for_orders")
+# data of a FAILED transition that says nothing a reader of the detail needs
+_QUIET_FIELDS = frozenset({"trigger", "reason", "message", "quote", "status", "code"})
+
+
+def failure_detail(record: OrderRecord, data: Mapping[str, Any]) -> str | None:
+    """One line (at most about `DETAIL_LIMIT` characters) saying why `record` FAILED, from
+    its FAILED transition's `data`: the message journaled with it (a broker's refusal, an
+    invalid intent's problem), else a sentence built from its figures.
+
+    The one place the detail comes from, for the live record and the audit's replay alike;
+    a message is journaled already redacted (the Alpaca adapter strips keys)."""
+    message = data.get("message")
+    if not message:
+        text = _detail_from_figures(record, data)
+        return None if text is None else _one_line(text)
+    figures = [f"{name} {data[name]}" for name in _BROKER_FIGURES if data.get(name) is not None]
+    return _one_line(f"{message}; {', '.join(figures)}" if figures else str(message))
+
+
+def _detail_from_figures(record: OrderRecord, data: Mapping[str, Any]) -> str | None:
+    """The sentence for a FAILED transition journaled without a message."""
+    symbol, reason = record.intent.symbol, data.get("reason")
+    if reason == FailReason.MARKET_CLOSED:
+        return "the market is closed"
+    if reason == FailReason.NOT_TRADABLE:
+        return f"{symbol} is not tradable"
+    if reason == FailReason.NO_QUOTE:
+        return f"no usable quote for {symbol}"
+    if reason == FailReason.NO_POSITION:
+        return f"no position in {symbol} to close"
+    if reason == FailReason.INSUFFICIENT_POSITION and "position" in data:
+        return f"sell of {decimal_text(record.quantity)} exceeds the position of {data['position']}"
+    if reason == FailReason.INSUFFICIENT_FUNDS and "price_estimate" in data:
+        return (
+            f"buy of {data['requested']} at about {data['price_estimate']} a share does not fit "
+            f"the {data['available']} of {data['funds_from']} left"
+        )
+    if reason == FailReason.VALIDATION_MISMATCH and "actual" in data:
+        return f"the position is {data['actual']} after the fills, expected {data['expected']}"
+    if reason == FailReason.PARTIAL_FILL and "quantity" in data:
+        return f"filled {data['filled_qty']} of {data['quantity']}"
+    if reason in (FailReason.CANCELLED, FailReason.ABANDONED) and "filled_qty" in data:
+        return f"{reason} on request after {data['filled_qty']} filled"
+    if reason == FailReason.ORDER_NOT_FOUND and "broker_order_id" in data:
+        return f"the broker has no order {data['broker_order_id']}"
+    if "broker_order_id" in data and "status" in data:
+        return f"broker order {data['broker_order_id']} ended {data['status']} at the broker"
+    figures = [f"{k} {v}" for k, v in data.items() if k not in _QUIET_FIELDS and v is not None]
+    return ", ".join(figures) or None
+
+
+def _one_line(text: str, limit: int = DETAIL_LIMIT) -> str:
+    """`text` on one line, cut at a word boundary to about `limit` characters, marked as cut
+    (as engine/alpaca/errors.py `shortened` cuts a broker's message)."""
+    line = " ".join(text.split())
+    if len(line) <= limit:
+        return line
+    return f"{line[:limit].rsplit(' ', 1)[0]} ..."
 
 
 @contextmanager

@@ -33,6 +33,8 @@ class OrderResult(BaseModel):
     requested_qty: Decimal
     state: str
     reason: str | None
+    # one line saying why it FAILED ("HALT is not tradable"), from the journal
+    detail: str | None
     filled_qty: Decimal
     avg_fill_price: Decimal | None
     steps_used: int
@@ -49,6 +51,13 @@ class OrderResult(BaseModel):
     @property
     def succeeded(self) -> bool:
         return self.state == OrderState.VALIDATED
+
+    @property
+    def failure(self) -> str | None:
+        """The reason and its detail for people: `not_tradable: HALT is not tradable`."""
+        if self.reason is None or self.detail is None:
+            return self.reason
+        return f"{self.reason}: {self.detail}"
 
     @property
     def resized(self) -> bool:
@@ -83,6 +92,7 @@ class OrderResult(BaseModel):
             requested_qty=record.intent.quantity,
             state=record.state,
             reason=record.reason,
+            detail=record.failure_detail,
             filled_qty=record.filled_qty,
             avg_fill_price=None if avg is None else avg.quantize(Decimal("0.000001")),
             steps_used=record.steps_used,

@@ -41,10 +41,12 @@ from .pricing import limit_price
 from .quotes import UsableQuote
 from .stopping import StopRequested
 
-__all__ = ["LIMIT_STEP", "STATE_HANDLERS", "OrderWalk"]
+__all__ = ["LIMIT_STEP", "MARKET_WITHOUT_QUOTE", "STATE_HANDLERS", "OrderWalk"]
 
 
 T = TypeVar("T")
+# why a QUOTED transition journals no quote
+MARKET_WITHOUT_QUOTE = "no usable quote: urgency HIGH goes to market (market_without_quote)"
 
 
 class OrderWalk:
@@ -72,9 +74,11 @@ class OrderWalk:
     def _persist_transition(
         self, trigger: str, source: str, dest: str, data: dict[str, Any]
     ) -> None:
-        self.journal.write(
+        record = self.journal.write(
             EventKind.TRANSITION, {"trigger": trigger, **data}, from_state=source, to_state=dest
         )
+        if dest == OrderState.FAILED:
+            data = {**data, "detail": record.failure_detail}
         self.log.info("order.transition", source=source, dest=dest, **_loggable(data))
 
     def _fire(self, trigger: str, **data: Any) -> None:
@@ -238,7 +242,8 @@ class OrderWalk:
             self.gateway.absorb(order)
 
     async def _start(self) -> None:
-        """PENDING: market open, asset tradable, position read, a usable quote -> QUOTED."""
+        """PENDING: market open, asset tradable, position read, a usable quote -> QUOTED
+        (without one only for urgency HIGH under `market_without_quote`, which goes to market)."""
         broker, intent = self.ctx.broker, self.record.intent
         if not await self._market_open():
             return await self._fail(FailReason.MARKET_CLOSED)
@@ -260,10 +265,18 @@ class OrderWalk:
         if intent.side is OrderSide.SELL and self.record.quantity > position:
             return await self._fail(FailReason.INSUFFICIENT_POSITION, position=str(position))
         quote = await self._quote()
-        if quote is None:
+        if quote is None and not self._market_without_quote():
             return await self._fail(FailReason.NO_QUOTE)
+        if quote is None:
+            self._fire(Trigger.QUOTE, quote=None, quote_missing=MARKET_WITHOUT_QUOTE)
+            return
         self._fire(Trigger.QUOTE, quote=quote.as_data())
         self._arrival_quote = quote
+
+    def _market_without_quote(self) -> bool:
+        """Whether an order with no usable quote goes to market anyway: urgency HIGH with
+        `market_without_quote` (a market order needs no price; execution_v2 sent it)."""
+        return self.config.market_without_quote and self.record.intent.urgency is Urgency.HIGH
 
     async def _market_open(self) -> bool:
         """Open now; or, with `wait_for_open`, open after waiting for the broker's next open."""
@@ -446,8 +459,11 @@ def _reason(code: str) -> FailReason:
         return FailReason.REJECTED
 
 
+_LOGGED_FIELDS = frozenset({"trigger", "reason", "detail", "limit_price", "ratio", "quote_missing"})
+
+
 def _loggable(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if k in ("trigger", "reason", "limit_price", "ratio")}
+    return {k: v for k, v in data.items() if k in _LOGGED_FIELDS}
 
 
 # each non-terminal state's handler; every limit step shares one (it reads its k)

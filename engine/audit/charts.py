@@ -190,10 +190,12 @@ def _table(headers: list[str], rows: Iterable[list[str]], left: Collection[str])
 
 
 def _order_row(index: int, order: OrderQuality) -> list[str]:
-    """The summary cells, escaped; the number links to the chart and the state is coloured."""
+    """The summary cells, escaped; the number links to the chart, the state is coloured and
+    a FAILED order's reason carries its detail (a page wraps it; a terminal table would not)."""
     cells = [escape(cell) for cell in order.summary_cells()]
     state = SUMMARY_COLUMNS.index("state")
     cells[state] = f'<span class="{cells[state]}">{cells[state]}</span>'
+    cells[SUMMARY_COLUMNS.index("reason")] = escape(order.result.failure or "")
     return [f'<a href="#{escape(order.result.order_id)}">{index}</a>', *cells]
 
 

@@ -77,7 +77,7 @@ def _timeline_text(timeline: OrderTimeline) -> Iterator[str]:
     result = timeline.result()
     filled = decimal_text(result.filled_qty)
     avg = "" if result.avg_fill_price is None else f" @ {decimal_text(result.avg_fill_price)}"
-    reason = f" ({result.reason})" if result.reason else ""
+    reason = f" ({result.failure})" if result.reason else ""
     yield (
         f"order {result.order_id} {result.symbol} {result.side.value} "
         f"{decimal_text(result.quantity)} (plan {result.plan_id}): {result.state}{reason}, "
@@ -176,6 +176,10 @@ def _report_lines(report: ExecutionReport) -> Iterator[str]:
         + ("" if share is None else f" ({percent(share)})")
     )
     yield "quotes journaled: " + ", ".join(f"{k} {v}" for k, v in report.quote_sources.items())
+    for order in report.orders:
+        result = order.result
+        if result.detail is not None:
+            yield f"{result.symbol} {result.order_id} FAILED {result.failure}"
 
 
 @click.command(name="report")
@@ -200,6 +204,6 @@ def report_command(journal_path: Path, html_path: Path | None, as_json: bool) ->
         console = report_console()
         console.print(_report_table(report))
         for line in _report_lines(report):
-            console.print(line, highlight=False)
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
     if html_path is not None:
         click.echo(f"HTML report: {html_path}", err=True)

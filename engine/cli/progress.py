@@ -15,7 +15,11 @@ from ..intents import RebalancePlan
 from ..numbers import decimal_text
 from ..results import PlanResult
 
-__all__ = ["Progress", "result_table"]
+__all__ = ["PLAIN", "Progress", "result_table"]
+
+# how a line of text is printed: as written (a detail may hold brackets rich would read as
+# markup), unhighlighted and never wrapped
+PLAIN: dict[str, Any] = {"highlight": False, "markup": False, "soft_wrap": True}
 
 
 class Progress:
@@ -47,10 +51,11 @@ class Progress:
         if self.live is not None:
             self.live.update(self._table())
             return
-        detail = notice.reason or notice.limit_price or ""
+        failure = f"{notice.reason}: {notice.detail}" if notice.detail else notice.reason
+        detail = failure or notice.limit_price or ""
         self.console.print(
             f"{notice.at} {notice.symbol:<6} {notice.order_id} {notice.dest} {detail}".rstrip(),
-            highlight=False,
+            **PLAIN,
         )
 
     def filled_some(self, notice: OrderFilled) -> None:

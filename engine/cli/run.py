@@ -35,7 +35,7 @@ from .engines import alpaca_engine, simulated_engine
 from .exits import EXIT_CODES_HELP, bad_input_exits, outcome_exit_code, work_exits
 from .options import FiniteFloatRange, JournalFile
 from .output import configure_logging, report_console
-from .progress import Progress, result_table
+from .progress import PLAIN, Progress, result_table
 from .signals import halting_on_signals
 
 __all__ = ["demo_command", "resume_command", "run_command"]
@@ -88,6 +88,9 @@ def _write_result(result: PlanResult, path: Path) -> None:
 
 def _finish(result: PlanResult, console: Console, result_json: Path | None) -> NoReturn:
     console.print(result_table(result))
+    for order in result.orders:
+        if order.detail is not None:
+            console.print(f"{order.symbol} {order.order_id} FAILED {order.failure}", **PLAIN)
     if result_json is not None:
         _write_result(result, result_json)
     sys.exit(outcome_exit_code(result.orders))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -11,9 +12,9 @@ from rich.table import Table
 from journal import Journal
 from journal.lock import lock_holder
 
-from ..fsm import TERMINAL_STATES
+from ..fsm import TERMINAL_STATES, OrderState
 from ..numbers import decimal_text
-from ..order import fold_history
+from ..order import fold_history, fold_orders
 from .exits import bad_input_exits
 from .options import JournalFile
 from .output import report_console
@@ -22,9 +23,18 @@ __all__ = ["status_command"]
 
 
 STATUS_COLUMNS = ("order_id", "plan_id", "symbol", "side", "quantity", "state", "reason",
-                  "filled_qty", "avg_price", "steps_used", "limit_price", "state_since",
+                  "detail", "filled_qty", "avg_price", "steps_used", "limit_price", "state_since",
                   "live_client_order_id", "live_broker_order_id", "created_at",
                   "updated_at")  # fmt: skip
+# the table leaves the detail (a line of up to ~200 characters) to a line of its own below
+TABLE_COLUMNS = tuple(c for c in STATUS_COLUMNS if c != "detail")
+
+
+def _failure_details(journal: Journal, rows: list[dict[str, Any]]) -> dict[str, str | None]:
+    """Each FAILED order's one-line detail, folded from its own events (the record's
+    `failure_detail`, as the engine and the audit read it)."""
+    failed = [r["order_id"] for r in rows if r["state"] == OrderState.FAILED]
+    return {i: fold_orders(journal.events(order_id=i))[i].failure_detail for i in failed}
 
 
 def _who_walks(journal_path: Path, in_flight: int) -> str:
@@ -51,13 +61,16 @@ def status_command(
     """List a journal's orders in the order they were created, and say whether a live process
     is walking them (read-only; safe while a run is writing). The first line (on stderr with
     --json) says `walking`, `idle`, or `NOT WALKING` when orders are in flight and nobody
-    holds the journal."""
+    holds the journal. Each FAILED order's one-line detail follows the table (in --json, its
+    `detail`)."""
     with bad_input_exits(), Journal.open_readonly(journal_path) as journal:
         walking = fold_history(journal.order_history(unless_state=TERMINAL_STATES))
         rows = journal.orders(
             plan_id=plan_id, unless_state=TERMINAL_STATES if in_flight_only else ()
         )
+        details = _failure_details(journal, rows)
     for row in rows:
+        row["detail"] = details.get(row["order_id"])
         # where an in-flight order stands in its walk: its step's price and since when
         record = walking.get(row["order_id"])
         price = None if record is None else record.step_limit_price
@@ -68,8 +81,11 @@ def status_command(
         click.echo(json.dumps([{c: row[c] for c in STATUS_COLUMNS} for row in rows], indent=2))
         return
     table = Table(title=f"{journal_path}: {len(rows)} orders")
-    for column in STATUS_COLUMNS:
+    for column in TABLE_COLUMNS:
         table.add_column(column)
     for row in rows:
-        table.add_row(*("" if row[c] is None else str(row[c]) for c in STATUS_COLUMNS))
+        table.add_row(*("" if row[c] is None else str(row[c]) for c in TABLE_COLUMNS))
     report_console().print(table)
+    for row in rows:
+        if row["detail"] is not None:
+            click.echo(f"{row['order_id']} {row['symbol']} FAILED {row['reason']}: {row['detail']}")

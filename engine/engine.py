@@ -62,6 +62,7 @@ from .ownership import refuse_foreign_journal
 from .quotes import QuoteCounters, QuoteService
 from .results import OrderResult, PlanResult
 from .retry import read_with_retry
+from .risk import PreTradeRisk, Refusal, SellGate
 from .sizing import BuySizer
 from .stopping import StopRequests, clear_halt_request, read_halt_request
 from .walk import OrderWalk
@@ -221,7 +222,7 @@ class Engine:
                 await self._refuse_plan_at_broker(plan.plan_id, first_attempts)
                 records = self._create_orders(plan.plan_id, first_attempts, digest)
                 log.info("plan.started", orders=len(records))
-                records = await self._refuse_invalid(records, checked.problems)
+                records = await self._refuse_invalid(records, checked)
             else:
                 records = self._redelivered(plan, digest)
                 log.info("plan.redelivered", in_flight=sum(not r.is_terminal for r in records))
@@ -321,7 +322,11 @@ class Engine:
         Problems name the order. With `validation="all_or_nothing"` (the default) any
         problem refuses the whole plan; with `"skip_invalid"` the bad orders are journaled
         and failed `invalid_intent` without reaching the broker. A fractional qty of a
-        whole-share asset is refused, or rounded down with a warning by configuration.
+        whole-share asset is refused, or rounded down with a warning by configuration; a
+        sell a little above the position is trimmed to it (`oversell_tolerance`). Then the
+        pre-trade risk limits (engine/risk.py): a plan-level breach raises
+        `RiskLimitBreached`; an order-level one as a problem does, its reason `risk_limit`;
+        an order under `min_order_notional` is skipped (`below_min_notional`).
         """
         intents, problems = list(plan.orders), {}
         for index, intent in enumerate(plan.orders):
@@ -341,7 +346,11 @@ class Engine:
             for index, intent in enumerate(plan.orders)
             if intents[index].quantity != intent.quantity
         }
-        return CheckedPlan(plan.model_copy(update={"orders": tuple(intents)}), problems, requested)
+        valid = {i: intent for i, intent in enumerate(intents) if i not in problems}
+        risk = PreTradeRisk(self.context, self._read, self.reconcile_concurrency)
+        refusals = await risk.check(plan.plan_id, valid)
+        checked = plan.model_copy(update={"orders": tuple(intents)})
+        return CheckedPlan(checked, problems, requested, refusals)
 
     async def _check_intent(self, intent: OrderIntent) -> OrderIntent:
         symbol = intent.symbol
@@ -371,11 +380,29 @@ class Engine:
         if intent.side is OrderSide.SELL and intent.close_type is not CloseType.FULL:
             position = await self._read(partial(self.broker.get_position, symbol))
             if intent.quantity > max(position, ZERO):
-                raise InvalidIntent(
-                    f"sell of {intent.quantity} exceeds the position of {position}",
-                    symbol=symbol,
-                )
+                intent = self._trimmed_to_position(intent, position, asset.fractionable)
         return intent
+
+    def _trimmed_to_position(
+        self, intent: OrderIntent, position: Decimal, fractionable: bool
+    ) -> OrderIntent:
+        """A sell above the position by at most `oversell_tolerance` of it, trimmed to it
+        (whole shares of a whole-share asset); beyond that, or with nothing held, refused."""
+        held = position if fractionable else position.to_integral_value(rounding=ROUND_FLOOR)
+        allowed = position * (1 + self.config.oversell_tolerance)
+        if held <= 0 or intent.quantity > allowed:
+            raise InvalidIntent(
+                f"sell of {intent.quantity} exceeds the position of {position}",
+                symbol=intent.symbol,
+            )
+        self.log.warning(
+            "intent.trimmed_to_position",
+            symbol=intent.symbol,
+            requested=str(intent.quantity),
+            qty=str(held),
+            oversell_tolerance=str(self.config.oversell_tolerance),
+        )
+        return OrderIntent.build(**{**intent.model_dump(), "quantity": held})
 
     # -- internals ------------------------------------------------------------------
 
@@ -696,20 +723,26 @@ class Engine:
         return records
 
     async def _refuse_invalid(
-        self, records: list[OrderRecord], problems: dict[int, str]
+        self, records: list[OrderRecord], checked: CheckedPlan
     ) -> list[OrderRecord]:
-        """Fail, unsent, the orders preflight found bad (only with validation=skip_invalid)."""
-        for index, problem in problems.items():
+        """Fail, unsent, the orders preflight found bad (only with validation=skip_invalid)
+        and those the risk limits stop or skip."""
+        for index, problem in checked.problems.items():
             walk = OrderWalk(self.context, records[index])
             records[index] = await walk.refuse(FailReason.INVALID_INTENT, message=problem)
+        for index, refusal in checked.refusals.items():
+            walk = OrderWalk(self.context, records[index])
+            records[index] = await walk.refuse(refusal.reason, **refusal.data())
         return records
 
     async def _walk_sells_then_buys(self, records: Sequence[OrderRecord]) -> list[OrderRecord]:
-        """Sells first (concurrently), then buys sized to the buying power the sells left."""
+        """Sells first (concurrently), then buys sized to the buying power the sells left,
+        unless more of the sells failed than `sell_failure_gate` allows (engine/risk.py)."""
         open_records = [r for r in records if not r.is_terminal]
         sells = [r for r in open_records if r.intent.side is OrderSide.SELL]
         buys = [r for r in open_records if r.intent.side is OrderSide.BUY]
         done = await self._walk_all(sells)
+        buys = await SellGate(self.context, self._read).apply(buys)
         return done + await self._walk_all(await self._size_buys_to_funds(buys))
 
     async def _size_buys_to_funds(self, buys: Sequence[OrderRecord]) -> list[OrderRecord]:
@@ -800,12 +833,14 @@ class Engine:
 
 @dataclass(frozen=True)
 class CheckedPlan:
-    """A plan after preflight: intents as they will be sent, problems by order index, and
-    the quantity asked for by order index where preflight rounded it down."""
+    """A plan after preflight: intents as they will be sent, problems by order index, the
+    quantity asked for by order index where preflight rounded or trimmed it, and the
+    orders the risk limits stop or skip by order index."""
 
     plan: RebalancePlan
     problems: dict[int, str]
     requested: dict[int, Decimal] = field(default_factory=dict)
+    refusals: dict[int, Refusal] = field(default_factory=dict)
 
 
 async def _bounded(limit: int, items: Sequence[T], work: Callable[[T], Awaitable[None]]) -> None:

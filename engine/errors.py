@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import difflib
+from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
@@ -27,6 +28,7 @@ __all__ = [
     "OutcomeUnknown",
     "PlanAtBroker",
     "PlansInFlight",
+    "RiskLimitBreached",
     "UnknownBrokerOrders",
     "UnknownSymbol",
     "WalkbookError",
@@ -57,6 +59,26 @@ class UnknownSymbol(InvalidIntent):
 
 class InvalidPlan(InputError):
     """A plan file or plan object that is malformed or inconsistent."""
+
+
+class RiskLimitBreached(InputError):
+    """A pre-trade risk limit (engine/risk.py) refuses a plan before anything is journaled
+    or sent: `limit` names the EngineConfig field, `limit_value` its setting, `figure` what
+    the plan came to (None when it could not be priced)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: str,
+        limit_value: Decimal,
+        figure: Decimal | None,
+        **fields: Any,
+    ) -> None:
+        super().__init__(message, limit=limit, limit_value=limit_value, figure=figure, **fields)
+        self.limit = limit
+        self.limit_value = limit_value
+        self.figure = figure
 
 
 class PlansInFlight(InputError):

@@ -79,6 +79,10 @@ class FailReason(StrEnum):
     ORDER_NOT_FOUND = "order_not_found"
     BROKER_UNAVAILABLE = "broker_unavailable"
     INVALID_INTENT = "invalid_intent"
+    # pre-trade risk limits (engine/risk.py): refused or skipped before anything was sent
+    RISK_LIMIT = "risk_limit"
+    BELOW_MIN_NOTIONAL = "below_min_notional"
+    BLOCKED_BY_SELLS = "blocked_by_sells"
     # refusals the broker gave a reason for (engine/alpaca/errors.py maps Alpaca's answers)
     UNKNOWN_SYMBOL = "unknown_symbol"
     NOT_PERMITTED = "not_permitted"

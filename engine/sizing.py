@@ -4,7 +4,8 @@ Plan-level, not part of one order's walk: the buys of a plan share one figure of
 read once after every sell is final, so it counts the cash their fills released. Buys are
 costed at the ask plus `funds_buffer_bps`, in plan order; one that does not fit is shrunk
 to what fits (`insufficient_funds="shrink"`, journaled `resized`) or failed
-`insufficient_funds`, unsent. A margin account's buying power includes what the broker
+`insufficient_funds`, unsent; one that would shrink below `min_order_notional` is skipped
+(`below_min_notional`), unsent. A margin account's buying power includes what the broker
 would lend: unless `use_margin`, buys spend only what cash buys (its non-marginable buying
 power, else its cash).
 """
@@ -82,7 +83,11 @@ class BuySizer:
                 "available": decimal_text(available.quantize(CENT)),
                 "price_estimate": decimal_text(price.quantize(CENT)),
             }
+            smallest = self.config.min_order_notional
             if self.config.insufficient_funds == "shrink" and fits > 0:
+                if smallest is not None and fits * quote.ask < smallest:
+                    sized.append(await self._skip(record, fits, quote.ask, smallest, details))
+                    continue
                 sized.append(self._resize(record, fits, details))
                 available -= fits * price
             else:
@@ -95,6 +100,31 @@ class BuySizer:
         quotes, plan_quotes = self.ctx.quotes, self.ctx.plan_quotes[record.plan_id]
         symbol, now = record.intent.symbol, self.ctx.clock.now()
         return await self._read(lambda: quotes.get(symbol, now, None, plan_quotes))
+
+    async def _skip(
+        self,
+        record: OrderRecord,
+        fits: Decimal,
+        ask: Decimal,
+        smallest: Decimal,
+        details: dict[str, Any],
+    ) -> OrderRecord:
+        """A buy that would shrink below `min_order_notional` is skipped, unsent, rather than
+        sent for dust (a $0.00085 buy reached the broker)."""
+        worth = fits * ask
+        message = (
+            f"to fit the funds it would shrink to {decimal_text(fits)}, worth {worth:.2f} at the "
+            f"ask {decimal_text(ask)}, under min_order_notional {decimal_text(smallest)}: skipped"
+        )
+        walk = OrderWalk(self.ctx, record)
+        return await walk.refuse(
+            FailReason.BELOW_MIN_NOTIONAL,
+            message=message,
+            limit="min_order_notional",
+            limit_value=decimal_text(smallest),
+            figure=decimal_text(worth.quantize(CENT)),
+            **details,
+        )
 
     def _resize(self, record: OrderRecord, qty: Decimal, details: dict[str, Any]) -> OrderRecord:
         """Shrink a PENDING buy to `qty` (journaled, so a resume walks the same size)."""

@@ -1,5 +1,5 @@
-"""What a run shows as it goes and when it ends: a live table of orders in flight on a
-terminal (plain lines otherwise), then the results table."""
+"""What a run shows as it goes and when it ends: a live table of its orders on a terminal
+(nothing otherwise: `walkbook watch` follows a run from anywhere), then the results table."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ..engine import Engine
+from ..fsm import TERMINAL_STATES
 from ..hooks import OrderFilled, OrderTransitioned
 from ..intents import RebalancePlan
 from ..numbers import decimal_text
@@ -23,10 +24,14 @@ PLAIN: dict[str, Any] = {"highlight": False, "markup": False, "soft_wrap": True}
 
 
 class Progress:
-    """Per-order state as the walk moves: a live table on a terminal, plain lines otherwise."""
+    """Per-order state as the walk moves, with how many orders are done: a live table on a
+    terminal; off one (piped, a log file), it stays quiet."""
 
     def __init__(self, console: Console, plan: RebalancePlan) -> None:
         self.console = console
+        self.plan_id = plan.plan_id
+        self.total = len(plan.orders)
+        self.done: set[str] = set()
         self.intents = {intent.symbol: intent for intent in plan.orders}
         self.states = dict.fromkeys(self.intents, "PENDING")
         self.filled = dict.fromkeys(self.intents, "0")
@@ -43,20 +48,16 @@ class Progress:
             self.live.__exit__(*exc_info)
 
     def follow(self, engine: Engine) -> None:
-        engine.subscribe(OrderTransitioned, self.transitioned)
-        engine.subscribe(OrderFilled, self.filled_some)
+        if self.live is not None:
+            engine.subscribe(OrderTransitioned, self.transitioned)
+            engine.subscribe(OrderFilled, self.filled_some)
 
     def transitioned(self, notice: OrderTransitioned) -> None:
         self.states[notice.symbol] = notice.dest
+        if notice.dest in TERMINAL_STATES:
+            self.done.add(notice.order_id)
         if self.live is not None:
             self.live.update(self._table())
-            return
-        failure = f"{notice.reason}: {notice.detail}" if notice.detail else notice.reason
-        detail = failure or notice.limit_price or ""
-        self.console.print(
-            f"{notice.at} {notice.symbol:<6} {notice.order_id} {notice.dest} {detail}".rstrip(),
-            **PLAIN,
-        )
 
     def filled_some(self, notice: OrderFilled) -> None:
         self.filled[notice.symbol] = str(notice.filled_qty)
@@ -64,7 +65,7 @@ class Progress:
             self.live.update(self._table())
 
     def _table(self) -> Table:
-        table = Table(title="walkbook: orders in flight")
+        table = Table(title=f"plan {self.plan_id}: {len(self.done)}/{self.total} orders done")
         for column in ("symbol", "side", "qty", "state", "filled"):
             table.add_column(column)
         for symbol, intent in self.intents.items():

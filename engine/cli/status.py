@@ -19,7 +19,7 @@ from .exits import bad_input_exits
 from .options import JournalFile
 from .output import report_console
 
-__all__ = ["status_command"]
+__all__ = ["status_command", "who_walks"]
 
 
 STATUS_COLUMNS = ("order_id", "plan_id", "symbol", "side", "quantity", "state", "reason",
@@ -37,7 +37,7 @@ def _failure_details(journal: Journal, rows: list[dict[str, Any]]) -> dict[str, 
     return {i: fold_orders(journal.events(order_id=i))[i].failure_detail for i in failed}
 
 
-def _who_walks(journal_path: Path, in_flight: int) -> str:
+def who_walks(journal_path: Path, in_flight: int) -> str:
     """Whether a live process walks the journal's orders: a held lock, or nobody."""
     holder = lock_holder(journal_path)
     if holder is not None:
@@ -76,7 +76,7 @@ def status_command(
         price = None if record is None else record.step_limit_price
         row["limit_price"] = None if price is None else decimal_text(price)
         row["state_since"] = None if record is None else record.state_entered_at
-    click.echo(_who_walks(journal_path, len(walking)), err=as_json)
+    click.echo(who_walks(journal_path, len(walking)), err=as_json)
     if as_json:
         click.echo(json.dumps([{c: row[c] for c in STATUS_COLUMNS} for row in rows], indent=2))
         return

@@ -12,7 +12,7 @@ import socket
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -282,6 +282,9 @@ class Journal:
         self._order_seqs: OrderedDict[str, int] = OrderedDict()
         self.order_seqs_kept = ORDER_SEQS_KEPT
         self._last_heartbeat = 0.0
+        # called after each commit with its seconds and the events it stored (engine/metrics.py
+        # times commits with it); an observer must not raise: the events are already stored
+        self.commit_observers: list[Callable[[float, list[Event]], None]] = []
         row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         if row is not None:
             self._last_seq, self._last_hash = int(row[0]), str(row[1])
@@ -438,7 +441,9 @@ class Journal:
             if projection is not None:
                 row_values = [*map(projection.__getitem__, _PROJECTED_COLUMNS), seq]
                 order_rows.append((order_seq == 1, row_values))
+        started = time.perf_counter()
         self._commit(rows, order_rows)
+        seconds = time.perf_counter() - started
         self._last_seq, self._last_hash = seq, prev_hash
         known = self._order_seqs
         for order_id, next_seq in order_seqs.items():
@@ -446,6 +451,8 @@ class Journal:
             known.move_to_end(order_id)
         while len(known) > self.order_seqs_kept:
             known.popitem(last=False)
+        for observer in self.commit_observers:
+            observer(seconds, stored)
         return stored
 
     def _commit(

@@ -47,7 +47,7 @@ def package_dir(module: Any) -> str:
 
 JOURNAL_DIR = package_dir(journal_package)
 ENGINE_DIR = package_dir(engine_package)
-SIM_DIR = ENGINE_DIR + "sim/"
+SIM_DIR = ENGINE_DIR + "brokers/sim/"
 FSM_FILES = (package_dir(transitions), ENGINE_DIR + "fsm.py")
 
 
@@ -122,7 +122,7 @@ def time_shares(stats: pstats.Stats) -> dict[str, float]:
         "journal/ (sqlite3 included)": journal / total,
         "sqlite3 C calls (part of journal/)": sqlite / total,
         "FSM: transitions/ + engine/fsm.py": fsm / total,
-        "simulator: engine/sim/": simulator / total,
+        "simulator: engine/brokers/sim/": simulator / total,
         "other (walk, quotes, asyncio, ...)": (total - journal - fsm - simulator) / total,
     }
 

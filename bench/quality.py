@@ -254,7 +254,8 @@ def run_policy(
 
 def market_model(spec: MarketSpec) -> str:
     return (
-        "market model (engine/sim): per symbol a mid on a geometric random walk in 1 s ticks, "
+        "market model (engine/brokers/sim): per symbol a mid on a geometric random walk in "
+        "1 s ticks, "
         "bid/ask at the mid -/+ half the spread (at least a tick), optional zero-quote episodes; "
         "a resting limit fills with probability 1-exp(-λ) per second, "
         "λ = fill_intensity·liquidity·exp(-fill_decay·d), d = distance from the far touch in "

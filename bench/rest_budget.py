@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from engine import Engine, EngineConfig, MarketSpec, RealClock, SymbolSpec, parse_plan
-from engine.alpaca import AlpacaBroker, AlpacaSettings
-from engine.simserver import FaultSpec, ServerThread, SimServer
+from engine.brokers.alpaca import AlpacaBroker, AlpacaSettings
+from engine.brokers.simserver import FaultSpec, ServerThread, SimServer
 
 from .common import Report, Row, Target, bench_parser, quiet_logs, scratch
 

@@ -6,6 +6,7 @@ The public, typed API for embedding walkbook in an orchestration layer.
 from typing import TYPE_CHECKING
 
 from .broker import Account, Asset, Broker, BrokerOrder, BrokerOrderStatus, MarketClock, Quote
+from .brokers.sim import MarketSpec, SimBroker, SymbolSpec, load_market_spec
 from .clock import Clock, RealClock, VirtualClock
 from .config import DEFAULT_LADDER, EngineConfig
 from .engine import Engine, ResumeReport
@@ -38,7 +39,6 @@ from .intents import (
 )
 from .order import OrderRecord
 from .results import OrderResult, PlanResult, PlanStatus
-from .sim import MarketSpec, SimBroker, SymbolSpec, load_market_spec
 
 if TYPE_CHECKING:
     from .audit import export, export_ledger, replay, report, report_html, verify

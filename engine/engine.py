@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -66,6 +66,11 @@ from .risk import PreTradeRisk, Refusal, SellGate
 from .sizing import BuySizer
 from .stopping import StopRequests, clear_halt_request, read_halt_request
 from .walk import OrderWalk
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from .metrics import WalkbookMetrics
 
 __all__ = ["CheckedPlan", "Engine", "ResumeReport", "ResumedOrder", "plan_digest"]
 
@@ -130,9 +135,17 @@ class Engine:
         concurrency: int = DEFAULT_CONCURRENCY,
         crash_points: CrashPoints | None = None,
         reconcile_concurrency: int = DEFAULT_RECONCILE_CONCURRENCY,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         if concurrency < 1 or reconcile_concurrency < 1:
             raise ValueError("concurrency and reconcile_concurrency must be at least 1")
+        # Prometheus metrics of this engine's work in the caller's registry (docs/metrics.md),
+        # registered before the journal opens: a registry that refuses them leaves none open
+        self.metrics: WalkbookMetrics | None = None
+        if metrics_registry is not None:
+            from .metrics import WalkbookMetrics  # here: prometheus_client only when asked for
+
+            self.metrics = WalkbookMetrics(metrics_registry)
         self.crash_points = crash_points or CrashPoints.from_env()
         self.broker: Broker = CrashingBroker(broker, self.crash_points)
         self.journal = journal if isinstance(journal, Journal) else Journal.open(journal)
@@ -167,6 +180,8 @@ class Engine:
             listeners=[self.hooks.after_commit],
             stops=self.stops,
         )
+        if self.metrics is not None:
+            self.metrics.attach(self)
 
     def __enter__(self) -> Engine:
         return self

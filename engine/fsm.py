@@ -83,7 +83,7 @@ class FailReason(StrEnum):
     RISK_LIMIT = "risk_limit"
     BELOW_MIN_NOTIONAL = "below_min_notional"
     BLOCKED_BY_SELLS = "blocked_by_sells"
-    # refusals the broker gave a reason for (engine/alpaca/errors.py maps Alpaca's answers)
+    # refusals the broker gave a reason for (engine/brokers/alpaca/errors.py maps Alpaca's answers)
     UNKNOWN_SYMBOL = "unknown_symbol"
     NOT_PERMITTED = "not_permitted"
     BELOW_MINIMUM = "below_minimum"

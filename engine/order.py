@@ -404,7 +404,7 @@ _ACK_KINDS = frozenset({EventKind.SUBMIT_ACK, EventKind.REPLACE_ACK})
 _ANSWERED_UNSENT_KINDS = frozenset({EventKind.REJECTED, EventKind.INTENT_WITHDRAWN})
 
 
-# the figures a broker refusal carries beside its message (engine/alpaca/errors.py FIGURES,
+# the figures a broker refusal carries beside its message (engine/brokers/alpaca/errors.py FIGURES,
 # the simulator's alike): what the broker counted, worth a reader's eye
 _BROKER_FIGURES = ("buying_power", "cost_basis", "available", "existing_qty", "held_for_orders")
 # data of a FAILED transition that says nothing a reader of the detail needs
@@ -460,7 +460,7 @@ def _detail_from_figures(record: OrderRecord, data: Mapping[str, Any]) -> str | 
 
 def _one_line(text: str, limit: int = DETAIL_LIMIT) -> str:
     """`text` on one line, cut at a word boundary to about `limit` characters, marked as cut
-    (as engine/alpaca/errors.py `shortened` cuts a broker's message)."""
+    (as engine/brokers/alpaca/errors.py `shortened` cuts a broker's message)."""
     line = " ".join(text.split())
     if len(line) <= limit:
         return line

@@ -26,9 +26,9 @@ import requests
 from walk_support import check_invariants
 
 from engine import Engine, EngineConfig, MarketSpec, PlanResult, RealClock, SymbolSpec, parse_plan
-from engine.alpaca import KEY_ID_ENV, SECRET_KEY_ENV, AlpacaBroker, AlpacaSettings
+from engine.brokers.alpaca import KEY_ID_ENV, SECRET_KEY_ENV, AlpacaBroker, AlpacaSettings
+from engine.brokers.simserver import FaultSpec, ServerThread, SimServer
 from engine.order import EventKind
-from engine.simserver import FaultSpec, ServerThread, SimServer
 from journal import Event
 
 KEYS = ("PKTEST0000000000", "test-secret-never-logged")

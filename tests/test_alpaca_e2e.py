@@ -21,12 +21,12 @@ from alpaca_support import EAGER, KEYS, NEVER, RESTING, acks, alpaca_rig, market
 from websockets.sync.client import connect
 
 from engine import BrokerRejected, OrderSide, OrderState, SymbolSpec, UnknownSymbol
-from engine.alpaca import InsufficientBuyingPower, SubPennyPrice
-from engine.alpaca.broker import OPEN_ORDERS_PER_PAGE
 from engine.broker import OrderRequest
+from engine.brokers.alpaca import InsufficientBuyingPower, SubPennyPrice
+from engine.brokers.alpaca.broker import OPEN_ORDERS_PER_PAGE
+from engine.brokers.simserver import FaultSpec
 from engine.errors import DuplicateClientOrderId, NotReplaceable, OrderNotFound
 from engine.order import EventKind
-from engine.simserver import FaultSpec
 
 
 def test_submit_fills_over_trade_updates_without_polling(tmp_path: Path) -> None:

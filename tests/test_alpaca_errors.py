@@ -26,12 +26,17 @@ from alpaca_support import FAST, KEYS, AlpacaRig, market, settings_for
 from walk_support import of_kind, run_plan
 
 from engine import BrokerRejected, Engine, EngineConfig, OrderState, RealClock, SymbolSpec
-from engine.alpaca import AlpacaBroker, Forbidden, InsufficientBuyingPower, error_from_response
-from engine.alpaca.convert import account_from_sdk
+from engine.brokers.alpaca import (
+    AlpacaBroker,
+    Forbidden,
+    InsufficientBuyingPower,
+    error_from_response,
+)
+from engine.brokers.alpaca.convert import account_from_sdk
+from engine.brokers.simserver import FaultSpec, ServerThread, SimServer
 from engine.errors import DuplicateClientOrderId, OrderNotFound
 from engine.fsm import FailReason
 from engine.order import EventKind
-from engine.simserver import FaultSpec, ServerThread, SimServer
 from journal import Event
 
 UUIDS = [f"6a8f3c2e-1b4d-4e5f-9a0b-{n:012d}" for n in range(1, 5)]

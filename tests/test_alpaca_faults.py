@@ -12,9 +12,9 @@ import pytest
 from alpaca_support import EAGER, KEYS, NEVER, RESTING, alpaca_rig, market, settings_for
 
 from engine import OrderState
-from engine.alpaca import AlpacaBroker, AlpacaConfigError
+from engine.brokers.alpaca import AlpacaBroker, AlpacaConfigError
+from engine.brokers.simserver import FaultSpec, ServerThread, SimServer
 from engine.order import EventKind
-from engine.simserver import FaultSpec, ServerThread, SimServer
 
 TWO_ORDERS = (
     {"symbol": "AAPL", "side": "buy", "quantity": "4"},

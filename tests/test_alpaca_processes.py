@@ -32,9 +32,9 @@ from alpaca_support import (
 from click.testing import CliRunner
 
 from engine import MarketSpec
-from engine.alpaca import BASE_URL_ENV
+from engine.brokers.alpaca import BASE_URL_ENV
+from engine.brokers.simserver import FaultSpec, ServerThread, SimServer
 from engine.cli import main as cli_main
-from engine.simserver import FaultSpec, ServerThread, SimServer
 
 ROOT = Path(__file__).resolve().parent.parent
 POSITIONS = {"NVDA": "12", "AMD": "30"}

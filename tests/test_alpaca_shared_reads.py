@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from engine.alpaca.cache import SharedReads
+from engine.brokers.alpaca.cache import SharedReads
 
 
 class Source:

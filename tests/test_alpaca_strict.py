@@ -19,9 +19,9 @@ from alpaca_support import EAGER, FAST, NEVER, AlpacaRig, acks, alpaca_rig, mark
 
 from engine import OrderState
 from engine.broker import BrokerOrderStatus
+from engine.brokers.simserver import FaultSpec
 from engine.errors import InvalidIntent
 from engine.order import EventKind
-from engine.simserver import FaultSpec
 
 WHOLE_SHARES = {"symbol": "AAPL", "side": "buy", "quantity": "6"}
 HELD_SECONDS = 5.0  # how long a POST answer is held back at most, waiting for the stream

@@ -14,7 +14,8 @@ from alpaca.data.models import Quote as SdkQuote
 from alpaca_support import KEYS
 
 from engine import BrokerOrderStatus, BrokerRejected, BrokerUnavailable, OrderSide
-from engine.alpaca import (
+from engine.broker import BrokerOrder
+from engine.brokers.alpaca import (
     AlpacaConfigError,
     AlpacaCounters,
     AlpacaSettings,
@@ -25,10 +26,9 @@ from engine.alpaca import (
     SubPennyPrice,
     error_from_response,
 )
-from engine.alpaca.convert import quote_from_sdk
-from engine.alpaca.rest import RestGateway
-from engine.alpaca.tracking import OrderTracker, Waiters
-from engine.broker import BrokerOrder
+from engine.brokers.alpaca.convert import quote_from_sdk
+from engine.brokers.alpaca.rest import RestGateway
+from engine.brokers.alpaca.tracking import OrderTracker, Waiters
 from engine.errors import DuplicateClientOrderId, NotReplaceable, OrderNotFound, OutcomeUnknown
 
 BAD_GATEWAY = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
@@ -47,6 +47,8 @@ CASES = [
     (422, '{"code":42210000,"message":"order is not replaceable"}', True, NotReplaceable, None),
     (422, '{"code":42210000,"message":"unable to replace order, order isn\'t sufficiently open"}',
      True, NotReplaceable, None),
+    (422, '{"code":42210000,"message":"unable to replace order, order isn\'t sent to exchange '
+     'yet"}', True, NotReplaceable, None),
     (403, '{"code":40310000,"message":"order parameters are not changed"}', True,
      NotReplaceable, None),
     (401, '{"code":40110000,"message":"request is not authorized"}', False, Forbidden,

@@ -24,7 +24,7 @@ SHARES = (
     "journal/ (sqlite3 included)",
     "sqlite3 C calls (part of journal/)",
     "FSM: transitions/ + engine/fsm.py",
-    "simulator: engine/sim/",
+    "simulator: engine/brokers/sim/",
     "other (walk, quotes, asyncio, ...)",
 )
 EXPECTED_ROWS = {

@@ -19,7 +19,7 @@ ENGINE_DIR = Path(engine.__file__).resolve().parent
 ROOT = ENGINE_DIR.parent
 CLI = "engine.cli"
 # what `import engine.cli` must not load: kept for the commands that trade on or serve Alpaca
-LOADED_ONLY_WHEN_USED = ("alpaca", "engine.alpaca", "engine.simserver")
+LOADED_ONLY_WHEN_USED = ("alpaca", "engine.brokers.alpaca", "engine.brokers.simserver")
 
 
 def module_name(path: Path) -> str:

@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import MarketSpec, SimBroker, VirtualClock
+from engine.brokers.simserver.faults import FaultSpec
 from engine.cli import main
 from engine.config import EngineConfig
 from engine.errors import InvalidIntent, InvalidPlan
 from engine.intents import OrderIntent, load_plan, parse_plan
-from engine.simserver.faults import FaultSpec
 from journal import Journal
 
 WALKBOOK = str(Path(sys.executable).parent / "walkbook")

@@ -27,8 +27,8 @@ import pytest
 from walk_support import check_invariants
 
 from engine import MarketSpec, OrderSide, VirtualClock
+from engine.brokers.sim import SimBroker
 from engine.cli import main as cli_main
-from engine.sim import SimBroker
 from journal import Journal, JournalError
 
 SHORT_KILLS, LONG_KILLS = 200, 2000

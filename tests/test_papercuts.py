@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from engine import InvalidPlan, OrderTransitioned, PlanStatus, parse_plan
-from engine.alpaca.errors import error_from_response, redact, shortened
+from engine.brokers.alpaca.errors import error_from_response, redact, shortened
 from engine.clock import WrongEventLoop
 
 ROOT = Path(__file__).resolve().parent.parent

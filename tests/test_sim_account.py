@@ -1,4 +1,4 @@
-"""The simulated account (engine/sim/ledger.py): cash, positions and their cost basis, and
+"""The simulated account (engine/brokers/sim/ledger.py): cash, positions and their cost basis, and
 the margin figures Alpaca reports, read in-process and through the real alpaca-py SDK
 against walkbook's sim-server on 127.0.0.1."""
 
@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 
 from engine import MarketSpec, SimBroker, SymbolSpec, VirtualClock
 from engine.broker import BrokerOrder, OrderRequest
+from engine.brokers.sim.ledger import Ledger, SimAccount
+from engine.brokers.simserver import FaultSpec, ServerThread, SimServer
 from engine.errors import BrokerRejected
 from engine.intents import OrderSide
-from engine.sim.ledger import Ledger, SimAccount
-from engine.simserver import FaultSpec, ServerThread, SimServer
 
 START = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
 # the account's amounts, each a decimal string in Alpaca's JSON

@@ -26,7 +26,7 @@ from alpaca_support import EAGER, KEYS, RESTING, alpaca_rig, market
 from websockets.sync.client import ClientConnection, connect
 
 from engine import OrderState, PlanStatus, SymbolSpec
-from engine.simserver import FaultSpec, ServerThread, SimServer
+from engine.brokers.simserver import FaultSpec, ServerThread, SimServer
 
 AUTH = {"APCA-API-KEY-ID": KEYS[0], "APCA-API-SECRET-KEY": KEYS[1]}
 TRADING_PATH = "/v2/account"

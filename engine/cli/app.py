@@ -12,6 +12,7 @@ from .run import demo_command, resume_command, run_command
 from .simserver import sim_server
 from .status import status_command
 from .stop import abandon_command, halt_command
+from .watch import watch_command
 
 __all__ = ["main"]
 
@@ -46,6 +47,7 @@ for command in (
     resume_command,
     demo_command,
     status_command,
+    watch_command,
     journal_group,
     report_command,
     sim_server,

@@ -18,10 +18,10 @@ import click
 
 from journal import Journal
 
+from ..brokers.sim import MarketSpec, SimBroker
 from ..clock import RealClock, VirtualClock
 from ..config import EngineConfig
 from ..engine import Engine
-from ..sim import MarketSpec, SimBroker
 from .brokers import BrokerChoice
 
 __all__ = ["alpaca_engine", "simulated_engine"]
@@ -75,7 +75,10 @@ def _quiet_sdk_logging() -> None:
 @contextmanager
 def alpaca_engine(journal_path: Path, choice: BrokerChoice) -> Iterator[Engine]:
     """An engine on Alpaca in real time; the keys are checked before the journal is opened."""
-    from ..alpaca import AlpacaBroker, AlpacaSettings  # here: the SDK only when trading on it
+    from ..brokers.alpaca import (  # here: the SDK only when trading on it
+        AlpacaBroker,
+        AlpacaSettings,
+    )
 
     _quiet_sdk_logging()
     config = choice.engine_config()

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
@@ -22,6 +22,7 @@ from rich.console import Console
 from journal import Journal
 from journal.lock import lock_holder
 
+from ..brokers.sim import MarketSpec, load_market_spec, parse_market_spec
 from ..config import EngineConfig
 from ..engine import Engine, ResumeReport
 from ..errors import InputError
@@ -29,7 +30,6 @@ from ..files import write_private_text
 from ..fsm import TERMINAL_STATES
 from ..intents import DEFAULT_MAX_PLAN_ORDERS, RebalancePlan, load_plan, parse_plan
 from ..results import PlanResult
-from ..sim import MarketSpec, load_market_spec, parse_market_spec
 from .brokers import BrokerChoice, broker_options
 from .engines import alpaca_engine, simulated_engine
 from .exits import EXIT_CODES_HELP, bad_input_exits, outcome_exit_code, work_exits
@@ -38,13 +38,21 @@ from .output import configure_logging, report_console
 from .progress import PLAIN, Progress, result_table
 from .signals import halting_on_signals
 
+if TYPE_CHECKING:
+    from ..metrics import WalkbookMetrics
+
 __all__ = ["demo_command", "resume_command", "run_command"]
 
 
 def _run_plan(
-    engine_context: AbstractContextManager[Engine], plan: RebalancePlan, console: Console
+    engine_context: AbstractContextManager[Engine],
+    plan: RebalancePlan,
+    console: Console,
+    metrics: WalkbookMetrics | None = None,
 ) -> PlanResult:
     with engine_context as engine, Progress(console, plan) as progress, work_exits(engine):
+        if metrics is not None:
+            metrics.attach(engine)
         progress.follow(engine)
         return engine.clock.run(halting_on_signals(engine, engine.execute_plan(plan)))
 
@@ -59,6 +67,31 @@ def _run_on_simulator(
 ) -> PlanResult:
     engine_context = simulated_engine(journal_path, market, sim_state, config=config)
     return _run_plan(engine_context, plan, console)
+
+
+METRICS_PORT_OPTION = click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics while the command runs "
+    "(0: a free port, printed on stderr). See docs/metrics.md.",
+)
+
+
+@contextmanager
+def _metrics_served(port: int | None) -> Iterator[WalkbookMetrics | None]:
+    """With --metrics-port: the metrics, served on 127.0.0.1 until the command ends; a port
+    that cannot be listened on is bad input (exit 2), refused before the journal is opened."""
+    if port is None:
+        yield None
+        return
+    from ..metrics import WalkbookMetrics, serve_metrics  # here: prometheus_client when used
+
+    server = serve_metrics(port)
+    click.echo(f"walkbook: metrics on http://127.0.0.1:{server.port}/metrics", err=True)
+    try:
+        yield WalkbookMetrics(server.registry)
+    finally:
+        server.close()
 
 
 def _check_result_path(path: Path | None) -> None:
@@ -157,6 +190,7 @@ def _with_overrides(choice: BrokerChoice, **overrides: Any) -> BrokerChoice:
 )
 @IN_FLIGHT_OPTION
 @IGNORE_UNKNOWN_OPTION
+@METRICS_PORT_OPTION
 @_common_options
 @broker_options
 def run_command(
@@ -167,6 +201,7 @@ def run_command(
     sim_state: Path | None,
     in_flight: str | None,
     ignore_unknown_orders: bool,
+    metrics_port: int | None,
     seed: int | None,
     result_json: Path | None,
     log_level: str,
@@ -185,11 +220,13 @@ def run_command(
         _check_result_path(result_json)
         plan = load_plan(plan_file, max_orders=max_plan_orders)
         if broker_choice.is_alpaca:
-            result = _run_plan(alpaca_engine(journal_path, broker_choice), plan, console)
+            engine_context = alpaca_engine(journal_path, broker_choice)
         else:
             spec = (load_market_spec(market) if market else MarketSpec()).with_seed(seed)
             config = broker_choice.engine_config()
-            result = _run_on_simulator(plan, journal_path, spec, console, sim_state, config)
+            engine_context = simulated_engine(journal_path, spec, sim_state, config=config)
+        with _metrics_served(metrics_port) as metrics:
+            result = _run_plan(engine_context, plan, console, metrics)
     _finish(result, console, result_json)
 
 
@@ -208,6 +245,7 @@ def run_command(
     "this many seconds instead of walking them.",
 )
 @IGNORE_UNKNOWN_OPTION
+@METRICS_PORT_OPTION
 @click.option(
     "--offline-seconds",
     type=FiniteFloatRange(min=0),
@@ -227,6 +265,7 @@ def resume_command(
     sim_state: Path | None,
     max_age_seconds: float | None,
     ignore_unknown_orders: bool,
+    metrics_port: int | None,
     offline_seconds: float,
     log_level: str,
     broker_choice: BrokerChoice,
@@ -260,7 +299,9 @@ def resume_command(
                 offline_seconds,
                 broker_choice.engine_config(),
             )
-        with engine_context as engine, work_exits(engine):
+        with _metrics_served(metrics_port) as metrics, engine_context as engine, work_exits(engine):
+            if metrics is not None:
+                metrics.attach(engine)
             resumed = engine.resume(max_age_seconds=max_age_seconds)
             report = engine.clock.run(halting_on_signals(engine, resumed))
     _report(report)

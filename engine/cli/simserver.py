@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
+from ..brokers.sim import MarketSpec, load_market_spec
 from ..errors import InputError
-from ..sim import MarketSpec, load_market_spec
 from .exits import bad_input_exits
 
 __all__ = ["sim_server"]
@@ -20,7 +20,7 @@ MAX_PORT = 65_535
 
 
 def _server_keys() -> tuple[str, str]:
-    from ..alpaca import KEY_ID_ENV, SECRET_KEY_ENV  # here: the SDK only when serving
+    from ..brokers.alpaca import KEY_ID_ENV, SECRET_KEY_ENV  # here: the SDK only when serving
 
     key_id, secret = os.environ.get(KEY_ID_ENV, ""), os.environ.get(SECRET_KEY_ENV, "")
     if not key_id or not secret:
@@ -48,7 +48,11 @@ def sim_server(
     Prints `listening on http://127.0.0.1:PORT` once ready; runs until SIGINT/SIGTERM.
     Accepts the keys in APCA_API_KEY_ID / APCA_API_SECRET_KEY.
     """
-    from ..simserver import SimServer, load_fault_spec, serve  # here: the server when serving
+    from ..brokers.simserver import (  # here: the server when serving
+        SimServer,
+        load_fault_spec,
+        serve,
+    )
 
     with bad_input_exits():
         spec = (load_market_spec(market) if market else MarketSpec()).with_seed(seed)

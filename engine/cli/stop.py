@@ -16,10 +16,10 @@ import click
 from journal import Journal, JournalLocked
 from journal.lock import JournalLock
 
+from ..brokers.sim import MarketSpec
 from ..engine import Engine
 from ..errors import InputError
 from ..fsm import TERMINAL_STATES, FailReason
-from ..sim import MarketSpec
 from ..stopping import HaltRequest, clear_halt_request, write_halt_request
 from .brokers import BrokerChoice, broker_options
 from .engines import alpaca_engine, simulated_engine

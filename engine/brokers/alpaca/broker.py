@@ -31,9 +31,9 @@ from alpaca.trading.requests import (
     ReplaceOrderRequest,
 )
 
-from ..broker import Account, Asset, BrokerOrder, MarketClock, OrderRequest, Quote
-from ..errors import BrokerUnavailable, NotReplaceable, OrderNotFound, UnknownSymbol
-from ..numbers import ZERO
+from ...broker import Account, Asset, BrokerOrder, MarketClock, OrderRequest, Quote
+from ...errors import BrokerUnavailable, NotReplaceable, OrderNotFound, UnknownSymbol
+from ...numbers import ZERO
 from .cache import SharedReads
 from .convert import (
     UnsupportedOrder,

@@ -20,7 +20,7 @@ from alpaca.trading.models import Order as SdkOrder
 from alpaca.trading.models import TradeAccount
 from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest
 
-from ..broker import (
+from ...broker import (
     Account,
     Asset,
     BrokerOrder,
@@ -31,8 +31,8 @@ from ..broker import (
     Quote,
     QuoteSource,
 )
-from ..intents import OrderSide
-from ..numbers import ZERO
+from ...intents import OrderSide
+from ...numbers import ZERO
 
 __all__ = [
     "UnsupportedOrder",

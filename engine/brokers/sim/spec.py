@@ -10,9 +10,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from ..errors import InputError, first_validation_error
-from ..intents import MAX_QUANTITY
-from ..jsonfile import load_model, shown
+from ...errors import InputError, first_validation_error
+from ...intents import MAX_QUANTITY
+from ...jsonfile import load_model, shown
 from .ledger import AccountType
 from .universe import LISTED_TICKERS
 

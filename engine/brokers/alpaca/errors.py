@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from ..errors import (
+from ...errors import (
     BrokerError,
     BrokerRejected,
     BrokerUnavailable,

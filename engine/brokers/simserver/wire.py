@@ -14,8 +14,8 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
-from ..broker import Asset, BrokerOrder, MarketClock, Quote
-from ..errors import (
+from ...broker import Asset, BrokerOrder, MarketClock, Quote
+from ...errors import (
     BrokerError,
     BrokerRejected,
     DuplicateClientOrderId,
@@ -24,7 +24,7 @@ from ..errors import (
     OutcomeUnknown,
     UnknownSymbol,
 )
-from ..numbers import decimal_text
+from ...numbers import decimal_text
 from ..sim.ledger import PositionView, SimAccount
 
 __all__ = [
@@ -42,6 +42,9 @@ __all__ = [
     "quote_json",
 ]
 
+# an order Alpaca has taken but not yet sent to the exchange: a replace is refused with its
+# own message (alpacahq/alpaca-trade-api-python#306)
+UNROUTED = frozenset({"accepted", "pending_new"})
 NAMESPACE = uuid.UUID("2f0c1a52-6b7e-4d8e-9a51-3c1d7e0b9a11")
 # what an insufficient buying power or insufficient qty refusal shows beside its message
 REFUSAL_FIGURES = (
@@ -151,7 +154,7 @@ def asset_json(asset: Asset) -> dict[str, Any]:
 def position_json(position: PositionView) -> dict[str, Any]:
     """Alpaca's position object (a short: negative qty, market value and cost basis; a
     positive average entry price). Intraday figures equal the unrealized ones: the whole
-    simulation is today (engine/sim/ledger.py)."""
+    simulation is today (engine/brokers/sim/ledger.py)."""
     return {
         "asset_id": _uuid(f"asset/{position.symbol}"),
         "symbol": position.symbol,
@@ -291,6 +294,8 @@ def error_for(exc: BrokerError | UnknownSymbol) -> web.Response:
     if isinstance(exc, NotReplaceable):
         if "fractional" in exc.message:
             return error(422, 42210000, "order is not replaceable")
+        if exc.fields.get("status") in UNROUTED:  # Alpaca's words for an order not yet routed
+            return error(422, 42210000, "unable to replace order, order isn't sent to exchange yet")
         return error(422, 42210000, "unable to replace order, order isn't sufficiently open")
     if isinstance(exc, OutcomeUnknown):
         return gateway_error(504)

@@ -18,7 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from ..broker import (
+from ...broker import (
     Asset,
     BrokerOrder,
     BrokerOrderStatus,
@@ -26,8 +26,8 @@ from ..broker import (
     OrderRequest,
     Quote,
 )
-from ..clock import MIN_WAIT_SECONDS, Clock
-from ..errors import (
+from ...clock import MIN_WAIT_SECONDS, Clock
+from ...errors import (
     BrokerRejected,
     BrokerUnavailable,
     DuplicateClientOrderId,
@@ -36,9 +36,9 @@ from ..errors import (
     OutcomeUnknown,
     UnknownSymbol,
 )
-from ..intents import OrderSide
-from ..numbers import ZERO, ceil_to, decimal_text, floor_to
-from ..pricing import tick_size
+from ...intents import OrderSide
+from ...numbers import ZERO, ceil_to, decimal_text, floor_to
+from ...pricing import tick_size
 from .ledger import Ledger, PositionView, SimAccount, short_sale_value
 from .orders import EVENT_NAMES, OPEN, PENDING_CHANGE, WORKING, Activity, SimOrder
 from .rng import SmallRandom

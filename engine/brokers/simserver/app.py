@@ -20,10 +20,10 @@ from typing import Any
 
 from aiohttp import web
 
-from ..broker import BrokerOrder, BrokerOrderStatus, OrderRequest, TimeInForce
-from ..errors import BrokerError, BrokerRejected, OrderNotFound, UnknownSymbol
-from ..intents import OrderSide
-from ..numbers import ZERO, decimal_text
+from ...broker import BrokerOrder, BrokerOrderStatus, OrderRequest, TimeInForce
+from ...errors import BrokerError, BrokerRejected, OrderNotFound, UnknownSymbol
+from ...intents import OrderSide
+from ...numbers import ZERO, decimal_text
 from ..sim import SimBroker
 from .faults import FaultInjector
 from .ratelimit import RateLimits

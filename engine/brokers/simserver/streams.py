@@ -20,9 +20,9 @@ from typing import Any
 import msgpack
 from aiohttp import WSMsgType, web
 
-from ..broker import Quote
-from ..errors import UnknownSymbol
-from ..numbers import ZERO, decimal_text
+from ...broker import Quote
+from ...errors import UnknownSymbol
+from ...numbers import ZERO, decimal_text
 from ..sim import SimBroker
 from ..sim.orders import Activity
 from .faults import FaultInjector

@@ -17,7 +17,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import replace
 from decimal import Decimal
 
-from ..broker import BrokerOrder, BrokerOrderStatus, Quote
+from ...broker import BrokerOrder, BrokerOrderStatus, Quote
 
 __all__ = ["EVERYONE", "FINAL_ORDERS_KEPT", "OrderTracker", "QuoteBoard", "Waiters", "Watch"]
 

@@ -15,7 +15,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..jsonfile import load_model, shown
+from ...jsonfile import load_model, shown
 
 __all__ = ["FaultInjector", "FaultSpec", "load_fault_spec"]
 

@@ -20,8 +20,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from ..broker import Account
-from ..numbers import ZERO
+from ...broker import Account
+from ...numbers import ZERO
 
 __all__ = [
     "AccountType",

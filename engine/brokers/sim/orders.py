@@ -8,9 +8,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from ..broker import BrokerOrder, BrokerOrderStatus, OrderType, TimeInForce
-from ..intents import OrderSide
-from ..numbers import ZERO
+from ...broker import BrokerOrder, BrokerOrderStatus, OrderType, TimeInForce
+from ...intents import OrderSide
+from ...numbers import ZERO
 
 __all__ = ["EVENT_NAMES", "OPEN", "PENDING_CHANGE", "WORKING", "Activity", "SimOrder"]
 

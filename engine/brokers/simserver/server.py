@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import structlog
 from aiohttp import web
 
-from ..clock import RealClock
+from ...clock import RealClock
 from ..sim import MarketSpec, SimBroker
 from .app import SimApp
 from .faults import FaultInjector, FaultSpec

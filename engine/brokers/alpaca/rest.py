@@ -29,7 +29,7 @@ from alpaca.data.historical.stock import StockHistoricalDataClient
 from alpaca.trading.client import TradingClient
 from requests.adapters import HTTPAdapter
 
-from ..errors import BrokerError, BrokerUnavailable, OutcomeUnknown
+from ...errors import BrokerError, BrokerUnavailable, OutcomeUnknown
 from .errors import RateLimited, error_from_response, redact, shortened
 from .limiter import RateLimiter
 from .settings import AlpacaSettings

@@ -13,8 +13,8 @@ from typing import Any
 
 from journal import decode_json
 
-from ..errors import InputError
-from ..files import create_private
+from ...errors import InputError
+from ...files import create_private
 
 __all__ = ["SimStore"]
 

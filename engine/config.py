@@ -50,11 +50,12 @@ class EngineConfig(BaseModel):
     market_wait_seconds: float = Field(30.0, gt=0, le=MAX_SECONDS)
     market_attempts: int = Field(3, ge=1)
     replace_orders: bool = Field(
-        True,
-        description="Move a resting order to the next step with one replace (PATCH) where "
-        "allowed; off: cancel, confirm, then place anew at every step (a replace is not "
+        False,
+        description="Move a resting whole-share order to the next step with one replace "
+        "(PATCH); off: cancel, confirm, then place anew at every step. A replace is not "
         "atomic at Alpaca: a fill on the old order while the replace is pending leaves the "
-        "replacement sized to a stale remainder until walkbook cancels it).",
+        "replacement sized to a stale remainder until walkbook cancels it, and a fill on it "
+        "in between trades more than asked.",
     )
     settle_timeout_seconds: float = Field(30.0, gt=0, le=MAX_SECONDS)
     quote_freshness_seconds: float = Field(5.0, gt=0, le=MAX_SECONDS)

@@ -43,6 +43,8 @@ FAST = EngineConfig(
     broker_retry_backoff_seconds=0.05,
 )
 RESTING = FAST.model_copy(update={"medium_step_wait_seconds": 1.2})
+# steps move by replace (PATCH), off by default since Alpaca's replace is not atomic with fills
+REPLACING = FAST.model_copy(update={"replace_orders": True})
 WALKBOOK = str(Path(sys.executable).with_name("walkbook"))
 
 

@@ -17,7 +17,7 @@ from alpaca.trading.enums import OrderSide as SdkSide
 from alpaca.trading.enums import OrderStatus, OrderType, TimeInForce
 from alpaca.trading.models import Order as SdkOrder
 from alpaca.trading.requests import ReplaceOrderRequest, StopOrderRequest
-from alpaca_support import EAGER, KEYS, NEVER, RESTING, acks, alpaca_rig, market
+from alpaca_support import EAGER, KEYS, NEVER, REPLACING, RESTING, acks, alpaca_rig, market
 from websockets.sync.client import connect
 
 from engine import BrokerRejected, OrderSide, OrderState, SymbolSpec, UnknownSymbol
@@ -54,8 +54,8 @@ def test_submit_fills_over_trade_updates_without_polling(tmp_path: Path) -> None
 
 def test_whole_shares_walk_by_replace_with_explicit_qty(tmp_path: Path) -> None:
     """Nothing fills passively: L1 is placed, L2 and L3 replace it (PATCH, whole shares), then
-    the market step cancels, confirms and sends a market order."""
-    with alpaca_rig(tmp_path, market(NEVER)) as rig:
+    the market step cancels, confirms and sends a market order (replace_orders on)."""
+    with alpaca_rig(tmp_path, market(NEVER), config=REPLACING) as rig:
         result = rig.run({"symbol": "MSFT", "side": "buy", "quantity": "7"})
         rig.check(result)
         assert result.orders[0].state == OrderState.VALIDATED

@@ -9,7 +9,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from alpaca_support import EAGER, KEYS, NEVER, RESTING, alpaca_rig, market, settings_for
+from alpaca_support import (
+    EAGER,
+    KEYS,
+    NEVER,
+    REPLACING,
+    RESTING,
+    alpaca_rig,
+    market,
+    settings_for,
+)
 
 from engine import OrderState
 from engine.brokers.alpaca import AlpacaBroker, AlpacaConfigError
@@ -111,7 +120,7 @@ def test_replace_refused_because_the_order_filled(tmp_path: Path) -> None:
     checks the replacement's client_order_id (not there), the engine counts the fill, cancels
     nothing live and validates."""
     faults = FaultSpec(replace_filled_probability=1.0)
-    with alpaca_rig(tmp_path, market(NEVER), faults) as rig:
+    with alpaca_rig(tmp_path, market(NEVER), faults, config=REPLACING) as rig:
         result = rig.run({"symbol": "AAPL", "side": "buy", "quantity": "6"})
         rig.check(result)
         order = result.orders[0]

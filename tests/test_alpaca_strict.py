@@ -15,7 +15,17 @@ from typing import Any
 
 import pytest
 from alpaca.trading.models import Order as SdkOrder
-from alpaca_support import EAGER, FAST, NEVER, AlpacaRig, acks, alpaca_rig, market, rest
+from alpaca_support import (
+    EAGER,
+    FAST,
+    NEVER,
+    REPLACING,
+    AlpacaRig,
+    acks,
+    alpaca_rig,
+    market,
+    rest,
+)
 
 from engine import OrderState
 from engine.broker import BrokerOrderStatus
@@ -46,7 +56,7 @@ def test_a_replace_refused_while_pending_leaves_no_duplicate_order(tmp_path: Pat
     status is accepted, pending_new ..."). The walk cancels it, sees it final, then places
     the step anew: never two orders live, each client order id once, the position exactly
     the journaled fills. https://docs.alpaca.markets/reference/replaceorderforaccount"""
-    with alpaca_rig(tmp_path, market(NEVER, pending_new_seconds=1.5)) as rig:
+    with alpaca_rig(tmp_path, market(NEVER, pending_new_seconds=1.5), config=REPLACING) as rig:
         result = rig.run(WHOLE_SHARES)
         rig.check(result)
         (order,) = result.orders
@@ -104,7 +114,7 @@ def test_a_replacement_rejected_because_the_old_order_filled_validates_once(
     https://docs.alpaca.markets/reference/replaceorderforaccount ("A success return code
     from a replaced order does NOT guarantee the existing open order has been replaced")"""
     faults = FaultSpec(replace_rejected_probability=1.0)
-    with alpaca_rig(tmp_path, market(NEVER), faults) as rig:
+    with alpaca_rig(tmp_path, market(NEVER), faults, config=REPLACING) as rig:
         result = rig.run(WHOLE_SHARES)
         rig.check(result)
         (order,) = result.orders

@@ -70,6 +70,7 @@ SCENARIOS = {
             "seed": 3,
         },
         [{"symbol": "AAPL", "side": "buy", "quantity": "10"}],
+        EngineConfig(replace_orders=True),  # the steps move by replace: its points are armed
     ),
     "full_close": Scenario(
         {"symbols": steady(spread_bps=20), "positions": {"AAPL": 7}, "fill_intensity": 0.05},

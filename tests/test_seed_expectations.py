@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from walk_support import check_invariants, resting, steady
+from walk_support import REPLACING, check_invariants, resting, steady
 
 from engine import InvalidIntent, Quote, SimBroker, parse_plan
 from engine.broker import BrokerOrder
@@ -198,7 +198,7 @@ class ReplaceLosesOrders(SimBroker):
 
 
 def test_a_404_to_a_replace_fails_the_order_never_escapes_the_plan(make_rig):
-    rig = make_rig(broker_cls=ReplaceLosesOrders, **resting())
+    rig = make_rig(broker_cls=ReplaceLosesOrders, config=REPLACING, **resting())
     result = rig.engine.execute_plan_sync(parse_plan({"plan_id": "p1", "orders": [BUY]}))
     (order,) = result.orders
     assert (order.state, order.reason) == ("FAILED", "order_not_found")

@@ -11,6 +11,7 @@ import pytest
 from conftest import START
 from walk_support import (
     NEVER,
+    REPLACING,
     RecordingSimBroker,
     broker_orders_by_cid,
     check_invariants,
@@ -370,8 +371,9 @@ def test_fractional_multi_step_cancels_then_submits_without_replace(make_rig):
 
 
 def test_whole_share_multi_step_uses_replace(make_rig):
-    """A whole-share walk moves between rungs with replace; old orders end 'replaced'."""
-    rig = make_rig(**resting())
+    """With replace_orders on, a whole-share walk moves between rungs with replace; old
+    orders end 'replaced'."""
+    rig = make_rig(config=REPLACING, **resting())
     result = run_one(rig, symbol="AAPL", side="buy", quantity="10")
     oid = result.order_id
 

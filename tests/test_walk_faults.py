@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 from walk_support import (
     NEVER,
+    REPLACING,
     broker_orders_by_cid,
     check_invariants,
     events,
@@ -321,7 +322,7 @@ class FillsBeforeReplaceBroker(SimBroker):
 
 def test_replace_refused_because_old_order_filled_does_not_overfill(make_rig):
     """Replace refused (old order filled first): its fills are counted, nothing more is sent."""
-    rig = make_rig(broker_cls=FillsBeforeReplaceBroker, **resting())
+    rig = make_rig(broker_cls=FillsBeforeReplaceBroker, config=REPLACING, **resting())
     result = run_one(rig, symbol="AAPL", side="buy", quantity="10")
     oid = result.order_id
 
@@ -365,6 +366,7 @@ def test_fill_landing_during_replace_never_overfills(make_rig, spread_bps):
     """Old order fills 3 while a replace is in flight: total filled must still equal qty."""
     rig = make_rig(
         broker_cls=FillsDuringReplaceBroker,
+        config=REPLACING,
         symbols=steady(spread_bps=spread_bps),
         fill_intensity=NEVER,
         market_partial_probability=0.0,
@@ -390,7 +392,7 @@ class ReplaceTimesOutBroker(SimBroker):
 
 def test_replace_with_unknown_outcome_is_adopted_not_repeated(make_rig):
     """A replace whose answer is lost is found by client_order_id and adopted; no second one."""
-    rig = make_rig(broker_cls=ReplaceTimesOutBroker, **resting())
+    rig = make_rig(broker_cls=ReplaceTimesOutBroker, config=REPLACING, **resting())
     result = run_one(rig, symbol="AAPL", side="buy", quantity="10")
     oid = result.order_id
 
@@ -430,7 +432,7 @@ class FillsAtCancelBroker(SimBroker):
 @pytest.mark.parametrize("fill_share", [Decimal(1), Decimal("0.3")], ids=["all", "part"])
 def test_fill_arriving_after_the_cancel_is_counted_before_the_market_order(make_rig, fill_share):
     """Escalating to market cancels the last limit order; fills that beat the cancel count."""
-    rig = make_rig(broker_cls=FillsAtCancelBroker, **resting())
+    rig = make_rig(broker_cls=FillsAtCancelBroker, config=REPLACING, **resting())
     rig.broker.fill_share = fill_share
     result = run_one(rig, symbol="AAPL", side="buy", quantity="10")
     oid = result.order_id

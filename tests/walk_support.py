@@ -11,6 +11,7 @@ import pytest
 
 from engine import (
     Engine,
+    EngineConfig,
     OrderResult,
     OrderSide,
     PlanResult,
@@ -58,6 +59,10 @@ def kill_after(engine: Engine, clock: VirtualClock, delivered: Any, seconds: flo
     with pytest.raises(SystemExit):
         clock.run(killed())
     engine.close()
+
+
+# replace (PATCH) between steps, off by default since Alpaca's replace is not atomic with fills
+REPLACING = EngineConfig(replace_orders=True)
 
 
 def steady(price: str = "100", spread_bps: float = 10) -> dict[str, SymbolSpec]:

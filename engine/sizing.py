@@ -67,7 +67,9 @@ class BuySizer:
         sized = []
         for record in buys:
             quote = await self._quote(record)
-            if quote is None:  # its walk fails no_quote
+            # no quote, not costed: its walk fails no_quote, or with market_without_quote
+            # goes to market unsized and the broker's own funds check is the guard
+            if quote is None:
                 sized.append(record)
                 continue
             price, qty = quote.ask * buffer, record.quantity

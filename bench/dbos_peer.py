@@ -20,8 +20,8 @@ from typing import Any
 
 from engine import EngineConfig, MarketSpec, OrderIntent, OrderSide, SimBroker, VirtualClock
 from engine.context import OrderJournal, WalkContext
+from engine.events import EventKind, payload_of
 from engine.fsm import OrderMachine
-from engine.order import EventKind
 from engine.quotes import QuoteService
 from journal import Journal
 
@@ -39,8 +39,8 @@ def journaled_machine(book: OrderJournal, steps: int) -> OrderMachine:
     """An order's FSM whose transitions `book` journals before they happen, as the walk wires it."""
 
     def persist(trigger: str, source: str, dest: str, data: dict[str, Any]) -> None:
-        data = {"trigger": trigger, **data}
-        book.write(EventKind.TRANSITION, data, from_state=source, to_state=dest)
+        move = payload_of(EventKind.TRANSITION, {"trigger": trigger, **data})
+        book.write(move, from_state=source, to_state=dest)
 
     return OrderMachine(steps, persist)
 

@@ -37,8 +37,8 @@ from engine import (
     SymbolSpec,
     Urgency,
 )
+from engine.events import EventKind
 from engine.fsm import TERMINAL_STATES, is_limit_step, step_number
-from engine.order import EventKind
 from journal import Journal
 
 from .common import Report, Row, bench_parser, number, percentile, quiet_logs, scratch

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from engine import EngineConfig, OrderIntent, OrderSide
+from engine.events import EventKind
 from engine.fsm import OrderState, Trigger, limit_step
 from engine.numbers import decimal_text
-from engine.order import EventKind, OrderRecord, client_order_id
+from engine.order import OrderRecord, client_order_id
 from journal import SCHEMA_VERSION, Journal, NewEvent
 
 from .common import OUT_DIR, Report, Row, Target, bench_parser, median_run, peak_rss_mb

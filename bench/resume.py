@@ -36,9 +36,10 @@ from engine import (
 )
 from engine.broker import OrderRequest
 from engine.engine import DEFAULT_CONCURRENCY, DEFAULT_RECONCILE_CONCURRENCY
+from engine.events import EventKind
 from engine.fsm import OrderState, Trigger, limit_step
 from engine.numbers import decimal_text
-from engine.order import EventKind, client_order_id
+from engine.order import client_order_id
 from engine.pricing import limit_price
 from engine.quotes import UsableQuote
 from journal import Journal

@@ -25,9 +25,10 @@ from engine import (
     VirtualClock,
 )
 from engine.broker import Quote
+from engine.events import EventKind, payload_of
 from engine.fsm import OrderState, Trigger, limit_step
 from engine.numbers import decimal_text
-from engine.order import EventKind, OrderRecord, make_order_id
+from engine.order import OrderRecord, make_order_id
 from engine.pricing import limit_price
 from engine.quotes import UsableQuote
 from journal import Journal, NewEvent, Synchronous, stamp
@@ -117,7 +118,7 @@ def follow(
 ) -> tuple[NewEvent, OrderRecord]:
     """An order's next event and its record once that event is stored right after the
     record's last one, as the walk's journal writer builds them."""
-    updated = record.apply(kind, to_state, data, START_TEXT, record.last_seq + 1)
+    updated = record.apply(payload_of(kind, data), to_state, START_TEXT, record.last_seq + 1)
     event = NewEvent(
         kind=kind,
         order_id=record.order_id,

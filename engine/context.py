@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from journal import Event, Journal, NewEvent, stamp
 
@@ -18,13 +17,15 @@ from .broker import Broker
 from .clock import Clock
 from .config import EngineConfig
 from .crash import CrashPoints
+from .events import Payload
 from .order import OrderRecord
 from .quotes import QuoteCounters, QuoteService
 from .stopping import StopRequests
 
 __all__ = ["Listener", "OrderJournal", "WalkContext"]
 
-Listener = Callable[[OrderRecord, Event], None]
+# a committed event: the record after it, the event as stored, and its typed payload
+Listener = Callable[[OrderRecord, Event, Payload], None]
 
 
 @dataclass
@@ -53,25 +54,21 @@ class OrderJournal:
         self.record = record
 
     def write(
-        self,
-        kind: str,
-        data: dict[str, Any],
-        *,
-        from_state: str | None = None,
-        to_state: str | None = None,
+        self, payload: Payload, *, from_state: str | None = None, to_state: str | None = None
     ) -> OrderRecord:
         record, journal = self.record, self.context.journal
         at = self.context.clock.now()
+        kind = payload.KIND
         # Journal.append stores the event at last_seq + 1 or raises, so the record knows
         # its seq before the append and the projection is written with it.
-        updated = record.apply(kind, to_state, data, stamp(at), journal.last_seq + 1)
+        updated = record.apply(payload, to_state, stamp(at), journal.last_seq + 1)
         event = NewEvent(
             kind=kind,
             order_id=record.order_id,
             plan_id=record.plan_id,
             from_state=from_state or record.state,
             to_state=to_state or updated.state,
-            data=data,
+            data=payload.to_data(),
         )
         crash_points = self.context.crash_points
         crash_points.hit(f"before_append.{kind}")
@@ -79,5 +76,5 @@ class OrderJournal:
         crash_points.hit(f"after_append.{kind}")
         self.record = updated
         for listener in self.context.listeners:
-            listener(self.record, stored)
+            listener(self.record, stored, payload)
         return self.record

@@ -44,13 +44,13 @@ from .errors import (
     UnknownBrokerOrders,
     UnknownSymbol,
 )
+from .events import Created, EventKind
 from .fsm import TERMINAL_STATES, FailReason, OrderState
 from .gateway import MARKET_STEP
 from .hooks import Hooks, NoticeT, PlanCompleted
 from .intents import CloseType, OrderIntent, OrderSide, RebalancePlan, Urgency
 from .numbers import ZERO, decimal_text
 from .order import (
-    EventKind,
     OrderRecord,
     client_order_id,
     engine_order_of,
@@ -427,7 +427,7 @@ class Engine:
     def _journaled_plan_digest(self, plan_id: str) -> str | None:
         """The digest the plan was first delivered with, or None for a plan never seen."""
         first = self.journal.first_event_of_plan(plan_id)
-        return None if first is None else str(first.data.get("plan_digest"))
+        return None if first is None else Created.from_data(first.data).plan_digest
 
     @asynccontextmanager
     async def _work(self) -> AsyncIterator[None]:
@@ -716,20 +716,17 @@ class Engine:
         # append_many stores the events at the seqs after last_seq, in order, or none.
         seqs = range(self.journal.last_seq + 1, self.journal.last_seq + 1 + len(orders))
         for (order_id, intent, extra), seq in zip(orders, seqs, strict=True):
-            data: dict[str, Any] = {
-                "intent": intent.model_dump(mode="json"),
-                "config": config,
-                "plan_digest": digest,
-                **extra,
-            }
+            created = Created(
+                intent=intent.model_dump(mode="json"), config=config, plan_digest=digest, **extra
+            )
             event = NewEvent(
                 kind=EventKind.CREATED,
                 order_id=order_id,
                 plan_id=plan_id,
                 to_state=OrderState.PENDING,
-                data=data,
+                data=created.to_data(),
             )
-            record = OrderRecord.created(event, stamp(at), seq)
+            record = OrderRecord.start(order_id, plan_id, created, stamp(at), seq)
             records.append(record)
             items.append((event, record.projection()))
         self.crash_points.hit(f"before_append.{EventKind.CREATED}")
@@ -896,10 +893,9 @@ def _describe_found(record: OrderRecord) -> str:
     parts = [f"filled {decimal_text(record.filled_qty)}/{decimal_text(record.quantity)}"]
     if record.live_broker_order_id:
         parts.append(f"live {record.live_client_order_id}")
-    if record.pending_intent:
-        parts.append(
-            f"unanswered {record.pending_intent['kind']} {record.pending_intent['client_order_id']}"
-        )
+    pending = record.pending_intent
+    if pending is not None:
+        parts.append(f"unanswered {pending.KIND} {pending.client_order_id}")
     if record.pending_cancel:
         parts.append(f"unanswered cancel of {record.pending_cancel}")
     return ", ".join(parts)

@@ -14,7 +14,7 @@ from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property, partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import structlog
 
@@ -31,10 +31,29 @@ from .errors import (
     NotReplaceable,
     OrderNotFound,
 )
+from .events import (
+    Ack,
+    CancelAck,
+    CancelIntent,
+    Errored,
+    Fill,
+    IntentWithdrawn,
+    OrderFinal,
+    OutcomeUnknown,
+    Rejected,
+    ReplaceAck,
+    ReplaceIntent,
+    SubmitAck,
+    SubmitIntent,
+    payload_of,
+)
+from .events import (
+    StopRequested as StopJournaled,
+)
 from .fsm import FailReason
 from .intents import OrderSide
-from .numbers import ZERO, decimal_text
-from .order import EventKind, OrderRecord, client_order_id, engine_order_of, intent_step
+from .numbers import ZERO
+from .order import OrderRecord, client_order_id, engine_order_of
 from .retry import read_with_retry
 from .stopping import StopRequested
 
@@ -54,6 +73,7 @@ CLOSE_POSITION, CLOSE_STEP, MARKET_STEP = "close_position", "C", "M"
 PRICE_STEP = Decimal("0.000001")
 T = TypeVar("T")
 Finder = Callable[[], Awaitable[BrokerOrder | None]]
+Intent = SubmitIntent | ReplaceIntent
 # what a broker order can end in without filling (walkbook asked for it, or someone else
 # did), and the reason the walk fails with when walkbook did not ask
 ENDED_UNFILLED = {
@@ -93,7 +113,7 @@ class OrderGateway:
     @cached_property
     def log(self) -> structlog.typing.FilteringBoundLogger:
         """The order's logger, bound on first use: most reconciles log nothing, and binding
-        costs about as much as reconciling an order with nothing to settle."""
+        one is a large share of reconciling an order with nothing to settle."""
         record = self.record
         logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("walkbook").bind(
             order_id=record.order_id,
@@ -124,37 +144,30 @@ class OrderGateway:
         raise BrokerUnavailable(f"outcome of {cid} is still unknown", client_order_id=cid)
 
     async def _side_effect(
-        self,
-        intent_kind: str,
-        ack_kind: str,
-        data: dict[str, Any],
-        call: Callable[[], Awaitable[BrokerOrder]],
+        self, intent: SubmitIntent, call: Callable[[], Awaitable[BrokerOrder]]
     ) -> BrokerOrder:
         """Write-ahead: journal the intent, then perform the call and journal its outcome."""
-        self.journal.write(intent_kind, data)
-        cid = data["client_order_id"]
-        find = self._finder({"kind": intent_kind, **data})
-        return await self._perform(intent_kind, ack_kind, cid, call, fresh=True, find=find)
+        self.journal.write(intent)
+        return await self._perform(intent, call, fresh=True, find=self._finder(intent))
 
-    def _finder(self, intent: dict[str, Any]) -> Finder:
+    def _finder(self, intent: Intent) -> Finder:
         """How to find the broker order an intent may have made: by its client order id, or
         for a close-position (whose client id is the broker's) among the symbol's recent
         orders."""
-        if intent.get("order_type") == CLOSE_POSITION:
+        if isinstance(intent, SubmitIntent) and intent.order_type == CLOSE_POSITION:
             return partial(self._find_close_order, intent)
-        broker, cid = self.ctx.broker, intent["client_order_id"]
-        return partial(broker.get_order_by_client_id, cid)
+        return partial(self.ctx.broker.get_order_by_client_id, intent.client_order_id)
 
-    async def _find_close_order(self, intent: dict[str, Any]) -> BrokerOrder | None:
+    async def _find_close_order(self, intent: SubmitIntent) -> BrokerOrder | None:
         """The sell of exactly the intent's qty of the symbol submitted since the intent, with
         a client id that is not walkbook's and no acknowledgement in this order's journal."""
-        since = datetime.fromisoformat(intent["sent_after"])
-        symbol, qty = self.record.intent.symbol, Decimal(intent["qty"])
-        recent = await self.ctx.broker.recent_orders(symbol, since)
+        assert intent.sent_after is not None, "a close-position intent records when it was sent"
+        since = datetime.fromisoformat(intent.sent_after)
+        recent = await self.ctx.broker.recent_orders(self.record.intent.symbol, since)
         for order in recent:
             if (
                 order.side is OrderSide.SELL
-                and order.qty == qty
+                and order.qty == intent.qty
                 and engine_order_of(order.client_order_id) is None
                 and order.id not in self.record.broker_order_ids
             ):
@@ -163,9 +176,7 @@ class OrderGateway:
 
     async def _perform(
         self,
-        intent_kind: str,
-        ack_kind: str,
-        cid: str,
+        intent: Intent,
         call: Callable[[], Awaitable[BrokerOrder]],
         *,
         fresh: bool = False,
@@ -177,7 +188,7 @@ class OrderGateway:
         its client order id then means another journal placed it (the same plan delivered
         twice on one account): never adopted, so nothing is counted or traded twice.
         """
-        adopted = False
+        cid, adopted = intent.client_order_id, False
         try:
             try:
                 order = await call()
@@ -194,61 +205,50 @@ class OrderGateway:
                 order, adopted = found, True
             except BrokerUnavailable as exc:
                 self.journal.write(
-                    EventKind.OUTCOME_UNKNOWN,
-                    {"client_order_id": cid, "operation": intent_kind, "error": exc.message},
+                    OutcomeUnknown(client_order_id=cid, operation=intent.KIND, error=exc.message)
                 )
                 find = find or partial(self.ctx.broker.get_order_by_client_id, cid)
                 order, adopted = await self._resolve_unknown(cid, call, find), True
         except BrokerRejected as exc:
             self.journal.write(
-                EventKind.REJECTED,
-                {"client_order_id": cid, "reason": exc.reason, "message": exc.message},
+                Rejected(client_order_id=cid, reason=exc.reason, message=exc.message)
             )
             raise
-        self._acknowledge(ack_kind, order, adopted)
+        self._acknowledge(intent, order, adopted)
         return order
 
-    def _acknowledge(self, ack_kind: str, order: BrokerOrder, adopted: bool) -> None:
-        self.journal.write(
-            ack_kind,
-            {
-                "client_order_id": order.client_order_id,
-                "broker_order_id": order.id,
-                "status": order.status.value,
-                "adopted": adopted,
-                **({"replaces": order.replaces} if order.replaces else {}),
-            },
-        )
+    def _acknowledge(self, intent: Intent, order: BrokerOrder, adopted: bool) -> None:
+        ids = {"client_order_id": order.client_order_id, "broker_order_id": order.id}
+        status = order.status.value
+        if isinstance(intent, SubmitIntent):
+            self.journal.write(SubmitAck(**ids, status=status, adopted=adopted))
+        else:
+            replaced = order.replaces or None
+            self.journal.write(ReplaceAck(**ids, status=status, adopted=adopted, replaces=replaced))
 
-    def _request(self, data: dict[str, Any]) -> OrderRequest:
+    def _request(self, intent: SubmitIntent) -> OrderRequest:
         """The broker request a journaled submit_intent describes."""
-        limit = data["limit_price"]
         return OrderRequest(
-            client_order_id=data["client_order_id"],
+            client_order_id=intent.client_order_id,
             symbol=self.record.intent.symbol,
             side=self.record.intent.side,
-            qty=Decimal(data["qty"]),
-            order_type=data["order_type"],
-            limit_price=None if limit is None else Decimal(limit),
+            qty=intent.qty,
+            order_type="market" if intent.limit_price is None else "limit",
+            limit_price=intent.limit_price,
         )
 
     async def _submit(self, step: str, attempt: int, qty: Decimal, price: Decimal | None) -> None:
         self.check_not_stopped()
-        data = {
-            "client_order_id": client_order_id(self.record.order_id, step, attempt),
-            "step": step,
-            "attempt": attempt,
-            "order_type": "market" if price is None else "limit",
-            "qty": decimal_text(qty),
-            "limit_price": None if price is None else decimal_text(price),
-        }
-        request = self._request(data)
-        order = await self._side_effect(
-            EventKind.SUBMIT_INTENT,
-            EventKind.SUBMIT_ACK,
-            data,
-            lambda: self.ctx.broker.submit_order(request),
+        intent = SubmitIntent(
+            client_order_id=client_order_id(self.record.order_id, step, attempt),
+            step=step,
+            attempt=attempt,
+            order_type="market" if price is None else "limit",
+            qty=qty,
+            limit_price=price,
         )
+        request = self._request(intent)
+        order = await self._side_effect(intent, lambda: self.ctx.broker.submit_order(request))
         self.absorb(order)
 
     def absorb(self, order: BrokerOrder) -> None:
@@ -266,33 +266,28 @@ class OrderGateway:
                 PRICE_STEP
             )
             self.journal.write(
-                EventKind.FILL,
-                {
-                    "broker_order_id": order.id,
-                    "client_order_id": order.client_order_id,
-                    "qty": decimal_text(delta),
-                    "price": decimal_text(price),
-                    "cum_qty": decimal_text(order.filled_qty),
-                    "cum_avg_price": decimal_text(avg),
-                },
+                Fill(
+                    broker_order_id=order.id,
+                    client_order_id=order.client_order_id,
+                    qty=delta,
+                    price=price,
+                    cum_qty=order.filled_qty,
+                    cum_avg_price=avg,
+                )
             )
             self.log.info("order.fill", qty=str(delta), price=str(price))
             if self.record.filled_qty > self.record.quantity:
-                self.journal.write(
-                    EventKind.ERROR,
-                    {"error": "overfill", "filled_qty": decimal_text(self.record.filled_qty)},
-                )
+                self.journal.write(Errored(error="overfill", filled_qty=self.record.filled_qty))
                 self.log.error("order.overfill", filled=str(self.record.filled_qty))
         if order.is_terminal and order.id not in self.record.final_broker_orders:
             external = self._ended_elsewhere(order)
             self.journal.write(
-                EventKind.ORDER_FINAL,
-                {
-                    "broker_order_id": order.id,
-                    "status": order.status.value,
-                    "filled_qty": decimal_text(order.filled_qty),
-                    **({"external": True} if external else {}),
-                },
+                OrderFinal(
+                    broker_order_id=order.id,
+                    status=order.status.value,
+                    filled_qty=order.filled_qty,
+                    external=external,
+                )
             )
             if external:
                 self.log.warning("order.ended_at_broker", status=order.status.value)
@@ -361,9 +356,9 @@ class OrderGateway:
         """The client order id an acknowledgement journaled for a broker order (a rare read:
         only a broker that lost an order's id needs it)."""
         for event in self.ctx.journal.events(order_id=self.record.order_id):
-            acked = event.kind in (EventKind.SUBMIT_ACK, EventKind.REPLACE_ACK)
-            if acked and event.data["broker_order_id"] == broker_order_id:
-                return str(event.data["client_order_id"])
+            payload = payload_of(event.kind, event.data)
+            if isinstance(payload, Ack) and payload.broker_order_id == broker_order_id:
+                return payload.client_order_id
         return None
 
     async def cancel_live(self) -> None:
@@ -371,13 +366,13 @@ class OrderGateway:
         live = self.record.live_broker_order_id
         if live is None:
             return
-        self.journal.write(EventKind.CANCEL_INTENT, {"broker_order_id": live})
+        self.journal.write(CancelIntent(broker_order_id=live))
         await self.send_cancel(live)
         await self.confirm_terminal(live)
 
     def journal_stop(self, reason: FailReason) -> None:
         if self.record.stop_reason is None:
-            self.journal.write(EventKind.STOP_REQUESTED, {"reason": reason.value})
+            self.journal.write(StopJournaled(reason=reason.value))
 
     async def pull_live_order(self) -> None:
         """Giving up for now: ask the broker to cancel the live order so nothing trades unwatched.
@@ -387,7 +382,7 @@ class OrderGateway:
         live = self.record.live_broker_order_id
         if live is None or self.record.pending_cancel == live:
             return
-        self.journal.write(EventKind.CANCEL_INTENT, {"broker_order_id": live})
+        self.journal.write(CancelIntent(broker_order_id=live))
         try:
             await self.send_cancel(live)
         except BrokerUnavailable as exc:
@@ -401,7 +396,7 @@ class OrderGateway:
             self.log.info(
                 "broker.cancel_refused", broker_order_id=broker_order_id, error=exc.message
             )
-        self.journal.write(EventKind.CANCEL_ACK, {"broker_order_id": broker_order_id})
+        self.journal.write(CancelAck(broker_order_id=broker_order_id))
 
     def next_attempt(self, step: str) -> int:
         """Attempts are counted per step from the journal, so a resumed walk never reuses an id."""
@@ -413,37 +408,31 @@ class OrderGateway:
         assert old_id is not None
         qty = self.record.remaining_qty
         attempt = self.next_attempt(step)
-        cid = client_order_id(self.record.order_id, step, attempt)
         self.check_not_stopped()
-        data = {
-            "client_order_id": cid,
-            "step": step,
-            "attempt": attempt,
-            "broker_order_id": old_id,
-            "qty": decimal_text(qty),
-            "limit_price": decimal_text(price),
-        }
-        self.journal.write(EventKind.REPLACE_INTENT, data)
-        await self._perform_replace(data, step, price, fresh=True)
+        intent = ReplaceIntent(
+            client_order_id=client_order_id(self.record.order_id, step, attempt),
+            step=step,
+            attempt=attempt,
+            broker_order_id=old_id,
+            qty=qty,
+            limit_price=price,
+        )
+        self.journal.write(intent)
+        await self._perform_replace(intent, fresh=True)
 
-    async def _perform_replace(
-        self, data: dict[str, Any], step: str, price: Decimal, *, fresh: bool = False
-    ) -> None:
+    async def _perform_replace(self, intent: ReplaceIntent, *, fresh: bool = False) -> None:
         """Send a journaled replace; if the old order already finished, place anew instead."""
-        broker, old_id, cid = self.ctx.broker, data["broker_order_id"], data["client_order_id"]
-        qty = Decimal(data["qty"])
+        broker, old_id, cid = self.ctx.broker, intent.broker_order_id, intent.client_order_id
+        step, price = intent.walk_step, intent.limit_price
         try:
             new = await self._perform(
-                EventKind.REPLACE_INTENT,
-                EventKind.REPLACE_ACK,
-                cid,
-                lambda: broker.replace_order(old_id, qty, price, cid),
+                intent,
+                lambda: broker.replace_order(old_id, intent.qty, price, cid),
                 fresh=fresh,
             )
         except NotReplaceable as exc:
             self.journal.write(
-                EventKind.REJECTED,
-                {"client_order_id": cid, "reason": "not_replaceable", "message": exc.message},
+                Rejected(client_order_id=cid, reason="not_replaceable", message=exc.message)
             )
             await self.cancel_live()
             return await self.submit_remaining(step, price)
@@ -451,8 +440,7 @@ class OrderGateway:
             # the order to replace is unknown to the broker: nothing was made; its fate is
             # settled like any order the broker lost
             self.journal.write(
-                EventKind.REJECTED,
-                {"client_order_id": cid, "reason": "order_not_found", "message": exc.message},
+                Rejected(client_order_id=cid, reason="order_not_found", message=exc.message)
             )
             raise BrokerOrderMissing(old_id) from None
         # the old order stays `pending_replace` (and may still fill) until the broker
@@ -496,61 +484,47 @@ class OrderGateway:
         if reason is not None:
             raise StopRequested(reason)
 
-    async def resolve_pending(self, intent: dict[str, Any]) -> None:
+    async def resolve_pending(self, intent: Intent) -> None:
         """An intent without an answer: adopt the broker's order if it exists, else send again."""
-        cid, kind = intent["client_order_id"], intent["kind"]
-        broker = self.ctx.broker
+        cid, broker = intent.client_order_id, self.ctx.broker
         find = self._finder(intent)
         found = await self.read(find)
         self.log.info("resume.pending_intent", client_order_id=cid, found=found is not None)
-        ack_kind = (
-            EventKind.SUBMIT_ACK if kind == EventKind.SUBMIT_INTENT else EventKind.REPLACE_ACK
-        )
         if found is not None:
-            self._acknowledge(ack_kind, found, adopted=True)
+            self._acknowledge(intent, found, adopted=True)
             self.absorb(found)
-            if kind == EventKind.REPLACE_INTENT:  # the old order may fill until replaced
-                await self.confirm_terminal(intent["broker_order_id"])
+            if isinstance(intent, ReplaceIntent):  # the old order may fill until replaced
+                await self.confirm_terminal(intent.broker_order_id)
             return
         if self.stop_reason() is not None:
             # stopping: what the broker never had is not sent now, and never will be
-            self.journal.write(EventKind.INTENT_WITHDRAWN, {"client_order_id": cid})
+            self.journal.write(IntentWithdrawn(client_order_id=cid))
             return
-        data = {k: v for k, v in intent.items() if k != "kind"}
-        if data.get("order_type") == CLOSE_POSITION:
-            symbol, qty = self.record.intent.symbol, Decimal(data["qty"])
+        if isinstance(intent, ReplaceIntent):
+            await self._perform_replace(intent)
+        elif intent.order_type == CLOSE_POSITION:
+            symbol, qty = self.record.intent.symbol, intent.qty
             await self.close_sent(
-                await self._perform(
-                    kind, ack_kind, cid, lambda: broker.close_position(symbol, qty), find=find
-                )
-            )
-        elif kind == EventKind.SUBMIT_INTENT:
-            request = self._request(data)
-            self.absorb(
-                await self._perform(kind, ack_kind, cid, lambda: broker.submit_order(request))
+                await self._perform(intent, lambda: broker.close_position(symbol, qty), find=find)
             )
         else:
-            await self._perform_replace(data, intent_step(intent), Decimal(data["limit_price"]))
+            request = self._request(intent)
+            self.absorb(await self._perform(intent, lambda: broker.submit_order(request)))
 
     async def close_fraction(self, qty: Decimal) -> None:
         """Sell `qty` through the broker's close-position route, write-ahead like any side
         effect (found again after a crash among the symbol's recent orders)."""
         symbol = self.record.intent.symbol
-        data = {
-            "client_order_id": client_order_id(self.record.order_id, CLOSE_STEP, 1),
-            "step": CLOSE_STEP,
-            "attempt": 1,
-            "order_type": CLOSE_POSITION,
-            "qty": decimal_text(qty),
-            "limit_price": None,
-            "sent_after": stamp(self.ctx.clock.now()),
-        }
-        order = await self._side_effect(
-            EventKind.SUBMIT_INTENT,
-            EventKind.SUBMIT_ACK,
-            data,
-            lambda: self.ctx.broker.close_position(symbol, qty),
+        intent = SubmitIntent(
+            client_order_id=client_order_id(self.record.order_id, CLOSE_STEP, 1),
+            step=CLOSE_STEP,
+            attempt=1,
+            order_type=CLOSE_POSITION,
+            qty=qty,
+            limit_price=None,
+            sent_after=stamp(self.ctx.clock.now()),
         )
+        order = await self._side_effect(intent, lambda: self.ctx.broker.close_position(symbol, qty))
         await self.close_sent(order)
 
     async def close_sent(self, order: BrokerOrder) -> None:

@@ -17,8 +17,9 @@ import structlog
 
 from journal import Event
 
+from .events import Failed, Fill, Payload, StepEntered, Transition
 from .fsm import OrderState
-from .order import EventKind, OrderRecord
+from .order import OrderRecord
 from .results import PlanResult
 
 __all__ = [
@@ -108,7 +109,7 @@ class Hooks:
                     error=f"{type(exc).__name__}: {exc}",
                 )
 
-    def after_commit(self, record: OrderRecord, event: Event) -> None:
+    def after_commit(self, record: OrderRecord, event: Event, payload: Payload) -> None:
         """The walk's listener: turn a committed order event into the notice it stands for."""
         where = (
             record.order_id,
@@ -118,26 +119,24 @@ class Hooks:
             event.at,
             event.seq,
         )
-        data = event.data
-        if event.kind == EventKind.TRANSITION:
-            limit = data.get("limit_price")
+        if isinstance(payload, Transition):
             self.deliver(
                 OrderTransitioned(
                     *where,
                     source=str(event.from_state),
                     dest=str(event.to_state),
-                    reason=data.get("reason"),
-                    limit_price=None if limit is None else Decimal(limit),
+                    reason=payload.reason if isinstance(payload, Failed) else None,
+                    limit_price=payload.limit_price if isinstance(payload, StepEntered) else None,
                     detail=record.failure_detail if event.to_state == OrderState.FAILED else None,
                 )
             )
-        elif event.kind == EventKind.FILL:
+        elif isinstance(payload, Fill):
             self.deliver(
                 OrderFilled(
                     *where,
                     side=record.intent.side.value,
-                    qty=Decimal(data["qty"]),
-                    price=Decimal(data["price"]),
+                    qty=payload.qty,
+                    price=payload.price,
                     filled_qty=record.filled_qty,
                 )
             )

@@ -32,9 +32,10 @@ from journal import Event
 
 from .crash import CrashingBroker
 from .errors import InputError
+from .events import EventKind, Fill, Payload
 from .fsm import TERMINAL_STATES
 from .intents import OrderSide
-from .order import EventKind, OrderRecord
+from .order import OrderRecord
 from .quotes import QuoteCounters
 from .results import OrderResult
 
@@ -257,14 +258,13 @@ class WalkbookMetrics:
         except Exception as exc:  # the commit stands; a metric must never fail it
             self._log.error("metrics.failed", error=f"{type(exc).__name__}: {exc}")
 
-    def _after_commit(self, record: OrderRecord, event: Event) -> None:
+    def _after_commit(self, record: OrderRecord, event: Event, payload: Payload) -> None:
         """Each order event: a fill counted, or an order finished."""
         try:
-            if event.kind == EventKind.FILL:
+            if isinstance(payload, Fill):
                 side = record.intent.side.value
-                qty, price = float(event.data["qty"]), float(event.data["price"])
                 self.fills.labels(side).inc()
-                self.filled_dollars.labels(side).inc(qty * price)
+                self.filled_dollars.labels(side).inc(float(payload.qty * payload.price))
             elif event.kind == EventKind.TRANSITION and event.to_state in TERMINAL_STATES:
                 self._finished(record)
         except Exception as exc:  # the walk goes on as if metrics were off

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, field
 from dataclasses import fields as dataclass_fields
@@ -20,20 +20,43 @@ from typing import Any
 from journal import Event, HistoryRow, NewEvent, canonical_json
 
 from .config import DISTINCT_CONFIGS_KEPT
+from .events import (
+    Ack,
+    CancelAck,
+    CancelIntent,
+    Created,
+    Escalated,
+    Failed,
+    Fill,
+    IntentWithdrawn,
+    OrderFinal,
+    Payload,
+    PositionRead,
+    Quoted,
+    Rejected,
+    ReplaceAck,
+    ReplaceIntent,
+    Resized,
+    Settled,
+    StepEntered,
+    StopRequested,
+    SubmitAck,
+    SubmitIntent,
+    Transition,
+    Validated,
+    payload_of,
+)
 from .fsm import FailReason, OrderState, is_limit_step
 from .intents import OrderIntent
 from .numbers import ZERO, decimal_text
 
 __all__ = [
-    "EVENT_KINDS",
-    "EventKind",
     "OrderRecord",
     "client_order_id",
     "engine_order_of",
     "failure_detail",
     "fold_history",
     "fold_orders",
-    "intent_step",
     "make_order_id",
     "shared_config",
 ]
@@ -41,33 +64,6 @@ __all__ = [
 CLIENT_ORDER_ID_MAX = 48
 DETAIL_LIMIT = 200  # a failure detail is one line of about this many characters
 _AVG_PLACES = Decimal("1e-9")  # the projection's avg_price is rounded to 9 decimals
-
-
-class EventKind:
-    """Every event kind the engine writes; docs/journal-format.md describes each."""
-
-    CREATED = "created"
-    TRANSITION = "transition"
-    POSITION_READ = "position_read"
-    SUBMIT_INTENT = "submit_intent"
-    SUBMIT_ACK = "submit_ack"
-    REPLACE_INTENT = "replace_intent"
-    REPLACE_ACK = "replace_ack"
-    CANCEL_INTENT = "cancel_intent"
-    CANCEL_ACK = "cancel_ack"
-    OUTCOME_UNKNOWN = "outcome_unknown"
-    REJECTED = "rejected"
-    FILL = "fill"
-    ORDER_FINAL = "order_final"
-    RESIZED = "resized"
-    INTENT_WITHDRAWN = "intent_withdrawn"
-    STOP_REQUESTED = "stop_requested"
-    ERROR = "error"
-
-
-EVENT_KINDS: tuple[str, ...] = tuple(
-    value for name, value in vars(EventKind).items() if name.isupper()
-)
 
 
 def make_order_id(plan_id: str, index: int, intent: OrderIntent, attempt: int = 1) -> str:
@@ -84,13 +80,6 @@ def client_order_id(order_id: str, step: str, attempt: int) -> str:
     value = f"wb-{order_id}-{step}-{attempt}"
     assert len(value) <= CLIENT_ORDER_ID_MAX, value
     return value
-
-
-def intent_step(data: Mapping[str, Any]) -> str:
-    """The walk step a submit or replace intent was journaled for. Journals written before
-    intents carried `step` name it only inside the client order id (`wb-<order>-<step>-<n>`)."""
-    step = data.get("step")
-    return str(step) if step is not None else str(data["client_order_id"]).split("-")[-2]
 
 
 def engine_order_of(client_id: str) -> str | None:
@@ -114,8 +103,8 @@ def shared_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
     Each `created` event carries the full configuration, so 10,000 resumed orders would
     otherwise hold 10,000 equal copies. Shared: never mutate it. Orders come in plans
-    that share one configuration, so the one shared last is compared first (an equality
-    test costs a tenth of encoding the configuration to look it up); equal by value, so
+    that share one configuration, so the one shared last is compared first (cheaper than
+    encoding it to look it up); equal by value, so
     a configuration differing only in writing 10 for 10.0 shares that dict, which
     validates to the same `EngineConfig`.
     """
@@ -156,7 +145,7 @@ class OrderRecord:
     client_order_ids: tuple[str, ...] = ()
     # the walk step (L1.., M, C) each of `client_order_ids` was journaled for, index by index
     intent_steps: tuple[str, ...] = ()
-    pending_intent: dict[str, Any] | None = None
+    pending_intent: SubmitIntent | ReplaceIntent | None = None
     pending_cancel: str | None = None
     cancels_sent: frozenset[str] = frozenset()
     ended_at_broker: dict[str, Any] | None = None
@@ -221,39 +210,27 @@ class OrderRecord:
     @classmethod
     def created(cls, event: NewEvent | Event, at: str, seq: int) -> OrderRecord:
         """The record an order's `created` event, stored at `seq`, starts."""
-        data = event.data
         assert event.order_id is not None
-        return cls(
-            order_id=event.order_id,
-            plan_id=event.plan_id,
-            intent=OrderIntent.model_validate(data["intent"]),
-            state=OrderState.PENDING,
-            created_at=at,
-            updated_at=at,
-            config=shared_config(data.get("config", {})),
-            last_seq=seq,
-        )
+        return cls.start(event.order_id, event.plan_id, Created.from_data(event.data), at, seq)
 
     @classmethod
-    def _started(
-        cls, order_id: str, plan_id: str | None, data: Mapping[str, Any], at: str, seq: int
+    def start(
+        cls, order_id: str, plan_id: str | None, created: Created, at: str, seq: int
     ) -> OrderRecord:
-        """`created` from the event's parts, the fields filled in without `__init__`.
+        """The record a `created` payload begins, the first step of every fold.
 
-        For the folds that rebuild many orders at once (resume's, the audit's): the frozen
-        `__init__` (a guarded setattr per field) costs as much as validating the intent.
+        Its fields are filled in without the frozen `__init__` (docs/benchmarks.md,
+        "Speed tricks"): a fold rebuilds many orders at once.
         """
-        intent = OrderIntent.model_validate(data["intent"])
-        config = shared_config(data.get("config", {}))
         fields = _BLANK_FIELDS.copy()
         fields.update(
             order_id=order_id,
             plan_id=plan_id,
-            intent=intent,
+            intent=OrderIntent.model_validate(created.intent),
             state=OrderState.PENDING,
             created_at=at,
             updated_at=at,
-            config=config,
+            config=shared_config(created.config),
             broker_filled={},
             broker_notional={},
             last_seq=seq,
@@ -262,103 +239,34 @@ class OrderRecord:
         object.__setattr__(record, "__dict__", fields)
         return record
 
-    def apply(
-        self, kind: str, to_state: str | None, data: dict[str, Any], at: str, seq: int
-    ) -> OrderRecord:
-        """The record after one more event, stored at `seq`.
+    def apply(self, payload: Payload, to_state: str | None, at: str, seq: int) -> OrderRecord:
+        """The record after one more event, stored at `seq`: pure, the live walk's fold.
 
-        Pure: the live path and replay share it. A copy of the fields, then the event
-        folded into the copy: `dataclasses.replace` without its pass through `__init__`,
-        which costs about ten times as much for 28 fields (the record has no
-        `__post_init__` or validation for that pass to run).
+        A copy of the fields with the event folded into the copy (`dataclasses.replace`
+        without its pass through `__init__`; docs/benchmarks.md, "Speed tricks").
         """
         record = object.__new__(type(self))
         record.__dict__.update(self.__dict__)
-        record._apply_in_place(kind, to_state, data, at, seq)
+        record.fold_in(payload, to_state, at, seq)
         return record
 
-    def _apply_in_place(
-        self, kind: str, to_state: str | None, data: dict[str, Any], at: str, seq: int
-    ) -> None:
-        """Write what one event of `kind` changes into this record's own fields.
+    def apply_event(self, event: Event) -> OrderRecord:
+        """The record after a stored event of this order (`apply` of its typed payload)."""
+        return self.apply(payload_of(event.kind, event.data), event.to_state, event.at, event.seq)
 
-        `apply` runs it on a fresh copy. Called directly only by a fold that owns the
-        record and keeps no earlier version of it (resume's, the audit's), which saves the
-        copy of 28 fields per event, about half of what `apply` costs. An event that
-        raises may leave the record half-changed, so the fold must drop it then.
+    def fold_in(self, payload: Payload, to_state: str | None, at: str, seq: int) -> None:
+        """Write what one event changes into this record's own fields.
+
+        For a fold that owns the record and keeps no earlier version of it (resume's, the
+        audit's: `fold_history`, `audit.fold.OrderFold`); everyone else calls `apply`. An
+        event that raises may leave the record half-changed, so the fold must drop it then.
         """
         fields = self.__dict__
         fields["updated_at"] = at
         fields["last_seq"] = seq
-        if kind == EventKind.TRANSITION:
-            if to_state is None:
-                return
-            fields["state"] = to_state
-            fields["state_entered_at"] = at
-            limit = data.get("limit_price")
-            fields["step_limit_price"] = None if limit is None else Decimal(limit)
-            fields["step_quote"] = data.get("quote")
-            if to_state == _FAILED:
-                fields["reason"] = data["reason"]
-                fields["failure_detail"] = failure_detail(self, data)
-            elif to_state == _QUOTED:
-                fields["arrival"] = data["quote"]
-            elif to_state == _MARKET or is_limit_step(to_state):
-                fields["steps_used"] += 1
-        elif kind == EventKind.FILL:
-            broker_id = data["broker_order_id"]
-            qty, price = Decimal(data["qty"]), Decimal(data["price"])
-            traded = qty * price
-            fields["filled_qty"] += qty
-            fields["notional"] += traded
-            notional = fields["broker_notional"]
-            # new dicts: a record `apply` copied shares them with the record before it
-            fields["broker_filled"] = {
-                **fields["broker_filled"],
-                broker_id: Decimal(data["cum_qty"]),
-            }
-            fields["broker_notional"] = {
-                **notional,
-                broker_id: notional.get(broker_id, ZERO) + traded,
-            }
-        elif kind == EventKind.POSITION_READ:
-            qty = Decimal(data["qty"])
-            if data["phase"] == "before":
-                fields["position_before"] = qty
-                if data.get("target_qty") is not None:
-                    fields["target_qty"] = Decimal(data["target_qty"])
-            else:
-                fields["position_after"] = qty
-        elif kind in _INTENT_KINDS:
-            fields["pending_intent"] = {"kind": kind, **data}
-            fields["client_order_ids"] += (data["client_order_id"],)
-            fields["intent_steps"] += (intent_step(data),)
-        elif kind in _ACK_KINDS:
-            broker_id = data["broker_order_id"]
-            fields["live_broker_order_id"] = broker_id
-            fields["live_client_order_id"] = data["client_order_id"]
-            fields["pending_intent"] = None
-            if broker_id not in fields["broker_order_ids"]:
-                fields["broker_order_ids"] += (broker_id,)
-        elif kind == EventKind.ORDER_FINAL:
-            broker_id = data["broker_order_id"]
-            fields["final_broker_orders"] = fields["final_broker_orders"] | {broker_id}
-            if broker_id == fields["live_broker_order_id"]:
-                fields["live_broker_order_id"] = None
-                fields["live_client_order_id"] = None
-            if data.get("external"):
-                fields["ended_at_broker"] = {"broker_order_id": broker_id, "status": data["status"]}
-        elif kind in _ANSWERED_UNSENT_KINDS:
-            fields["pending_intent"] = None
-        elif kind == EventKind.CANCEL_INTENT:
-            fields["pending_cancel"] = data["broker_order_id"]
-            fields["cancels_sent"] = fields["cancels_sent"] | {data["broker_order_id"]}
-        elif kind == EventKind.CANCEL_ACK:
-            fields["pending_cancel"] = None
-        elif kind == EventKind.RESIZED:
-            fields["target_qty"] = Decimal(data["qty"])
-        elif kind == EventKind.STOP_REQUESTED:
-            fields["stop_reason"] = data["reason"]
+        handler = _HANDLERS.get(type(payload))
+        if handler is not None:
+            handler(self, fields, payload, to_state, at)
 
     def projection(self) -> dict[str, Any]:
         """The row of the journal's `orders` table for this record."""
@@ -393,42 +301,165 @@ _BLANK_FIELDS: dict[str, Any] = {
     f.name: None if f.default is MISSING else f.default for f in dataclass_fields(OrderRecord)
 }
 
-_FAILED, _QUOTED, _MARKET = (
-    OrderState.FAILED.value,
-    OrderState.QUOTED.value,
-    OrderState.MARKET.value,
+_FAILED, _MARKET = OrderState.FAILED.value, OrderState.MARKET.value
+
+Fields = dict[str, Any]
+
+
+def _transition(
+    record: OrderRecord, fields: Fields, event: Transition, to_state: str | None, at: str
+) -> None:
+    if to_state is None:
+        return
+    fields["state"] = to_state
+    fields["state_entered_at"] = at
+    limit = getattr(event, "limit_price", None)
+    fields["step_limit_price"] = limit
+    fields["step_quote"] = getattr(event, "quote", None)
+    if isinstance(event, Failed):
+        fields["reason"] = event.reason
+        fields["failure_detail"] = failure_detail(record, event)
+    elif isinstance(event, Quoted):
+        fields["arrival"] = event.quote
+    elif to_state == _MARKET or is_limit_step(to_state):
+        fields["steps_used"] += 1
+
+
+def _fill(record: OrderRecord, fields: Fields, event: Fill, to_state: str | None, at: str) -> None:
+    broker_id, traded = event.broker_order_id, event.qty * event.price
+    fields["filled_qty"] += event.qty
+    fields["notional"] += traded
+    notional = fields["broker_notional"]
+    # new dicts: a record `apply` copied shares them with the record before it
+    fields["broker_filled"] = {**fields["broker_filled"], broker_id: event.cum_qty}
+    fields["broker_notional"] = {**notional, broker_id: notional.get(broker_id, ZERO) + traded}
+
+
+def _position_read(
+    record: OrderRecord, fields: Fields, event: PositionRead, to_state: str | None, at: str
+) -> None:
+    if event.phase == "before":
+        fields["position_before"] = event.qty
+        if event.target_qty is not None:
+            fields["target_qty"] = event.target_qty
+    else:
+        fields["position_after"] = event.qty
+
+
+def _intent(
+    record: OrderRecord,
+    fields: Fields,
+    event: SubmitIntent | ReplaceIntent,
+    to_state: str | None,
+    at: str,
+) -> None:
+    fields["pending_intent"] = event
+    fields["client_order_ids"] += (event.client_order_id,)
+    fields["intent_steps"] += (event.walk_step,)
+
+
+def _ack(record: OrderRecord, fields: Fields, event: Ack, to_state: str | None, at: str) -> None:
+    broker_id = event.broker_order_id
+    fields["live_broker_order_id"] = broker_id
+    fields["live_client_order_id"] = event.client_order_id
+    fields["pending_intent"] = None
+    if broker_id not in fields["broker_order_ids"]:
+        fields["broker_order_ids"] += (broker_id,)
+
+
+def _order_final(
+    record: OrderRecord, fields: Fields, event: OrderFinal, to_state: str | None, at: str
+) -> None:
+    broker_id = event.broker_order_id
+    fields["final_broker_orders"] = fields["final_broker_orders"] | {broker_id}
+    if broker_id == fields["live_broker_order_id"]:
+        fields["live_broker_order_id"] = None
+        fields["live_client_order_id"] = None
+    if event.external:
+        fields["ended_at_broker"] = {"broker_order_id": broker_id, "status": event.status}
+
+
+def _answered_unsent(
+    record: OrderRecord,
+    fields: Fields,
+    event: Rejected | IntentWithdrawn,
+    to_state: str | None,
+    at: str,
+) -> None:
+    """An intent the broker refused, or one a stop withdrew because the broker never had it."""
+    fields["pending_intent"] = None
+
+
+def _cancel_intent(
+    record: OrderRecord, fields: Fields, event: CancelIntent, to_state: str | None, at: str
+) -> None:
+    fields["pending_cancel"] = event.broker_order_id
+    fields["cancels_sent"] = fields["cancels_sent"] | {event.broker_order_id}
+
+
+def _cancel_ack(
+    record: OrderRecord, fields: Fields, event: CancelAck, to_state: str | None, at: str
+) -> None:
+    fields["pending_cancel"] = None
+
+
+def _resized(
+    record: OrderRecord, fields: Fields, event: Resized, to_state: str | None, at: str
+) -> None:
+    fields["target_qty"] = event.qty
+
+
+def _stop_requested(
+    record: OrderRecord, fields: Fields, event: StopRequested, to_state: str | None, at: str
+) -> None:
+    fields["stop_reason"] = event.reason
+
+
+Handler = Callable[[OrderRecord, Fields, Any, str | None, str], None]
+# what each payload type changes in a record (a type absent here changes only the times)
+_HANDLED: tuple[tuple[Handler, tuple[type[Payload], ...]], ...] = (
+    (_transition, (Quoted, StepEntered, Escalated, Settled, Validated, Failed)),
+    (_fill, (Fill,)),
+    (_position_read, (PositionRead,)),
+    (_intent, (SubmitIntent, ReplaceIntent)),
+    (_ack, (SubmitAck, ReplaceAck)),
+    (_order_final, (OrderFinal,)),
+    (_answered_unsent, (Rejected, IntentWithdrawn)),
+    (_cancel_intent, (CancelIntent,)),
+    (_cancel_ack, (CancelAck,)),
+    (_resized, (Resized,)),
+    (_stop_requested, (StopRequested,)),
 )
-_INTENT_KINDS = frozenset({EventKind.SUBMIT_INTENT, EventKind.REPLACE_INTENT})
-_ACK_KINDS = frozenset({EventKind.SUBMIT_ACK, EventKind.REPLACE_ACK})
-# an intent the broker refused, or one a stop withdrew because the broker never had it
-_ANSWERED_UNSENT_KINDS = frozenset({EventKind.REJECTED, EventKind.INTENT_WITHDRAWN})
+_HANDLERS: dict[type[Payload], Handler] = {
+    cls: handler for handler, types in _HANDLED for cls in types
+}
 
 
 # the figures a broker refusal carries beside its message (engine/brokers/alpaca/errors.py FIGURES,
 # the simulator's alike): what the broker counted, worth a reader's eye
 _BROKER_FIGURES = ("buying_power", "cost_basis", "available", "existing_qty", "held_for_orders")
 # data of a FAILED transition that says nothing a reader of the detail needs
-_QUIET_FIELDS = frozenset({"trigger", "reason", "message", "quote", "status", "code"})
+_QUIET_FIELDS = frozenset({"quote", "status", "code"})
 
 
-def failure_detail(record: OrderRecord, data: Mapping[str, Any]) -> str | None:
+def failure_detail(record: OrderRecord, event: Failed) -> str | None:
     """One line (at most about `DETAIL_LIMIT` characters) saying why `record` FAILED, from
-    its FAILED transition's `data`: the message journaled with it (a broker's refusal, an
-    invalid intent's problem), else a sentence built from its figures.
+    its FAILED transition: the message journaled with it (a broker's refusal, an invalid
+    intent's problem), else a sentence built from its figures.
 
     The one place the detail comes from, for the live record and the audit's replay alike;
     a message is journaled already redacted (the Alpaca adapter strips keys)."""
-    message = data.get("message")
-    if not message:
-        text = _detail_from_figures(record, data)
+    figures = event.figures
+    if not event.message:
+        text = _detail_from_figures(record, event.reason, figures)
         return None if text is None else _one_line(text)
-    figures = [f"{name} {data[name]}" for name in _BROKER_FIGURES if data.get(name) is not None]
-    return _one_line(f"{message}; {', '.join(figures)}" if figures else str(message))
+    named = [f"{name} {figures[name]}" for name in _BROKER_FIGURES if figures.get(name) is not None]
+    return _one_line(f"{event.message}; {', '.join(named)}" if named else event.message)
 
 
-def _detail_from_figures(record: OrderRecord, data: Mapping[str, Any]) -> str | None:
+def _detail_from_figures(record: OrderRecord, reason: str, data: dict[str, Any]) -> str | None:
     """The sentence for a FAILED transition journaled without a message."""
-    symbol, reason = record.intent.symbol, data.get("reason")
+    symbol = record.intent.symbol
     if reason == FailReason.MARKET_CLOSED:
         return "the market is closed"
     if reason == FailReason.NOT_TRADABLE:
@@ -472,8 +503,8 @@ def _collector_paused() -> Iterator[None]:
     """No cyclic garbage collection while a fold builds its records.
 
     A fold allocates a few objects per event, none in a cycle, and keeps the records:
-    every collection pass it triggers scans the growing heap and frees nothing (a third
-    of resuming 10,000 orders went there). Freed memory is still freed by reference
+    every collection pass it triggers scans the growing heap and frees nothing
+    (docs/benchmarks.md, "Speed tricks"). Freed memory is still freed by reference
     counting; the collector's previous state is restored.
     """
     if not gc.isenabled():
@@ -503,13 +534,14 @@ def fold_history(rows: Iterable[HistoryRow]) -> dict[str, OrderRecord]:
     """`fold_orders` from `Journal.order_history` rows, the way resume reads the journal.
 
     The fold owns the records it builds until it returns them, so each event is folded
-    in place (`OrderRecord._apply_in_place`) rather than into a copy per event.
+    in place (`OrderRecord.fold_in`) rather than into a copy per event.
     """
     records: dict[str, OrderRecord] = {}
     with _collector_paused():
         for seq, order_id, plan_id, at, kind, to_state, data in rows:
-            if kind == EventKind.CREATED:
-                records[order_id] = OrderRecord._started(order_id, plan_id, data, at, seq)
+            payload = payload_of(kind, data)
+            if isinstance(payload, Created):
+                records[order_id] = OrderRecord.start(order_id, plan_id, payload, at, seq)
             else:
-                records[order_id]._apply_in_place(kind, to_state, data, at, seq)
+                records[order_id].fold_in(payload, to_state, at, seq)
     return records

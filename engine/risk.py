@@ -25,10 +25,11 @@ from journal import Journal
 from .config import PRICED_LIMITS, EngineConfig, journaled_config
 from .context import WalkContext
 from .errors import RiskLimitBreached
+from .events import EventKind, Fill
 from .fsm import FailReason, OrderState
 from .intents import CloseType, OrderIntent, OrderSide
 from .numbers import ZERO, decimal_text
-from .order import EventKind, OrderRecord, fold_history
+from .order import OrderRecord, fold_history
 from .walk import OrderWalk
 
 __all__ = [
@@ -357,7 +358,8 @@ def traded_on(journal: Journal, day: date) -> Decimal:
             continue
         for event in journal.events(order_id=row["order_id"]):
             if event.kind == EventKind.FILL and _utc_day(event.at) == day:
-                total += Decimal(event.data["qty"]) * Decimal(event.data["price"])
+                fill = Fill.from_data(event.data)
+                total += fill.qty * fill.price
     return total
 
 

@@ -20,9 +20,10 @@ import structlog
 
 from .broker import Account
 from .context import OrderJournal, WalkContext
+from .events import Resized
 from .fsm import FailReason
 from .numbers import decimal_text, floor_to
-from .order import EventKind, OrderRecord
+from .order import OrderRecord
 from .quotes import UsableQuote
 from .walk import OrderWalk
 
@@ -131,10 +132,7 @@ class BuySizer:
     def _resize(self, record: OrderRecord, qty: Decimal, details: dict[str, Any]) -> OrderRecord:
         """Shrink a PENDING buy to `qty` (journaled, so a resume walks the same size)."""
         journal = OrderJournal(self.ctx, record)
-        journal.write(
-            EventKind.RESIZED,
-            {"qty": decimal_text(qty), "reason": FailReason.INSUFFICIENT_FUNDS.value, **details},
-        )
+        journal.write(Resized(qty=qty, reason=FailReason.INSUFFICIENT_FUNDS.value, figures=details))
         log.warning(
             "order.resized",
             order_id=record.order_id,

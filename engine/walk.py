@@ -25,6 +25,19 @@ from .errors import (
     BrokerRejected,
     BrokerUnavailable,
 )
+from .events import (
+    CancelIntent,
+    Errored,
+    Escalated,
+    Failed,
+    OrderFinal,
+    PositionRead,
+    Quoted,
+    Settled,
+    StepEntered,
+    Transition,
+    Validated,
+)
 from .fsm import FailReason, OrderMachine, OrderState, Trigger, is_limit_step, step_number
 from .gateway import (
     CLOSE_STEP,
@@ -36,7 +49,7 @@ from .gateway import (
 )
 from .intents import CloseType, OrderSide, Urgency
 from .numbers import ZERO, decimal_text
-from .order import EventKind, OrderRecord
+from .order import OrderRecord
 from .pricing import limit_price
 from .quotes import UsableQuote
 from .stopping import StopRequested
@@ -57,9 +70,6 @@ class OrderWalk:
         self.journal = OrderJournal(context, record)
         self.config = journaled_config(record.config)
         self.gateway = OrderGateway(context, self.journal, self.config)
-        self.machine = OrderMachine(
-            len(self.config.ladder), self._persist_transition, initial=record.state
-        )
         self.asset: Asset | None = None
         self._arrival_quote: UsableQuote | None = None
 
@@ -71,23 +81,27 @@ class OrderWalk:
     def log(self) -> structlog.typing.FilteringBoundLogger:
         return self.gateway.log
 
+    def _fire(self, move: Transition) -> None:
+        """Journal `move` if the order's machine allows it from the journaled state (the one
+        source of the order's state: the machine is built on it for each move)."""
+        steps = len(self.config.ladder)
+        machine = OrderMachine(steps, self._persist_transition, initial=self.record.state)
+        machine.fire(move.trigger, move=move)
+
     def _persist_transition(
-        self, trigger: str, source: str, dest: str, data: dict[str, Any]
+        self, trigger: str, source: str, dest: str, data: dict[str, Transition]
     ) -> None:
-        record = self.journal.write(
-            EventKind.TRANSITION, {"trigger": trigger, **data}, from_state=source, to_state=dest
-        )
+        move = data["move"]
+        record = self.journal.write(move, from_state=source, to_state=dest)
+        logged = _loggable(move.to_data())
         if dest == OrderState.FAILED:
-            data = {**data, "detail": record.failure_detail}
-        self.log.info("order.transition", source=source, dest=dest, **_loggable(data))
+            logged["detail"] = record.failure_detail
+        self.log.info("order.transition", source=source, dest=dest, **logged)
 
-    def _fire(self, trigger: str, **data: Any) -> None:
-        self.machine.fire(trigger, **data)
-
-    async def _fail(self, reason: FailReason, **data: Any) -> None:
+    async def _fail(self, reason: FailReason, message: str | None = None, **figures: Any) -> None:
         """End in FAILED, but only after any live broker order is confirmed gone."""
         await self.gateway.cancel_live()
-        self._fire(Trigger.FAIL, reason=reason.value, **data)
+        self._fire(_failed(reason, message, figures))
 
     async def _lost_at_broker(self, broker_order_id: str) -> None:
         """A broker order the broker has nothing of: journaled final (`not_found`, its counted
@@ -95,12 +109,7 @@ class OrderWalk:
         while True:
             counted = self.record.broker_filled.get(broker_order_id, ZERO)
             self.journal.write(
-                EventKind.ORDER_FINAL,
-                {
-                    "broker_order_id": broker_order_id,
-                    "status": "not_found",
-                    "filled_qty": decimal_text(counted),
-                },
+                OrderFinal(broker_order_id=broker_order_id, status="not_found", filled_qty=counted)
             )
             try:
                 return await self._fail(FailReason.ORDER_NOT_FOUND, broker_order_id=broker_order_id)
@@ -119,13 +128,11 @@ class OrderWalk:
         with suppress(EndedAtBroker):
             await self._reconcile({})
         for broker_order_id in self.record.unfinished_broker_orders:
-            self.journal.write(EventKind.CANCEL_INTENT, {"broker_order_id": broker_order_id})
+            self.journal.write(CancelIntent(broker_order_id=broker_order_id))
             await self.gateway.send_cancel(broker_order_id)
             await self.gateway.confirm_terminal(broker_order_id)
         self.log.warning("order.stopped", reason=reason.value)
-        self._fire(
-            Trigger.FAIL, reason=reason.value, filled_qty=decimal_text(self.record.filled_qty)
-        )
+        self._fire(_failed(reason, None, {"filled_qty": decimal_text(self.record.filled_qty)}))
 
     async def _quote(self) -> UsableQuote | None:
         quote = await self.gateway.read(
@@ -153,9 +160,11 @@ class OrderWalk:
             elapsed = (self.ctx.clock.now() - datetime.fromisoformat(entered)).total_seconds()
         return self.ctx.clock.monotonic() + max(0.0, wait_seconds - elapsed)
 
-    async def refuse(self, reason: FailReason, **data: Any) -> OrderRecord:
+    async def refuse(
+        self, reason: FailReason, message: str | None = None, **figures: Any
+    ) -> OrderRecord:
         """Fail a PENDING order before anything is sent for it."""
-        self._fire(Trigger.FAIL, reason=reason.value, **data)
+        self._fire(_failed(reason, message, figures))
         return self.record
 
     async def reconcile(self, listed: Mapping[str, BrokerOrder] | None = None) -> bool:
@@ -198,9 +207,7 @@ class OrderWalk:
             except BrokerOrderMissing as missing:
                 await self._lost_at_broker(missing.broker_order_id)
         except BrokerUnavailable as exc:
-            self.journal.write(
-                EventKind.ERROR, {"error": "broker_unavailable", "message": exc.message}
-            )
+            self.journal.write(Errored(error="broker_unavailable", message=exc.message))
             self.log.error("order.interrupted", error=exc.message)
             await self.gateway.pull_live_order()
         return False
@@ -214,7 +221,7 @@ class OrderWalk:
             await self._lost_at_broker(missing.broker_order_id)
 
     async def _drive(self) -> None:
-        while not self.machine.is_terminal:
+        while not self.record.is_terminal:
             if self.record.ended_at_broker is not None:
                 raise EndedAtBroker(self.record.ended_at_broker["broker_order_id"])
             self.gateway.check_not_stopped()
@@ -252,14 +259,7 @@ class OrderWalk:
             return await self._fail(FailReason.NOT_TRADABLE)
         position = await self.gateway.read(lambda: broker.get_position(intent.symbol))
         target = position if intent.close_type is CloseType.FULL else None
-        self.journal.write(
-            EventKind.POSITION_READ,
-            {
-                "phase": "before",
-                "qty": decimal_text(position),
-                "target_qty": None if target is None else decimal_text(target),
-            },
-        )
+        self.journal.write(PositionRead(phase="before", qty=position, target_qty=target))
         if target is not None and target <= 0:
             return await self._fail(FailReason.NO_POSITION)
         if intent.side is OrderSide.SELL and self.record.quantity > position:
@@ -268,9 +268,11 @@ class OrderWalk:
         if quote is None and not self._market_without_quote():
             return await self._fail(FailReason.NO_QUOTE)
         if quote is None:
-            self._fire(Trigger.QUOTE, quote=None, quote_missing=MARKET_WITHOUT_QUOTE)
+            self._fire(
+                Quoted(trigger=Trigger.QUOTE, quote=None, quote_missing=MARKET_WITHOUT_QUOTE)
+            )
             return
-        self._fire(Trigger.QUOTE, quote=quote.as_data())
+        self._fire(Quoted(trigger=Trigger.QUOTE, quote=quote.as_data()))
         self._arrival_quote = quote
 
     def _market_without_quote(self) -> bool:
@@ -304,8 +306,7 @@ class OrderWalk:
             or not self.config.ladder
             or self.record.remaining_qty <= 0
         ):
-            quote = await self._fresh_quote()
-            self._fire(Trigger.ESCALATE, quote=None if quote is None else quote.as_data())
+            self._fire(_escalated(await self._fresh_quote()))
             return
         await self._enter_step(1)
 
@@ -339,11 +340,13 @@ class OrderWalk:
             self.record.intent.side, quote.bid, quote.ask, ratio, self.asset.price_increment
         )
         self._fire(
-            Trigger.START_WALK if k == 1 else Trigger.NEXT_STEP,
-            ratio=decimal_text(ratio),
-            limit_price=decimal_text(price),
-            quote=quote.as_data(),
-            wait_seconds=self.config.step_wait_seconds(self.record.intent.urgency),
+            StepEntered(
+                trigger=Trigger.START_WALK if k == 1 else Trigger.NEXT_STEP,
+                ratio=ratio,
+                limit_price=price,
+                quote=quote.as_data(),
+                wait_seconds=self.config.step_wait_seconds(self.record.intent.urgency),
+            )
         )
 
     async def _limit_step(self) -> None:
@@ -357,12 +360,11 @@ class OrderWalk:
             self._deadline(self.config.step_wait_seconds(self.record.intent.urgency))
         )
         if self.record.remaining_qty <= 0:
-            self._fire(Trigger.SETTLE)
+            self._fire(Settled(trigger=Trigger.SETTLE))
         elif k < len(self.config.ladder):
             await self._enter_step(k + 1)
         else:
-            quote = await self._quote()
-            self._fire(Trigger.ESCALATE, quote=None if quote is None else quote.as_data())
+            self._fire(_escalated(await self._quote()))
 
     async def _place_limit(self, step: str, price: Decimal) -> None:
         """The step's order at `price`: the live order kept when it already rests there (a
@@ -417,7 +419,7 @@ class OrderWalk:
             await self.gateway.submit_remaining(MARKET_STEP, None)
             await self.gateway.await_fills(self.ctx.clock.monotonic() + wait)
             await self.gateway.cancel_live()
-        self._fire(Trigger.SETTLE)
+        self._fire(Settled(trigger=Trigger.SETTLE))
 
     async def _settle(self) -> None:
         """SETTLING: nothing live, then the position must have moved by exactly what filled."""
@@ -433,10 +435,7 @@ class OrderWalk:
         while abs(actual - expected) > tolerance and self.ctx.clock.monotonic() < deadline:
             await self.gateway.unless_stopped(partial(self.ctx.clock.sleep, 1.0))
             actual = await self.gateway.read(lambda: broker.get_position(symbol))
-        self.journal.write(
-            EventKind.POSITION_READ,
-            {"phase": "after", "qty": decimal_text(actual), "expected": decimal_text(expected)},
-        )
+        self.journal.write(PositionRead(phase="after", qty=actual, expected=expected))
         if abs(actual - expected) > tolerance:
             return await self._fail(
                 FailReason.VALIDATION_MISMATCH,
@@ -449,7 +448,7 @@ class OrderWalk:
                 filled_qty=decimal_text(self.record.filled_qty),
                 quantity=decimal_text(self.record.quantity),
             )
-        self._fire(Trigger.VALIDATE, position=decimal_text(actual))
+        self._fire(Validated(trigger=Trigger.VALIDATE, position=actual))
 
 
 def _reason(code: str) -> FailReason:
@@ -459,7 +458,15 @@ def _reason(code: str) -> FailReason:
         return FailReason.REJECTED
 
 
-_LOGGED_FIELDS = frozenset({"trigger", "reason", "detail", "limit_price", "ratio", "quote_missing"})
+def _failed(reason: FailReason, message: str | None, figures: dict[str, Any]) -> Failed:
+    return Failed(trigger=Trigger.FAIL, reason=reason.value, message=message, figures=figures)
+
+
+def _escalated(quote: UsableQuote | None) -> Escalated:
+    return Escalated(trigger=Trigger.ESCALATE, quote=None if quote is None else quote.as_data())
+
+
+_LOGGED_FIELDS = frozenset({"trigger", "reason", "limit_price", "ratio", "quote_missing"})
 
 
 def _loggable(data: dict[str, Any]) -> dict[str, Any]:

@@ -65,9 +65,9 @@ _CANONICAL = json.JSONEncoder(
     allow_nan=False,
     default=_encode_default,
 )
-# The C encoder that json.dumps itself runs for these options, built once instead of on
-# every call (about half the cost of encoding an event's data). The stdlib does not
-# declare it in its type stubs, and it is None without the C extension.
+# The C encoder json.dumps itself runs for these options, built once rather than per call
+# (docs/benchmarks.md, "Speed tricks"); undeclared in the stdlib's stubs, and None without
+# the C extension, when `_CANONICAL` encodes instead.
 _c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
 _CANONICAL_C: Any = (
     None
@@ -94,9 +94,9 @@ def canonical_json(value: Any) -> str:
     return text
 
 
-# msgspec decodes JSON several times faster than json.loads, to the same values (integers
-# of any size included); it refuses what json.loads accepts beyond JSON itself: NaN,
-# Infinity, out-of-range floats, lone surrogates.
+# msgspec decodes JSON to the same values as json.loads (integers of any size included),
+# faster (docs/benchmarks.md, "Speed tricks"); it refuses what json.loads accepts beyond
+# JSON itself: NaN, Infinity, out-of-range floats, lone surrogates.
 _FAST = msgspec.json.Decoder()
 
 

@@ -28,7 +28,7 @@ from walk_support import check_invariants
 from engine import Engine, EngineConfig, MarketSpec, PlanResult, RealClock, SymbolSpec, parse_plan
 from engine.brokers.alpaca import KEY_ID_ENV, SECRET_KEY_ENV, AlpacaBroker, AlpacaSettings
 from engine.brokers.simserver import FaultSpec, ServerThread, SimServer
-from engine.order import EventKind
+from engine.events import EventKind
 from journal import Event
 
 KEYS = ("PKTEST0000000000", "test-secret-never-logged")

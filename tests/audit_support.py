@@ -11,7 +11,8 @@ from typing import Any
 from conftest import START
 
 from engine import EngineConfig, MarketSpec, OrderIntent, PlanResult, SymbolSpec, parse_plan
-from engine.order import EventKind, OrderRecord
+from engine.events import EventKind, payload_of
+from engine.order import OrderRecord
 from journal import Journal, NewEvent, stamp
 
 # -- a real run on the simulator ----------------------------------------------------
@@ -103,7 +104,8 @@ class HandJournal:
         `from_state` defaults to the order's state; pass another one to forge a row.
         """
         record, at = self.records[order_id], START + timedelta(seconds=seconds)
-        updated = record.apply(kind, to_state, data, stamp(at), self.journal.last_seq + 1)
+        payload = payload_of(kind, data)
+        updated = record.apply(payload, to_state, stamp(at), self.journal.last_seq + 1)
         event = NewEvent(
             kind, order_id, record.plan_id, from_state or record.state, updated.state, data
         )

@@ -26,7 +26,7 @@ from engine.brokers.alpaca import InsufficientBuyingPower, SubPennyPrice
 from engine.brokers.alpaca.broker import OPEN_ORDERS_PER_PAGE
 from engine.brokers.simserver import FaultSpec
 from engine.errors import DuplicateClientOrderId, NotReplaceable, OrderNotFound
-from engine.order import EventKind
+from engine.events import EventKind
 
 
 def test_submit_fills_over_trade_updates_without_polling(tmp_path: Path) -> None:

@@ -35,8 +35,8 @@ from engine.brokers.alpaca import (
 from engine.brokers.alpaca.convert import account_from_sdk
 from engine.brokers.simserver import FaultSpec, ServerThread, SimServer
 from engine.errors import DuplicateClientOrderId, OrderNotFound
+from engine.events import EventKind
 from engine.fsm import FailReason
-from engine.order import EventKind
 from journal import Event
 
 UUIDS = [f"6a8f3c2e-1b4d-4e5f-9a0b-{n:012d}" for n in range(1, 5)]

@@ -23,7 +23,7 @@ from alpaca_support import (
 from engine import OrderState
 from engine.brokers.alpaca import AlpacaBroker, AlpacaConfigError
 from engine.brokers.simserver import FaultSpec, ServerThread, SimServer
-from engine.order import EventKind
+from engine.events import EventKind
 
 TWO_ORDERS = (
     {"symbol": "AAPL", "side": "buy", "quantity": "4"},

@@ -31,7 +31,7 @@ from engine import OrderState
 from engine.broker import BrokerOrderStatus
 from engine.brokers.simserver import FaultSpec
 from engine.errors import InvalidIntent
-from engine.order import EventKind
+from engine.events import EventKind
 
 WHOLE_SHARES = {"symbol": "AAPL", "side": "buy", "quantity": "6"}
 HELD_SECONDS = 5.0  # how long a POST answer is held back at most, waiting for the stream

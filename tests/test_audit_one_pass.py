@@ -29,7 +29,8 @@ from conftest import START
 from engine import replay, verify
 from engine.audit import OrderTimeline, ReplayRefused, feed, integrity, timeline
 from engine.audit.fold import OrderFold
-from engine.order import EventKind, OrderRecord
+from engine.events import EventKind
+from engine.order import OrderRecord
 from journal import GENESIS_HASH, Journal, NewEvent, body_json, hash_body
 
 SEED = 12
@@ -398,9 +399,7 @@ def test_the_in_place_fold_equals_apply(run: Any) -> None:
             folds[event.order_id] = OrderFold.start(row, event.data)
         else:
             before = records[event.order_id]
-            records[event.order_id] = before.apply(
-                event.kind, event.to_state, event.data, event.at, event.seq
-            )
+            records[event.order_id] = before.apply_event(event)
             folds[event.order_id].apply(row, event.data)
             assert before.last_seq < event.seq  # `apply` left the earlier record alone
         assert folds[event.order_id].record == records[event.order_id]

@@ -36,7 +36,8 @@ from engine import (
 )
 from engine.broker import BrokerOrderStatus
 from engine.crash import CrashPoints, SimulatedCrash, all_crash_points
-from engine.order import EventKind, fold_orders
+from engine.events import EventKind
+from engine.order import fold_orders
 from journal import Journal
 
 START = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)

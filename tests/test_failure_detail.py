@@ -33,7 +33,8 @@ from engine import (
 )
 from engine.cli import main
 from engine.crash import CrashPoints, SimulatedCrash
-from engine.order import DETAIL_LIMIT, EventKind, failure_detail, fold_orders
+from engine.events import EventKind, Failed
+from engine.order import DETAIL_LIMIT, failure_detail, fold_orders
 from engine.walk import MARKET_WITHOUT_QUOTE
 
 FAILED = "FAILED"
@@ -243,7 +244,7 @@ def test_a_detail_is_one_line_of_at_most_about_two_hundred_characters(make_rig: 
     result, _ = run_watched(rig, {"symbol": "AAPL", "side": "buy", "quantity": "2"})
     record = fold_orders(rig.journal.events(order_id=result.order_id))[result.order_id]
     message = "the broker said:\n" + "far too much " * 40
-    detail = failure_detail(record, {"reason": "rejected", "message": message})
+    detail = failure_detail(record, Failed(trigger="fail", reason="rejected", message=message))
     assert detail is not None
     assert "\n" not in detail
     assert detail.startswith("the broker said: far too much")

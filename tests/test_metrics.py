@@ -38,6 +38,7 @@ from engine import (
 )
 from engine.brokers.simserver import FaultSpec
 from engine.cli import main
+from engine.events import EventKind
 from engine.fsm import TERMINAL_STATES, OrderState
 from engine.hooks import OrderTransitioned
 from engine.metrics import (
@@ -46,7 +47,7 @@ from engine.metrics import (
     STEP_BUCKETS,
     WalkbookMetrics,
 )
-from engine.order import EventKind, fold_orders
+from engine.order import fold_orders
 from engine.results import OrderResult
 
 ROOT = Path(__file__).resolve().parent.parent

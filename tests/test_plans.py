@@ -22,7 +22,7 @@ from engine import (
     parse_plan,
 )
 from engine.crash import CrashPoints, SimulatedCrash
-from engine.order import EventKind
+from engine.events import EventKind
 from journal import Journal
 
 BOOK = {

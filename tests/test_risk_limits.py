@@ -31,7 +31,7 @@ from engine import (
 )
 from engine.cli import main as cli_main
 from engine.crash import CrashPoints, SimulatedCrash
-from engine.order import EventKind
+from engine.events import EventKind
 from journal import Journal
 from tests.conftest import START
 from tests.walk_support import NEVER, check_invariants, events, run_one, run_plan, transitions

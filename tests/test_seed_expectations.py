@@ -17,7 +17,7 @@ from walk_support import REPLACING, check_invariants, resting, steady
 from engine import InvalidIntent, Quote, SimBroker, parse_plan
 from engine.broker import BrokerOrder
 from engine.errors import OrderNotFound
-from engine.order import EventKind
+from engine.events import EventKind
 
 BUY = {"symbol": "AAPL", "side": "buy", "quantity": "10"}
 

@@ -18,8 +18,8 @@ from walk_support import check_invariants, kill_after, resting, steady
 from engine import Engine, EngineConfig, MarketSpec, SimBroker, VirtualClock, parse_plan, verify
 from engine.crash import CrashPoints, SimulatedCrash
 from engine.errors import EngineHalting, PlanAtBroker, PlansInFlight, UnknownBrokerOrders
+from engine.events import EventKind
 from engine.fsm import FailReason
-from engine.order import EventKind
 from engine.stopping import HaltRequest, write_halt_request
 
 BUY = {"symbol": "AAPL", "side": "buy", "quantity": "10"}

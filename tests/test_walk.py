@@ -39,7 +39,7 @@ from engine import (
     parse_plan,
 )
 from engine.crash import CrashPoints, SimulatedCrash
-from engine.order import EventKind
+from engine.events import EventKind
 
 HUGE = 1e9
 TICK_ONE = Decimal("0.01")

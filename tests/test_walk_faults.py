@@ -25,7 +25,7 @@ from walk_support import (
 from engine import BrokerOrderStatus, Engine, EngineConfig, SimBroker, SymbolSpec
 from engine.broker import Asset, BrokerOrder, OrderRequest
 from engine.errors import BrokerUnavailable, InvalidIntent, NotReplaceable, OutcomeUnknown
-from engine.order import EventKind
+from engine.events import EventKind
 
 # -- refusals -------------------------------------------------------------------------
 

@@ -21,7 +21,8 @@ from engine import (
     parse_plan,
 )
 from engine.broker import OrderRequest
-from engine.order import EventKind, OrderRecord, fold_orders
+from engine.events import EventKind, payload_of
+from engine.order import OrderRecord, fold_orders
 from journal import Event, Journal
 
 CLIENT_ORDER_ID_MAX = 48
@@ -163,6 +164,9 @@ def check_invariants(rig: Any, result: PlanResult | OrderResult | None = None) -
     journal, broker = rig.journal, rig.broker
     all_events = list(journal.events())
     assert journal.verify_chain() is None
+    # every event's data is exactly its typed payload: no field written that the type lacks
+    for event in all_events:
+        assert payload_of(event.kind, event.data).to_data() == event.data, event
 
     records = fold_orders(all_events)
     for order_id, record in records.items():
@@ -220,10 +224,7 @@ def _check_no_second_live_order(all_events: list[Event], order_id: str) -> None:
         if event.kind == EventKind.REPLACE_INTENT:
             assert record is not None
             assert record.live_broker_order_id == event.data["broker_order_id"]
-        if record is None:
-            record = fold_orders([event])[order_id]
-        else:
-            record = record.apply(event.kind, event.to_state, event.data, event.at, event.seq)
+        record = fold_orders([event])[order_id] if record is None else record.apply_event(event)
 
 
 def _check_fills_match_broker(all_events: list[Event], broker: SimBroker) -> None:

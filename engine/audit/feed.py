@@ -1,14 +1,14 @@
 """A helper process that reads a journal's events for an audit, so the audit's own process
 only folds them; and the hash chain's row checks, which that helper can run as it reads.
 
-Reading a row through `sqlite3` costs an audit about a third of its time (a GIL release
-and a conversion per column); decoding the same row from msgpack costs a third of that.
-For a large journal `replay` and `verify` start a `Feed`: a second process (this module
-run as a script, so it imports `journal` and the standard library, never `engine`) reads
-the rows of its own read-only snapshot, bounded to `seq <= last_seq` (where the audit's
-snapshot ends), checks their chain if asked (then it ships them without the hashes), and
-writes them to a pipe in msgpack frames, the last of which says how many rows it sent
-and the first chain problem, if any.
+Reading rows through `sqlite3` is a large share of an audit's time, and decoding them from
+msgpack a fraction of that (docs/benchmarks.md, "Speed tricks"). For a large journal
+`replay` and `verify` start a `Feed`: a second process (this module run as a script, so it
+imports `journal` and the standard library, never `engine`) reads the rows of its own
+read-only snapshot, bounded to `seq <= last_seq` (where the audit's snapshot ends), checks
+their chain if asked (then it ships them without the hashes), and writes them to a pipe in
+msgpack frames, the last of which says how many rows it sent and the first chain problem,
+if any.
 
 The two snapshots are the same commit when no other connection committed between the
 audit's first read and the helper's (`Watch`, made before the former and asked once the

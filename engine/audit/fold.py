@@ -7,8 +7,7 @@ walk reads it), every event must start from the state the previous one left, and
 record is exactly what the engine held.
 
 Rows are the stored tuples (`source.EVENT_COLUMNS` order) with their `data` decoded:
-an audit reads every event of the journal, and building an `Event` per row would
-cost about as much as reading it.
+an audit reads every event of the journal, and builds no `Event` per row.
 """
 
 from __future__ import annotations
@@ -19,8 +18,9 @@ from typing import Any
 from journal import JournalCorrupt
 
 from ..config import journaled_config
+from ..events import Created, EventKind, Payload, payload_of
 from ..fsm import OrderState, transition_table
-from ..order import EventKind, OrderRecord
+from ..order import OrderRecord
 from .source import EventRow
 
 __all__ = ["OrderFold", "ReplayRefused"]
@@ -49,15 +49,17 @@ def _moves(steps: int) -> frozenset[Move]:
 class OrderFold:
     """An order replayed up to its latest event, and the latest quote any transition journaled.
 
-    The fold owns its record and folds each event into it in place
-    (`OrderRecord._apply_in_place`, the handlers `OrderRecord.apply` runs on a copy):
-    a copy per event was a third of the fold. Once a fold refuses an event, drop it.
+    The fold owns its record and folds each event's typed payload into it in place
+    (`OrderRecord.fold_in`, what `OrderRecord.apply` runs on a copy), as resume's fold does.
+    Once a fold refuses an event, drop it.
     """
 
-    __slots__ = ("moves", "order_seq", "quote", "record", "steps")
+    __slots__ = ("moves", "order_seq", "payload", "quote", "record", "steps")
 
-    def __init__(self, record: OrderRecord, steps: int) -> None:
+    def __init__(self, record: OrderRecord, steps: int, created: Created) -> None:
         self.record = record
+        # the typed payload of the event folded last
+        self.payload: Payload = created
         self.steps = steps
         self.moves = _moves(steps)
         self.order_seq = 1
@@ -75,11 +77,12 @@ class OrderFold:
         if order_seq != 1:
             raise ReplayRefused(seq, f"created event has order_seq {order_seq}, not 1")
         try:
-            record = OrderRecord._started(order_id, plan_id, data, at, seq)
+            created = Created.from_data(data)
+            record = OrderRecord.start(order_id, plan_id, created, at, seq)
             steps = len(journaled_config(record.config).ladder)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ReplayRefused(seq, f"malformed created event: {exc}") from None
-        return cls(record, steps)
+        return cls(record, steps, created)
 
     def apply(self, row: EventRow, data: Any) -> None:
         """Fold one more event in, after checking that the order's history allows it."""
@@ -109,13 +112,14 @@ class OrderFold:
         elif to_state != state:
             raise ReplayRefused(row[0], f"a {kind} event cannot change the state")
         try:
-            record._apply_in_place(kind, to_state, data, row[4], row[0])
+            payload = payload_of(kind, data)
+            record.fold_in(payload, to_state, row[4], row[0])
         except _MALFORMED as exc:
             raise ReplayRefused(row[0], f"malformed {kind} event: {exc!r}") from None
-        if kind == _TRANSITION:
-            quote = data.get("quote")
-            if quote is not None:
-                self.quote = quote
+        self.payload = payload
+        quote = getattr(payload, "quote", None)
+        if quote is not None:
+            self.quote = quote
         self.order_seq += 1
 
 

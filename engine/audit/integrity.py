@@ -40,7 +40,7 @@ from journal import (
 )
 from journal.schema import missing_triggers
 
-from ..order import EventKind
+from ..events import EventKind
 from . import feed
 from .fold import OrderFold, ReplayRefused
 from .source import SELECT_EVENTS, EventRow, read_snapshot

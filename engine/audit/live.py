@@ -21,8 +21,9 @@ from typing import Any
 
 from journal import Event, Journal, JournalCorrupt
 
+from ..events import EventKind
 from ..fsm import TERMINAL_STATES, OrderState
-from ..order import EventKind, OrderRecord, fold_history
+from ..order import OrderRecord, fold_history
 
 __all__ = ["LiveJournal", "PlanProgress"]
 
@@ -134,7 +135,7 @@ class LiveJournal:
         elif before is None:
             return None
         else:
-            record = before.apply(event.kind, event.to_state, event.data, event.at, event.seq)
+            record = before.apply_event(event)
         self.records[event.order_id] = record
         return record
 

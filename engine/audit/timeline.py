@@ -26,9 +26,10 @@ import msgspec
 
 from journal import Journal, decode_json
 
+from ..events import EventKind, Fill, Transition
 from ..fsm import TERMINAL_STATES, OrderState
 from ..numbers import decimal_text
-from ..order import EventKind, OrderRecord
+from ..order import OrderRecord
 from ..results import OrderResult
 from . import feed
 from .fold import OrderFold, ReplayRefused
@@ -72,15 +73,19 @@ class TimelineEntry:
     fill_price: Decimal | None
     filled_qty: Decimal
     data: dict[str, Any]
+    # the quote this very event journaled (a transition's), None for any other event
+    move_quote: dict[str, Any] | None
 
     @property
     def step(self) -> str | None:
         return step_of(self.client_order_id)
 
     def as_json(self) -> dict[str, Any]:
+        """The entry's fields (the event's own quote is in `data` already)."""
         return {
             key: decimal_text(value) if isinstance(value, Decimal) else value
             for key, value in asdict(self).items()
+            if key != "move_quote"
         }
 
 
@@ -112,10 +117,10 @@ class OrderTimeline:
 
 
 def _entry(row: EventRow, data: dict[str, Any], fold: OrderFold) -> TimelineEntry:
-    """The entry of an event just folded, filled in without the frozen `__init__` (one
-    guarded setattr per field): a replay builds one per event of the journal."""
-    record = fold.record
-    fill = row[5] == _FILL
+    """The entry of an event just folded, filled in without the frozen `__init__`: a
+    replay builds one per event of the journal (docs/benchmarks.md, "Speed tricks")."""
+    record, payload = fold.record, fold.payload
+    fill = payload if isinstance(payload, Fill) else None
     entry = object.__new__(TimelineEntry)
     object.__setattr__(
         entry,
@@ -126,16 +131,18 @@ def _entry(row: EventRow, data: dict[str, Any], fold: OrderFold) -> TimelineEntr
             "kind": row[5],
             "from_state": row[6],
             "state": record.state,
-            "trigger": data.get("trigger"),
-            "reason": data.get("reason"),
+            "trigger": payload.trigger if isinstance(payload, Transition) else None,
+            # the reason a failure, a refusal, a resize or a stop journaled
+            "reason": getattr(payload, "reason", None),
             "quote": fold.quote,
             "limit_price": record.step_limit_price,
-            "client_order_id": data.get("client_order_id"),
-            "broker_order_id": data.get("broker_order_id"),
-            "fill_qty": Decimal(data["qty"]) if fill else None,
-            "fill_price": Decimal(data["price"]) if fill else None,
+            "client_order_id": getattr(payload, "client_order_id", None),
+            "broker_order_id": getattr(payload, "broker_order_id", None),
+            "fill_qty": None if fill is None else fill.qty,
+            "fill_price": None if fill is None else fill.price,
             "filled_qty": record.filled_qty,
             "data": data,
+            "move_quote": getattr(payload, "quote", None),
         },
     )
     return entry

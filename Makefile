@@ -6,7 +6,7 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test lint typecheck unit bench soak clean
+.PHONY: demo test lint typecheck unit browser bench soak clean
 
 $(RUNTIME_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,18 @@ lint: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
-unit: $(DEV_STAMP)
+# The HTML report's test opens it in Debian's headless chromium: installed here when missing
+# (as root: apt-get), otherwise a clear message; a no-op once it is on the PATH.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	  else \
+	    echo "chromium is missing: run 'sudo apt-get install --no-install-recommends chromium' (Debian)" >&2; \
+	    exit 1; \
+	  fi; }
+
+unit: $(DEV_STAMP) browser
 	$(BIN)/pytest -q
 
 test: lint typecheck unit

@@ -34,7 +34,7 @@ from audit_support import (
 
 from engine import export, export_ledger, replay, report, report_html, verify
 from engine.audit import EVENT_COLUMNS, LEDGER_COLUMNS, ReplayRefused, feed
-from engine.order import EventKind
+from engine.events import EventKind
 from journal import (
     SCHEMA_VERSION,
     Event,
@@ -461,25 +461,22 @@ def test_report_numbers_match_the_hand_computed_fills(hand: Path) -> None:
         None,
     )
     assert not a.escalated
-    assert result.fill_share_by_step == {
-        "L1": Decimal("0.2667"),  # 4 of 15
-        "L2": Decimal("0.4000"),  # 6 of 15
-        "M": Decimal("0.3333"),  # 5 of 15
-    }
+    # by traded value, in test_report_html
+    assert result.filled_by_step == {"L1": Decimal(4), "L2": Decimal(6), "M": Decimal(5)}
     assert (result.escalated_orders, result.quoted_orders) == (1, 3)
     assert result.escalated_share == Decimal("0.3333")
     assert result.quote_sources == {"stream": 3, "rest": 1, "estimated_bid": 1, "estimated_ask": 0}
     (plan,) = result.plans
-    assert (plan.plan_id, plan.status.value) == ("hand", "PARTIAL_SUCCESS")
-    assert plan.traded_value == Decimal("1247.92")  # 10*100.092 + 5*49.4
-    assert plan.slippage_bps == Decimal("11.38")  # (9.20*1000.92 + 20.20*247) / 1247.92
+    assert (plan.plan_id, plan.status) == ("hand", "PARTIAL_SUCCESS")
+    assert plan.result.traded_value == Decimal("1247.92")  # 10*100.092 + 5*49.4
+    assert plan.result.slippage_bps == Decimal("11.38")  # (9.20*1000.92 + 20.20*247) / 1247.92
 
 
 def test_report_of_a_run_agrees_with_the_plan_result(run: Any) -> None:
     """A report read the morning after gives the run's own traded value and slippage."""
     (plan,) = report(run.journal_path).plans
-    assert plan.traded_value == run.result.traded_value
-    assert plan.slippage_bps == run.result.slippage_bps
+    assert plan.result.traded_value == run.result.traded_value
+    assert plan.result.slippage_bps == run.result.slippage_bps
     assert plan.status == run.result.status
 
 

@@ -4,9 +4,9 @@ Every function opens the journal read-only without the lock and reads one snapsh
 so it is safe while another process writes. See docs/audit.md.
 """
 
-from .charts import report_html
 from .fold import ReplayRefused
 from .integrity import VerifyResult, verify
+from .page import report_html
 from .quality import ExecutionReport, OrderQuality, report
 from .tables import EVENT_COLUMNS, LEDGER_COLUMNS, ExportFormat, export, export_ledger
 from .timeline import OrderTimeline, TimelineEntry, replay

@@ -1,85 +1,79 @@
-"""The execution report as one self-contained HTML file: tables and an inline SVG per order.
+"""One inline SVG chart per order: bid, ask, step limits and fills, on a plan's common scale.
 
-Everything is inline (CSS, SVG; no script, no font, no URL), so the file can be mailed,
-archived beside the journal and opened offline years later. Charts are small multiples
-in a grid, which stays readable at a hundred orders.
+The price axis is in bps from each order's own arrival mid (0), one scale for every order
+of a plan so a cent on SPY and a cent on a $1 stock look as small or as large as they
+are; each tick also gives the order's absolute price. The time axis is the journal's clock
+(HH:MM:SS UTC). Every label is placed inside the chart's viewBox, so none is clipped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from html import escape
-from pathlib import Path
 
-from ..files import write_private_text
+from ..events import EventKind
 from ..fsm import OrderState, is_limit_step, step_number
 from ..numbers import decimal_text
-from ..order import EventKind
-from .quality import (
-    SUMMARY_COLUMNS,
-    TEXT_COLUMNS,
-    ExecutionReport,
-    OrderQuality,
-    cell_text,
-    percent,
-    summarize,
-)
-from .timeline import OrderTimeline, replay
+from .timeline import OrderTimeline
 
-__all__ = ["order_chart", "render_html", "report_html"]
+__all__ = ["MIN_SPAN_BPS", "OrderSeries", "PlanScale", "clock_text", "order_chart"]
 
-WIDTH, HEIGHT = 300, 130
-LEFT, RIGHT, TOP, BOTTOM = 52, 8, 8, 16
-
-CSS = """
-body { font: 13px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 1.6em; }
-table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
-th, td { padding: 2px 8px; border-bottom: 1px solid #ddd; text-align: right; }
-th { background: #f4f4f4; } td.l, th.l { text-align: left; }
-.FAILED { color: #b00020; } .VALIDATED { color: #1b5e20; }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(310px, 1fr)); gap: 8px; }
-figure { margin: 0; padding: 4px; border: 1px solid #ddd; border-radius: 4px; }
-figcaption { font-size: 12px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
-svg text { font-size: 9px; fill: #555; }
-.bid { stroke: #1565c0; color: #1565c0; } .ask { stroke: #c62828; color: #c62828; }
-.limit { stroke: #ef6c00; color: #ef6c00; }
-.key span { display: inline-block; margin-right: 1.2em; }
-"""
+WIDTH, HEIGHT = 400, 180
+LEFT, RIGHT, TOP, BOTTOM = 34, 48, 16, 18
+FONT_PX = 9
+# wider than a 9px DejaVu Sans digit (5.7px), so an estimated label box holds the real one
+CHAR_PX = 6.0
+# the narrowest price axis a plan gets: a 2-cent move on a $600 stock stays a small move
+MIN_SPAN_BPS = 20.0
+PAD_SHARE = 0.08
+BPS = Decimal(10_000)
+TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400)
+CLOCK_PX = 8 * CHAR_PX  # HH:MM:SS
 
 
-def _seconds(at: str, start: datetime) -> float:
-    return (datetime.fromisoformat(at) - start).total_seconds()
+def clock_text(at: datetime) -> str:
+    """A journal time as the charts and tables print it: HH:MM:SS in UTC."""
+    return at.astimezone(UTC).strftime("%H:%M:%S")
 
 
 @dataclass
-class _Series:
-    """What one order's chart draws, in seconds since its first quote and in prices."""
+class OrderSeries:
+    """What one order's chart draws: prices over seconds since its first quote.
 
+    `mid` is the arrival mid (the quote of the move into QUOTED), the chart's 0 bps.
+    """
+
+    start: datetime
+    mid: Decimal
+    end: float = 0.0
     quotes: list[tuple[float, Decimal, Decimal]] = field(default_factory=list)
     limits: list[tuple[float, float, Decimal, str]] = field(default_factory=list)
     fills: list[tuple[float, Decimal, Decimal]] = field(default_factory=list)
     market_at: float | None = None
-    end: float = 0.0
 
     @classmethod
-    def of(cls, timeline: OrderTimeline) -> _Series | None:
-        quoted = [e for e in timeline.entries if e.kind == EventKind.TRANSITION and e.quote]
-        if not quoted:
-            return None
-        start = datetime.fromisoformat(quoted[0].at)
-        series = cls(end=_seconds(timeline.entries[-1].at, start))
+    def of(cls, timeline: OrderTimeline) -> OrderSeries | None:
+        """The order's series; None before its first quote (or for a quote with no mid)."""
         moves = [e for e in timeline.entries if e.kind == EventKind.TRANSITION]
+        first = next((e for e in moves if e.quote), None)
+        if first is None or first.quote is None:
+            return None
+        mid = (Decimal(first.quote["bid"]) + Decimal(first.quote["ask"])) / 2
+        if mid <= 0:
+            return None
+        series = cls(datetime.fromisoformat(first.at), mid)
+        series.end = series.seconds(timeline.entries[-1].at)
         for entry, following in zip(moves, [*moves[1:], None], strict=True):
-            at = _seconds(entry.at, start)
-            quote = entry.data.get("quote")
+            at = series.seconds(entry.at)
+            quote = entry.move_quote
             if quote is not None:
                 series.quotes.append((at, Decimal(quote["bid"]), Decimal(quote["ask"])))
             if is_limit_step(entry.state) and entry.limit_price is not None:
-                until = series.end if following is None else _seconds(following.at, start)
+                until = series.end if following is None else series.seconds(following.at)
                 label = f"L{step_number(entry.state)}"
                 series.limits.append((at, until, entry.limit_price, label))
             if entry.state == OrderState.MARKET:
@@ -87,37 +81,163 @@ class _Series:
         for fill in timeline.fills:
             assert fill.fill_price is not None
             assert fill.fill_qty is not None
-            series.fills.append((_seconds(fill.at, start), fill.fill_price, fill.fill_qty))
+            series.fills.append((series.seconds(fill.at), fill.fill_price, fill.fill_qty))
         return series
 
-    def prices(self) -> list[Decimal]:
-        return [
+    def seconds(self, at: str) -> float:
+        return max(0.0, (datetime.fromisoformat(at) - self.start).total_seconds())
+
+    def bps(self, price: Decimal) -> float:
+        """Where a price sits against the arrival mid, in bps (above the mid is positive)."""
+        return float((price - self.mid) / self.mid * BPS)
+
+    def price(self, bps: float) -> Decimal:
+        return self.mid * (1 + Decimal(repr(bps)) / BPS)
+
+    def bps_range(self) -> tuple[float, float]:
+        prices = [
             *(p for _, bid, ask in self.quotes for p in (bid, ask)),
             *(limit for *_, limit, _ in self.limits),
             *(price for _, price, _ in self.fills),
         ]
+        points = [self.bps(p) for p in prices]
+        return min(points, default=0.0), max(points, default=0.0)
+
+
+def _nice_step(span: float, count: int) -> float:
+    """A 1, 2 or 5 times a power of ten near `span / count`: round tick values."""
+    raw = span / count
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+
+
+@dataclass(frozen=True)
+class PlanScale:
+    """The price axis every order of a plan shares, in bps from each order's arrival mid."""
+
+    low: float
+    high: float
+    step: float
+    ticks: tuple[float, ...]
+
+    @classmethod
+    def of(cls, series: Iterable[OrderSeries]) -> PlanScale:
+        ranges = [s.bps_range() for s in series]
+        low = min((lo for lo, _ in ranges), default=0.0)
+        high = max((hi for _, hi in ranges), default=0.0)
+        if high - low < MIN_SPAN_BPS:
+            middle = (high + low) / 2
+            low, high = middle - MIN_SPAN_BPS / 2, middle + MIN_SPAN_BPS / 2
+        pad = (high - low) * PAD_SHARE
+        low, high = low - pad, high + pad
+        step = _nice_step(high - low, 4)
+        first = math.ceil(low / step)
+        ticks = tuple(n * step for n in range(first, math.floor(high / step) + 1))
+        return cls(low, high, step, ticks)
+
+    def y(self, bps: float) -> float:
+        share = (bps - self.low) / (self.high - self.low)
+        return round(TOP + (1 - share) * (HEIGHT - TOP - BOTTOM), 1)
+
+
+def _price_text(price: Decimal, step: Decimal) -> str:
+    """A tick's price with enough places to tell it from the next tick's (2 to 4)."""
+    places = min(4, max(2, 1 - math.floor(math.log10(step))))
+    return f"{price:.{places}f}"
+
+
+def _bps_text(bps: float) -> str:
+    text = f"{bps:+.10g}"
+    return "0" if bps == 0 else text.replace("-", "\u2212")
+
+
+class _Labels:
+    """Places labels inside the plot area, each clear of those placed before it."""
+
+    def __init__(self) -> None:
+        self.boxes: list[tuple[float, float, float, float]] = []
+
+    def place(self, text: str, x: float, y: float) -> str:
+        """A `<text>` near (x, y) (baseline y): moved inside the plot, then up or down a line
+        at a time until it overlaps no other label."""
+        width = len(text) * CHAR_PX
+        x = round(min(max(x, LEFT + 1), WIDTH - RIGHT - 1 - width), 1)
+        lowest, highest = HEIGHT - BOTTOM - 2, TOP + FONT_PX
+        for shift in (0, -10, 10, -20, 20, -30, 30):
+            baseline = min(max(y + shift, highest), lowest)
+            box = (x, baseline - FONT_PX, x + width, baseline + 2)
+            if not any(_overlap(box, other) for other in self.boxes):
+                break
+        self.boxes.append((x, baseline - FONT_PX, x + width, baseline + 2))
+        return f'<text x="{x}" y="{baseline}">{escape(text)}</text>'
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 class _Frame:
-    """Maps seconds and prices onto the chart's plot area."""
+    """Maps an order's seconds and prices onto the chart, on its plan's scale."""
 
-    def __init__(self, series: _Series) -> None:
-        prices = series.prices()
-        self.low, self.high = min(prices), max(prices)
-        span = self.high - self.low
-        pad = (
-            span * Decimal("0.08") if span else max(self.high * Decimal("0.0005"), Decimal("0.01"))
-        )
-        self.bottom, self.top = float(self.low - pad), float(self.high + pad)
-        # the x axis spans the order's own life, however short (a market order: milliseconds)
-        self.duration = series.end or 1.0
+    def __init__(self, series: OrderSeries, scale: PlanScale) -> None:
+        self.series, self.scale = series, scale
+        # the x axis spans the order's own life, a second at least (a market order: ms)
+        self.duration = max(series.end, 1.0)
 
     def x(self, seconds: float) -> float:
         return round(LEFT + seconds / self.duration * (WIDTH - LEFT - RIGHT), 1)
 
     def y(self, price: Decimal) -> float:
-        share = (float(price) - self.bottom) / (self.top - self.bottom)
-        return round(TOP + (1 - share) * (HEIGHT - TOP - BOTTOM), 1)
+        return self.scale.y(self.series.bps(price))
+
+    def price_axis(self) -> list[str]:
+        """Ticks in bps on the left, the order's own price at each on the right."""
+        scale, series = self.scale, self.series
+        step = series.mid * Decimal(repr(scale.step)) / BPS
+        parts = [
+            f'<text x="2" y="{FONT_PX}">bps</text>',
+            f'<text x="{WIDTH - 2}" y="{FONT_PX}" text-anchor="end">price</text>',
+        ]
+        for tick in scale.ticks:
+            y = scale.y(tick)
+            colour = "#999" if tick == 0 else "#eee"
+            parts.append(
+                f'<line x1="{LEFT}" y1="{y}" x2="{WIDTH - RIGHT}" y2="{y}" stroke="{colour}"/>'
+                f'<text class="bps" x="{LEFT - 3}" y="{y + 3}" text-anchor="end">'
+                f"{_bps_text(tick)}</text>"
+                f'<text class="price" x="{WIDTH - RIGHT + 3}" y="{y + 3}">'
+                f"{_price_text(series.price(tick), step)}</text>"
+            )
+        return parts
+
+    def time_axis(self) -> list[str]:
+        """The clock (HH:MM:SS UTC) at the first quote, at the order's last event and at
+        round times between them, no two labels overlapping or alike."""
+        series, y = self.series, HEIGHT - 4
+        start, end = clock_text(series.start), self.x(series.end)
+        parts = [f'<text class="clock" x="{LEFT}" y="{y}">{start}</text>']
+        taken: list[tuple[float, float]] = [(LEFT, LEFT + CLOCK_PX)]
+        last = clock_text(series.start + timedelta(seconds=series.end))
+        ends = last != start and end - CLOCK_PX > LEFT + CLOCK_PX
+        if ends:
+            taken.append((end - CLOCK_PX, end))
+        epoch = series.start.timestamp()
+        step = next((s for s in TIME_STEPS if self.duration / s <= 4), TIME_STEPS[-1])
+        for at in range(math.ceil(epoch / step) * step, int(epoch + series.end) + 1, step):
+            x = self.x(at - epoch)
+            tick = (
+                f'<line x1="{x}" y1="{HEIGHT - BOTTOM}" x2="{x}" y2="{y - FONT_PX}" stroke="#999"/>'
+            )
+            box = (x - CLOCK_PX / 2, x + CLOCK_PX / 2)
+            label = clock_text(series.start + timedelta(seconds=at - epoch))
+            clear = not any(box[0] < right + 4 and left - 4 < box[1] for left, right in taken)
+            if clear and label != start and not (ends and label == last):
+                taken.append(box)
+                tick += f'<text class="clock" x="{x}" y="{y}" text-anchor="middle">{label}</text>'
+            parts.append(tick)
+        if ends:
+            parts.append(f'<text class="clock" x="{end}" y="{y}" text-anchor="end">{last}</text>')
+        return parts
 
 
 def _step_path(frame: _Frame, points: list[tuple[float, Decimal]], end: float) -> str:
@@ -129,26 +249,22 @@ def _step_path(frame: _Frame, points: list[tuple[float, Decimal]], end: float) -
     return "".join(parts)
 
 
-def order_chart(timeline: OrderTimeline) -> str:
-    """An inline SVG of the order's bid and ask over time, each step's limit and each fill."""
-    series = _Series.of(timeline)
-    record = timeline.record
-    title = f"{record.intent.symbol} {record.intent.side.value} {decimal_text(record.quantity)}"
+def order_chart(title: str, series: OrderSeries | None, scale: PlanScale) -> str:
+    """An inline SVG of the order's bid and ask over time, each step's limit and each fill
+    (labelled `size @ price`), on its plan's scale."""
     head = (
         f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" role="img">'
         f"<title>{escape(title)}: bid, ask, step limits and fills</title>"
     )
     if series is None:
         return f'{head}<text x="{LEFT}" y="{HEIGHT // 2}">no quote journaled</text></svg>'
-    frame = _Frame(series)
+    frame, labels = _Frame(series, scale), _Labels()
     body = [
+        *frame.price_axis(),
         f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{HEIGHT - BOTTOM}" stroke="#bbb"/>',
-        f'<text x="{LEFT - 3}" y="{frame.y(frame.high) + 3}" text-anchor="end">'
-        f"{decimal_text(frame.high)}</text>",
-        f'<text x="{LEFT - 3}" y="{frame.y(frame.low) + 3}" text-anchor="end">'
-        f"{decimal_text(frame.low)}</text>",
-        f'<text x="{LEFT}" y="{HEIGHT - 3}">0 s</text>',
-        f'<text x="{WIDTH - RIGHT}" y="{HEIGHT - 3}" text-anchor="end">{series.end:.3g} s</text>',
+        f'<line x1="{LEFT}" y1="{HEIGHT - BOTTOM}" x2="{WIDTH - RIGHT}" y2="{HEIGHT - BOTTOM}" '
+        'stroke="#bbb"/>',
+        *frame.time_axis(),
     ]
     bids = [(at, bid) for at, bid, _ in series.quotes]
     asks = [(at, ask) for at, _, ask in series.quotes]
@@ -156,112 +272,24 @@ def order_chart(timeline: OrderTimeline) -> str:
         path = _step_path(frame, points, frame.duration)
         body.append(f'<path class="{name}" d="{path}" fill="none" stroke-width="1.5"/>')
     for start, until, limit, label in series.limits:
-        y = frame.y(limit)
+        x, y = frame.x(start), frame.y(limit)
         body.append(
-            f'<line class="limit" x1="{frame.x(start)}" y1="{y}" x2="{frame.x(until)}" y2="{y}" '
+            f'<line class="limit" x1="{x}" y1="{y}" x2="{frame.x(until)}" y2="{y}" '
             f'stroke-dasharray="4 2"><title>{label} limit {decimal_text(limit)}</title></line>'
-            f'<text x="{frame.x(start) + 2}" y="{y - 2}">{label}</text>'
+            + labels.place(label, x + 2, y - 2)
         )
     if series.market_at is not None:
         x = frame.x(series.market_at)
         body.append(
             f'<line x1="{x}" y1="{TOP}" x2="{x}" y2="{HEIGHT - BOTTOM}" stroke="#888" '
             f'stroke-dasharray="1 2"><title>escalated to market</title></line>'
-            f'<text x="{x + 2}" y="{HEIGHT - BOTTOM - 2}">M</text>'
+            + labels.place("M", x + 2, HEIGHT - BOTTOM - 2)
         )
     for at, price, qty in series.fills:
+        x, y = frame.x(at), frame.y(price)
+        text = f"{decimal_text(qty)} @ {decimal_text(price)}"
         body.append(
-            f'<circle cx="{frame.x(at)}" cy="{frame.y(price)}" r="3" fill="#222">'
-            f"<title>fill {decimal_text(qty)} @ {decimal_text(price)}</title></circle>"
+            f'<circle cx="{x}" cy="{y}" r="3" fill="#222"><title>fill {text}</title></circle>'
+            f'<g class="fill">{labels.place(text, x + 4, y - 4)}</g>'
         )
     return head + "".join(body) + "</svg>"
-
-
-def _table(headers: list[str], rows: Iterable[list[str]], left: Collection[str]) -> str:
-    """A plain table; columns named in `left` hold text, the others numbers (right-aligned)."""
-    align = [' class="l"' if h in left else "" for h in headers]
-
-    def row(tag: str, cells: list[str]) -> str:
-        pairs = zip(align, cells, strict=True)
-        return "<tr>" + "".join(f"<{tag}{a}>{c}</{tag}>" for a, c in pairs) + "</tr>"
-
-    body = "".join(row("td", cells) for cells in rows)
-    return f"<table>{row('th', [escape(h) for h in headers])}{body}</table>"
-
-
-def _order_row(index: int, order: OrderQuality) -> list[str]:
-    """The summary cells, escaped; the number links to the chart, the state is coloured and
-    a FAILED order's reason carries its detail (a page wraps it; a terminal table would not)."""
-    cells = [escape(cell) for cell in order.summary_cells()]
-    state = SUMMARY_COLUMNS.index("state")
-    cells[state] = f'<span class="{cells[state]}">{cells[state]}</span>'
-    cells[SUMMARY_COLUMNS.index("reason")] = escape(order.result.failure or "")
-    return [f'<a href="#{escape(order.result.order_id)}">{index}</a>', *cells]
-
-
-def render_html(report: ExecutionReport, charts: list[str], title: str) -> str:
-    """The whole page: summary tables, then one chart per order in report order."""
-    plans = _table(
-        ["plan", "status", "orders", "traded value", "slippage bps (value-weighted)", "quotes"],
-        (
-            [
-                escape(p.plan_id),
-                p.status.value,
-                str(len(p.orders)),
-                cell_text(p.traded_value),
-                cell_text(p.slippage_bps),
-                escape(", ".join(f"{k} {v}" for k, v in p.quote_counters.items())),
-            ]
-            for p in report.plans
-        ),
-        left={"plan", "status", "quotes"},
-    )
-    shares = report.fill_share_by_step
-    levels = _table(
-        ["level", *shares], [["share of filled qty", *map(percent, shares.values())]], {"level"}
-    )
-    orders = _table(
-        ["#", *SUMMARY_COLUMNS],
-        (_order_row(i, o) for i, o in enumerate(report.orders, 1)),
-        left=TEXT_COLUMNS,
-    )
-    figures = "".join(
-        f'<figure id="{escape(o.result.order_id)}"><figcaption>{i}. '
-        f"{escape(o.result.symbol)} {o.result.side.value} {cell_text(o.result.quantity)}: "
-        f'<span class="{escape(o.result.state)}">{escape(o.result.state)}</span>'
-        f"{'' if o.result.slippage_bps is None else f', {o.result.slippage_bps} bps'}"
-        f"</figcaption>{chart}</figure>"
-        for i, (o, chart) in enumerate(zip(report.orders, charts, strict=True), 1)
-    )
-    sources = ", ".join(f"{k} {v}" for k, v in report.quote_sources.items())
-    return (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
-        f"<h1>{escape(title)}</h1>"
-        f"<p>{len(report.orders)} orders, rebuilt from the journal's events alone. Slippage is "
-        "against the arrival mid, positive when worse for the order's side.</p>"
-        f"<h2>Plans</h2>{plans}"
-        f"<h2>Ladder</h2>{levels}"
-        f"<p>Escalated to market: {report.escalated_orders} of {report.quoted_orders} "
-        f"quoted orders ({percent(report.escalated_share)}). "
-        f"Quotes journaled: {escape(sources)}.</p>"
-        f"<h2>Orders</h2>{orders}"
-        '<h2>Charts</h2><p class="key"><span class="bid">&#9644; bid</span>'
-        '<span class="ask">&#9644; ask</span><span class="limit">- - step limit (L1…)</span>'
-        "<span>&#9679; fill</span><span>&#8942; M: escalated to market</span></p>"
-        f'<div class="grid">{figures}</div></body></html>\n'
-    )
-
-
-def report_html(path: str | Path, out: str | Path) -> ExecutionReport:
-    """Write the execution report of the journal at `path` as one HTML file at `out`."""
-    charts: list[str] = []
-
-    def charted(timeline: OrderTimeline) -> OrderTimeline:
-        charts.append(order_chart(timeline))
-        return timeline
-
-    report = summarize(map(charted, replay(path)))
-    page = render_html(report, charts, f"walkbook execution report: {Path(path).name}")
-    write_private_text(Path(out), page)
-    return report

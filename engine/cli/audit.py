@@ -51,7 +51,7 @@ journal_option = click.option(
 
 @click.group(name="journal")
 def journal_group() -> None:
-    """Replay, verify and export a journal (read-only; safe while a run writes)."""
+    """Replay, verify, export and follow a journal (read-only; safe while a run writes)."""
 
 
 def _details(entry: TimelineEntry) -> str:
@@ -163,13 +163,15 @@ def _report_table(report: ExecutionReport) -> Table:
 
 def _report_lines(report: ExecutionReport) -> Iterator[str]:
     for plan in report.plans:
+        totals, cost = plan.result, plan.cost_dollars
         yield (
-            f"plan {plan.plan_id}: {plan.status.value}, traded value {plan.traded_value}, "
-            f"value-weighted slippage {plan.slippage_bps if plan.slippage_bps is not None else '-'}"
+            f"plan {plan.plan_id}: {plan.status}, traded value {totals.traded_value}, "
+            f"cost against the arrival mid {'-' if cost is None else f'{cost:.2f}'} dollars, "
+            f"value-weighted slippage {'-' if totals.slippage_bps is None else totals.slippage_bps}"
             " bps"
         )
-    shares = ", ".join(f"{k} {percent(v)}" for k, v in report.fill_share_by_step.items())
-    yield f"filled quantity by ladder level: {shares or '-'}"
+    shares = ", ".join(f"{k} {percent(v)}" for k, v in report.value_share_by_step.items())
+    yield f"traded value by ladder level: {shares or '-'}"
     share = report.escalated_share
     yield (
         f"escalated to market: {report.escalated_orders} of {report.quoted_orders} quoted orders"

@@ -17,7 +17,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Unpack
 from urllib.parse import quote
 
 from .chain import (
@@ -32,6 +32,9 @@ from .chain import (
 from .errors import JournalCorrupt, JournalError, JournalUnavailable, JournalWriteConflict
 from .lock import JournalLock
 from .schema import MUTABLE_ORDER_COLUMNS, ORDER_COLUMNS, check_schema, migrate, table_names
+
+if TYPE_CHECKING:
+    from .follow import FollowOptions
 
 __all__ = [
     "Event",
@@ -141,9 +144,8 @@ class Event:
     @classmethod
     def _filled(cls, row: Sequence[Any], data: dict[str, Any]) -> Event:
         """The event of a stored row and its decoded data, its fields set as one dict
-        rather than through the frozen dataclass's `__init__` (one guarded setattr per
-        field): every append and every row a resume reads builds one, and this is a
-        third of the cost."""
+        rather than through the frozen `__init__`: every append and every row a resume
+        reads builds one (docs/benchmarks.md, "Speed tricks")."""
         seq, order_id, order_seq, plan_id, at, kind, from_state, to_state, _, prev, hash_ = row
         event = object.__new__(cls)
         object.__setattr__(
@@ -531,6 +533,12 @@ class Journal:
         for row in self.conn.execute(sql, params):
             yield Event.from_values(row)
 
+    def follow(self, from_seq: int = 0, **options: Unpack[FollowOptions]) -> Iterator[Event]:
+        """Every event after `from_seq`, in seq order, as it commits (journal/follow.py)."""
+        from .follow import follow  # here: journal.follow builds on this module
+
+        return follow(self, from_seq, **options)
+
     def order_history(
         self, *, plan_id: str | None = None, unless_state: Collection[str] = ()
     ) -> Iterator[HistoryRow]:
@@ -539,14 +547,12 @@ class Journal:
         One range scan over the stretch of the journal those orders span, from the oldest
         one's `created` event (found through UNIQUE(order_id, order_seq)) to the newest
         `last_seq` among their rows, keeping their events; only the columns a fold reads
-        and no `Event` per row (resuming 10,000 orders read their events through one index
-        lookup each five times slower, and full `Event`s twice as slow). Orders
-        interleave, each order's events in its own order: what a fold per order needs.
+        and no `Event` per row (docs/benchmarks.md, "Speed tricks"). Orders interleave,
+        each order's events in its own order: what a fold per order needs.
         """
         matching, params = _order_filter(plan_id, unless_state, "o.")
         # Each matching order with its `created` seq: one read of the rows, whose ids then
-        # keep the scan's rows by a set lookup (`order_id IN (SELECT ...)` in SQL probes a
-        # temporary b-tree per row and costs a fifth more).
+        # keep the scan's rows by a set lookup (cheaper than `order_id IN (SELECT ...)`).
         found = self.conn.execute(
             "SELECT o.order_id, e.seq, o.last_seq FROM orders AS o LEFT JOIN events AS e "
             f"ON e.order_id = o.order_id AND e.order_seq = 1{matching}",

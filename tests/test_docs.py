@@ -66,7 +66,7 @@ def test_journal_format_snippet_catches_an_edit(demo_journal: Path, tmp_path: Pa
 
 def test_every_event_kind_is_documented() -> None:
     """docs/journal-format.md has a row for every kind the engine writes."""
-    from engine.order import EventKind
+    from engine.events import EventKind
 
     text = (ROOT / "docs" / "journal-format.md").read_text()
     kinds = [v for k, v in vars(EventKind).items() if k.isupper()]
@@ -97,7 +97,7 @@ def test_demo_target_is_what_the_readme_says() -> None:
 def test_every_crash_point_is_in_the_crash_recovery_doc() -> None:
     """docs/crash-recovery.md has a row for every journal append kind and every broker call."""
     from engine.crash import BROKER_METHODS
-    from engine.order import EVENT_KINDS
+    from engine.events import EVENT_KINDS
 
     text = (ROOT / "docs" / "crash-recovery.md").read_text()
     rows = set(re.findall(r"^\| (.+?) \|", text, flags=re.M))
@@ -108,7 +108,7 @@ def test_every_crash_point_is_in_the_crash_recovery_doc() -> None:
 
 def test_embedding_example_runs_as_documented(tmp_path: Path) -> None:
     """docs/embedding.md's orchestration layer runs: shrinks a buy, trades once, refuses junk."""
-    (code,) = python_blocks(ROOT / "docs" / "embedding.md")
+    code = python_blocks(ROOT / "docs" / "embedding.md")[0]  # the sink: test_journal_follow
     run = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )

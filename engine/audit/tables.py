@@ -15,6 +15,7 @@ from typing import Any, Literal, TextIO
 
 from journal import canonical_json
 
+from ..numbers import decimal_text
 from .source import EVENT_COLUMNS, read_snapshot
 from .timeline import OrderTimeline, replay
 
@@ -24,6 +25,7 @@ __all__ = [
     "ExportFormat",
     "export",
     "export_ledger",
+    "json_line",
     "ledger_rows",
 ]
 
@@ -41,6 +43,12 @@ def _csv_cell(value: Any) -> str:
     return canonical_json(value) if isinstance(value, dict) else str(value)
 
 
+def json_line(columns: tuple[str, ...], row: Mapping[str, Any]) -> str:
+    """One JSON line of `row` with exactly `columns`, in that order: an export's line, and
+    `walkbook journal follow`'s."""
+    return json.dumps({c: row[c] for c in columns}, ensure_ascii=False) + "\n"
+
+
 def _write(
     out: TextIO, format: ExportFormat, columns: tuple[str, ...], rows: Iterable[Mapping[str, Any]]
 ) -> int:
@@ -54,7 +62,7 @@ def _write(
             count += 1
     elif format == "jsonl":
         for row in rows:
-            out.write(json.dumps({c: row[c] for c in columns}, ensure_ascii=False) + "\n")
+            out.write(json_line(columns, row))
             count += 1
     else:
         raise ValueError(f"unknown export format {format!r} (jsonl or csv)")
@@ -71,6 +79,8 @@ def ledger_rows(timeline: OrderTimeline) -> Iterator[dict[str, Any]]:
     """One ledger row per fill of the order, with the quote of the step in force at the fill."""
     intent = timeline.record.intent
     for fill in timeline.fills:
+        assert fill.fill_qty is not None, "a fill has a quantity"
+        assert fill.fill_price is not None, "a fill has a price"
         quote = fill.quote or {}
         yield {
             "seq": fill.seq,
@@ -80,8 +90,8 @@ def ledger_rows(timeline: OrderTimeline) -> Iterator[dict[str, Any]]:
             "strategy_id": intent.strategy_id,
             "symbol": intent.symbol,
             "side": intent.side.value,
-            "qty": fill.data["qty"],
-            "price": fill.data["price"],
+            "qty": decimal_text(fill.fill_qty),
+            "price": decimal_text(fill.fill_price),
             "bid": quote.get("bid"),
             "ask": quote.get("ask"),
             "step": fill.step,

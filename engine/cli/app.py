@@ -8,6 +8,7 @@ import click
 
 from .audit import journal_group, report_command
 from .exits import EXIT_CODES_HELP, usage_errors_on_one_line
+from .follow import follow_command
 from .run import demo_command, resume_command, run_command
 from .simserver import sim_server
 from .status import status_command
@@ -55,3 +56,4 @@ for command in (
     abandon_command,
 ):
     main.add_command(command)
+journal_group.add_command(follow_command)

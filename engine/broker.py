@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -98,6 +99,9 @@ class BrokerOrder:
     replaces: str | None = None
     time_in_force: TimeInForce = "day"
     notional: Decimal | None = None
+    # when the broker says the order's latest fill happened (None: nothing filled, or a
+    # broker that does not say)
+    filled_at: datetime | None = None
 
     @classmethod
     def accepted(cls, order_id: str, request: OrderRequest) -> BrokerOrder:
@@ -184,12 +188,22 @@ class Broker(Protocol):
 
     async def get_position(self, symbol: str) -> Decimal: ...
 
+    async def get_positions(self) -> dict[str, Decimal]:
+        """Every position the account holds, symbol -> signed qty (a short is negative), in
+        as few calls as the broker allows; a symbol not held is absent."""
+        ...
+
     async def stream_quote(self, symbol: str, wait_seconds: float) -> Quote | None:
         """The latest streamed quote, waiting up to `wait_seconds` for a first one."""
         ...
 
     async def latest_quote(self, symbol: str) -> Quote | None:
         """A REST snapshot of the quote."""
+        ...
+
+    async def latest_quotes(self, symbols: Collection[str]) -> dict[str, Quote]:
+        """REST snapshots of several symbols' quotes, in as few calls as the broker allows;
+        a symbol without a quote is absent."""
         ...
 
     async def submit_order(self, request: OrderRequest) -> BrokerOrder: ...

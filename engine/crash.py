@@ -11,14 +11,14 @@ from __future__ import annotations
 import inspect
 import os
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import TypeVar
 
 from .broker import Account, Asset, Broker, BrokerOrder, MarketClock, OrderRequest, Quote
-from .order import EVENT_KINDS
+from .events import EVENT_KINDS
 
 __all__ = [
     "BROKER_METHODS",
@@ -107,6 +107,9 @@ class CrashingBroker:
     async def get_position(self, symbol: str) -> Decimal:
         return await self._call("get_position", lambda: self.inner.get_position(symbol))
 
+    async def get_positions(self) -> dict[str, Decimal]:
+        return await self._call("get_positions", self.inner.get_positions)
+
     async def stream_quote(self, symbol: str, wait_seconds: float) -> Quote | None:
         return await self._call(
             "stream_quote", lambda: self.inner.stream_quote(symbol, wait_seconds)
@@ -114,6 +117,9 @@ class CrashingBroker:
 
     async def latest_quote(self, symbol: str) -> Quote | None:
         return await self._call("latest_quote", lambda: self.inner.latest_quote(symbol))
+
+    async def latest_quotes(self, symbols: Collection[str]) -> dict[str, Quote]:
+        return await self._call("latest_quotes", lambda: self.inner.latest_quotes(symbols))
 
     async def submit_order(self, request: OrderRequest) -> BrokerOrder:
         return await self._call("submit_order", lambda: self.inner.submit_order(request))

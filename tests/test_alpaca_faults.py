@@ -135,15 +135,15 @@ def test_replace_refused_because_the_order_filled(tmp_path: Path) -> None:
 
 
 def test_rate_budget_keeps_every_call_under_the_server_limit(tmp_path: Path) -> None:
-    """The server allows 12 requests per 2 s; the adapter's sliding window allows 11 (a call
+    """The server allows 6 requests per 2 s; the adapter's sliding window allows 5 (a call
     is counted when sent, the server counts it on arrival), so calls wait instead of meeting
-    a 429."""
-    faults = FaultSpec(rate_limit_per_minute=12, rate_limit_window_seconds=2.0)
-    with alpaca_rig(tmp_path, market(NEVER), faults, rate_limit=11, rate_window_seconds=2.0) as rig:
+    a 429 (a plan's start alone, from its listing to its first order, makes 7)."""
+    faults = FaultSpec(rate_limit_per_minute=6, rate_limit_window_seconds=2.0)
+    with alpaca_rig(tmp_path, market(NEVER), faults, rate_limit=5, rate_window_seconds=2.0) as rig:
         result = rig.run({"symbol": "AAPL", "side": "buy", "quantity": "5"})
         rig.check(result)
         assert result.orders[0].state == OrderState.VALIDATED
-        assert rig.broker.counters.rest_calls > 12
+        assert rig.broker.counters.rest_calls > 6
         assert rig.broker.counters.throttled >= 1
         assert rig.server.app.stats["rate_limited"] == 0
         assert rig.broker.counters.rate_limited == 0

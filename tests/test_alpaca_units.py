@@ -28,7 +28,7 @@ from engine.brokers.alpaca import (
 )
 from engine.brokers.alpaca.convert import quote_from_sdk
 from engine.brokers.alpaca.rest import RestGateway
-from engine.brokers.alpaca.tracking import OrderTracker, Waiters
+from engine.brokers.alpaca.tracking import CANCEL_TAKEN, OrderTracker, Waiters
 from engine.errors import DuplicateClientOrderId, NotReplaceable, OrderNotFound, OutcomeUnknown
 
 BAD_GATEWAY = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
@@ -303,3 +303,26 @@ def test_sdk_floats_become_exact_decimals() -> None:
     )
     converted = quote_from_sdk(quote, "stream")
     assert (converted.bid, converted.ask) == (Decimal("190.05"), Decimal("190.15"))
+
+
+def test_the_tracker_vouches_for_an_order_only_once_it_shows_the_cancel_alpaca_took() -> None:
+    tracker = OrderTracker()
+    order_id = order(BrokerOrderStatus.NEW, "0").id
+    tracker.observe(order(BrokerOrderStatus.NEW, "0"))
+    assert tracker.current(order_id) is None  # no stream up: nothing is vouched for
+    tracker.stream_connected()
+    tracker.observe(order(BrokerOrderStatus.NEW, "0"))
+    assert tracker.current(order_id) == order(BrokerOrderStatus.NEW, "0")
+    tracker.wrote(order_id, CANCEL_TAKEN)
+    assert tracker.current(order_id) is None
+    assert tracker.awaits_echo(order_id)
+    tracker.observe(order(BrokerOrderStatus.PARTIALLY_FILLED, "4"))  # a fill, not the cancel
+    assert tracker.awaits_echo(order_id)
+    tracker.observe(order(BrokerOrderStatus.PENDING_CANCEL, "4"))
+    assert not tracker.awaits_echo(order_id)
+    assert tracker.current(order_id) == order(BrokerOrderStatus.PENDING_CANCEL, "4")
+    tracker.wrote(order_id, CANCEL_TAKEN)  # already shown: nothing to wait for
+    assert tracker.current(order_id) is not None
+    tracker.stream_lost()
+    assert tracker.current(order_id) is None
+    assert not tracker.awaits_echo(order_id)

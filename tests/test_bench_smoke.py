@@ -51,8 +51,9 @@ EXPECTED_ROWS = {
     "engine": ["20 orders through complete walks", *(f"time share: {s}" for s in SHARES)],
     "quality": ["walkbook defaults: mean slippage", "original ladder, 1 quote: mean slippage"],
     "rest_budget": [
-        "6-order plan, REST calls per order, trade_updates live",
-        "REST calls in the busiest minute, trade_updates live",
+        "12-order plan, REST calls per order, trade_updates live",
+        "orders a minute at 200 REST calls a minute, vs the seed",
+        "orders a minute at 200 REST calls a minute, vs one call an order",
     ],
     "scale": ["time per order, 100 vs 10 orders", "memory per order, 100 vs 10 orders"],
 }

@@ -208,6 +208,32 @@ class BrokerContract:
 
         assert driver.run(scenario()) == (ZERO, HELD)
 
+    @pins("get_positions")
+    def test_get_positions_lists_what_is_held_and_sees_a_fill_at_once(self, driver: Driver) -> None:
+        """Every holding, signed; asked again once an order is final, the fill is in it (a
+        broker sharing reads must not answer from one sent before the fill)."""
+        broker = driver.broker
+
+        async def scenario() -> tuple[dict[str, Decimal], dict[str, Decimal], Decimal]:
+            before = await broker.get_positions()
+            await filled(broker, buy("positions", Decimal(3), THROUGH))
+            return before, await broker.get_positions(), await broker.get_position("AAPL")
+
+        before, after, aapl = driver.run(scenario())
+        assert before == {"NKL": HELD}
+        assert after == {"NKL": HELD, "AAPL": Decimal(3)}
+        assert aapl == 3
+
+    @pins("latest_quotes")
+    def test_latest_quotes_bracket_each_listed_price_and_leave_out_the_unlisted(
+        self, driver: Driver
+    ) -> None:
+        quotes = driver.run(driver.broker.latest_quotes(["AAPL", "NKL", UNLISTED]))
+        assert sorted(quotes) == ["AAPL", "NKL"]
+        for symbol, quote in quotes.items():
+            assert (quote.symbol, quote.source) == (symbol, "rest")
+            assert 0 < quote.bid < SYMBOLS[symbol].price < quote.ask
+
     @pins("latest_quote")
     def test_latest_quote_brackets_the_price(self, driver: Driver) -> None:
         quote = driver.run(driver.broker.latest_quote("AAPL"))

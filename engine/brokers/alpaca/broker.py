@@ -1,6 +1,8 @@
 """AlpacaBroker: the engine's Broker protocol over alpaca-py, for paper or live accounts.
 
 REST goes through `RestGateway` (rate budget, timeouts, our retry policy, typed errors).
+What Alpaca serves in bulk is read in bulk (assets, positions, several quotes) and shared
+by the walks asking at once; a position or quote never from a read sent before the ask.
 Quotes come from one shared `StockDataStream` connection, REST `latest quote` being the
 engine's fallback. Order changes come from `TradingStream` trade_updates, so waiting for
 fills costs no REST call; only while that stream is down does `wait_for_update` poll,
@@ -10,9 +12,11 @@ once per `poll_interval_seconds`.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Mapping
 from contextlib import suppress
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any, TypeVar
 
 import structlog
@@ -20,13 +24,14 @@ from alpaca.common.enums import Sort
 from alpaca.data.enums import DataFeed
 from alpaca.data.models import Quote as SdkQuote
 from alpaca.data.requests import StockLatestQuoteRequest
-from alpaca.trading.enums import QueryOrderStatus
+from alpaca.trading.enums import AssetClass, AssetStatus, QueryOrderStatus
 from alpaca.trading.models import Asset as SdkAsset
 from alpaca.trading.models import Clock as SdkClock
 from alpaca.trading.models import Order as SdkOrder
-from alpaca.trading.models import Position, TradeAccount
+from alpaca.trading.models import TradeAccount
 from alpaca.trading.requests import (
     ClosePositionRequest,
+    GetAssetsRequest,
     GetOrdersRequest,
     ReplaceOrderRequest,
 )
@@ -40,15 +45,18 @@ from .convert import (
     account_from_sdk,
     asset_from_sdk,
     clock_from_sdk,
+    listed_assets,
     order_from_sdk,
     order_request_to_sdk,
+    positions_from_wire,
     quote_from_sdk,
 )
 from .errors import AlpacaConfigError, Forbidden
+from .fresh import FreshReads
 from .rest import AlpacaCounters, RestGateway
 from .settings import KEY_ID_ENV, SECRET_KEY_ENV, AlpacaSettings
 from .streams import QuoteStream, StreamThread, UpdateStream
-from .tracking import EVERYONE, OrderTracker, QuoteBoard
+from .tracking import CANCEL_TAKEN, EVERYONE, REPLACE_TAKEN, OrderTracker, QuoteBoard
 
 __all__ = ["AlpacaBroker"]
 
@@ -66,6 +74,10 @@ def _expect(kind: type[M], value: object) -> M:
 OPEN_ORDERS_PER_PAGE = 500  # what Alpaca lists at most per request
 # 50,000 open orders; beyond, the engine reads its own orders one by one (by id)
 OPEN_ORDERS_PAGES_MAX = 100
+# symbols per latest-quotes request: Alpaca documents no cap, this keeps the URL short
+QUOTES_PER_REQUEST = 100
+# the asset list the per-symbol asset reads are served from (what walkbook can trade)
+LISTED = GetAssetsRequest(status=AssetStatus.ACTIVE, asset_class=AssetClass.US_EQUITY)
 
 
 class AlpacaBroker:
@@ -84,6 +96,9 @@ class AlpacaBroker:
         self._quote_stream: QuoteStream | None = None
         self._quote_symbols: set[str] = set()
         self._assets: SharedReads[str, Asset] = SharedReads()
+        self._asset_list: SharedReads[None, dict[str, Asset]] = SharedReads()
+        self._positions: FreshReads[str, Decimal] = FreshReads(self._read_positions)
+        self._rest_quotes: FreshReads[str, Quote] = FreshReads(self._read_quotes)
         self._clock: SharedReads[None, MarketClock] = SharedReads()
         self._stream_awaited = False
         self.log = structlog.get_logger("walkbook").bind(broker="alpaca")
@@ -139,10 +154,24 @@ class AlpacaBroker:
     # -- reads ------------------------------------------------------------------------
 
     async def get_asset(self, symbol: str) -> Asset:
-        """Asset facts change rarely: kept for `asset_cache_seconds` (preflight, then walk)
-        and read once however many walks ask at the same time."""
+        """From one `GET /v2/assets?status=active&asset_class=us_equity` kept for
+        `asset_cache_seconds` and read once however many walks ask at the same time
+        (https://docs.alpaca.markets/docs/working-with-assets). A symbol the list lacks
+        (inactive, unknown, an entry the SDK cannot parse) is read alone and kept as long:
+        an unknown one is Alpaca's 404, UnknownSymbol."""
         self._ensure_streams()
+        listed = await self._asset_list.get(None, self._read_asset_list)
+        if symbol in listed:
+            return listed[symbol]
         return await self._assets.get(symbol, lambda: self._read_asset(symbol))
+
+    async def _read_asset_list(self) -> tuple[dict[str, Asset], float]:
+        """Parsed on the worker thread: Alpaca lists thousands of assets."""
+        trading, params = self.rest.trading, LISTED.to_request_fields()
+        listed = await self.rest.read(
+            "get_assets", lambda: listed_assets(trading.get("/assets", params))
+        )
+        return listed, self.settings.asset_cache_seconds
 
     async def _read_asset(self, symbol: str) -> tuple[Asset, float]:
         trading = self.rest.trading
@@ -172,14 +201,22 @@ class AlpacaBroker:
         return account_from_sdk(_expect(TradeAccount, answer))
 
     async def get_position(self, symbol: str) -> Decimal:
-        """Alpaca answers 404 for a symbol with no position: that is zero shares."""
+        """From `get_positions`: a symbol not held is zero shares. Never from a read sent
+        before this call began, so a walk validating its fills sees the position after them."""
         self._ensure_streams()
+        return (await self._positions.get()).get(symbol, ZERO)
+
+    async def get_positions(self) -> dict[str, Decimal]:
+        """One `GET /v2/positions`, shared by every caller that asked before it was sent
+        (https://docs.alpaca.markets/reference/getallopenpositions)."""
+        self._ensure_streams()
+        return dict(await self._positions.get())
+
+    async def _read_positions(self, _: Collection[str]) -> dict[str, Decimal]:
         trading = self.rest.trading
-        try:
-            answer = await self.rest.read("get_position", lambda: trading.get_open_position(symbol))
-        except OrderNotFound:
-            return ZERO
-        return Decimal(_expect(Position, answer).qty)
+        return positions_from_wire(
+            await self.rest.read("get_positions", lambda: trading.get("/positions"))
+        )
 
     async def stream_quote(self, symbol: str, wait_seconds: float) -> Quote | None:
         """The streamed quote; None at once if the stream was refused (406) or has dropped."""
@@ -201,13 +238,29 @@ class AlpacaBroker:
         return board.latest(symbol)
 
     async def latest_quote(self, symbol: str) -> Quote | None:
-        request = StockLatestQuoteRequest(
-            symbol_or_symbols=symbol, feed=DataFeed(self.settings.feed)
-        )
-        data = self.rest.data
-        answer = await self.rest.read("latest_quote", lambda: data.get_stock_latest_quote(request))
-        quote = answer.get(symbol) if isinstance(answer, dict) else None
-        return quote_from_sdk(quote, "rest") if isinstance(quote, SdkQuote) else None
+        """From `latest_quotes`: the REST fallbacks of walks asking at once share a read."""
+        return (await self._rest_quotes.get([symbol])).get(symbol)
+
+    async def latest_quotes(self, symbols: Collection[str]) -> dict[str, Quote]:
+        """`GET /v2/stocks/quotes/latest?symbols=`, up to `QUOTES_PER_REQUEST` a call, shared
+        by every caller that asked before it was sent, each symbol asked for once
+        (https://docs.alpaca.markets/reference/stocklatestquotes-1)."""
+        quotes = await self._rest_quotes.get(symbols)
+        return {symbol: quotes[symbol] for symbol in symbols if symbol in quotes}
+
+    async def _read_quotes(self, symbols: Collection[str]) -> Mapping[str, Quote]:
+        ordered, quotes = sorted(symbols), {}
+        for start in range(0, len(ordered), QUOTES_PER_REQUEST):
+            request = StockLatestQuoteRequest(
+                symbol_or_symbols=ordered[start : start + QUOTES_PER_REQUEST],
+                feed=DataFeed(self.settings.feed),
+            )
+            read = partial(self.rest.data.get_stock_latest_quote, request)
+            answer = await self.rest.read("latest_quote", read)
+            for quote in answer.values() if isinstance(answer, dict) else ():
+                if isinstance(quote, SdkQuote):
+                    quotes[quote.symbol] = quote_from_sdk(quote, "rest")
+        return quotes
 
     # -- orders -----------------------------------------------------------------------
 
@@ -242,14 +295,31 @@ class AlpacaBroker:
             if found is None:
                 raise
             self.log.warning("alpaca.replace_refused_yet_done", client_order_id=client_order_id)
+            self.orders.wrote(order_id, REPLACE_TAKEN)
             return found
+        self.orders.wrote(order_id, REPLACE_TAKEN)
         return self._show(answer)
 
     async def cancel_order(self, order_id: str) -> None:
         trading = self.rest.trading
         await self.rest.read("cancel_order", lambda: trading.cancel_order_by_id(order_id))
+        self.orders.wrote(order_id, CANCEL_TAKEN)
 
     async def get_order(self, order_id: str) -> BrokerOrder:
+        """What trade_updates reported, without a REST call, for an order the stream has
+        vouched for since it connected (final, or seen during this connection: the trust
+        `wait_for_update` already places in it) once it also shows a cancel or replace of
+        ours that Alpaca took (waiting up to `write_echo_seconds` for that); else one read."""
+        tracker = self.orders
+        if tracker.awaits_echo(order_id):
+            await tracker.waiters.until(
+                order_id,
+                lambda: not tracker.awaits_echo(order_id),
+                self.settings.write_echo_seconds,
+            )
+        current = tracker.current(order_id)
+        if current is not None:
+            return tracker.show(current)
         trading = self.rest.trading
         return self._show(
             await self.rest.read("get_order", lambda: trading.get_order_by_id(order_id))

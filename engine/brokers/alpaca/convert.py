@@ -7,7 +7,8 @@ calculated, ...) are not final, so they read as `accepted`: the engine keeps wai
 
 from __future__ import annotations
 
-from decimal import Decimal
+from contextlib import suppress
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from alpaca.data.models import Quote as SdkQuote
@@ -19,6 +20,7 @@ from alpaca.trading.models import Clock as SdkClock
 from alpaca.trading.models import Order as SdkOrder
 from alpaca.trading.models import TradeAccount
 from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest
+from pydantic import ValidationError
 
 from ...broker import (
     Account,
@@ -31,6 +33,7 @@ from ...broker import (
     Quote,
     QuoteSource,
 )
+from ...errors import BrokerUnavailable
 from ...intents import OrderSide
 from ...numbers import ZERO
 
@@ -39,8 +42,10 @@ __all__ = [
     "account_from_sdk",
     "asset_from_sdk",
     "clock_from_sdk",
+    "listed_assets",
     "order_from_sdk",
     "order_request_to_sdk",
+    "positions_from_wire",
     "quote_from_sdk",
 ]
 
@@ -115,6 +120,35 @@ def asset_from_sdk(asset: SdkAsset) -> Asset:
         fractionable=asset.fractionable,
         price_increment=increment if increment else None,
     )
+
+
+def _wire_list(answer: object, what: str) -> list[dict[str, Any]]:
+    if not isinstance(answer, list) or not all(isinstance(item, dict) for item in answer):
+        raise BrokerUnavailable(f"alpaca: unexpected answer to {what}")
+    return answer
+
+
+def listed_assets(answer: object) -> dict[str, Asset]:
+    """`GET /v2/assets` by symbol. Each entry is parsed on its own, so one the SDK cannot
+    parse is left out (its symbol is then read alone) instead of failing them all."""
+    listed = {}
+    for entry in _wire_list(answer, "GET /v2/assets"):
+        with suppress(ValidationError):
+            asset = asset_from_sdk(SdkAsset(**entry))
+            listed[asset.symbol] = asset
+    return listed
+
+
+def positions_from_wire(answer: object) -> dict[str, Decimal]:
+    """`GET /v2/positions` as symbol -> Alpaca's signed `qty`, read off the JSON, so a
+    position of a kind the SDK's model does not know (an option) cannot fail them all."""
+    try:
+        return {
+            str(held["symbol"]): Decimal(str(held["qty"]))
+            for held in _wire_list(answer, "GET /v2/positions")
+        }
+    except (KeyError, InvalidOperation):
+        raise BrokerUnavailable("alpaca: a position without a symbol or a qty") from None
 
 
 def clock_from_sdk(clock: SdkClock) -> MarketClock:

@@ -82,6 +82,9 @@ class AlpacaSettings:
     asset_cache_seconds: float = 60.0
     clock_cache_seconds: float = 30.0
     stream_connect_seconds: float = 2.0
+    # how long get_order waits for trade_updates to report a cancel or replace Alpaca took
+    # before it reads the order over REST instead
+    write_echo_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         if self.data_url is None and self.trading_url is not None:

@@ -19,7 +19,16 @@ from decimal import Decimal
 
 from ...broker import BrokerOrder, BrokerOrderStatus, Quote
 
-__all__ = ["EVERYONE", "FINAL_ORDERS_KEPT", "OrderTracker", "QuoteBoard", "Waiters", "Watch"]
+__all__ = [
+    "CANCEL_TAKEN",
+    "EVERYONE",
+    "FINAL_ORDERS_KEPT",
+    "REPLACE_TAKEN",
+    "OrderTracker",
+    "QuoteBoard",
+    "Waiters",
+    "Watch",
+]
 
 EVERYONE = "*"
 _NOT_ROUTED = frozenset({BrokerOrderStatus.ACCEPTED, BrokerOrderStatus.PENDING_NEW})
@@ -28,6 +37,10 @@ _NOT_ROUTED = frozenset({BrokerOrderStatus.ACCEPTED, BrokerOrderStatus.PENDING_N
 # and an engine embedded for months (or an account whose other orders stream by) does not
 # keep every order it ever saw.
 FINAL_ORDERS_KEPT = 10_000
+# the statuses (besides a final one) in which an order shows that Alpaca took a cancel or a
+# replace we sent (https://docs.alpaca.markets/docs/orders-at-alpaca#order-lifecycle)
+CANCEL_TAKEN = frozenset({BrokerOrderStatus.PENDING_CANCEL})
+REPLACE_TAKEN = frozenset({BrokerOrderStatus.PENDING_REPLACE})
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -112,6 +125,14 @@ def _progress(order: BrokerOrder) -> tuple[Decimal, bool, bool]:
     return order.filled_qty, order.is_terminal, order.status not in _NOT_ROUTED
 
 
+def _shows(order: BrokerOrder | None, taken: frozenset[BrokerOrderStatus] | None) -> bool:
+    """Whether a view of an order shows a write that puts it in one of `taken` (or None:
+    no write is waiting): that status, or final, which no write can undo."""
+    if taken is None:
+        return True
+    return order is not None and (order.is_terminal or order.status in taken)
+
+
 def _view(order: BrokerOrder) -> tuple[object, ...]:
     return order.status, order.filled_qty, order.filled_avg_price, order.replaced_by
 
@@ -131,6 +152,8 @@ class OrderTracker:
         self._confirmed: dict[str, int] = {}
         self._finals: OrderedDict[str, None] = OrderedDict()  # ids, oldest final first
         self._finals_kept = final_orders_kept
+        # order id -> the statuses that would show a write of ours its view does not show yet
+        self._writes: dict[str, frozenset[BrokerOrderStatus]] = {}
         self.generation = 0
         self.stream_up = False
         self.waiters = Waiters()
@@ -141,6 +164,8 @@ class OrderTracker:
             merged = _fresher(self._latest.get(order.id), order)
             self._latest[order.id] = merged
             self._confirmed[order.id] = self.generation
+            if _shows(merged, self._writes.get(order.id)):
+                self._writes.pop(order.id, None)
             if merged.is_terminal and order.id not in self._finals:
                 self._finals[order.id] = None
                 if len(self._finals) > self._finals_kept:
@@ -149,8 +174,28 @@ class OrderTracker:
         return merged
 
     def _forget(self, order_id: str) -> None:
-        for views in (self._latest, self._shown, self._confirmed):
+        for views in (self._latest, self._shown, self._confirmed, self._writes):
             views.pop(order_id, None)
+
+    def wrote(self, order_id: str, taken: frozenset[BrokerOrderStatus]) -> None:
+        """Alpaca accepted a cancel or replace of the order: until a view shows it (a status
+        in `taken`, or final), the stream's view is not the order as it now stands."""
+        with self._lock:
+            if not _shows(self._latest.get(order_id), taken):
+                self._writes[order_id] = taken
+
+    def awaits_echo(self, order_id: str) -> bool:
+        """Vouched for by the stream but for a write of ours it has not reported yet."""
+        with self._lock:
+            return order_id in self._writes and self._vouched(order_id)
+
+    def current(self, order_id: str) -> BrokerOrder | None:
+        """The order as it stands if the stream vouches for it, our own writes included;
+        else None (a REST read is needed)."""
+        with self._lock:
+            if order_id in self._writes or not self._vouched(order_id):
+                return None
+            return self._latest[order_id]
 
     def show(self, order: BrokerOrder) -> BrokerOrder:
         """Merge, and remember this as what the engine has now seen of the order."""
@@ -174,10 +219,13 @@ class OrderTracker:
     def needs_read(self, order_id: str) -> bool:
         """True unless the trade stream is up and has vouched for this order since connecting."""
         with self._lock:
-            if not self.stream_up or order_id not in self._latest:
-                return True
-            latest = self._latest[order_id]
-            return not latest.is_terminal and self._confirmed[order_id] != self.generation
+            return not self._vouched(order_id)
+
+    def _vouched(self, order_id: str) -> bool:
+        if not self.stream_up or order_id not in self._latest:
+            return False
+        latest = self._latest[order_id]
+        return latest.is_terminal or self._confirmed[order_id] == self.generation
 
     def stream_connected(self) -> None:
         with self._lock:

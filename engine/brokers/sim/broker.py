@@ -11,7 +11,7 @@ the next tick and may still fill there.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -460,6 +460,7 @@ class SimBroker:
             return
         order.filled_qty += qty
         order.notional += qty * price
+        order.filled_at = self._tick_time(self._books[order.symbol].tick_index).isoformat()
         self._settle(order.symbol, qty if order.side is OrderSide.BUY else -qty, price)
         if order.remaining == 0:
             status = BrokerOrderStatus.FILLED
@@ -559,6 +560,15 @@ class SimBroker:
         return self.ledger.qty(symbol)
 
     @_persisted
+    async def get_positions(self) -> dict[str, Decimal]:
+        """Each held symbol's signed qty, every book first run up to now (as get_position
+        runs its own), so fills already due are in."""
+        await self._call()
+        for symbol in list(self._books):
+            self._book(symbol)
+        return self.positions
+
+    @_persisted
     async def stream_quote(self, symbol: str, wait_seconds: float) -> Quote | None:
         await self._call(read=False)
         book = self._book(symbol)
@@ -570,6 +580,13 @@ class SimBroker:
     async def latest_quote(self, symbol: str) -> Quote | None:
         await self._call()
         return self._quote(symbol, self._book(symbol), hide_both=False)
+
+    @_persisted
+    async def latest_quotes(self, symbols: Collection[str]) -> dict[str, Quote]:
+        """One call for them all; a symbol the market does not list has no quote."""
+        await self._call()
+        listed = (symbol for symbol in symbols if self.spec.lists(symbol))
+        return {s: self._quote(s, self._book(s), hide_both=False) for s in listed}
 
     @_persisted
     async def submit_order(self, request: OrderRequest) -> BrokerOrder:
@@ -876,6 +893,8 @@ class SimBroker:
             limit_price=None,
         )
         self._accept(order, book)
+        if self._faults.random() < self.spec.submit_timeout_probability:
+            raise OutcomeUnknown("simulated timeout after the close was accepted")
         return order.snapshot()
 
     @_persisted

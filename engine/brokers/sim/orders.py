@@ -73,6 +73,8 @@ class SimOrder:
     # before the asynchronous lifecycle hold routed orders only
     routes_at: str | None = None
     routed: bool = True
+    # the market time of the latest fill (the tick it happened in)
+    filled_at: str | None = None
 
     @property
     def remaining(self) -> Decimal:
@@ -111,4 +113,5 @@ class SimOrder:
             replaces=self.replaces,
             time_in_force=self.time_in_force,
             notional=self.asked_notional,
+            filled_at=None if self.filled_at is None else datetime.fromisoformat(self.filled_at),
         )

@@ -126,9 +126,11 @@ DEFAULTS = Policy("walkbook defaults", Urgency.MEDIUM, EngineConfig())
 POLICIES = (MARKET, ORIGINAL, DEFAULTS)
 
 
-def universe(per_class: int) -> tuple[MarketSpec, list[OrderIntent], dict[str, str]]:
+def universe(
+    per_class: int, seed: int = SEED
+) -> tuple[MarketSpec, list[OrderIntent], dict[str, str]]:
     """The seeded market, its orders (classes mixed in every plan), and each symbol's class."""
-    rng = random.Random(SEED)
+    rng = random.Random(seed)
     symbols: dict[str, SymbolSpec] = {}
     positions: dict[str, Decimal] = {}
     intents: list[OrderIntent] = []
@@ -151,7 +153,7 @@ def universe(per_class: int) -> tuple[MarketSpec, list[OrderIntent], dict[str, s
             intents.append(OrderIntent(symbol=symbol, side=side, quantity=quantity))
             class_of[symbol] = kind.name
     rng.shuffle(intents)
-    spec = MarketSpec(seed=SEED, symbols=symbols, positions=positions, cash=Decimal(10) ** 12)
+    spec = MarketSpec(seed=seed, symbols=symbols, positions=positions, cash=Decimal(10) ** 12)
     return spec, intents, class_of
 
 
@@ -269,11 +271,13 @@ def market_model(spec: MarketSpec) -> str:
 
 
 def main() -> None:
-    args = bench_parser(__doc__).parse_args()
+    parser = bench_parser(__doc__)
+    parser.add_argument("--seed", type=int, default=SEED, help="seeds the orders and the market")
+    args = parser.parse_args()
     per_class = 8 if args.quick else 350
     quiet_logs()
     report = Report("quality", args)
-    spec, intents, class_of = universe(per_class)
+    spec, intents, class_of = universe(per_class, args.seed)
     with scratch(args.workdir) as directory:
         outcomes = {
             p.name: run_policy(p, intents, spec, class_of, directory / f"policy-{i}.db")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from journal import canonical_json
 
 from .intents import Urgency
+from .numbers import BPS
 
 __all__ = ["DEFAULT_LADDER", "PRICED_LIMITS", "EngineConfig", "journaled_config"]
 
@@ -142,6 +143,43 @@ class EngineConfig(BaseModel):
         description="A sell up to this fraction above the position is trimmed to the "
         "position; beyond it, refused.",
     )
+    price_band_bps: Decimal | None = Field(
+        None,
+        gt=0,
+        le=BPS,
+        description="No limit price and no market order further than this from the arrival "
+        "mid (a limit beyond it is held at the band's edge); an order whose market moved past "
+        "the band stops, its live order cancelled, FAILED price_band.",
+    )
+    # watching the quote while a step rests (engine/walk.py)
+    repeg_threshold_bps: Decimal | None = Field(
+        None,
+        gt=0,
+        le=BPS,
+        description="Re-price a resting limit order at once, at its step's fraction of the "
+        "new quote, when the mid moves more than this from the quote the step was priced "
+        "from; None: a step rests at its price until its time is up.",
+    )
+    max_repegs: int = Field(2, ge=0, description="The most re-pricings within one limit step.")
+    max_spread_bps: Decimal | None = Field(
+        None,
+        gt=0,
+        le=BPS,
+        description="Hold back a limit step's placement while the spread is wider than this, "
+        "for at most the step's time (then the walk moves on as if the step went unfilled).",
+    )
+    quote_watch_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="How often a resting step or a held-back placement looks at the quote "
+        "(only with repeg_threshold_bps, price_band_bps or max_spread_bps).",
+    )
+
+    @property
+    def watches_quotes(self) -> bool:
+        """Whether a resting step looks at the quote before its time is up."""
+        return self.repeg_threshold_bps is not None or self.price_band_bps is not None
 
     @property
     def prices_orders(self) -> bool:

@@ -37,6 +37,7 @@ __all__ = [
     "OrderFinal",
     "OutcomeUnknown",
     "Payload",
+    "PlacementHeld",
     "PositionRead",
     "Quoted",
     "Rejected",
@@ -74,6 +75,7 @@ class EventKind:
     INTENT_WITHDRAWN = "intent_withdrawn"
     STOP_REQUESTED = "stop_requested"
     ERROR = "error"
+    PLACEMENT_HELD = "placement_held"
 
 
 EVENT_KINDS: tuple[str, ...] = tuple(
@@ -296,6 +298,9 @@ class Fill(Payload, frozen=True, kw_only=True):
     price: Decimal
     cum_qty: Decimal
     cum_avg_price: Decimal
+    # when the broker says the order's latest fill happened (the event's own `at` is when
+    # the journal learned of it: a resume may learn much later)
+    broker_at: str | None = None
 
 
 class OrderFinal(Payload, frozen=True, kw_only=True):
@@ -339,6 +344,15 @@ class StopRequested(Payload, frozen=True, kw_only=True):
     reason: str
 
 
+class PlacementHeld(Payload, frozen=True, kw_only=True):
+    """A limit step's placement held back: the spread is wider than `max_spread_bps`."""
+
+    KIND = EventKind.PLACEMENT_HELD
+    spread_bps: Decimal
+    max_spread_bps: Decimal
+    quote: dict[str, Any]
+
+
 class Errored(Payload, frozen=True, kw_only=True):
     """Something the walk could not act on (a broker unreachable, an overfill)."""
 
@@ -367,12 +381,14 @@ _BY_KIND: dict[str, type[Payload]] = {
         IntentWithdrawn,
         StopRequested,
         Errored,
+        PlacementHeld,
     )
 }
 _BY_TRIGGER: dict[str, type[Transition]] = {
     Trigger.QUOTE: Quoted,
     Trigger.START_WALK: StepEntered,
     Trigger.NEXT_STEP: StepEntered,
+    Trigger.REPEG: StepEntered,
     Trigger.ESCALATE: Escalated,
     Trigger.SETTLE: Settled,
     Trigger.VALIDATE: Validated,

@@ -52,6 +52,8 @@ class Trigger(StrEnum):
     QUOTE = "quote"
     START_WALK = "start_walk"
     NEXT_STEP = "next_step"
+    # a resting step re-priced at its own fraction of a quote that moved (stays in its step)
+    REPEG = "repeg"
     ESCALATE = "escalate"
     SETTLE = "settle"
     VALIDATE = "validate"
@@ -83,6 +85,7 @@ class FailReason(StrEnum):
     RISK_LIMIT = "risk_limit"
     BELOW_MIN_NOTIONAL = "below_min_notional"
     BLOCKED_BY_SELLS = "blocked_by_sells"
+    PRICE_BAND = "price_band"
     # refusals the broker gave a reason for (engine/brokers/alpaca/errors.py maps Alpaca's answers)
     UNKNOWN_SYMBOL = "unknown_symbol"
     NOT_PERMITTED = "not_permitted"
@@ -126,6 +129,7 @@ def transition_table(steps: int) -> list[tuple[str, str, str]]:
     if steps:
         table.append((Trigger.START_WALK, OrderState.QUOTED, limit_step(1)))
     table += [(Trigger.NEXT_STEP, limit_step(k), limit_step(k + 1)) for k in range(1, steps)]
+    table += [(Trigger.REPEG, limit_step(k), limit_step(k)) for k in range(1, steps + 1)]
     table.append((Trigger.ESCALATE, OrderState.QUOTED, OrderState.MARKET))
     if steps:
         table.append((Trigger.ESCALATE, limit_step(steps), OrderState.MARKET))

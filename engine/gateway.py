@@ -273,6 +273,7 @@ class OrderGateway:
                     price=price,
                     cum_qty=order.filled_qty,
                     cum_avg_price=avg,
+                    broker_at=None if order.filled_at is None else stamp(order.filled_at),
                 )
             )
             self.log.info("order.fill", qty=str(delta), price=str(price))

@@ -8,7 +8,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from .errors import InvalidIntent, InvalidPlan, first_validation_error
 from .jsonfile import read_json, shown
@@ -38,6 +47,9 @@ _ONE = Decimal(1)
 MAX_TEXT_CHARS = 128
 DEFAULT_MAX_PLAN_ORDERS = 10_000
 FreeText = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+Weights = dict[str, Decimal]
+# OrderIntent's fields added after its first release, written only when set
+LATER_FIELDS = ("strategies",)
 
 
 class OrderSide(StrEnum):
@@ -77,6 +89,8 @@ class OrderIntent(BaseModel):
     urgency: Urgency = Urgency.MEDIUM
     correlation_id: FreeText | None = None
     strategy_id: FreeText | None = None
+    # an order shared by strategies: each one's share of its fills (the ledger splits them)
+    strategies: dict[FreeText, Decimal] | None = None
 
     @field_validator("side", "close_type", "urgency", mode="before")
     @classmethod
@@ -135,11 +149,41 @@ class OrderIntent(BaseModel):
         assert isinstance(exponent, int)  # a finite Decimal's exponent
         return normal.quantize(_ONE) if exponent >= 0 else normal
 
+    @field_validator("strategies")
+    @classmethod
+    def _weights_share_the_order(
+        cls, value: dict[str, Decimal] | None
+    ) -> dict[str, Decimal] | None:
+        """Each weight in (0, 1], together exactly 1: the ledger splits every fill by them."""
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("strategies must name at least one strategy")
+        for name, weight in value.items():
+            if not weight.is_finite() or not 0 < weight <= 1:
+                raise ValueError(f"strategy {shown(name)} has weight {weight}, not in (0, 1]")
+        total = sum(value.values(), Decimal(0))
+        if total != 1:
+            raise ValueError(f"strategy weights add up to {total}, not 1")
+        return value
+
     @model_validator(mode="after")
     def _closing_requires_sell(self) -> OrderIntent:
         if self.close_type is not CloseType.NONE and self.side is not OrderSide.SELL:
             raise ValueError(f"close_type {self.close_type.value} requires side sell")
+        if self.strategies is not None and self.strategy_id is not None:
+            raise ValueError("give strategy_id or strategies, not both")
         return self
+
+    @model_serializer(mode="wrap")
+    def _later_fields_only_when_set(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Fields added after plans were first journaled are written only when set, so the
+        digest of a plan delivered before them, and its journaled intents, stay the same."""
+        data = handler(self)
+        for name in LATER_FIELDS:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
     @classmethod
     def build(cls, **fields: Any) -> OrderIntent:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
-__all__ = ["ZERO", "ceil_to", "decimal_text", "floor_to", "parse_decimal", "round_to"]
+__all__ = ["BPS", "ZERO", "ceil_to", "decimal_text", "floor_to", "parse_decimal", "round_to"]
 
 ZERO = Decimal(0)
+# basis points in one
+BPS = Decimal(10_000)
 
 
 def decimal_text(value: Decimal) -> str:

@@ -132,6 +132,8 @@ class OrderRecord:
     notional: Decimal = ZERO
     live_broker_order_id: str | None = None
     live_client_order_id: str | None = None
+    # the limit price the live broker order was placed at (None for a market order)
+    live_limit_price: Decimal | None = None
     steps_used: int = 0
     target_qty: Decimal | None = None
     position_before: Decimal | None = None
@@ -153,6 +155,8 @@ class OrderRecord:
     state_entered_at: str | None = None
     step_limit_price: Decimal | None = None
     step_quote: dict[str, Any] | None = None
+    # re-pricings of the current limit step (a repeg stays in its state)
+    repegs_in_step: int = 0
     last_seq: int = 0
 
     @property
@@ -311,11 +315,14 @@ def _transition(
 ) -> None:
     if to_state is None:
         return
+    fields["step_limit_price"] = getattr(event, "limit_price", None)
+    fields["step_quote"] = getattr(event, "quote", None)
+    if to_state == fields["state"]:  # a repeg: the step goes on, its time and count kept
+        fields["repegs_in_step"] += 1
+        return
     fields["state"] = to_state
     fields["state_entered_at"] = at
-    limit = getattr(event, "limit_price", None)
-    fields["step_limit_price"] = limit
-    fields["step_quote"] = getattr(event, "quote", None)
+    fields["repegs_in_step"] = 0
     if isinstance(event, Failed):
         fields["reason"] = event.reason
         fields["failure_detail"] = failure_detail(record, event)
@@ -359,9 +366,10 @@ def _intent(
 
 
 def _ack(record: OrderRecord, fields: Fields, event: Ack, to_state: str | None, at: str) -> None:
-    broker_id = event.broker_order_id
+    broker_id, pending = event.broker_order_id, fields["pending_intent"]
     fields["live_broker_order_id"] = broker_id
     fields["live_client_order_id"] = event.client_order_id
+    fields["live_limit_price"] = None if pending is None else pending.limit_price
     fields["pending_intent"] = None
     if broker_id not in fields["broker_order_ids"]:
         fields["broker_order_ids"] += (broker_id,)
@@ -375,6 +383,7 @@ def _order_final(
     if broker_id == fields["live_broker_order_id"]:
         fields["live_broker_order_id"] = None
         fields["live_client_order_id"] = None
+        fields["live_limit_price"] = None
     if event.external:
         fields["ended_at_broker"] = {"broker_order_id": broker_id, "status": event.status}
 

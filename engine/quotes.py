@@ -19,7 +19,7 @@ from statistics import median
 from typing import Any
 
 from .broker import Broker, Quote
-from .numbers import decimal_text
+from .numbers import BPS, decimal_text
 from .pricing import tick_size
 
 __all__ = ["SUSPICIOUS_SPREAD_BPS", "QuoteCounters", "QuoteService", "UsableQuote"]
@@ -31,7 +31,6 @@ SUSPICIOUS_SPREAD_BPS = Decimal(1000)
 SPREAD_JUMP_FACTOR = Decimal(5)
 HISTORY_FLOOR_BPS = Decimal(50)
 SPREADS_KEPT, SPREADS_NEEDED = 20, 3
-BPS = Decimal(10_000)
 
 
 @dataclass

@@ -11,12 +11,11 @@ from pydantic import BaseModel, ConfigDict
 
 from .fsm import OrderState
 from .intents import OrderSide
-from .numbers import ZERO
+from .numbers import BPS, ZERO
 from .order import OrderRecord
 
 __all__ = ["OrderResult", "PlanResult", "PlanStatus"]
 
-BPS = Decimal(10_000)
 CENT = Decimal("0.01")
 
 

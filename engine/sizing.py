@@ -22,7 +22,7 @@ from .broker import Account
 from .context import OrderJournal, WalkContext
 from .events import Resized
 from .fsm import FailReason
-from .numbers import decimal_text, floor_to
+from .numbers import BPS, decimal_text, floor_to
 from .order import OrderRecord
 from .quotes import UsableQuote
 from .walk import OrderWalk
@@ -32,7 +32,6 @@ __all__ = ["BuySizer", "spendable_funds"]
 QuoteRead = Callable[[], Awaitable[UsableQuote | None]]
 # how the engine reads the broker (with its retries), here for quotes
 Reader = Callable[[QuoteRead], Awaitable[UsableQuote | None]]
-BPS = Decimal(10_000)
 CENT = Decimal("0.01")
 QTY_WHOLE, QTY_FRACTION = Decimal(1), Decimal("0.0001")
 log = structlog.get_logger("walkbook")

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import structlog
 
 from .broker import Asset, BrokerOrder
+from .clock import MIN_WAIT_SECONDS
 from .config import journaled_config
 from .context import OrderJournal, WalkContext
 from .errors import (
@@ -31,6 +32,7 @@ from .events import (
     Escalated,
     Failed,
     OrderFinal,
+    PlacementHeld,
     PositionRead,
     Quoted,
     Settled,
@@ -48,9 +50,9 @@ from .gateway import (
     OrderGateway,
 )
 from .intents import CloseType, OrderSide, Urgency
-from .numbers import ZERO, decimal_text
+from .numbers import BPS, ZERO, decimal_text
 from .order import OrderRecord
-from .pricing import limit_price
+from .pricing import band_edge, beyond_band, held_to_band, limit_price, spread_bps
 from .quotes import UsableQuote
 from .stopping import StopRequested
 
@@ -58,6 +60,7 @@ __all__ = ["LIMIT_STEP", "MARKET_WITHOUT_QUOTE", "STATE_HANDLERS", "OrderWalk"]
 
 
 T = TypeVar("T")
+BPS_PLACES = Decimal("0.01")
 # why a QUOTED transition journals no quote
 MARKET_WITHOUT_QUOTE = "no usable quote: urgency HIGH goes to market (market_without_quote)"
 
@@ -319,9 +322,7 @@ class OrderWalk:
             return ZERO
         if record.attempts_at(CLOSE_STEP):
             return ZERO
-        if self.asset is None:
-            self.asset = await self.gateway.read(partial(self.ctx.broker.get_asset, intent.symbol))
-        if self.asset.fractionable:
+        if (await self._asset()).fractionable:
             return ZERO
         remaining = record.remaining_qty
         return remaining - remaining.to_integral_value(rounding=ROUND_FLOOR)
@@ -331,40 +332,161 @@ class OrderWalk:
         quote = await self._fresh_quote()
         if quote is None:
             return await self._fail(FailReason.NO_QUOTE)
+        price = await self._step_price(k, quote)
+        if price is None:
+            return await self._fail_price_band(quote)
+        self._journal_step(Trigger.START_WALK if k == 1 else Trigger.NEXT_STEP, k, quote, price)
+
+    async def _asset(self) -> Asset:
+        """The order's asset, read once per walk (a resumed walk reads it when first needed)."""
         if self.asset is None:
-            self.asset = await self.gateway.read(
-                lambda: self.ctx.broker.get_asset(self.record.intent.symbol)
-            )
-        ratio = self.config.ladder[k - 1]
-        price = limit_price(
-            self.record.intent.side, quote.bid, quote.ask, ratio, self.asset.price_increment
-        )
+            symbol = self.record.intent.symbol
+            self.asset = await self.gateway.read(partial(self.ctx.broker.get_asset, symbol))
+        return self.asset
+
+    async def _step_price(self, k: int, quote: UsableQuote) -> Decimal | None:
+        """Step k's limit at its fraction of `quote`, held inside the price band; None when
+        the market moved past the band."""
+        side, increment = self.record.intent.side, (await self._asset()).price_increment
+        edge = self._band_edge()
+        if edge is not None and beyond_band(side, quote.bid, quote.ask, edge):
+            return None
+        price = limit_price(side, quote.bid, quote.ask, self.config.ladder[k - 1], increment)
+        return price if edge is None else held_to_band(side, price, edge, increment)
+
+    def _journal_step(self, trigger: Trigger, k: int, quote: UsableQuote, price: Decimal) -> None:
         self._fire(
             StepEntered(
-                trigger=Trigger.START_WALK if k == 1 else Trigger.NEXT_STEP,
-                ratio=ratio,
+                trigger=trigger,
+                ratio=self.config.ladder[k - 1],
                 limit_price=price,
                 quote=quote.as_data(),
                 wait_seconds=self.config.step_wait_seconds(self.record.intent.urgency),
             )
         )
 
-    async def _limit_step(self) -> None:
-        """LIMIT_STEP_k: the step's order rests for the step's wait (what is left of it)."""
-        k = step_number(self.record.state)
-        step, price = f"L{k}", self.record.step_limit_price
-        assert price is not None, "a limit step is always entered with its price"
-        if self.record.remaining_qty > 0 and self.record.live_step != step:
-            await self._place_limit(step, price)
-        await self.gateway.await_fills(
-            self._deadline(self.config.step_wait_seconds(self.record.intent.urgency))
+    def _band_edge(self) -> Decimal | None:
+        """The furthest price `price_band_bps` allows around the arrival mid (None: no band,
+        or no arrival quote to measure from)."""
+        band, arrival = self.config.price_band_bps, self.record.arrival
+        if band is None or arrival is None:
+            return None
+        mid = (Decimal(arrival["bid"]) + Decimal(arrival["ask"])) / 2
+        return band_edge(self.record.intent.side, mid, band)
+
+    async def _fail_price_band(self, quote: UsableQuote | None) -> None:
+        """The market moved past the price band (or no quote shows where it is): stop."""
+        edge = self._band_edge()
+        assert edge is not None, "only a band fails an order price_band"
+        where = "no usable quote" if quote is None else f"the market at {quote.bid}/{quote.ask}"
+        await self._fail(
+            FailReason.PRICE_BAND,
+            f"{where}: a {self.record.intent.side.value} may not trade beyond "
+            f"{decimal_text(edge)}, the {self.config.price_band_bps} bps price band around "
+            "the arrival mid",
+            band_edge=decimal_text(edge),
         )
+
+    async def _limit_step(self) -> None:
+        """LIMIT_STEP_k: the step's order rests for the step's time (what is left of it),
+        placed once the spread allows (max_spread_bps) and re-priced when the quote moves
+        (repeg_threshold_bps)."""
+        k = step_number(self.record.state)
+        step = f"L{k}"
+        deadline = self._deadline(self.config.step_wait_seconds(self.record.intent.urgency))
+        record = self.record
+        placed = record.live_step == step and record.live_limit_price == record.step_limit_price
+        if record.remaining_qty > 0 and not placed and await self._spread_allows(deadline):
+            price = self.record.step_limit_price
+            assert price is not None, "a limit step is always entered with its price"
+            await self._place_limit(step, price)
+        if self.record.is_terminal or await self._rest(deadline):
+            return
         if self.record.remaining_qty <= 0:
             self._fire(Settled(trigger=Trigger.SETTLE))
         elif k < len(self.config.ladder):
             await self._enter_step(k + 1)
         else:
             self._fire(_escalated(await self._quote()))
+
+    async def _spread_allows(self, deadline: float) -> bool:
+        """Whether the step places now: at once without `max_spread_bps`, else once the
+        spread is at most that, the step re-priced at the quote it narrowed to. False when
+        the step's time ran out held back (journaled `placement_held` as the hold began) or
+        the order ended (the price band)."""
+        widest = self.config.max_spread_bps
+        if widest is None:
+            return True
+        held, clock = False, self.ctx.clock
+        while True:
+            quote = await self._quote()
+            if quote is not None and spread_bps(quote.bid, quote.ask) <= widest:
+                if held:
+                    await self._repriced(quote, force=True)
+                return not self.record.is_terminal
+            left = deadline - clock.monotonic()
+            if left <= MIN_WAIT_SECONDS:
+                self.log.info("order.step_held_back", state=self.record.state)
+                return False
+            if not held and quote is not None:
+                self.journal.write(
+                    PlacementHeld(
+                        spread_bps=spread_bps(quote.bid, quote.ask).quantize(BPS_PLACES),
+                        max_spread_bps=widest,
+                        quote=quote.as_data(),
+                    )
+                )
+                held = True
+            wait = min(left, self.config.quote_watch_seconds)
+            await self.gateway.unless_stopped(partial(clock.sleep, wait))
+
+    async def _rest(self, deadline: float) -> bool:
+        """Count the live order's fills until the step's time is up. Watching quotes, look
+        every `quote_watch_seconds`: True when the step was re-priced or the order ended
+        (the price band), and the step must be looked at again."""
+        if not self.config.watches_quotes:
+            await self.gateway.await_fills(deadline)
+            return False
+        clock = self.ctx.clock
+        while self.record.live_broker_order_id is not None:
+            look = min(deadline, clock.monotonic() + self.config.quote_watch_seconds)
+            await self.gateway.await_fills(look)
+            done = self.record.remaining_qty <= 0 or self.record.live_broker_order_id is None
+            if done or clock.monotonic() >= deadline - MIN_WAIT_SECONDS:
+                return False
+            quote = await self._quote()
+            if quote is not None and await self._repriced(quote):
+                return True
+        return False
+
+    async def _repriced(self, quote: UsableQuote, *, force: bool = False) -> bool:
+        """Re-price the step at its fraction of `quote` when the mid moved more than
+        `repeg_threshold_bps` from the step's quote (at most `max_repegs` a step; `force`:
+        whenever the price changes), or fail it when the market moved past the price band.
+        True when either happened."""
+        k = step_number(self.record.state)
+        price = await self._step_price(k, quote)
+        if price is None:
+            await self._fail_price_band(quote)
+            return True
+        if price == self.record.step_limit_price or not (force or self._moved_enough(quote)):
+            return False
+        self._journal_step(Trigger.REPEG, k, quote, price)
+        return True
+
+    def _moved_enough(self, quote: UsableQuote) -> bool:
+        """The mid moved more than `repeg_threshold_bps` from the step's own quote, and the
+        step has re-pricings left."""
+        record, threshold = self.record, self.config.repeg_threshold_bps
+        step_quote = record.step_quote
+        if (
+            threshold is None
+            or step_quote is None
+            or record.repegs_in_step >= self.config.max_repegs
+        ):
+            return False
+        before = (Decimal(step_quote["bid"]) + Decimal(step_quote["ask"])) / 2
+        return before > 0 and abs(quote.mid - before) / before * BPS > threshold
 
     async def _place_limit(self, step: str, price: Decimal) -> None:
         """The step's order at `price`: the live order kept when it already rests there (a
@@ -416,10 +538,25 @@ class OrderWalk:
             self.record.remaining_qty > 0
             and self.gateway.next_attempt(MARKET_STEP) <= self.config.market_attempts
         ):
+            if not await self._market_inside_band():
+                return
             await self.gateway.submit_remaining(MARKET_STEP, None)
             await self.gateway.await_fills(self.ctx.clock.monotonic() + wait)
             await self.gateway.cancel_live()
         self._fire(Settled(trigger=Trigger.SETTLE))
+
+    async def _market_inside_band(self) -> bool:
+        """Whether a market order may go: no price band, or the far touch inside it (else
+        the order fails price_band: a market order would trade beyond the band)."""
+        edge = self._band_edge()
+        if edge is None:
+            return True
+        quote = await self._quote()
+        side = self.record.intent.side
+        if quote is not None and not beyond_band(side, quote.bid, quote.ask, edge, crossing=True):
+            return True
+        await self._fail_price_band(quote)
+        return False
 
     async def _settle(self) -> None:
         """SETTLING: nothing live, then the position must have moved by exactly what filled."""

@@ -35,6 +35,7 @@ from audit_support import (
 from engine import export, export_ledger, replay, report, report_html, verify
 from engine.audit import EVENT_COLUMNS, LEDGER_COLUMNS, ReplayRefused, feed
 from engine.events import EventKind
+from engine.numbers import decimal_text
 from journal import (
     SCHEMA_VERSION,
     Event,
@@ -400,11 +401,15 @@ def expected_ledger(path: Path) -> list[dict[str, Any]]:
             quotes[order_id] = event.data["quote"]
         if event.kind == EventKind.FILL:
             intent, quote = intents[order_id], quotes[order_id]
+            qty, price = Decimal(event.data["qty"]), Decimal(event.data["price"])
             rows.append({
-                "seq": event.seq, "at": event.at, "order_id": order_id,
-                "plan_id": event.plan_id, "strategy_id": intent["strategy_id"],
+                "seq": event.seq, "at": event.at, "broker_at": event.data.get("broker_at"),
+                "order_id": order_id, "plan_id": event.plan_id,
+                "correlation_id": intent["correlation_id"],
+                "strategy_id": intent["strategy_id"], "strategy_weight": "1",
                 "symbol": intent["symbol"], "side": intent["side"],
                 "qty": event.data["qty"], "price": event.data["price"],
+                "notional": decimal_text(qty * price),
                 "bid": quote["bid"], "ask": quote["ask"],
                 "step": event.data["client_order_id"].split("-")[2],
                 "client_order_id": event.data["client_order_id"],

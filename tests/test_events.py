@@ -64,7 +64,8 @@ def _minimal(kind: str) -> dict[str, Any]:
     """Data with every field a kind requires, at a plausible value."""
     cls = next(c for c in _payload_types() if vars(c).get("KIND") == kind)
     values = {"qty": "1", "price": "1", "cum_qty": "1", "cum_avg_price": "1", "adopted": False}
-    values |= {"filled_qty": "1", "limit_price": "1", "intent": {}}
+    values |= {"filled_qty": "1", "limit_price": "1", "intent": {}, "quote": {}}
+    values |= {"spread_bps": "1", "max_spread_bps": "1"}
     info = msgspec.inspect.type_info(cls)
     assert isinstance(info, msgspec.inspect.StructType)
     return {f.encode_name: values.get(f.encode_name, "x") for f in info.fields if f.required}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable, Iterator, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -32,8 +33,9 @@ __all__ = [
 ExportFormat = Literal["jsonl", "csv"]
 
 LEDGER_COLUMNS = (
-    "seq", "at", "order_id", "plan_id", "strategy_id", "symbol", "side", "qty", "price",
-    "bid", "ask", "step", "client_order_id", "broker_order_id",
+    "seq", "at", "broker_at", "order_id", "plan_id", "correlation_id", "strategy_id",
+    "strategy_weight", "symbol", "side", "qty", "price", "notional", "bid", "ask", "step",
+    "client_order_id", "broker_order_id",
 )  # fmt: skip
 
 
@@ -76,28 +78,39 @@ def export(path: str | Path, format: ExportFormat = "jsonl", *, out: TextIO) -> 
 
 
 def ledger_rows(timeline: OrderTimeline) -> Iterator[dict[str, Any]]:
-    """One ledger row per fill of the order, with the quote of the step in force at the fill."""
+    """One ledger row per fill of the order (per fill and strategy, for an order its
+    `strategies` share: each row that strategy's part of the fill), with the quote of the
+    step in force at the fill."""
     intent = timeline.record.intent
+    shares: dict[str | None, Decimal] = {intent.strategy_id: Decimal(1)}
+    if intent.strategies:
+        shares = {name: weight for name, weight in intent.strategies.items()}
     for fill in timeline.fills:
         assert fill.fill_qty is not None, "a fill has a quantity"
         assert fill.fill_price is not None, "a fill has a price"
         quote = fill.quote or {}
-        yield {
-            "seq": fill.seq,
-            "at": fill.at,
-            "order_id": timeline.record.order_id,
-            "plan_id": timeline.record.plan_id,
-            "strategy_id": intent.strategy_id,
-            "symbol": intent.symbol,
-            "side": intent.side.value,
-            "qty": decimal_text(fill.fill_qty),
-            "price": decimal_text(fill.fill_price),
-            "bid": quote.get("bid"),
-            "ask": quote.get("ask"),
-            "step": fill.step,
-            "client_order_id": fill.client_order_id,
-            "broker_order_id": fill.broker_order_id,
-        }
+        for strategy, weight in shares.items():
+            qty = fill.fill_qty * weight
+            yield {
+                "seq": fill.seq,
+                "at": fill.at,
+                "broker_at": fill.fill_broker_at,
+                "order_id": timeline.record.order_id,
+                "plan_id": timeline.record.plan_id,
+                "correlation_id": intent.correlation_id,
+                "strategy_id": strategy,
+                "strategy_weight": decimal_text(weight),
+                "symbol": intent.symbol,
+                "side": intent.side.value,
+                "qty": decimal_text(qty),
+                "price": decimal_text(fill.fill_price),
+                "notional": decimal_text(qty * fill.fill_price),
+                "bid": quote.get("bid"),
+                "ask": quote.get("ask"),
+                "step": fill.step,
+                "client_order_id": fill.client_order_id,
+                "broker_order_id": fill.broker_order_id,
+            }
 
 
 def export_ledger(path: str | Path, format: ExportFormat = "jsonl", *, out: TextIO) -> int:

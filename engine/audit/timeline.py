@@ -71,6 +71,8 @@ class TimelineEntry:
     broker_order_id: str | None
     fill_qty: Decimal | None
     fill_price: Decimal | None
+    # a fill's time at the broker (`at` is when the journal learned of it)
+    fill_broker_at: str | None
     filled_qty: Decimal
     data: dict[str, Any]
     # the quote this very event journaled (a transition's), None for any other event
@@ -140,6 +142,7 @@ def _entry(row: EventRow, data: dict[str, Any], fold: OrderFold) -> TimelineEntr
             "broker_order_id": getattr(payload, "broker_order_id", None),
             "fill_qty": None if fill is None else fill.qty,
             "fill_price": None if fill is None else fill.price,
+            "fill_broker_at": None if fill is None else fill.broker_at,
             "filled_qty": record.filled_qty,
             "data": data,
             "move_quote": getattr(payload, "quote", None),

@@ -89,7 +89,8 @@ class _Source:
 REST_COUNTERS = (
     (
         "walkbook_rest_retries",
-        "REST requests sent again after a 429, a 5xx, a timeout or a dropped connection.",
+        "REST writes sent again after a 429 (refused unread); reads are retried by the "
+        "engine, logged as broker.read_retry.",
         "rest_retries",
     ),
     ("walkbook_rest_rate_limited", "REST answers of 429 Too Many Requests.", "rate_limited"),

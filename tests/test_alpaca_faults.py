@@ -19,6 +19,7 @@ from alpaca_support import (
     market,
     settings_for,
 )
+from structlog.testing import capture_logs
 
 from engine import OrderState
 from engine.brokers.alpaca import AlpacaBroker, AlpacaConfigError
@@ -48,14 +49,15 @@ def assert_one_order_per_client_order_id(book: SimpleNamespace) -> None:
 def test_429_and_5xx_are_retried_with_jittered_backoff(
     tmp_path: Path, knob: str, faults: FaultSpec
 ) -> None:
-    """Reads are retried by the adapter; a write that met a 5xx is an unknown outcome the
-    engine resolves by client_order_id; a 429 write was never read, so it is sent again."""
-    with alpaca_rig(tmp_path, market(EAGER), faults, config=RESTING) as rig:
+    """Reads are retried by the engine's one retry layer (the adapter sends each once); a
+    write that met a 5xx is an unknown outcome the engine resolves by client_order_id; a
+    429 write was never read, so the adapter sends it again."""
+    with alpaca_rig(tmp_path, market(EAGER), faults, config=RESTING) as rig, capture_logs() as logs:
         result = rig.run(*TWO_ORDERS)
         rig.check(result)
         assert all(o.state == OrderState.VALIDATED for o in result.orders)
         assert rig.server.app.faults.injected[knob] >= 2
-        assert rig.broker.counters.rest_retries >= 1
+        assert [e for e in logs if e["event"] == "broker.read_retry"]
         if knob == "http_429":
             assert rig.broker.counters.rate_limited >= 2
 

@@ -37,8 +37,11 @@ from alpaca.trading.requests import (
 )
 
 from ...broker import Account, Asset, BrokerOrder, MarketClock, OrderRequest, Quote
+from ...clock import RealClock
+from ...config import EngineConfig
 from ...errors import BrokerUnavailable, NotReplaceable, OrderNotFound, UnknownSymbol
 from ...numbers import ZERO
+from ...retry import read_with_retry
 from .cache import SharedReads
 from .convert import (
     UnsupportedOrder,
@@ -119,10 +122,12 @@ class AlpacaBroker:
 
     # -- start-up -------------------------------------------------------------------
 
-    async def check_keys(self) -> Account:
-        """Read the account once: refused keys or no answer become one clear error, early."""
+    async def check_keys(self, config: EngineConfig | None = None) -> Account:
+        """Read the account, retried as the engine retries reads (`config`'s budget):
+        refused keys or no answer become one clear error, early."""
+        policy = config or EngineConfig()
         try:
-            return await self.get_account()
+            return await read_with_retry(self.get_account, policy, RealClock(), lambda: self.log)
         except Forbidden as exc:
             raise AlpacaConfigError(
                 f"Alpaca refused the API keys ({exc.message}); check {KEY_ID_ENV} and "

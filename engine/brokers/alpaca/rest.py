@@ -123,7 +123,8 @@ class RestGateway:
             _take_over(client, settings.http_timeout)
 
     async def read(self, endpoint: str, call: Callable[[], T]) -> T:
-        """An idempotent call (GET, DELETE): retried on 429, 5xx, timeouts and drops."""
+        """An idempotent call (GET, DELETE): a 5xx, a timeout or a drop raises
+        BrokerUnavailable, which the engine's one retry layer (engine/retry.py) waits out."""
         return await self._call(endpoint, call, write=False)
 
     async def write(self, endpoint: str, call: Callable[[], T]) -> T:
@@ -131,8 +132,12 @@ class RestGateway:
         return await self._call(endpoint, call, write=True)
 
     async def _call(self, endpoint: str, call: Callable[[], T], *, write: bool) -> T:
+        """Send `call` within the rate budget. A 429 pauses the budget until the window
+        reopens; a write it refused (unread) is sent again here, as the engine never repeats
+        a write; a read's 429, like any other failure, is raised for the engine's one retry
+        layer (engine/retry.py), which then waits on the paused budget."""
         settings = self.settings
-        attempts = settings.write_attempts_on_429 if write else settings.read_attempts
+        attempts = settings.attempts_on_429 if write else 1
         for attempt in range(1, attempts + 1):
             await self.limiter.acquire()
             self.counters.rest_calls += 1
@@ -145,15 +150,14 @@ class RestGateway:
                 reopens_in = _reopens_in(exc, settings.rate_window_seconds)
             limited = isinstance(error, RateLimited)
             self.counters.rate_limited += limited
-            again = limited or (not write and isinstance(error, BrokerUnavailable))
-            if not again or attempt == attempts:
-                raise error from None
-            self.counters.rest_retries += 1
             if limited and reopens_in is not None:
                 self.limiter.pause_until(time.monotonic() + reopens_in)
-                continue
-            delay = settings.retry_backoff_seconds * 2 ** (attempt - 1)
-            await asyncio.sleep(random.uniform(delay / 2, delay))
+            if not limited or attempt == attempts:
+                raise error from None
+            self.counters.rest_retries += 1
+            if reopens_in is None:
+                delay = settings.retry_backoff_seconds * 2 ** (attempt - 1)
+                await asyncio.sleep(random.uniform(delay / 2, delay))
         raise AssertionError("unreachable")
 
     def _typed(self, exc: Exception, *, write: bool) -> BrokerError:

@@ -75,9 +75,10 @@ class AlpacaSettings:
     rate_limit: int = 190
     rate_window_seconds: float = 60.0
     http_timeout_seconds: float = 10.0
-    read_attempts: int = 3
+    # a write Alpaca refused unread (429) is sent again, this many times in all; reads, and
+    # every other failure, are the engine's one retry layer's (EngineConfig.broker_retry_*)
+    attempts_on_429: int = 3
     retry_backoff_seconds: float = 0.25
-    write_attempts_on_429: int = 3
     poll_interval_seconds: float = 1.0
     asset_cache_seconds: float = 60.0
     clock_cache_seconds: float = 30.0

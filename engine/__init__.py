@@ -38,6 +38,7 @@ from .intents import (
     parse_plan,
 )
 from .order import OrderRecord
+from .preview import PlanPreview, preview_plan
 from .results import OrderResult, PlanResult, PlanStatus
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ __all__ = [
     "OrderTransitioned",
     "PlanAtBroker",
     "PlanCompleted",
+    "PlanPreview",
     "PlanResult",
     "PlanStatus",
     "PlansInFlight",
@@ -109,6 +111,7 @@ __all__ = [
     "load_market_spec",
     "load_plan",
     "parse_plan",
+    "preview_plan",
     "replay",
     "report",
     "report_html",

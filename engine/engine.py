@@ -59,6 +59,7 @@ from .order import (
     make_order_id,
 )
 from .ownership import refuse_foreign_journal
+from .preview import PlanPreview, preview_plan
 from .quotes import QuoteCounters, QuoteService
 from .results import OrderResult, PlanResult
 from .retry import read_with_retry
@@ -366,6 +367,18 @@ class Engine:
         refusals = await risk.check(plan.plan_id, valid)
         checked = plan.model_copy(update={"orders": tuple(intents)})
         return CheckedPlan(checked, problems, requested, refusals)
+
+    async def preview(self, plan: RebalancePlan) -> PlanPreview:
+        """A priced dry run of `plan` (engine/preview.py): broker reads only, nothing
+        journaled; `daily_traded_notional` counts this journal's fills."""
+        return await preview_plan(
+            self.broker,
+            plan,
+            self.config,
+            self.clock,
+            journal=self.journal,
+            concurrency=self.reconcile_concurrency,
+        )
 
     async def _check_intent(self, intent: OrderIntent) -> OrderIntent:
         symbol = intent.symbol

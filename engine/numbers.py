@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
-__all__ = ["BPS", "ZERO", "ceil_to", "decimal_text", "floor_to", "parse_decimal", "round_to"]
+__all__ = [
+    "BPS",
+    "CENT",
+    "ZERO",
+    "ceil_to",
+    "cents",
+    "decimal_text",
+    "floor_to",
+    "money",
+    "parse_decimal",
+    "round_to",
+]
 
 ZERO = Decimal(0)
 # basis points in one
 BPS = Decimal(10_000)
+CENT = Decimal("0.01")
 
 
 def decimal_text(value: Decimal) -> str:
@@ -32,3 +44,12 @@ def floor_to(value: Decimal, step: Decimal) -> Decimal:
 
 def ceil_to(value: Decimal, step: Decimal) -> Decimal:
     return (value / step).quantize(Decimal(1), rounding=ROUND_CEILING) * step
+
+
+def cents(value: Decimal) -> Decimal:
+    """A dollar figure to the cent, as limits and previews show money."""
+    return value.quantize(CENT)
+
+
+def money(value: Decimal) -> str:
+    return f"{value:.2f}"

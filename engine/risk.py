@@ -13,8 +13,7 @@ those sells failed or went unfilled than it allows.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -22,13 +21,14 @@ from typing import Protocol, TypeVar
 
 from journal import Journal
 
+from .concurrency import each_at_most
 from .config import PRICED_LIMITS, EngineConfig, journaled_config
 from .context import WalkContext
 from .errors import RiskLimitBreached
 from .events import EventKind, Fill
 from .fsm import FailReason, OrderState
 from .intents import CloseType, OrderIntent, OrderSide
-from .numbers import ZERO, decimal_text
+from .numbers import ZERO, cents, decimal_text, money
 from .order import OrderRecord, fold_history
 from .walk import OrderWalk
 
@@ -42,8 +42,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-R = TypeVar("R")
-CENT = Decimal("0.01")
 WEIGHT_PLACES = Decimal("0.0001")
 
 
@@ -140,7 +138,7 @@ class PreTradeRisk:
     async def _priced(self, plan_id: str, intents: Mapping[int, OrderIntent]) -> list[PricedOrder]:
         """Every order priced at a fresh quote; a plan with an order no quote prices cannot
         be checked, and is refused whole (nothing journaled: deliver it again later)."""
-        found = await _each(self._concurrency, sorted(intents.items()), self._price)
+        found = await each_at_most(self._concurrency, sorted(intents.items()), self._price)
         unpriced = [intents[index].symbol for index, order in found if order is None]
         if unpriced:
             limit = next(name for name in PRICED_LIMITS if getattr(self.config, name) is not None)
@@ -202,8 +200,8 @@ class PreTradeRisk:
                 FailReason.BELOW_MIN_NOTIONAL,
                 "min_order_notional",
                 smallest,
-                _cents(value),
-                f"{order.where}: worth {_money(value)} {at}, under min_order_notional "
+                cents(value),
+                f"{order.where}: worth {money(value)} {at}, under min_order_notional "
                 f"{decimal_text(smallest)}: skipped",
             )
         largest = config.max_order_notional
@@ -212,8 +210,8 @@ class PreTradeRisk:
                 FailReason.RISK_LIMIT,
                 "max_order_notional",
                 largest,
-                _cents(value),
-                f"{order.where}: worth {_money(value)} {at}, over max_order_notional "
+                cents(value),
+                f"{order.where}: worth {money(value)} {at}, over max_order_notional "
                 f"{decimal_text(largest)}",
             )
         weight = config.max_position_weight
@@ -229,7 +227,7 @@ class PreTradeRisk:
             weight,
             share.quantize(WEIGHT_PLACES),
             f"{order.where}: {decimal_text(held)} held would be {share:.4f} of equity "
-            f"({_money(held * order.price)} of {_money(equity)}), over max_position_weight "
+            f"({money(held * order.price)} of {money(equity)}), over max_position_weight "
             f"{decimal_text(weight)}",
         )
 
@@ -239,12 +237,12 @@ class PreTradeRisk:
         largest = self.config.max_plan_notional
         if largest is not None and total > largest:
             raise RiskLimitBreached(
-                f"plan {plan_id} refused: its orders are worth {_money(total)} (buys at the "
+                f"plan {plan_id} refused: its orders are worth {money(total)} (buys at the "
                 f"ask, sells at the bid), over max_plan_notional {decimal_text(largest)}; "
                 "nothing sent",
                 limit="max_plan_notional",
                 limit_value=largest,
-                figure=_cents(total),
+                figure=cents(total),
                 plan_id=plan_id,
             )
         daily = self.config.daily_traded_notional
@@ -254,14 +252,14 @@ class PreTradeRisk:
         before = traded_on(self.ctx.journal, day)
         if before + total > daily:
             raise RiskLimitBreached(
-                f"plan {plan_id} refused: {_money(before)} traded on {day} (UTC) and "
-                f"{_money(total)} in this plan make {_money(before + total)}, over "
+                f"plan {plan_id} refused: {money(before)} traded on {day} (UTC) and "
+                f"{money(total)} in this plan make {money(before + total)}, over "
                 f"daily_traded_notional {decimal_text(daily)}; nothing sent",
                 limit="daily_traded_notional",
                 limit_value=daily,
-                figure=_cents(before + total),
+                figure=cents(before + total),
                 plan_id=plan_id,
-                traded_before=_cents(before),
+                traded_before=cents(before),
             )
 
 
@@ -334,13 +332,13 @@ class SellGate:
         if unpriced:
             why = f"no quote prices the unsold {', '.join(unpriced)}"
         else:
-            why = f"{_money(unsold)} of the plan's sells failed or went unfilled"
+            why = f"{money(unsold)} of the plan's sells failed or went unfilled"
         message = f"{why}, over sell_failure_gate {decimal_text(gate)}: no buy starts"
         data = {
             "message": message,
             "limit": "sell_failure_gate",
             "limit_value": decimal_text(gate),
-            "figure": decimal_text(_cents(unsold)),
+            "figure": decimal_text(cents(unsold)),
         }
         if unpriced:
             data["unpriced"] = ", ".join(unpriced)
@@ -365,22 +363,3 @@ def traded_on(journal: Journal, day: date) -> Decimal:
 
 def _utc_day(stamp: str) -> date:
     return datetime.fromisoformat(stamp).astimezone(UTC).date()
-
-
-async def _each(limit: int, items: Iterable[T], work: Callable[[T], Awaitable[R]]) -> list[R]:
-    """`work(item)` for every item, at most `limit` at a time; results in item order."""
-    slots = asyncio.Semaphore(limit)
-
-    async def one(item: T) -> R:
-        async with slots:
-            return await work(item)
-
-    return list(await asyncio.gather(*(one(item) for item in items)))
-
-
-def _cents(value: Decimal) -> Decimal:
-    return value.quantize(CENT)
-
-
-def _money(value: Decimal) -> str:
-    return f"{value:.2f}"

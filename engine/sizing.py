@@ -22,17 +22,17 @@ from .broker import Account
 from .context import OrderJournal, WalkContext
 from .events import Resized
 from .fsm import FailReason
-from .numbers import BPS, decimal_text, floor_to
+from .intents import OrderIntent
+from .numbers import BPS, CENT, decimal_text, floor_to
 from .order import OrderRecord
 from .quotes import UsableQuote
 from .walk import OrderWalk
 
-__all__ = ["BuySizer", "spendable_funds"]
+__all__ = ["BuySizer", "shrink_unit", "spendable_funds"]
 
 QuoteRead = Callable[[], Awaitable[UsableQuote | None]]
 # how the engine reads the broker (with its retries), here for quotes
 Reader = Callable[[QuoteRead], Awaitable[UsableQuote | None]]
-CENT = Decimal("0.01")
 QTY_WHOLE, QTY_FRACTION = Decimal(1), Decimal("0.0001")
 log = structlog.get_logger("walkbook")
 
@@ -77,7 +77,7 @@ class BuySizer:
                 available -= qty * price
                 sized.append(record)
                 continue
-            fits = floor_to(available / price, _unit(record))
+            fits = floor_to(available / price, shrink_unit(record.intent))
             details = {
                 "requested": decimal_text(qty),
                 **{figure: decimal_text(value) for figure, value in funds.items()},
@@ -142,6 +142,6 @@ class BuySizer:
         return journal.record
 
 
-def _unit(record: OrderRecord) -> Decimal:
+def shrink_unit(intent: OrderIntent) -> Decimal:
     """The unit a resize keeps: whole shares, unless the order itself is fractional."""
-    return QTY_WHOLE if not record.intent.is_fractional else QTY_FRACTION
+    return QTY_WHOLE if not intent.is_fractional else QTY_FRACTION

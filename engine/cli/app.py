@@ -9,6 +9,7 @@ import click
 from .audit import journal_group, report_command
 from .exits import EXIT_CODES_HELP, usage_errors_on_one_line
 from .follow import follow_command
+from .preview import preview_command
 from .run import demo_command, resume_command, run_command
 from .simserver import sim_server
 from .status import status_command
@@ -45,6 +46,7 @@ def main() -> None:
 
 for command in (
     run_command,
+    preview_command,
     resume_command,
     demo_command,
     status_command,

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -24,7 +25,10 @@ from ..config import EngineConfig
 from ..engine import Engine
 from .brokers import BrokerChoice
 
-__all__ = ["alpaca_engine", "simulated_engine"]
+if TYPE_CHECKING:
+    from ..brokers.alpaca import AlpacaBroker
+
+__all__ = ["alpaca_broker", "alpaca_engine", "simulated_engine"]
 
 
 @contextmanager
@@ -73,15 +77,15 @@ def _quiet_sdk_logging() -> None:
 
 
 @contextmanager
-def alpaca_engine(journal_path: Path, choice: BrokerChoice) -> Iterator[Engine]:
-    """An engine on Alpaca in real time; the keys are checked before the journal is opened."""
+def alpaca_broker(choice: BrokerChoice) -> Iterator[AlpacaBroker]:
+    """The Alpaca adapter the options describe, its keys checked (one GET /v2/account);
+    its REST counts are printed on stderr when it closes."""
     from ..brokers.alpaca import (  # here: the SDK only when trading on it
         AlpacaBroker,
         AlpacaSettings,
     )
 
     _quiet_sdk_logging()
-    config = choice.engine_config()
     settings = AlpacaSettings.from_env(
         trading_url=choice.alpaca_url,
         data_url=choice.alpaca_data_url,
@@ -92,8 +96,7 @@ def alpaca_engine(journal_path: Path, choice: BrokerChoice) -> Iterator[Engine]:
     with AlpacaBroker(settings) as broker:
         asyncio.run(broker.check_keys())
         try:
-            with Engine(broker, journal_path, config=config, clock=RealClock()) as engine:
-                yield engine
+            yield broker
         finally:
             counters = broker.counters
             click.echo(
@@ -104,3 +107,14 @@ def alpaca_engine(journal_path: Path, choice: BrokerChoice) -> Iterator[Engine]:
                 f"quote stream refused {counters.quote_stream_refused}x",
                 err=True,
             )
+
+
+@contextmanager
+def alpaca_engine(journal_path: Path, choice: BrokerChoice) -> Iterator[Engine]:
+    """An engine on Alpaca in real time; the keys are checked before the journal is opened."""
+    config = choice.engine_config()
+    with (
+        alpaca_broker(choice) as broker,
+        Engine(broker, journal_path, config=config, clock=RealClock()) as engine,
+    ):
+        yield engine

@@ -3,7 +3,8 @@ refusals that go with them.
 
 Exit codes: 0 every order VALIDATED; 1 some order FAILED; 2 bad input or a refused
 request, nothing sent and nothing journaled; 3 halted (a signal or `walkbook halt`),
-nothing left live; 4 stopped with work possibly live at the broker: run `walkbook resume`.
+nothing left live; 4 stopped with work possibly live at the broker: run `walkbook resume`;
+5 (`walkbook preview` only) the preview says some order or the plan would be refused.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "EXIT_HALTED",
     "EXIT_OK",
     "EXIT_WORK_LIVE",
+    "EXIT_WOULD_REFUSE",
     "OneLineUsageError",
     "bad_input_exits",
     "outcome_exit_code",
@@ -38,10 +40,14 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_HALTED, EXIT_WORK_LIVE = 0, 1, 2, 3, 4
+# a preview found an order or the plan that would be refused: nothing failed (nothing ran),
+# so not 1, and the request itself was fine, so not 2
+EXIT_WOULD_REFUSE = 5
 EXIT_CODES_HELP = (
     "Exit codes: 0 every order VALIDATED; 1 some order FAILED; 2 bad input or refused "
     "request (nothing sent, nothing journaled); 3 halted by a signal or `walkbook halt`, "
-    "nothing left live; 4 stopped with work possibly live at the broker: run `walkbook resume`."
+    "nothing left live; 4 stopped with work possibly live at the broker: run `walkbook resume`; "
+    "5 `walkbook preview`: some order or the plan would be refused."
 )
 
 

@@ -1,4 +1,5 @@
-"""Parameter types the commands share: a journal's path and a finite float range."""
+"""Parameter types and options the commands share: a journal's path, a finite float range,
+the log level and the plan size limit."""
 
 from __future__ import annotations
 
@@ -9,7 +10,23 @@ from typing import Any
 
 import click
 
-__all__ = ["FiniteFloatRange", "JournalFile"]
+from ..intents import DEFAULT_MAX_PLAN_ORDERS
+
+__all__ = ["LOG_LEVEL_OPTION", "MAX_PLAN_ORDERS_OPTION", "FiniteFloatRange", "JournalFile"]
+
+LOG_LEVEL_OPTION = click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="warning",
+    show_default=True,
+)
+MAX_PLAN_ORDERS_OPTION = click.option(
+    "--max-plan-orders",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PLAN_ORDERS,
+    show_default=True,
+    help="Refuse a plan with more orders than this.",
+)
 
 
 class FiniteFloatRange(click.FloatRange):

@@ -28,12 +28,12 @@ from ..engine import Engine, ResumeReport
 from ..errors import InputError
 from ..files import write_private_text
 from ..fsm import TERMINAL_STATES
-from ..intents import DEFAULT_MAX_PLAN_ORDERS, RebalancePlan, load_plan, parse_plan
+from ..intents import RebalancePlan, load_plan, parse_plan
 from ..results import PlanResult
 from .brokers import BrokerChoice, broker_options
 from .engines import alpaca_engine, simulated_engine
 from .exits import EXIT_CODES_HELP, bad_input_exits, outcome_exit_code, work_exits
-from .options import FiniteFloatRange, JournalFile
+from .options import LOG_LEVEL_OPTION, MAX_PLAN_ORDERS_OPTION, FiniteFloatRange, JournalFile
 from .output import configure_logging, report_console
 from .progress import PLAIN, Progress, result_table
 from .signals import halting_on_signals
@@ -137,12 +137,7 @@ def _common_options(command: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Path(dir_okay=False, path_type=Path),
             help="Also write the plan result as JSON here.",
         ),
-        click.option(
-            "--log-level",
-            type=click.Choice(["debug", "info", "warning", "error"]),
-            default="warning",
-            show_default=True,
-        ),
+        LOG_LEVEL_OPTION,
     ]
     for option in reversed(options):
         command = option(command)
@@ -176,13 +171,7 @@ def _with_overrides(choice: BrokerChoice, **overrides: Any) -> BrokerChoice:
 @click.option(
     "--market", type=click.Path(path_type=Path), help="Market spec JSON for the simulator."
 )
-@click.option(
-    "--max-plan-orders",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_PLAN_ORDERS,
-    show_default=True,
-    help="Refuse a plan with more orders than this.",
-)
+@MAX_PLAN_ORDERS_OPTION
 @click.option(
     "--sim-state",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -253,12 +242,7 @@ def run_command(
     show_default=True,
     help="Virtual seconds the market moves on while the engine was down.",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="warning",
-    show_default=True,
-)
+@LOG_LEVEL_OPTION
 @broker_options
 def resume_command(
     journal_path: Path,

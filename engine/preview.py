@@ -1,0 +1,683 @@
+"""A priced preview of a plan: what `execute_plan` would send and at what prices, every risk
+limit's verdict, and the plan's totals, from broker reads alone.
+
+Nothing is journaled and nothing is sent: the preview reads the market clock, the account,
+the positions, each asset and one quote per symbol (streamed first, REST as the walk takes
+them) and writes nowhere. It follows the engine's own rules: preflight's rounding and
+trimming (engine/engine.py), the pre-trade limits (engine/risk.py) and buy sizing
+(engine/sizing.py). What it must estimate, docs/embedding.md ("Preview") states: the sells'
+proceeds at the arrival bid, every step priced at that one arrival quote, and the expected
+cost as a fill at the first step's limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from datetime import UTC
+from decimal import ROUND_FLOOR, Decimal
+from enum import Enum, StrEnum
+from functools import partial
+from typing import Any, TypeVar
+
+import structlog
+
+from journal import Journal
+
+from .broker import Account, Asset, Broker, MarketClock
+from .clock import Clock
+from .concurrency import each_at_most
+from .config import EngineConfig
+from .errors import BrokerRejected, InvalidIntent, UnknownSymbol
+from .fsm import FailReason
+from .gateway import MARKET_STEP
+from .intents import CloseType, OrderIntent, OrderSide, RebalancePlan, Urgency
+from .numbers import BPS, ZERO, cents, decimal_text, floor_to, money
+from .pricing import limit_price
+from .quotes import QuoteService, UsableQuote
+from .retry import read_with_retry
+from .risk import WEIGHT_PLACES, traded_on
+from .sizing import shrink_unit, spendable_funds
+
+__all__ = [
+    "ArrivalQuote",
+    "FundsPreview",
+    "OrderPreview",
+    "Outcome",
+    "PlanPreview",
+    "StepPrice",
+    "Verdict",
+    "VerdictStatus",
+    "preview_plan",
+]
+
+T = TypeVar("T")
+DEFAULT_READ_CONCURRENCY = 8
+# the limits each order is checked against on its own, in the order engine/risk.py applies them
+ORDER_LIMITS = ("min_order_notional", "max_order_notional", "max_position_weight")
+log = structlog.get_logger("walkbook")
+
+
+class VerdictStatus(StrEnum):
+    OK = "ok"
+    BREACHED = "breached"
+    NOT_CHECKED = "not_checked"
+
+
+class Outcome(StrEnum):
+    """What `execute_plan` would do with an order: send it as checked, send it smaller to
+    fit the funds, or refuse it unsent (its `reason` the FAILED reason it would journal)."""
+
+    SENT = "sent"
+    SHRUNK = "shrunk"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One check of an order or of the plan: a limit by its EngineConfig name, or `intent`,
+    `position`, `quote`, `funds`, `market`, `validation`; with its setting and the figure."""
+
+    check: str
+    status: VerdictStatus
+    message: str
+    limit_value: Decimal | None = None
+    figure: Decimal | None = None
+
+    @property
+    def breached(self) -> bool:
+        return self.status is VerdictStatus.BREACHED
+
+
+@dataclass(frozen=True)
+class ArrivalQuote:
+    bid: Decimal
+    ask: Decimal
+    mid: Decimal
+    source: str
+    # a side the quote service filled in (a zero bid or ask), else None
+    estimated: str | None = None
+
+
+@dataclass(frozen=True)
+class StepPrice:
+    """One step of the walk: `L1`... at its ladder ratio and limit price, or `M`, the market
+    order (no ratio, no price)."""
+
+    step: str
+    ratio: Decimal | None
+    limit_price: Decimal | None
+
+
+@dataclass(frozen=True)
+class OrderPreview:
+    index: int
+    symbol: str
+    side: OrderSide
+    urgency: Urgency
+    requested_qty: Decimal
+    # after preflight: rounded down to whole shares or trimmed to the position, a FULL close
+    # at the position; None for an order preflight refuses
+    checked_qty: Decimal | None
+    # what would be sent, after buy sizing (0 when refused)
+    qty: Decimal
+    outcome: Outcome
+    reason: FailReason | None
+    quote: ArrivalQuote | None
+    steps: tuple[StepPrice, ...]
+    # a fill of `qty` at the first step's limit (at the far touch when it goes to market at once)
+    expected_price: Decimal | None
+    expected_cost: Decimal | None
+    expected_cost_bps: Decimal | None
+    verdicts: tuple[Verdict, ...]
+
+    @property
+    def notional(self) -> Decimal:
+        return ZERO if self.expected_price is None else self.qty * self.expected_price
+
+
+@dataclass(frozen=True)
+class FundsPreview:
+    """The money the buys are sized against: the account's figures as read, the sells'
+    expected proceeds added to each, and what the buys leave."""
+
+    use_margin: bool
+    figures: dict[str, Decimal]
+    sell_proceeds: Decimal
+    funds_from: str
+    after_sells: Decimal
+    after_buys: Decimal
+
+
+@dataclass(frozen=True)
+class PlanPreview:
+    plan_id: str
+    market_open: bool
+    orders: tuple[OrderPreview, ...]
+    verdicts: tuple[Verdict, ...]
+    funds: FundsPreview
+    gross_buy_notional: Decimal
+    gross_sell_notional: Decimal
+    net_cash: Decimal
+    expected_cost: Decimal
+
+    @property
+    def accepted(self) -> bool:
+        """Every order would be sent (maybe shrunk to fit) and no plan-level check objects."""
+        return not any(v.breached for v in self.verdicts) and all(
+            o.outcome is not Outcome.REFUSED for o in self.orders
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The preview as JSON-ready data: decimals as plain text, enums as their values."""
+        return {**_jsonable(self), "accepted": self.accepted}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return decimal_text(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
+    return value
+
+
+async def preview_plan(
+    broker: Broker,
+    plan: RebalancePlan,
+    config: EngineConfig,
+    clock: Clock,
+    *,
+    journal: Journal | None = None,
+    concurrency: int = DEFAULT_READ_CONCURRENCY,
+) -> PlanPreview:
+    """Price `plan` as `execute_plan` would walk it, from broker reads only.
+
+    Input preflight refuses (an unknown symbol, a sell beyond the position) raises
+    `InvalidIntent` as preflight does under `validation="all_or_nothing"`; under
+    `skip_invalid` those orders are shown refused. Risk-limit breaches never raise: they
+    are verdicts. `daily_traded_notional` counts the fills of `journal`, read only; without
+    one it is not checked.
+    """
+
+    async def read(call: Callable[[], Awaitable[T]]) -> T:
+        return await read_with_retry(call, config, clock, lambda: log)
+
+    market_clock = await read(broker.get_clock)
+    account = await read(broker.get_account)
+    positions = await read(broker.get_positions)
+    assets = await each_at_most(
+        concurrency, [i.symbol for i in plan.orders], partial(_asset, broker, read)
+    )
+    lines = [
+        _Line(index, intent, positions.get(intent.symbol, ZERO))
+        for index, intent in enumerate(plan.orders)
+    ]
+    _preflight(plan, lines, assets, config)
+    quotes = QuoteService(broker, config.quote_freshness_seconds, config.stream_quote_wait_seconds)
+
+    async def quote_of(line: _Line) -> None:
+        increment = None if line.asset is None else line.asset.price_increment
+        get = partial(quotes.get, line.intent.symbol, clock.now(), increment)
+        line.quote = await read(get)
+
+    await each_at_most(concurrency, [line for line in lines if line.checked is not None], quote_of)
+    limits = _Limits(config, account)
+    for line in lines:
+        limits.check_order(line)
+    verdicts = [_market_verdict(market_clock, config)]
+    verdicts += limits.check_plan(plan.plan_id, lines, journal, clock)
+    funds = _size_buys(lines, account, config)
+    orders = tuple(line.preview(config) for line in lines)
+    sent = [o for o in orders if o.outcome is not Outcome.REFUSED]
+    bought = sum((o.notional for o in sent if o.side is OrderSide.BUY), ZERO)
+    sold = sum((o.notional for o in sent if o.side is OrderSide.SELL), ZERO)
+    return PlanPreview(
+        plan_id=plan.plan_id,
+        market_open=market_clock.is_open,
+        orders=orders,
+        verdicts=tuple(verdicts),
+        funds=funds,
+        gross_buy_notional=cents(bought),
+        gross_sell_notional=cents(sold),
+        net_cash=cents(sold - bought),
+        expected_cost=sum((o.expected_cost or ZERO for o in sent), ZERO),
+    )
+
+
+async def _asset(
+    broker: Broker, read: Callable[[Callable[[], Awaitable[Asset]]], Awaitable[Asset]], symbol: str
+) -> Asset | str:
+    """The asset, or the problem preflight would name."""
+    try:
+        return await read(partial(broker.get_asset, symbol))
+    except UnknownSymbol:
+        return "unknown symbol"
+    except BrokerRejected as exc:
+        return f"cannot check the asset: {exc.message}"
+
+
+@dataclass
+class _Line:
+    """One plan order while the preview works it out."""
+
+    index: int
+    intent: OrderIntent
+    position: Decimal
+    asset: Asset | None = None
+    checked: OrderIntent | None = None
+    quote: UsableQuote | None = None
+    qty: Decimal = ZERO
+    reason: FailReason | None = None
+    shrunk: bool = False
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        """The order as preflight's problems name it."""
+        intent = self.intent
+        return f"order {self.index} ({intent.symbol} {intent.side.value} {intent.quantity})"
+
+    @property
+    def is_buy(self) -> bool:
+        return self.intent.side is OrderSide.BUY
+
+    @property
+    def touch_or_zero(self) -> Decimal:
+        return self.touch or ZERO
+
+    @property
+    def touch(self) -> Decimal | None:
+        """The price the limits and sizing cost it at: buys at the ask, sells at the bid."""
+        if self.quote is None:
+            return None
+        return self.quote.ask if self.is_buy else self.quote.bid
+
+    def refuse(self, reason: FailReason, verdict: Verdict) -> None:
+        """The first refusal is the one the engine would journal; every verdict is shown."""
+        self.verdicts.append(verdict)
+        if self.reason is None:
+            self.reason = reason
+            self.qty = ZERO
+
+    def preview(self, config: EngineConfig) -> OrderPreview:
+        steps = self._steps(config)
+        price = None
+        if steps and self.quote is not None:
+            price = steps[0].limit_price
+            if price is None:  # straight to market: the far touch
+                price = self.quote.ask if self.is_buy else self.quote.bid
+        cost = cost_bps = None
+        if price is not None and self.quote is not None and self.reason is None:
+            mid = self.quote.mid
+            worse = price - mid if self.is_buy else mid - price
+            cost, cost_bps = cents(worse * self.qty), cents(worse / mid * BPS)
+        if self.reason is not None:
+            outcome = Outcome.REFUSED
+        else:
+            outcome = Outcome.SHRUNK if self.shrunk else Outcome.SENT
+        quote = self.quote
+        return OrderPreview(
+            index=self.index,
+            symbol=self.intent.symbol,
+            side=self.intent.side,
+            urgency=self.intent.urgency,
+            requested_qty=self.intent.quantity,
+            checked_qty=None if self.checked is None else self.checked_qty,
+            qty=self.qty,
+            outcome=outcome,
+            reason=self.reason,
+            quote=None
+            if quote is None
+            else ArrivalQuote(quote.bid, quote.ask, quote.mid, quote.quote.source, quote.estimated),
+            steps=steps,
+            expected_price=price,
+            expected_cost=cost,
+            expected_cost_bps=cost_bps,
+            verdicts=tuple(self.verdicts),
+        )
+
+    @property
+    def checked_qty(self) -> Decimal:
+        """What preflight leaves it to trade (a FULL close: the position)."""
+        assert self.checked is not None
+        if self.checked.close_type is CloseType.FULL:
+            return max(self.position, ZERO)
+        return self.checked.quantity
+
+    def _steps(self, config: EngineConfig) -> tuple[StepPrice, ...]:
+        """The ladder at the arrival quote, then the market step; urgency HIGH (or an empty
+        ladder) goes to market at once."""
+        market = StepPrice(MARKET_STEP, None, None)
+        if self.quote is None or self.checked is None:
+            return ()
+        if self.intent.urgency is Urgency.HIGH or not config.ladder:
+            return (market,)
+        increment = None if self.asset is None else self.asset.price_increment
+        side, bid, ask = self.intent.side, self.quote.bid, self.quote.ask
+        return (
+            *(
+                StepPrice(f"L{k}", ratio, limit_price(side, bid, ask, ratio, increment))
+                for k, ratio in enumerate(config.ladder, start=1)
+            ),
+            market,
+        )
+
+
+# -- preflight ----------------------------------------------------------------------
+
+
+def _preflight(
+    plan: RebalancePlan, lines: Sequence[_Line], assets: Sequence[Asset | str], config: EngineConfig
+) -> None:
+    """Each order as preflight leaves it; its problems raise (all_or_nothing) or refuse it."""
+    problems = {}
+    for line, asset in zip(lines, assets, strict=True):
+        problem = asset if isinstance(asset, str) else None
+        if not isinstance(asset, str):
+            line.asset = asset
+            try:
+                line.checked = _checked_intent(line.intent, asset, line.position, config)
+            except InvalidIntent as exc:
+                problem = exc.message
+        if line.checked is None:
+            problems[line.index] = f"{line.where}: {problem}"
+            verdict = Verdict("intent", VerdictStatus.BREACHED, problems[line.index])
+            line.refuse(FailReason.INVALID_INTENT, verdict)
+            continue
+        line.qty = line.checked_qty
+        if line.checked.quantity != line.intent.quantity:
+            line.verdicts.append(_adjusted(line, config))
+    if problems and config.validation == "all_or_nothing":
+        raise InvalidIntent(
+            "; ".join(problems.values()), plan_id=plan.plan_id, orders=sorted(problems)
+        )
+
+
+def _checked_intent(
+    intent: OrderIntent, asset: Asset, position: Decimal, config: EngineConfig
+) -> OrderIntent:
+    """The intent as Engine._check_intent leaves it, from the asset and position read."""
+    if not asset.tradable:
+        raise InvalidIntent("asset is not tradable", symbol=intent.symbol)
+    if intent.is_fractional and not asset.fractionable and intent.close_type is not CloseType.FULL:
+        whole = intent.quantity.to_integral_value(rounding=ROUND_FLOOR)
+        if config.fractional_on_whole_share_asset == "refuse" or whole <= 0:
+            raise InvalidIntent("asset is not fractionable; use a whole-share quantity")
+        intent = intent.model_copy(update={"quantity": whole})
+    selling_part = intent.side is OrderSide.SELL and intent.close_type is not CloseType.FULL
+    if selling_part and intent.quantity > max(position, ZERO):
+        held = position
+        if not asset.fractionable:
+            held = position.to_integral_value(rounding=ROUND_FLOOR)
+        if held <= 0 or intent.quantity > position * (1 + config.oversell_tolerance):
+            raise InvalidIntent(f"sell of {intent.quantity} exceeds the position of {position}")
+        intent = OrderIntent.build(**{**intent.model_dump(), "quantity": held})
+    return intent
+
+
+def _adjusted(line: _Line, config: EngineConfig) -> Verdict:
+    """How preflight changed the quantity: rounded down to whole shares, or trimmed to the
+    position within `oversell_tolerance`."""
+    assert line.checked is not None
+    asked, now = line.intent.quantity, line.checked.quantity
+    if line.intent.side is OrderSide.SELL and asked > line.position:
+        tolerance = config.oversell_tolerance
+        return Verdict(
+            "oversell_tolerance",
+            VerdictStatus.OK,
+            f"sell of {asked} trimmed to the position of {decimal_text(now)} (within "
+            f"oversell_tolerance {decimal_text(tolerance)})",
+            tolerance,
+            now,
+        )
+    return Verdict(
+        "intent",
+        VerdictStatus.OK,
+        f"{asked} rounded down to {now}: the asset trades whole shares only "
+        "(fractional_on_whole_share_asset round_down)",
+    )
+
+
+# -- the limits ---------------------------------------------------------------------
+
+
+class _Limits:
+    """The pre-trade limits of engine/risk.py as verdicts: every limit of every order, the
+    plan's own, and no exception for a breach."""
+
+    def __init__(self, config: EngineConfig, account: Account) -> None:
+        self.config = config
+        self.equity = account.equity
+
+    def check_order(self, line: _Line) -> None:
+        """The order-level limits, in the order engine/risk.py applies them; a FULL close
+        of nothing fails `no_position`, and an unquoted order `no_quote` (or goes to
+        market unpriced, urgency HIGH under `market_without_quote`)."""
+        if line.checked is None:
+            return
+        config, price = self.config, line.touch
+        if price is None:
+            self._unpriced(line)
+            return
+        value = line.qty * price
+        at = f"at the {'ask' if line.is_buy else 'bid'} {decimal_text(price)}"
+        worth = f"{line.where}: worth {money(value)} {at}"
+        smallest = config.min_order_notional
+        if smallest is not None:
+            under = value < smallest
+            message = f"{worth}, {'under' if under else 'at or above'} min_order_notional"
+            verdict = _verdict("min_order_notional", under, message, smallest, cents(value))
+            self._apply(line, verdict, FailReason.BELOW_MIN_NOTIONAL)
+        largest = config.max_order_notional
+        if largest is not None:
+            over = value > largest
+            message = f"{worth}, {'over' if over else 'within'} max_order_notional"
+            verdict = _verdict("max_order_notional", over, message, largest, cents(value))
+            self._apply(line, verdict, FailReason.RISK_LIMIT)
+        if config.max_position_weight is not None and line.is_buy:
+            self._apply(line, self._weight(line, price), FailReason.RISK_LIMIT)
+        if line.checked.close_type is CloseType.FULL and line.position <= 0:
+            message = f"{line.where}: a FULL close with no position held"
+            line.refuse(FailReason.NO_POSITION, _verdict("position", True, message))
+
+    def _unpriced(self, line: _Line) -> None:
+        """No usable quote: the order's priced limits cannot be checked (the plan is refused,
+        see check_plan), and the walk fails it `no_quote` unless it may go to market blind."""
+        for name in ORDER_LIMITS:
+            limit = getattr(self.config, name)
+            if limit is not None and (line.is_buy or name != "max_position_weight"):
+                message = f"{line.where}: no usable quote to price it"
+                line.verdicts.append(Verdict(name, VerdictStatus.NOT_CHECKED, message, limit))
+        if self.config.market_without_quote and line.intent.urgency is Urgency.HIGH:
+            message = f"{line.where}: no usable quote: goes to market unpriced"
+            line.verdicts.append(Verdict("market_without_quote", VerdictStatus.OK, message))
+        else:
+            message = f"{line.where}: no usable quote: fails no_quote"
+            line.refuse(FailReason.NO_QUOTE, _verdict("quote", True, message))
+
+    def _weight(self, line: _Line, ask: Decimal) -> Verdict:
+        limit = self.config.max_position_weight
+        assert limit is not None
+        equity = self.equity
+        if equity is None or equity <= 0:
+            message = f"{line.where}: the broker reports no positive equity to weigh it against"
+            return Verdict("max_position_weight", VerdictStatus.NOT_CHECKED, message, limit)
+        held = line.position + line.qty
+        share = (held * ask / equity).quantize(WEIGHT_PLACES)
+        over = held * ask / equity > limit
+        message = (
+            f"{line.where}: {decimal_text(held)} held would be {share} of equity "
+            f"({money(held * ask)} of {money(equity)}), "
+            f"{'over' if over else 'within'} max_position_weight"
+        )
+        return _verdict("max_position_weight", over, message, limit, share)
+
+    @staticmethod
+    def _apply(line: _Line, verdict: Verdict, reason: FailReason) -> None:
+        if verdict.breached:
+            line.refuse(reason, verdict)
+        else:
+            line.verdicts.append(verdict)
+
+    def check_plan(
+        self, plan_id: str, lines: Sequence[_Line], journal: Journal | None, clock: Clock
+    ) -> list[Verdict]:
+        """The plan-level limits over the orders the order-level ones let through, and what
+        would refuse the whole plan before anything is journaled."""
+        config, verdicts = self.config, []
+        checked = [line for line in lines if line.checked is not None]
+        if config.prices_orders:
+            unpriced = [line.intent.symbol for line in checked if line.quote is None]
+            if unpriced:
+                message = f"no usable quote for {', '.join(unpriced)}: the limits cannot be checked"
+                verdicts.append(_verdict("quote", True, f"plan {plan_id} refused: {message}"))
+            if config.max_position_weight is not None and (self.equity or ZERO) <= 0:
+                message = f"plan {plan_id} refused: the broker reports no positive equity"
+                verdicts.append(_verdict("max_position_weight", True, message))
+        over = [line for line in checked if line.reason is FailReason.RISK_LIMIT]
+        if over and config.validation == "all_or_nothing":
+            shown = ", ".join(line.where for line in over)
+            message = f"plan {plan_id} refused (validation all_or_nothing): {shown} over a limit"
+            verdicts.append(_verdict("validation", True, message))
+        sent = [
+            line
+            for line in checked
+            if line.reason not in (FailReason.RISK_LIMIT, FailReason.BELOW_MIN_NOTIONAL)
+        ]
+        total = sum((line.qty * line.touch_or_zero for line in sent), ZERO)
+        largest = config.max_plan_notional
+        if largest is not None:
+            breached = total > largest
+            message = (
+                f"its orders are worth {money(total)} (buys at the ask, sells at the bid), "
+                f"{'over' if breached else 'within'} max_plan_notional"
+            )
+            verdicts.append(_verdict("max_plan_notional", breached, message, largest, cents(total)))
+        if config.daily_traded_notional is not None:
+            verdicts.append(self._daily(total, journal, clock))
+        if config.sell_failure_gate is not None:
+            message = "applies once the sells are final; the preview assumes they fill"
+            verdicts.append(
+                Verdict(
+                    "sell_failure_gate",
+                    VerdictStatus.NOT_CHECKED,
+                    message,
+                    config.sell_failure_gate,
+                )
+            )
+        return verdicts
+
+    def _daily(self, total: Decimal, journal: Journal | None, clock: Clock) -> Verdict:
+        daily = self.config.daily_traded_notional
+        assert daily is not None
+        if journal is None:
+            message = "no journal to count the fills traded today from"
+            return Verdict("daily_traded_notional", VerdictStatus.NOT_CHECKED, message, daily)
+        day = clock.now().astimezone(UTC).date()
+        before = traded_on(journal, day)
+        breached = before + total > daily
+        message = (
+            f"{money(before)} traded on {day} (UTC) and {money(total)} in this plan make "
+            f"{money(before + total)}, {'over' if breached else 'within'} daily_traded_notional"
+        )
+        return _verdict("daily_traded_notional", breached, message, daily, cents(before + total))
+
+
+def _market_verdict(clock: MarketClock, config: EngineConfig) -> Verdict:
+    if clock.is_open:
+        return Verdict("market", VerdictStatus.OK, "the market is open")
+    next_open = clock.next_open
+    if config.wait_for_open and next_open is not None:
+        wait = (next_open - clock.at).total_seconds()
+        if wait <= config.max_wait_for_open_seconds:
+            message = f"closed; the walk waits for the open at {next_open.isoformat()}"
+            return Verdict("market", VerdictStatus.OK, message)
+    message = "the market is closed: every order would fail market_closed, unsent"
+    return _verdict("market", True, message)
+
+
+def _verdict(
+    check: str,
+    breached: bool,
+    message: str,
+    limit_value: Decimal | None = None,
+    figure: Decimal | None = None,
+) -> Verdict:
+    status = VerdictStatus.BREACHED if breached else VerdictStatus.OK
+    if limit_value is not None:
+        message = f"{message} {decimal_text(limit_value)}"
+    return Verdict(check, status, message, limit_value, figure)
+
+
+# -- buy sizing ---------------------------------------------------------------------
+
+
+def _size_buys(lines: Sequence[_Line], account: Account, config: EngineConfig) -> FundsPreview:
+    """Buys sized as BuySizer sizes them once the sells are final: in plan order, at the ask
+    plus `funds_buffer_bps`, against the smallest spendable figure, each figure grown by
+    the sells' proceeds at the arrival bid."""
+    proceeds = sum((line.qty * line.touch_or_zero for line in _sent(lines, OrderSide.SELL)), ZERO)
+    figures = spendable_funds(account, config.use_margin)
+    after_sells = {name: value + proceeds for name, value in figures.items()}
+    funds_from = min(after_sells, key=after_sells.__getitem__)  # on a tie, the cash figure
+    available = after_sells[funds_from]
+    buffer = 1 + config.funds_buffer_bps / BPS
+    for line in _sent(lines, OrderSide.BUY):
+        price = line.touch_or_zero * buffer
+        if line.qty * price > available:
+            _short_of_funds(line, price, available, funds_from, config)
+        available -= line.qty * price
+    return FundsPreview(
+        use_margin=config.use_margin,
+        figures=figures,
+        sell_proceeds=cents(proceeds),
+        funds_from=funds_from,
+        after_sells=cents(after_sells[funds_from]),
+        after_buys=cents(available),
+    )
+
+
+def _short_of_funds(
+    line: _Line, price: Decimal, available: Decimal, funds_from: str, config: EngineConfig
+) -> None:
+    """A buy the funds do not cover: shrunk to what fits, skipped when that is under
+    `min_order_notional`, else failed `insufficient_funds` (BuySizer's rules)."""
+    assert line.checked is not None
+    unit = shrink_unit(line.checked)
+    fits = floor_to(available / price, unit)
+    ask = line.touch_or_zero
+    needs = (
+        f"{line.where}: needs {money(line.qty * price)} at the ask {decimal_text(ask)} + "
+        f"{decimal_text(config.funds_buffer_bps)} bps, {money(available)} of {funds_from} "
+        f"left: {decimal_text(fits)} fit"
+    )
+    verdict = Verdict(
+        "funds", VerdictStatus.BREACHED, "", cents(available), cents(line.qty * price)
+    )
+    smallest = config.min_order_notional
+    if config.insufficient_funds == "shrink" and fits > 0:
+        if smallest is not None and fits * ask < smallest:
+            message = f"{needs}, worth {money(fits * ask)}, under min_order_notional: skipped"
+            line.refuse(FailReason.BELOW_MIN_NOTIONAL, replace(verdict, message=message))
+            return
+        message = f"{needs}: shrunk to {decimal_text(fits)} (insufficient_funds shrink)"
+        line.verdicts.append(replace(verdict, message=message))
+        line.qty, line.shrunk = fits, True
+        return
+    message = f"{needs}: fails insufficient_funds (insufficient_funds {config.insufficient_funds})"
+    line.refuse(FailReason.INSUFFICIENT_FUNDS, replace(verdict, message=message))
+
+
+def _sent(lines: Iterable[_Line], side: OrderSide) -> list[_Line]:
+    """The orders of one side that would be sent priced (refused and unquoted ones are not)."""
+    return [
+        line
+        for line in lines
+        if line.intent.side is side and line.reason is None and line.quote is not None
+    ]

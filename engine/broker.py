@@ -230,10 +230,11 @@ class Broker(Protocol):
         whole-share asset. The order it makes carries a client order id of the broker's."""
         ...
 
-    async def recent_orders(self, symbol: str, since: datetime) -> list[BrokerOrder]:
-        """The symbol's orders submitted at or after `since` (a broker whose clock may differ
-        includes a little before it), oldest first, whatever their status (finds a
-        close-position order, whose client order id is not walkbook's)."""
+    async def recent_orders(self, symbol: str | None, since: datetime) -> list[BrokerOrder]:
+        """The orders of `symbol` (None: of every symbol) submitted at or after `since` (a
+        broker whose clock may differ includes a little before it), oldest first, whatever
+        their status: finds a close-position order, whose client order id is not walkbook's,
+        and a large plan's orders placed through another journal."""
         ...
 
     async def wait_for_update(self, order_id: str, timeout_seconds: float) -> BrokerOrder:

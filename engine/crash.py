@@ -149,7 +149,7 @@ class CrashingBroker:
     async def close_position(self, symbol: str, qty: Decimal) -> BrokerOrder:
         return await self._call("close_position", lambda: self.inner.close_position(symbol, qty))
 
-    async def recent_orders(self, symbol: str, since: datetime) -> list[BrokerOrder]:
+    async def recent_orders(self, symbol: str | None, since: datetime) -> list[BrokerOrder]:
         return await self._call("recent_orders", lambda: self.inner.recent_orders(symbol, since))
 
     async def wait_for_update(self, order_id: str, timeout_seconds: float) -> BrokerOrder:

@@ -75,6 +75,11 @@ if TYPE_CHECKING:
 
 __all__ = ["CheckedPlan", "Engine", "ResumeReport", "ResumedOrder", "plan_digest"]
 
+# a plan of at most this many orders has each looked up at the broker before it starts;
+# a larger one is matched against one listing of the account's orders of this horizon
+EXACT_PLAN_LOOKUPS = 50
+PLAN_LOOKUP_HORIZON = timedelta(days=1)
+
 DEFAULT_CONCURRENCY = 8
 DEFAULT_RECONCILE_CONCURRENCY = 64
 # how often an engine with orders walking looks for a `walkbook halt` request, and how
@@ -616,20 +621,27 @@ class Engine:
     ) -> None:
         """A plan new to this journal whose orders the broker already has (delivered through
         another journal on the account, or to an older copy of this one) is refused before
-        anything is journaled or sent: each order's first client order id is looked up (one
-        read per order, up to `reconcile_concurrency` at a time)."""
+        anything is journaled or sent. A plan of up to `EXACT_PLAN_LOOKUPS` orders has each
+        order's first client order id looked up (one read each); a larger one is matched
+        against one listing of the account's orders of the last `PLAN_LOOKUP_HORIZON`
+        (paged): an order placed before that is still refused by the broker, at submit,
+        as a duplicate client order id (FAILED placed_elsewhere)."""
+        first_ids = {
+            self._first_client_order_id(order_id, intent) for order_id, intent, _ in orders
+        }
         found: list[BrokerOrder] = []
+        if len(orders) > EXACT_PLAN_LOOKUPS:
+            since = self.clock.now() - PLAN_LOOKUP_HORIZON
+            listed = await self._read(partial(self.broker.recent_orders, None, since))
+            found = [o for o in listed if o.client_order_id in first_ids]
+        else:
 
-        async def look_up(order: tuple[str, OrderIntent, dict[str, Any]]) -> None:
-            order_id, intent, _ = order
-            market_first = intent.urgency is Urgency.HIGH or not self.config.ladder
-            first_step = MARKET_STEP if market_first else "L1"
-            cid = client_order_id(order_id, first_step, 1)
-            at_broker = await self._read(partial(self.broker.get_order_by_client_id, cid))
-            if at_broker is not None:
-                found.append(at_broker)
+            async def look_up(cid: str) -> None:
+                at_broker = await self._read(partial(self.broker.get_order_by_client_id, cid))
+                if at_broker is not None:
+                    found.append(at_broker)
 
-        await _bounded(self.reconcile_concurrency, orders, look_up)
+            await _bounded(self.reconcile_concurrency, sorted(first_ids), look_up)
         if found:
             shown = _first_few(
                 f"{o.client_order_id} ({o.symbol} {o.side.value} {o.qty}, {o.status.value})"
@@ -641,6 +653,12 @@ class Engine:
                 plan_id=plan_id,
                 client_order_ids=[o.client_order_id for o in found],
             )
+
+    def _first_client_order_id(self, order_id: str, intent: OrderIntent) -> str:
+        """The client order id an order's walk sends first (a market order's for urgency
+        HIGH or an empty ladder, else step 1's)."""
+        market_first = intent.urgency is Urgency.HIGH or not self.config.ladder
+        return client_order_id(order_id, MARKET_STEP if market_first else "L1", 1)
 
     async def _settle_other_plans(self, plan_id: str) -> None:
         """Before a plan runs, what other plans left in flight in this journal (a process

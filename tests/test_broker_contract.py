@@ -439,7 +439,7 @@ class BrokerContract:
         driver.run(scenario())
 
     @pins("recent_orders")
-    def test_recent_orders_lists_the_symbols_orders_since_oldest_first(
+    def test_recent_orders_lists_the_orders_since_oldest_first(
         self, driver: Driver
     ) -> None:
         broker = driver.broker
@@ -449,11 +449,15 @@ class BrokerContract:
             await driver.pause(SINCE_GAP_SECONDS)
             since = driver.clock.now()
             first = await broker.submit_order(buy("first", Decimal(2), FAR_BELOW))
-            await broker.submit_order(buy("elsewhere", Decimal(1), Decimal("40.00"), "NKL"))
+            elsewhere = await broker.submit_order(
+                buy("elsewhere", Decimal(1), Decimal("40.00"), "NKL")
+            )
             second = await filled(broker, buy("second", Decimal(1), THROUGH))
             listed = await broker.recent_orders("AAPL", since)
             assert [o.id for o in listed] == [first.id, second.id]
             assert [o.status for o in listed] == [BrokerOrderStatus.NEW, BrokerOrderStatus.FILLED]
+            everything = await broker.recent_orders(None, since)  # every symbol's
+            assert [o.id for o in everything] == [first.id, elsewhere.id, second.id]
 
         driver.run(scenario())
 

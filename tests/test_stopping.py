@@ -8,6 +8,7 @@ on the broker directly, beside the engine, as a desk user would through Alpaca's
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from walk_support import check_invariants, kill_after, resting, steady
 
 from engine import Engine, EngineConfig, MarketSpec, SimBroker, VirtualClock, parse_plan, verify
 from engine.crash import CrashPoints, SimulatedCrash
+from engine.engine import EXACT_PLAN_LOOKUPS
 from engine.errors import EngineHalting, PlanAtBroker, PlansInFlight, UnknownBrokerOrders
 from engine.events import EventKind
 from engine.fsm import FailReason
@@ -364,6 +366,43 @@ def test_a_finished_plan_delivered_to_a_second_journal_is_refused_before_anythin
     assert broker.positions["AAPL"] == Decimal(10)
     assert verify(first).ok
     assert verify(second).ok
+
+
+class CountingSimBroker(SimBroker):
+    """The simulator, counting the reads a plan's start makes of what the broker holds."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.calls: Counter[str] = Counter()
+
+    async def get_order_by_client_id(self, client_order_id: str) -> Any:
+        self.calls["get_order_by_client_id"] += 1
+        return await super().get_order_by_client_id(client_order_id)
+
+    async def recent_orders(self, symbol: str | None, since: Any) -> Any:
+        self.calls[f"recent_orders {symbol}"] += 1
+        return await super().recent_orders(symbol, since)
+
+
+def test_a_large_plan_at_the_broker_is_found_by_one_listing(tmp_path):
+    """A plan of more than EXACT_PLAN_LOOKUPS orders is checked against one listing of the
+    account's recent orders, not one read per order, and refused all the same."""
+    symbols = {f"S{i:03d}": steady()["AAPL"] for i in range(EXACT_PLAN_LOOKUPS + 10)}
+    orders = [{"symbol": s, "side": "buy", "quantity": "1"} for s in symbols]
+    clock = VirtualClock()
+    broker = CountingSimBroker(MarketSpec(symbols=symbols, fill_intensity=1e9), clock)
+    with Engine(broker, tmp_path / "a.db", clock=clock) as engine:
+        done = engine.execute_plan_sync(plan("wide", *orders))
+    assert {o.state for o in done.orders} == {"VALIDATED"}
+    assert broker.calls == {"recent_orders None": 1}
+    placed, broker.calls = dict(broker.orders), Counter()
+    with Engine(broker, tmp_path / "b.db", clock=clock) as engine:
+        with pytest.raises(PlanAtBroker) as refused:
+            engine.execute_plan_sync(plan("wide", *orders))
+        assert len(refused.value.fields["client_order_ids"]) == len(orders)
+        assert engine.journal.last_seq == 0
+    assert broker.calls == {"recent_orders None": 1}
+    assert broker.orders == placed
 
 
 def test_a_plan_killed_midway_in_one_journal_is_refused_by_another(tmp_path):

@@ -342,15 +342,28 @@ class AlpacaBroker:
 
     async def open_orders(self) -> list[BrokerOrder]:
         """The account's open orders of walkbook's types, oldest first: `GET /v2/orders?
-        status=open` a page of `OPEN_ORDERS_PER_PAGE` at a time, each page `after` the last
-        one's submission time. Orders of other types (another system's stop orders in the
-        same account) are never walkbook's and are left out. An order sharing the page
-        boundary's timestamp may be left out too: the engine reads by id any of its own
-        the listing does not hold."""
+        status=open` a page at a time (`_listing`). Orders of other types (another system's
+        stop orders in the same account) are never walkbook's and are left out. An order
+        sharing the page boundary's timestamp may be left out too: the engine reads by id
+        any of its own the listing does not hold."""
+        return await self._listing(QueryOrderStatus.OPEN, None, None)
+
+    async def _listing(
+        self, status: QueryOrderStatus, symbol: str | None, after: datetime | None
+    ) -> list[BrokerOrder]:
+        """`GET /v2/orders` oldest first, a page of `OPEN_ORDERS_PER_PAGE` at a time, each
+        page `after` the last one's submission time (at most `OPEN_ORDERS_PAGES_MAX`)."""
         listed: list[BrokerOrder] = []
-        after: datetime | None = None
         for _ in range(OPEN_ORDERS_PAGES_MAX):
-            page = await self._open_orders_page(after)
+            page = await self._orders_page(
+                GetOrdersRequest(
+                    status=status,
+                    symbols=None if symbol is None else [symbol],
+                    limit=OPEN_ORDERS_PER_PAGE,
+                    direction=Sort.ASC,
+                    after=after,
+                )
+            )
             for order in page:
                 with suppress(UnsupportedOrder):
                     listed.append(self.orders.show(order_from_sdk(order)))
@@ -359,16 +372,6 @@ class AlpacaBroker:
                 break
             after = last
         return listed
-
-    async def _open_orders_page(self, after: datetime | None) -> list[SdkOrder]:
-        return await self._orders_page(
-            GetOrdersRequest(
-                status=QueryOrderStatus.OPEN,
-                limit=OPEN_ORDERS_PER_PAGE,
-                direction=Sort.ASC,
-                after=after,
-            )
-        )
 
     async def _orders_page(self, request: GetOrdersRequest) -> list[SdkOrder]:
         trading = self.rest.trading
@@ -388,23 +391,10 @@ class AlpacaBroker:
         )
         return self._show(answer)
 
-    async def recent_orders(self, symbol: str, since: datetime) -> list[BrokerOrder]:
-        """`GET /v2/orders?status=all&symbols=` after `since` (less a second: Alpaca's
-        filter is exclusive), oldest first, one page of up to 500."""
-        page = await self._orders_page(
-            GetOrdersRequest(
-                status=QueryOrderStatus.ALL,
-                symbols=[symbol],
-                after=since - timedelta(seconds=1),
-                direction=Sort.ASC,
-                limit=OPEN_ORDERS_PER_PAGE,
-            )
-        )
-        found = []
-        for order in page:
-            with suppress(UnsupportedOrder):
-                found.append(self.orders.show(order_from_sdk(order)))
-        return found
+    async def recent_orders(self, symbol: str | None, since: datetime) -> list[BrokerOrder]:
+        """`GET /v2/orders?status=all[&symbols=]` after `since` (less a second: Alpaca's
+        filter is exclusive), oldest first, paged."""
+        return await self._listing(QueryOrderStatus.ALL, symbol, since - timedelta(seconds=1))
 
     async def wait_for_update(self, order_id: str, timeout_seconds: float) -> BrokerOrder:
         """The order as soon as it differs from what the engine last saw, or at the timeout.

@@ -898,13 +898,13 @@ class SimBroker:
         return order.snapshot()
 
     @_persisted
-    async def recent_orders(self, symbol: str, since: datetime) -> list[BrokerOrder]:
+    async def recent_orders(self, symbol: str | None, since: datetime) -> list[BrokerOrder]:
         await self._call()
         self.catch_up()
         return [
             o.snapshot()
             for o in self.orders.values()
-            if o.symbol == symbol
+            if symbol in (None, o.symbol)
             and not self._lost(o, by_id=False)
             and o.submitted_at is not None
             and datetime.fromisoformat(o.submitted_at) >= since

@@ -800,9 +800,8 @@ class Engine:
         if not live:
             return list(buys)
         account = await self._read(self.broker.get_account)
-        sized = {
-            r.order_id: r for r in await BuySizer(self.context, self._read).size(live, account)
-        }
+        sizer = BuySizer(self.context, self._read, self.reconcile_concurrency)
+        sized = {r.order_id: r for r in await sizer.size(live, account)}
         return [sized.get(r.order_id, r) for r in buys]
 
     async def _walk_all(self, records: Sequence[OrderRecord]) -> list[OrderRecord]:

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from .broker import Account
+from .concurrency import each_at_most
 from .context import OrderJournal, WalkContext
 from .events import Resized
 from .fsm import FailReason
@@ -26,6 +27,7 @@ from .intents import OrderIntent
 from .numbers import BPS, CENT, decimal_text, floor_to
 from .order import OrderRecord
 from .quotes import UsableQuote
+from .stopping import StopRequested
 from .walk import OrderWalk
 
 __all__ = ["BuySizer", "shrink_unit", "spendable_funds"]
@@ -53,10 +55,11 @@ def spendable_funds(account: Account, use_margin: bool) -> dict[str, Decimal]:
 class BuySizer:
     """Sizes the PENDING buys of one plan to the funds of one account read."""
 
-    def __init__(self, context: WalkContext, read: Reader) -> None:
+    def __init__(self, context: WalkContext, read: Reader, concurrency: int) -> None:
         self.ctx = context
         self.config = context.config
         self._read = read
+        self.concurrency = concurrency
 
     async def size(self, buys: Sequence[OrderRecord], account: Account) -> list[OrderRecord]:
         """Each buy as it is after sizing (unchanged, resized, or failed unsent)."""
@@ -64,9 +67,11 @@ class BuySizer:
         funds_from = min(funds, key=funds.__getitem__)  # on a tie, the cash figure
         available = funds[funds_from]
         buffer = 1 + self.config.funds_buffer_bps / BPS
+        # every buy's quote first, `concurrency` at a time (a broker may answer REST
+        # fallbacks asked at once in one read); then the funds are spent in plan order
+        quotes = await each_at_most(self.concurrency, buys, self._quote)
         sized = []
-        for record in buys:
-            quote = await self._quote(record)
+        for record, quote in zip(buys, quotes, strict=True):
             # no quote, not costed: its walk fails no_quote, or with market_without_quote
             # goes to market unsized and the broker's own funds check is the guard
             if quote is None:
@@ -98,10 +103,18 @@ class BuySizer:
         return sized
 
     async def _quote(self, record: OrderRecord) -> UsableQuote | None:
-        """A quote to cost the buy with; its walk's first step takes a fresh one."""
+        """A quote to cost the buy with (its walk's first step takes a fresh one); none for
+        a buy a stop has reached, which will end unsent without being sized."""
         quotes, plan_quotes = self.ctx.quotes, self.ctx.plan_quotes[record.plan_id]
         symbol, now = record.intent.symbol, self.ctx.clock.now()
-        return await self._read(lambda: quotes.get(symbol, now, None, plan_quotes))
+
+        async def read() -> UsableQuote | None:
+            return await self._read(lambda: quotes.get(symbol, now, None, plan_quotes))
+
+        try:
+            return await self.ctx.stops.wait_or_stop(read, record.order_id, record.plan_id)
+        except StopRequested:
+            return None
 
     async def _skip(
         self,

@@ -84,6 +84,34 @@ def test_halt_mid_walk_cancels_the_live_order_and_fails_every_order_cancelled(ma
     assert rig.engine.resume_sync().nothing_in_flight
 
 
+class SlowQuotes(SimBroker):
+    """The simulator with quotes that take a minute to arrive (a broker's REST quotes at
+    the end of its rate budget)."""
+
+    async def stream_quote(self, symbol: str, wait_seconds: float) -> Any:
+        return None
+
+    async def latest_quote(self, symbol: str) -> Any:
+        await self.clock.sleep(60)
+        return await super().latest_quote(symbol)
+
+
+def test_halt_while_buys_are_being_sized_ends_them_unsent_at_once(make_rig):
+    """A halt that comes while the plan's buys wait for the quotes that size them ends
+    every buy FAILED cancelled, unsent, without waiting for those quotes."""
+    symbols = {f"S{i}": steady()["AAPL"] for i in range(20)}
+    rig = make_rig(broker_cls=SlowQuotes, **resting(symbols=symbols))
+    buys = [{"symbol": s, "side": "buy", "quantity": "1"} for s in symbols]
+    started = rig.clock.monotonic()
+    result, _ = run_with(
+        rig, rig.engine.execute_plan(plan("p1", *buys)), after(rig, 5, rig.engine.halt)
+    )
+    assert {(o.state, o.reason) for o in result.orders} == {("FAILED", "cancelled")}
+    assert not rig.broker.orders
+    assert rig.clock.monotonic() - started < 60  # no quote read was waited out
+    check_invariants(rig, result)
+
+
 def test_halt_counts_the_fills_that_landed_before_the_cancel(make_rig):
     rig = make_rig(
         seed=8, symbols=steady(spread_bps=20), fill_intensity=0.1, partial_fill_probability=1.0

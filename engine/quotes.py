@@ -11,7 +11,7 @@ corrupt wide quote would sit far beyond the real touch and protect nothing.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
@@ -134,6 +134,24 @@ class QuoteService:
             count("no_quote")
         else:
             self._remember_spread(found)
+        return found
+
+    async def get_many(
+        self, symbols: Collection[str], now: datetime, tally: QuoteCounters | None = None
+    ) -> dict[str, UsableQuote]:
+        """Usable quotes of many symbols from one bulk REST read (`Broker.latest_quotes`),
+        for costing many orders at once; a symbol whose snapshot is missing, unusable or
+        not believable on its own word is left out, for `get` to ask the stream and REST."""
+        counted = (self.counters,) if tally is None else (self.counters, tally)
+        found: dict[str, UsableQuote] = {}
+        for symbol, quote in (await self.broker.latest_quotes(symbols)).items():
+            checked, problem = self._usable(quote, now, None)
+            if checked is None or problem is not None or self._suspicious(checked):
+                continue
+            for counters in counted:
+                counters.count("rest_fallback")
+            self._remember_spread(checked)
+            found[symbol] = checked
         return found
 
     def _believed(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -11,9 +11,15 @@ from .clock import Clock
 from .config import EngineConfig
 from .errors import BrokerUnavailable
 
-__all__ = ["read_with_retry"]
+__all__ = ["Reader", "read_with_retry"]
 
 T = TypeVar("T")
+
+
+class Reader(Protocol):
+    """How the engine reads the broker: the call, retried while the broker is unavailable."""
+
+    def __call__(self, call: Callable[[], Awaitable[T]], /) -> Awaitable[T]: ...
 
 
 async def read_with_retry(

@@ -13,11 +13,11 @@ those sells failed or went unfilled than it allows.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from journal import Journal
 
@@ -30,6 +30,7 @@ from .fsm import FailReason, OrderState
 from .intents import CloseType, OrderIntent, OrderSide
 from .numbers import ZERO, cents, decimal_text, money
 from .order import OrderRecord, fold_history
+from .retry import Reader
 from .walk import OrderWalk
 
 __all__ = [
@@ -43,12 +44,6 @@ __all__ = [
 
 T = TypeVar("T")
 WEIGHT_PLACES = Decimal("0.0001")
-
-
-class Reader(Protocol):
-    """How the engine reads the broker: the call, retried while the broker is unavailable."""
-
-    def __call__(self, call: Callable[[], Awaitable[T]], /) -> Awaitable[T]: ...
 
 
 @dataclass(frozen=True)

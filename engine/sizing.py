@@ -12,7 +12,7 @@ power, else its cash).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -27,15 +27,17 @@ from .intents import OrderIntent
 from .numbers import BPS, CENT, decimal_text, floor_to
 from .order import OrderRecord
 from .quotes import UsableQuote
+from .retry import Reader
 from .stopping import StopRequested
 from .walk import OrderWalk
 
 __all__ = ["BuySizer", "shrink_unit", "spendable_funds"]
 
-QuoteRead = Callable[[], Awaitable[UsableQuote | None]]
 # how the engine reads the broker (with its retries), here for quotes
-Reader = Callable[[QuoteRead], Awaitable[UsableQuote | None]]
 QTY_WHOLE, QTY_FRACTION = Decimal(1), Decimal("0.0001")
+# from this many buys, sizing reads their quotes in bulk over REST (a 100-symbol read per
+# call) rather than one at a time from a stream that may carry only 30 symbols (IEX)
+BULK_QUOTES_FROM = 30
 log = structlog.get_logger("walkbook")
 
 
@@ -67,9 +69,7 @@ class BuySizer:
         funds_from = min(funds, key=funds.__getitem__)  # on a tie, the cash figure
         available = funds[funds_from]
         buffer = 1 + self.config.funds_buffer_bps / BPS
-        # every buy's quote first, `concurrency` at a time (a broker may answer REST
-        # fallbacks asked at once in one read); then the funds are spent in plan order
-        quotes = await each_at_most(self.concurrency, buys, self._quote)
+        quotes = await self._quotes(buys)
         sized = []
         for record, quote in zip(buys, quotes, strict=True):
             # no quote, not costed: its walk fails no_quote, or with market_without_quote
@@ -101,6 +101,28 @@ class BuySizer:
                 walk = OrderWalk(self.ctx, record)
                 sized.append(await walk.refuse(FailReason.INSUFFICIENT_FUNDS, **details))
         return sized
+
+    async def _quotes(self, buys: Sequence[OrderRecord]) -> list[UsableQuote | None]:
+        """Every buy's quote before any is costed, `concurrency` at a time (streamed first,
+        free); for more buys than `BULK_QUOTES_FROM`, first one bulk REST read for them
+        all, each buy it lacks then asked alone; none once a stop reaches them."""
+        if len(buys) < BULK_QUOTES_FROM:
+            return await each_at_most(self.concurrency, buys, self._quote)
+        first, service, now = buys[0], self.ctx.quotes, self.ctx.clock.now()
+        symbols = [r.intent.symbol for r in buys]
+
+        async def bulk() -> dict[str, UsableQuote]:
+            tally = self.ctx.plan_quotes[first.plan_id]
+            return await self._read(lambda: service.get_many(symbols, now, tally))
+
+        try:
+            found = await self.ctx.stops.wait_or_stop(bulk, first.order_id, first.plan_id)
+        except StopRequested:
+            return [None] * len(buys)
+        missing = [r for r in buys if r.intent.symbol not in found]
+        asked = await each_at_most(self.concurrency, missing, self._quote)
+        by_order = dict(zip((r.order_id for r in missing), asked, strict=True))
+        return [found.get(r.intent.symbol, by_order.get(r.order_id)) for r in buys]
 
     async def _quote(self, record: OrderRecord) -> UsableQuote | None:
         """A quote to cost the buy with (its walk's first step takes a fresh one); none for

@@ -138,14 +138,20 @@ class OrderWalk:
         self._fire(_failed(reason, None, {"filled_qty": decimal_text(self.record.filled_qty)}))
 
     async def _quote(self) -> UsableQuote | None:
-        quote = await self.gateway.read(
-            lambda: self.ctx.quotes.get(
-                self.record.intent.symbol,
-                self.ctx.clock.now(),
-                self.asset.price_increment if self.asset else None,
-                self.ctx.plan_quotes[self.record.plan_id],
+        """A usable quote, or None; a stop reaching the order while it waits for one
+        abandons the read (StopRequested), which changes nothing at the broker."""
+
+        async def read() -> UsableQuote | None:
+            return await self.gateway.read(
+                lambda: self.ctx.quotes.get(
+                    self.record.intent.symbol,
+                    self.ctx.clock.now(),
+                    self.asset.price_increment if self.asset else None,
+                    self.ctx.plan_quotes[self.record.plan_id],
+                )
             )
-        )
+
+        quote = await self.gateway.unless_stopped(read)
         if quote is None:
             self.log.warning("quote.unusable", counters=self.ctx.quotes.counters.as_dict())
         return quote

@@ -22,6 +22,7 @@ from engine.engine import EXACT_PLAN_LOOKUPS
 from engine.errors import EngineHalting, PlanAtBroker, PlansInFlight, UnknownBrokerOrders
 from engine.events import EventKind
 from engine.fsm import FailReason
+from engine.sizing import BULK_QUOTES_FROM
 from engine.stopping import HaltRequest, write_halt_request
 
 BUY = {"symbol": "AAPL", "side": "buy", "quantity": "10"}
@@ -84,6 +85,18 @@ def test_halt_mid_walk_cancels_the_live_order_and_fails_every_order_cancelled(ma
     assert rig.engine.resume_sync().nothing_in_flight
 
 
+class CountingQuotes(SimBroker):
+    """The simulator, noting the symbols of each bulk quote read."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.bulk_reads: list[list[str]] = []
+
+    async def latest_quotes(self, symbols: Any) -> Any:
+        self.bulk_reads.append(sorted(symbols))
+        return await super().latest_quotes(symbols)
+
+
 class SlowQuotes(SimBroker):
     """The simulator with quotes that take a minute to arrive (a broker's REST quotes at
     the end of its rate budget)."""
@@ -95,11 +108,17 @@ class SlowQuotes(SimBroker):
         await self.clock.sleep(60)
         return await super().latest_quote(symbol)
 
+    async def latest_quotes(self, symbols: Any) -> Any:
+        await self.clock.sleep(60)
+        return await super().latest_quotes(symbols)
 
-def test_halt_while_buys_are_being_sized_ends_them_unsent_at_once(make_rig):
-    """A halt that comes while the plan's buys wait for the quotes that size them ends
-    every buy FAILED cancelled, unsent, without waiting for those quotes."""
-    symbols = {f"S{i}": steady()["AAPL"] for i in range(20)}
+
+@pytest.mark.parametrize("buys", [BULK_QUOTES_FROM - 1, BULK_QUOTES_FROM])
+def test_halt_while_buys_are_being_sized_ends_them_unsent_at_once(make_rig, buys):
+    """A halt that comes while the plan's buys wait for the quotes that size them (read
+    one by one, or for many buys in bulk) ends every buy FAILED cancelled, unsent, without
+    waiting for those quotes."""
+    symbols = {f"S{i}": steady()["AAPL"] for i in range(buys)}
     rig = make_rig(broker_cls=SlowQuotes, **resting(symbols=symbols))
     buys = [{"symbol": s, "side": "buy", "quantity": "1"} for s in symbols]
     started = rig.clock.monotonic()
@@ -109,6 +128,20 @@ def test_halt_while_buys_are_being_sized_ends_them_unsent_at_once(make_rig):
     assert {(o.state, o.reason) for o in result.orders} == {("FAILED", "cancelled")}
     assert not rig.broker.orders
     assert rig.clock.monotonic() - started < 60  # no quote read was waited out
+    check_invariants(rig, result)
+
+
+def test_many_buys_are_sized_from_one_bulk_quote_read(make_rig):
+    """From BULK_QUOTES_FROM buys, sizing costs them all from one bulk REST read (here the
+    funds fit the first 9 buys only; the rest fail insufficient_funds, unsent)."""
+    symbols = {f"S{i:02d}": steady()["AAPL"] for i in range(BULK_QUOTES_FROM)}
+    rig = make_rig(broker_cls=CountingQuotes, cash=Decimal(1000), **resting(symbols=symbols))
+    buys = [{"symbol": s, "side": "buy", "quantity": "1"} for s in symbols]
+    result = rig.engine.execute_plan_sync(plan("p1", *buys))
+    assert rig.broker.bulk_reads == [sorted(symbols)]
+    states = [(o.state, o.reason) for o in result.orders]
+    # each costs 100.05 plus the 50 bps buffer: 9 fit in 1000
+    assert states == [("VALIDATED", None)] * 9 + [("FAILED", "insufficient_funds")] * 21
     check_invariants(rig, result)
 
 

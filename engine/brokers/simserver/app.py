@@ -402,12 +402,8 @@ class SimApp:
         symbols = [s for s in request.query.get("symbols", "").upper().split(",") if s]
         if not symbols:
             return error(400, 40010000, "symbols is required")
-        quotes = {}
-        for symbol in symbols:
-            quote = await self.market_data.quote(symbol, rest=True)
-            if quote is not None:
-                quotes[symbol] = quote_json(quote)
-        return web.json_response({"quotes": quotes})
+        quotes = await self.market_data.rest_quotes(symbols)
+        return web.json_response({"quotes": {s: quote_json(q) for s, q in quotes.items()}})
 
     async def stats_view(self, request: web.Request) -> web.Response:
         """Not Alpaca's: what the server saw and injected, for tests and operators."""

@@ -276,7 +276,14 @@ class MarketData:
             )
         except UnknownSymbol:
             return None
-        age = self.faults.spec.quote_age(symbol)
-        if quote is None or not age:
-            return quote
-        return replace(quote, at=quote.at - timedelta(seconds=age))
+        return None if quote is None else self._aged(quote)
+
+    async def rest_quotes(self, symbols: list[str]) -> dict[str, Quote]:
+        """REST quotes of many symbols in one simulator call (one latency, one save, as
+        Alpaca answers a multi-symbol request once), each aged by the stale-quote knob."""
+        quotes = await self.broker.latest_quotes(symbols)
+        return {symbol: self._aged(quote) for symbol, quote in quotes.items()}
+
+    def _aged(self, quote: Quote) -> Quote:
+        age = self.faults.spec.quote_age(quote.symbol)
+        return replace(quote, at=quote.at - timedelta(seconds=age)) if age else quote

@@ -68,7 +68,7 @@ def order_intents(count: int) -> list[OrderIntent]:
 def market(intents: list[OrderIntent]) -> MarketSpec:
     """Default market (made-up symbols allowed), with twice each sell's quantity held so a
     sell never closes out."""
-    positions = {i.symbol: i.quantity * 2 for i in intents if i.side is OrderSide.SELL}
+    positions = {i.symbol: i.shares * 2 for i in intents if i.side is OrderSide.SELL}
     return MarketSpec(seed=11, positions=positions, cash=Decimal(10) ** 9, universe="any")
 
 

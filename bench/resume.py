@@ -115,10 +115,10 @@ async def mid_walk(
     add(EventKind.TRANSITION, {"trigger": Trigger.QUOTE, "quote": quoted}, OrderState.QUOTED)
     start_walk = {"trigger": Trigger.START_WALK, **step_data(RATIO, price, quoted)}
     add(EventKind.TRANSITION, start_walk, limit_step(1))
-    qty, limit = decimal_text(intent.quantity), decimal_text(price)
+    qty, limit = decimal_text(intent.shares), decimal_text(price)
     submit = {"client_order_id": cid, "order_type": "limit", "qty": qty, "limit_price": limit}
     add(EventKind.SUBMIT_INTENT, submit)
-    request = OrderRequest(cid, intent.symbol, intent.side, intent.quantity, "limit", price)
+    request = OrderRequest(cid, intent.symbol, intent.side, intent.shares, "limit", price)
     order: BrokerOrder = await broker.submit_order(request)
     if order.filled_qty:
         raise RuntimeError(f"{cid} filled at once; the bench market must leave it resting")

@@ -13,6 +13,7 @@ from collections.abc import (
     Callable,
     Collection,
     Iterable,
+    Mapping,
     Sequence,
 )
 from contextlib import asynccontextmanager
@@ -28,7 +29,7 @@ import structlog
 from journal import Journal, JournalCorrupt, NewEvent, canonical_json, stamp
 from journal.trust import check_before_acting
 
-from .broker import Broker, BrokerOrder
+from .broker import Asset, Broker, BrokerOrder
 from .clock import Clock, RealClock
 from .config import EngineConfig
 from .context import WalkContext
@@ -60,12 +61,22 @@ from .order import (
 )
 from .ownership import refuse_foreign_journal
 from .preview import PlanPreview, preview_plan
-from .quotes import QuoteCounters, QuoteService
+from .quotes import QuoteCounters, QuoteService, UsableQuote
 from .results import OrderResult, PlanResult
 from .retry import read_with_retry
 from .risk import PreTradeRisk, Refusal, SellGate
 from .sizing import BuySizer
 from .stopping import StopRequests, clear_halt_request, read_halt_request
+from .targets import (
+    DEFAULT_MIN_CHANGE,
+    Derivation,
+    Hold,
+    NotionalSizing,
+    Snapshot,
+    derive_orders,
+    involved_symbols,
+    size_notional,
+)
 from .walk import OrderWalk
 
 if TYPE_CHECKING:
@@ -226,6 +237,7 @@ class Engine:
         with other contents it is refused.
         """
         log = self.log.bind(plan_id=plan.plan_id)
+        holds: tuple[Hold, ...] | None = None
         async with self._work():
             digest = plan_digest(plan)
             known = self._journaled_plan_digest(plan.plan_id)
@@ -238,17 +250,13 @@ class Engine:
             await self._check_open_orders_against_journal()
             await self._settle_other_plans(plan.plan_id)
             if known is None:
-                checked = await self.preflight(plan)
-                first_attempts = self._first_attempts(checked)
-                await self._refuse_plan_at_broker(plan.plan_id, first_attempts)
-                records = self._create_orders(plan.plan_id, first_attempts, digest)
-                log.info("plan.started", orders=len(records))
-                records = await self._refuse_invalid(records, checked)
+                records, holds = await self._start(plan, digest)
+                log.info("plan.started", orders=len(records), holds=len(holds))
             else:
-                records = self._redelivered(plan, digest)
+                records = self._redelivered(plan.plan_id, self._plan_lines(plan), digest)
                 log.info("plan.redelivered", in_flight=sum(not r.is_terminal for r in records))
             done = {r.order_id: r for r in await self._walk_owned(records)}
-        result = self._plan_result(plan.plan_id, [done.get(r.order_id, r) for r in records])
+        result = self._plan_result(plan.plan_id, [done.get(r.order_id, r) for r in records], holds)
         if all(r.state in TERMINAL_STATES for r in result.orders):
             self.hooks.deliver(PlanCompleted(result))
         log.info("plan.finished", status=result.status.value)
@@ -347,15 +355,19 @@ class Engine:
         sell a little above the position is trimmed to it (`oversell_tolerance`). Then the
         pre-trade risk limits (engine/risk.py): a plan-level breach raises
         `RiskLimitBreached`; an order-level one as a problem does, its reason `risk_limit`;
-        an order under `min_order_notional` is skipped (`below_min_notional`).
+        an order under `min_order_notional` is skipped (`below_min_notional`). A dollar
+        order is first sized at its arrival quote (engine/targets.py); one that comes to no
+        shares is skipped too (`below_min_notional`).
         """
-        intents, problems = list(plan.orders), {}
+        intents, problems, sizings = list(plan.orders), {}, {}
         for index, intent in enumerate(plan.orders):
             try:
-                intents[index] = await self._check_intent(intent)
+                intents[index], sizing = await self._check_intent(intent, plan.plan_id)
             except InvalidIntent as exc:
-                where = f"order {index} ({intent.symbol} {intent.side.value} {intent.quantity})"
-                problems[index] = f"{where}: {exc.message}"
+                problems[index] = f"order {index} ({_described(intent)}): {exc.message}"
+                continue
+            if sizing is not None:
+                sizings[index] = sizing
         if problems and self.config.validation == "all_or_nothing":
             raise InvalidIntent(
                 "; ".join(problems.values()),
@@ -365,13 +377,16 @@ class Engine:
         requested = {
             index: intent.quantity
             for index, intent in enumerate(plan.orders)
-            if intents[index].quantity != intent.quantity
+            if intent.quantity is not None and intents[index].quantity != intent.quantity
         }
-        valid = {i: intent for i, intent in enumerate(intents) if i not in problems}
+        unsized = {i: s.refusal() for i, s in sizings.items() if s.quantity == 0}
+        valid = {
+            i: intent for i, intent in enumerate(intents) if i not in problems and i not in unsized
+        }
         risk = PreTradeRisk(self.context, self._read, self.reconcile_concurrency)
-        refusals = await risk.check(plan.plan_id, valid)
+        refusals = await risk.check(plan.plan_id, valid) | unsized
         checked = plan.model_copy(update={"orders": tuple(intents)})
-        return CheckedPlan(checked, problems, requested, refusals)
+        return CheckedPlan(checked, problems, requested, refusals, sizings)
 
     async def preview(self, plan: RebalancePlan) -> PlanPreview:
         """A priced dry run of `plan` (engine/preview.py): broker reads only, nothing
@@ -385,8 +400,26 @@ class Engine:
             concurrency=self.reconcile_concurrency,
         )
 
-    async def _check_intent(self, intent: OrderIntent) -> OrderIntent:
+    async def _check_intent(
+        self, intent: OrderIntent, plan_id: str
+    ) -> tuple[OrderIntent, NotionalSizing | None]:
+        """The intent as it will be sent, and how a dollar order was sized."""
         symbol = intent.symbol
+        asset = await self._tradable_asset(symbol)
+        sizing = None
+        if intent.notional is not None:
+            tally = self.context.plan_quotes[plan_id]
+            get = partial(self.quotes.get, symbol, self.clock.now(), asset.price_increment, tally)
+            quote = await self._read(get)
+            if quote is None:
+                raise InvalidIntent("no usable quote to size the notional at", symbol=symbol)
+            sizing = size_notional(intent, quote, asset.fractionable)
+            if sizing.quantity == 0:
+                return intent, sizing
+            intent = intent.sized(sizing.quantity)
+        return await self._checked_quantity(intent, asset), sizing
+
+    async def _tradable_asset(self, symbol: str) -> Asset:
         try:
             asset = await self._read(partial(self.broker.get_asset, symbol))
         except UnknownSymbol:
@@ -395,13 +428,18 @@ class Engine:
             raise InvalidIntent(f"cannot check the asset: {exc.message}") from None
         if not asset.tradable:
             raise InvalidIntent("asset is not tradable", symbol=symbol)
+        return asset
+
+    async def _checked_quantity(self, intent: OrderIntent, asset: Asset) -> OrderIntent:
+        """A quantity fit to the asset and, for a sell, to the position."""
+        symbol = intent.symbol
         # a FULL close sells what the broker holds, its fraction through close-position
         if (
             intent.is_fractional
             and not asset.fractionable
             and intent.close_type is not CloseType.FULL
         ):
-            whole = intent.quantity.to_integral_value(rounding=ROUND_FLOOR)
+            whole = intent.shares.to_integral_value(rounding=ROUND_FLOOR)
             if self.config.fractional_on_whole_share_asset == "refuse" or whole <= 0:
                 raise InvalidIntent(
                     "asset is not fractionable; use a whole-share quantity", symbol=symbol
@@ -412,7 +450,7 @@ class Engine:
             intent = intent.model_copy(update={"quantity": whole})
         if intent.side is OrderSide.SELL and intent.close_type is not CloseType.FULL:
             position = await self._read(partial(self.broker.get_position, symbol))
-            if intent.quantity > max(position, ZERO):
+            if intent.shares > max(position, ZERO):
                 intent = self._trimmed_to_position(intent, position, asset.fractionable)
         return intent
 
@@ -423,7 +461,7 @@ class Engine:
         (whole shares of a whole-share asset); beyond that, or with nothing held, refused."""
         held = position if fractionable else position.to_integral_value(rounding=ROUND_FLOOR)
         allowed = position * (1 + self.config.oversell_tolerance)
-        if held <= 0 or intent.quantity > allowed:
+        if held <= 0 or intent.shares > allowed:
             raise InvalidIntent(
                 f"sell of {intent.quantity} exceeds the position of {position}",
                 symbol=intent.symbol,
@@ -691,43 +729,130 @@ class Engine:
                 self.stops.stop_order(record.order_id, FailReason.ABANDONED)
         await self._walk_owned(stale)
 
+    async def _start(
+        self, plan: RebalancePlan, digest: str
+    ) -> tuple[list[OrderRecord], tuple[Hold, ...]]:
+        """A plan new to this journal: a target plan's orders derived, then checked,
+        journaled, and the refused ones failed unsent. A target plan that needs no order
+        journals nothing and is all holds."""
+        extras: dict[int, dict[str, Any]] = {}
+        holds: tuple[Hold, ...] = ()
+        if plan.is_target_plan:
+            derivation = await self._derive_targets(plan)
+            if not derivation.orders:
+                return [], derivation.holds
+            plan, holds = _derived_plan(plan.plan_id, derivation), derivation.holds
+            extras = {i: {"sizing": order.sizing} for i, order in enumerate(derivation.orders)}
+            # the plan's holds ride on its first order, the event its digest is read from
+            if holds:
+                extras[0]["sizing"] = extras[0]["sizing"] | {
+                    "plan_holds": [hold.as_data() for hold in holds]
+                }
+        checked = await self.preflight(plan)
+        first_attempts = self._first_attempts(checked, extras)
+        await self._refuse_plan_at_broker(plan.plan_id, first_attempts)
+        records = self._create_orders(plan.plan_id, first_attempts, digest)
+        return await self._refuse_invalid(records, checked), holds
+
+    async def _derive_targets(self, plan: RebalancePlan) -> Derivation:
+        """A target plan's orders from one snapshot: the account's equity, every position
+        (one read), and an asset and a quote for each symbol named or held. Anything missing
+        refuses the plan before anything is journaled (deliver it again later)."""
+        assert plan.targets is not None
+        plan_id = plan.plan_id
+        account = await self._read(self.broker.get_account)
+        if account.equity is None or account.equity <= 0:
+            raise InvalidPlan(
+                f"plan {plan_id} refused: the broker reports no positive equity to weigh "
+                "its targets against; nothing sent",
+                plan_id=plan_id,
+            )
+        positions = await self._read(self.broker.get_positions)
+        symbols = involved_symbols(plan.targets, positions)
+        assets: dict[str, Asset] = {}
+        quotes: dict[str, UsableQuote] = {}
+        tally = self.context.plan_quotes[plan_id]
+
+        async def read(symbol: str) -> None:
+            try:
+                asset = assets[symbol] = await self._tradable_asset(symbol)
+            except InvalidIntent as exc:
+                raise InvalidPlan(
+                    f"plan {plan_id} refused: targets: {symbol}: {exc.message}; nothing sent",
+                    plan_id=plan_id,
+                    symbol=symbol,
+                ) from None
+            get = partial(self.quotes.get, symbol, self.clock.now(), asset.price_increment, tally)
+            quote = await self._read(get)
+            if quote is not None:
+                quotes[symbol] = quote
+
+        await _bounded(self.reconcile_concurrency, symbols, read)
+        unquoted = [symbol for symbol in symbols if symbol not in quotes]
+        if unquoted:
+            raise InvalidPlan(
+                f"plan {plan_id} refused: no usable quote for {', '.join(unquoted)} to derive "
+                "its orders from; nothing sent",
+                plan_id=plan_id,
+                symbols=unquoted,
+            )
+        threshold = self.config.min_order_notional or DEFAULT_MIN_CHANGE
+        snapshot = Snapshot(account.equity, positions, assets, quotes)
+        return derive_orders(plan_id, plan.targets, snapshot, threshold)
+
     def _first_attempts(
-        self, checked: CheckedPlan
+        self, checked: CheckedPlan, extras: Mapping[int, dict[str, Any]] | None = None
     ) -> list[tuple[str, OrderIntent, dict[str, Any]]]:
         plan = checked.plan
-        return [
-            (
-                make_order_id(plan.plan_id, index, intent),
-                intent,
-                # what the plan asked for, before preflight rounded it down to whole shares
-                {"requested_qty": decimal_text(checked.requested[index])}
-                if index in checked.requested
-                else {},
-            )
-            for index, intent in enumerate(plan.orders)
-        ]
-
-    def _redelivered(self, plan: RebalancePlan, digest: str) -> list[OrderRecord]:
-        """A plan delivered again: each line's latest attempt, and a new attempt for a line
-        whose latest failed, for a reason that may pass, before anything was sent."""
-        folded = fold_history(self.journal.order_history(plan_id=plan.plan_id))
-        records, retries = [], []
+        attempts = []
         for index, intent in enumerate(plan.orders):
+            extra = dict((extras or {}).get(index, {}))
+            if index in checked.requested:
+                # what the plan asked for, before preflight rounded it down to whole shares
+                extra["requested_qty"] = decimal_text(checked.requested[index])
+            if index in checked.sizings:
+                extra |= checked.sizings[index].created_fields()
+            attempts.append((make_order_id(plan.plan_id, index, intent), intent, extra))
+        return attempts
+
+    def _plan_lines(self, plan: RebalancePlan) -> Sequence[OrderIntent]:
+        """The plan's lines: its orders, or the orders a target plan was derived into when
+        first delivered (journaled in one commit, line by line; later attempts follow)."""
+        if not plan.is_target_plan:
+            return plan.orders
+        lines: list[OrderIntent] = []
+        for record in fold_history(self.journal.order_history(plan_id=plan.plan_id)).values():
+            if record.order_id != make_order_id(plan.plan_id, len(lines), record.intent):
+                break
+            lines.append(record.intent)
+        return lines
+
+    def _redelivered(
+        self, plan_id: str, lines: Sequence[OrderIntent], digest: str
+    ) -> list[OrderRecord]:
+        """A plan delivered again: each line's latest attempt, and a new attempt for a line
+        whose latest failed, for a reason that may pass, before anything was sent (a dollar
+        order keeps the size its first attempt came to)."""
+        folded = fold_history(self.journal.order_history(plan_id=plan_id))
+        records, retries = [], []
+        for index, intent in enumerate(lines):
             attempt = 1
-            while make_order_id(plan.plan_id, index, intent, attempt + 1) in folded:
+            while make_order_id(plan_id, index, intent, attempt + 1) in folded:
                 attempt += 1
-            record = folded[make_order_id(plan.plan_id, index, intent, attempt)]
+            record = folded[make_order_id(plan_id, index, intent, attempt)]
             records.append(record)
             if (
                 record.state == OrderState.FAILED
                 and record.reason in RETRYABLE_UNSENT
                 and not record.sent_anything
             ):
-                new_id = make_order_id(plan.plan_id, index, intent, attempt + 1)
-                extra = {"retry_of": record.order_id, "attempt": attempt + 1}
+                new_id = make_order_id(plan_id, index, intent, attempt + 1)
+                extra: dict[str, Any] = {"retry_of": record.order_id, "attempt": attempt + 1}
+                if record.notional_requested is not None:
+                    extra["notional"] = record.notional_requested
                 retries.append((index, (new_id, record.intent, extra)))
         if retries:
-            created = self._create_orders(plan.plan_id, [item for _, item in retries], digest)
+            created = self._create_orders(plan_id, [item for _, item in retries], digest)
             for (index, _), record in zip(retries, created, strict=True):
                 records[index] = record
             self.log.info("plan.retrying_unsent", orders=len(created))
@@ -860,9 +985,15 @@ class Engine:
             if all(r.is_terminal for r in records):
                 self.hooks.deliver(PlanCompleted(self._plan_result(plan_id, list(records))))
 
-    def _plan_result(self, plan_id: str, records: Sequence[OrderRecord]) -> PlanResult:
-        """The plan's result with its quote counts; a finished plan's counts are handed out
-        and forgotten, so an engine embedded for months keeps none per finished plan."""
+    def _plan_result(
+        self,
+        plan_id: str,
+        records: Sequence[OrderRecord],
+        holds: Sequence[Hold] | None = None,
+    ) -> PlanResult:
+        """The plan's result with its quote counts and, for a target plan, its holds (read
+        from the journal unless given); a finished plan's counts are handed out and
+        forgotten, so an engine embedded for months keeps none per finished plan."""
         quotes = self.context.plan_quotes
         finished = all(r.is_terminal for r in records)
         counters = quotes.pop(plan_id, None) if finished else quotes.get(plan_id)
@@ -870,19 +1001,41 @@ class Engine:
             plan_id,
             [OrderResult.from_record(r) for r in records],
             (counters or QuoteCounters()).as_dict(),
+            holds=self._journaled_holds(plan_id) if holds is None else holds,
         )
+
+    def _journaled_holds(self, plan_id: str) -> tuple[Hold, ...]:
+        """The holds a target plan was derived with, journaled on its first order."""
+        first = self.journal.first_event_of_plan(plan_id)
+        sizing = None if first is None else Created.from_data(first.data).sizing
+        held = (sizing or {}).get("plan_holds", [])
+        return tuple(Hold.model_validate(hold) for hold in held)
 
 
 @dataclass(frozen=True)
 class CheckedPlan:
     """A plan after preflight: intents as they will be sent, problems by order index, the
-    quantity asked for by order index where preflight rounded or trimmed it, and the
-    orders the risk limits stop or skip by order index."""
+    quantity asked for by order index where preflight rounded or trimmed it, the orders
+    the risk limits stop or skip (and the dollar orders that came to no share) by order
+    index."""
 
     plan: RebalancePlan
     problems: dict[int, str]
     requested: dict[int, Decimal] = field(default_factory=dict)
     refusals: dict[int, Refusal] = field(default_factory=dict)
+    # how each dollar order was sized, by order index
+    sizings: dict[int, NotionalSizing] = field(default_factory=dict)
+
+
+def _described(intent: OrderIntent) -> str:
+    """An order as preflight's problems name it: `AAPL buy 10`, `AAPL buy $1500`."""
+    size = decimal_text(intent.shares) if intent.notional is None else f"${intent.notional}"
+    return f"{intent.symbol} {intent.side.value} {size}"
+
+
+def _derived_plan(plan_id: str, derivation: Derivation) -> RebalancePlan:
+    """The orders a target plan was derived into, as a plan of orders."""
+    return RebalancePlan(plan_id=plan_id, orders=tuple(o.intent for o in derivation.orders))
 
 
 async def _bounded(limit: int, items: Sequence[T], work: Callable[[T], Awaitable[None]]) -> None:

@@ -110,6 +110,9 @@ class Created(Payload, frozen=True, kw_only=True):
     attempt: int | None = None
     # what the plan asked for when preflight rounded a whole-share asset's quantity down
     requested_qty: Decimal | None = None
+    # a dollar order's notional, and how it or a target plan's order was sized (docs/plans.md)
+    notional: Decimal | None = None
+    sizing: dict[str, Any] | None = None
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> Any:

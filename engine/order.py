@@ -158,11 +158,13 @@ class OrderRecord:
     # re-pricings of the current limit step (a repeg stays in its state)
     repegs_in_step: int = 0
     last_seq: int = 0
+    # a dollar order's notional (docs/plans.md)
+    notional_requested: Decimal | None = None
 
     @property
     def quantity(self) -> Decimal:
         """What this order must trade: the intent, or the position read for a FULL close."""
-        return self.target_qty if self.target_qty is not None else self.intent.quantity
+        return self.target_qty if self.target_qty is not None else self.intent.shares
 
     @property
     def remaining_qty(self) -> Decimal:
@@ -238,6 +240,7 @@ class OrderRecord:
             broker_filled={},
             broker_notional={},
             last_seq=seq,
+            notional_requested=created.notional,
         )
         record = object.__new__(cls)
         object.__setattr__(record, "__dict__", fields)

@@ -28,7 +28,7 @@ from .broker import Account, Asset, Broker, MarketClock
 from .clock import Clock
 from .concurrency import each_at_most
 from .config import EngineConfig
-from .errors import BrokerRejected, InvalidIntent, UnknownSymbol
+from .errors import BrokerRejected, InvalidIntent, InvalidPlan, UnknownSymbol
 from .fsm import FailReason
 from .gateway import MARKET_STEP
 from .intents import CloseType, OrderIntent, OrderSide, RebalancePlan, Urgency
@@ -205,6 +205,11 @@ async def preview_plan(
     one it is not checked.
     """
 
+    unsized = [i.symbol for i in plan.orders if i.notional is not None]
+    if plan.is_target_plan or unsized:
+        what = "a target plan" if plan.is_target_plan else f"dollar orders ({', '.join(unsized)})"
+        raise InvalidPlan(f"preview does not size {what} yet: preview orders given in shares")
+
     async def read(call: Callable[[], Awaitable[T]]) -> T:
         return await read_with_retry(call, config, clock, lambda: log)
 
@@ -327,7 +332,7 @@ class _Line:
             symbol=self.intent.symbol,
             side=self.intent.side,
             urgency=self.intent.urgency,
-            requested_qty=self.intent.quantity,
+            requested_qty=self.intent.shares,
             checked_qty=None if self.checked is None else self.checked_qty,
             qty=self.qty,
             outcome=outcome,
@@ -348,7 +353,7 @@ class _Line:
         assert self.checked is not None
         if self.checked.close_type is CloseType.FULL:
             return max(self.position, ZERO)
-        return self.checked.quantity
+        return self.checked.shares
 
     def _steps(self, config: EngineConfig) -> tuple[StepPrice, ...]:
         """The ladder at the arrival quote, then the market step; urgency HIGH (or an empty
@@ -391,7 +396,7 @@ def _preflight(
             line.refuse(FailReason.INVALID_INTENT, verdict)
             continue
         line.qty = line.checked_qty
-        if line.checked.quantity != line.intent.quantity:
+        if line.checked.shares != line.intent.shares:
             line.verdicts.append(_adjusted(line, config))
     if problems and config.validation == "all_or_nothing":
         raise InvalidIntent(
@@ -406,17 +411,17 @@ def _checked_intent(
     if not asset.tradable:
         raise InvalidIntent("asset is not tradable", symbol=intent.symbol)
     if intent.is_fractional and not asset.fractionable and intent.close_type is not CloseType.FULL:
-        whole = intent.quantity.to_integral_value(rounding=ROUND_FLOOR)
+        whole = intent.shares.to_integral_value(rounding=ROUND_FLOOR)
         if config.fractional_on_whole_share_asset == "refuse" or whole <= 0:
             raise InvalidIntent("asset is not fractionable; use a whole-share quantity")
         intent = intent.model_copy(update={"quantity": whole})
     selling_part = intent.side is OrderSide.SELL and intent.close_type is not CloseType.FULL
-    if selling_part and intent.quantity > max(position, ZERO):
+    if selling_part and intent.shares > max(position, ZERO):
         held = position
         if not asset.fractionable:
             held = position.to_integral_value(rounding=ROUND_FLOOR)
-        if held <= 0 or intent.quantity > position * (1 + config.oversell_tolerance):
-            raise InvalidIntent(f"sell of {intent.quantity} exceeds the position of {position}")
+        if held <= 0 or intent.shares > position * (1 + config.oversell_tolerance):
+            raise InvalidIntent(f"sell of {intent.shares} exceeds the position of {position}")
         intent = OrderIntent.build(**{**intent.model_dump(), "quantity": held})
     return intent
 
@@ -425,7 +430,7 @@ def _adjusted(line: _Line, config: EngineConfig) -> Verdict:
     """How preflight changed the quantity: rounded down to whole shares, or trimmed to the
     position within `oversell_tolerance`."""
     assert line.checked is not None
-    asked, now = line.intent.quantity, line.checked.quantity
+    asked, now = line.intent.shares, line.checked.shares
     if line.intent.side is OrderSide.SELL and asked > line.position:
         tolerance = config.oversell_tolerance
         return Verdict(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -13,6 +14,7 @@ from .fsm import OrderState
 from .intents import OrderSide
 from .numbers import BPS, ZERO
 from .order import OrderRecord
+from .targets import Hold
 
 __all__ = ["OrderResult", "PlanResult", "PlanStatus"]
 
@@ -46,6 +48,8 @@ class OrderResult(BaseModel):
     seconds_to_complete: float | None
     correlation_id: str | None
     strategy_id: str | None
+    # a dollar order's notional, to set against `traded_value` (None for a quantity order)
+    notional_requested: Decimal | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -88,7 +92,7 @@ class OrderResult(BaseModel):
             symbol=record.intent.symbol,
             side=record.intent.side,
             quantity=record.quantity,
-            requested_qty=record.intent.quantity,
+            requested_qty=record.intent.shares,
             state=record.state,
             reason=record.reason,
             detail=record.failure_detail,
@@ -108,6 +112,7 @@ class OrderResult(BaseModel):
             ),
             correlation_id=record.intent.correlation_id,
             strategy_id=record.intent.strategy_id,
+            notional_requested=record.notional_requested,
         )
 
 
@@ -141,6 +146,8 @@ class PlanResult(BaseModel):
     # the quotes this plan's orders took in this process, by outcome (not journaled: a
     # resumed plan counts from the resume on, a redelivered finished plan counts none)
     quote_counters: dict[str, int]
+    # a target plan's symbols that trade nothing: at their weight, or a change too small
+    holds: tuple[Hold, ...] = ()
 
     @property
     def cash_released(self) -> Decimal:
@@ -149,7 +156,11 @@ class PlanResult(BaseModel):
 
     @classmethod
     def from_results(
-        cls, plan_id: str, results: list[OrderResult], quote_counters: dict[str, int]
+        cls,
+        plan_id: str,
+        results: list[OrderResult],
+        quote_counters: dict[str, int],
+        holds: Sequence[Hold] = (),
     ) -> PlanResult:
         succeeded = sum(1 for r in results if r.succeeded)
         complete = sum(1 for r in results if r.succeeded and not r.resized)
@@ -187,6 +198,7 @@ class PlanResult(BaseModel):
                 (_parse(ended) - _parse(started)).total_seconds() if started and ended else None
             ),
             quote_counters=quote_counters,
+            holds=tuple(holds),
         )
 
     def to_json_dict(self) -> dict[str, Any]:

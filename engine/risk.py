@@ -159,7 +159,7 @@ class PreTradeRisk:
             intent.side is OrderSide.BUY and self.config.max_position_weight is not None
         ):
             position = await self._read(lambda: broker.get_position(symbol))
-        quantity = intent.quantity
+        quantity = intent.shares
         if intent.close_type is CloseType.FULL:
             quantity = max(position or ZERO, ZERO)
         price = quote.ask if intent.side is OrderSide.BUY else quote.bid

@@ -78,8 +78,8 @@ def test_invalid_intent_is_refused(changes: dict[str, Any], needles: list[str]) 
 
 
 def test_missing_required_field_is_named() -> None:
-    """Leaving out the quantity names the missing field."""
-    with pytest.raises(InvalidIntent, match="quantity: Field required"):
+    """Leaving out the size names the two ways to give it."""
+    with pytest.raises(InvalidIntent, match=r"^give quantity \(shares\) or notional \(dollars\)$"):
         OrderIntent.build(symbol="AAPL", side="buy")
 
 

@@ -21,9 +21,12 @@ from engine import (
     EngineConfig,
     FailReason,
     InvalidIntent,
+    InvalidPlan,
     MarketSpec,
     OrderSide,
+    SimBroker,
     SymbolSpec,
+    VirtualClock,
     parse_plan,
 )
 from engine.brokers.simserver import FaultSpec, ServerThread, SimServer
@@ -423,3 +426,18 @@ def test_preview_over_alpaca_sends_no_write_request(tmp_path: Path) -> None:
     assert stats["GET /v2/positions"] == 1
     assert listed == []
     assert stats["orders"] == 0
+
+
+def test_dollar_and_target_plans_are_refused_in_one_line() -> None:
+    """The preview sizes orders given in shares; a dollar order or a target plan is
+    refused plainly rather than previewed wrong."""
+    clock = VirtualClock()
+    broker = SimBroker(MarketSpec(symbols={"AAPL": SymbolSpec(price=Decimal(100))}), clock)
+    dollars = parse_plan(
+        {"plan_id": "d", "orders": [{"symbol": "AAPL", "side": "buy", "notional": "500"}]}
+    )
+    targets = parse_plan({"plan_id": "t", "targets": {"AAPL": "0.5"}})
+    for plan, what in ((dollars, "dollar orders \\(AAPL\\)"), (targets, "a target plan")):
+        with pytest.raises(InvalidPlan, match=f"does not size {what} yet"):
+            clock.run(preview_plan(broker, plan, EngineConfig(), clock))
+    assert not broker.orders

@@ -72,7 +72,7 @@ class Progress:
             table.add_row(
                 symbol,
                 intent.side.value,
-                str(intent.quantity),
+                str(intent.quantity) if intent.notional is None else f"${intent.notional}",
                 self.states[symbol],
                 self.filled[symbol],
             )
@@ -98,6 +98,10 @@ def result_table(result: PlanResult) -> Table:
             "" if order.arrival_mid is None else decimal_text(order.arrival_mid),
             "" if order.slippage_bps is None else str(order.slippage_bps),
         )
+    # a target plan's symbols that trade nothing: the change not made, in shares
+    for hold in result.holds:
+        why = "at target" if hold.change == 0 else f"${hold.value} < ${hold.threshold}"
+        table.add_row(hold.symbol, "hold", decimal_text(hold.change), "HOLD", why)
     table.caption = (
         f"traded value {result.traded_value}; value-weighted slippage "
         f"{result.slippage_bps if result.slippage_bps is not None else '-'} bps; "

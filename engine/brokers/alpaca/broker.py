@@ -17,6 +17,7 @@ from contextlib import suppress
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
+from logging import CRITICAL
 from typing import Any, TypeVar
 
 import structlog
@@ -123,11 +124,11 @@ class AlpacaBroker:
     # -- start-up -------------------------------------------------------------------
 
     async def check_keys(self, config: EngineConfig | None = None) -> Account:
-        """Read the account, retried as the engine retries reads (`config`'s budget):
-        refused keys or no answer become one clear error, early."""
+        """Read the account, retried as the engine retries reads (`config`'s budget), the
+        retries unlogged: refused keys or no answer become one clear error line, early."""
         policy = config or EngineConfig()
         try:
-            return await read_with_retry(self.get_account, policy, RealClock(), lambda: self.log)
+            return await read_with_retry(self.get_account, policy, RealClock(), _unheard)
         except Forbidden as exc:
             raise AlpacaConfigError(
                 f"Alpaca refused the API keys ({exc.message}); check {KEY_ID_ENV} and "
@@ -427,3 +428,11 @@ class AlpacaBroker:
         trading = self.rest.trading
         answer = await self.rest.read("get_order", lambda: trading.get_order_by_id(order_id))
         self.orders.observe(order_from_sdk(_expect(SdkOrder, answer)))
+
+
+def _unheard() -> structlog.typing.FilteringBoundLogger:
+    """A logger that drops all but critical lines: check_keys' outcome is its one line."""
+    unheard: structlog.typing.FilteringBoundLogger = structlog.wrap_logger(
+        structlog.PrintLogger(), wrapper_class=structlog.make_filtering_bound_logger(CRITICAL)
+    )
+    return unheard

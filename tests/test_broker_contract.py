@@ -439,9 +439,7 @@ class BrokerContract:
         driver.run(scenario())
 
     @pins("recent_orders")
-    def test_recent_orders_lists_the_orders_since_oldest_first(
-        self, driver: Driver
-    ) -> None:
+    def test_recent_orders_lists_the_orders_since_oldest_first(self, driver: Driver) -> None:
         broker = driver.broker
 
         async def scenario() -> None:

@@ -6,7 +6,7 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test lint typecheck unit browser bench soak clean
+.PHONY: demo test lint typecheck unit browser postgres bench soak clean
 
 $(RUNTIME_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,7 +42,19 @@ browser:
 	    exit 1; \
 	  fi; }
 
-unit: $(DEV_STAMP) browser
+# The PostgreSQL journal's tests start a throwaway cluster of their own (initdb, pg_ctl on
+# 127.0.0.1, never a system service): Debian's postgresql is installed here when its
+# binaries are missing from the PATH and from /usr/lib/postgresql/*/bin.
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
+	  else \
+	    echo "PostgreSQL is missing: run 'sudo apt-get install --no-install-recommends postgresql' (Debian)" >&2; \
+	    exit 1; \
+	  fi; }
+
+unit: $(DEV_STAMP) browser postgres
 	$(BIN)/pytest -q
 
 test: lint typecheck unit

@@ -16,7 +16,7 @@ from itertools import count
 from pathlib import Path
 
 from journal import Journal, Synchronous, canonical_json, stamp
-from journal.store import _INSERT_EVENT, _UPSERT_ORDER
+from journal.sqlite import INSERT_EVENT, UPSERT_ORDER
 
 from .common import Report, Row, Target, bench_parser, interleaved, profiled, scratch, top_self_time
 from .workload import START, TransitionWriter, journal_append_rate, sample_orders, steady_rate
@@ -110,8 +110,8 @@ class SchemaFloorWriter:
         event_row = (self.seq, order_id, self.order_seqs[order_id], plan_id, at, kind, source,
                      dest, data, "0" * 64, "f" * 64)  # fmt: skip
         self.conn.execute("BEGIN IMMEDIATE")
-        self.conn.execute(_INSERT_EVENT, event_row)
-        self.conn.execute(_UPSERT_ORDER, [*order_row[:-1], self.seq])
+        self.conn.execute(INSERT_EVENT, event_row)
+        self.conn.execute(UPSERT_ORDER, [*order_row[:-1], self.seq])
         self.conn.execute("COMMIT")
 
 

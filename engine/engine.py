@@ -509,8 +509,11 @@ class Engine:
 
     async def _watch_halt_requests(self) -> None:
         """Take a `walkbook halt`/`abandon` request addressed to this process: the walks it
-        names stop where they are (the requester waits for their orders to end)."""
+        names stop where they are (the requester waits for their orders to end). A request
+        is a file beside the journal: a journal in a database has none to watch yet."""
         path = self.journal.path
+        if path is None:
+            return
         while True:
             request = read_halt_request(path)
             if request is not None:
@@ -600,7 +603,7 @@ class Engine:
             if record is None or row is None or record.projection() != row:
                 seq = (row or {}).get("last_seq") if record is None else record.last_seq
                 raise JournalCorrupt(
-                    f"{self.journal.path}: the orders row of {order_id} does not match its "
+                    f"{self.journal.location}: the orders row of {order_id} does not match its "
                     f"events (last seq {seq}): the journal was edited; refusing to act on it "
                     "(walkbook journal verify)",
                     order_id=order_id,
@@ -636,7 +639,7 @@ class Engine:
                 finished.append(order)
         if finished:
             raise JournalCorrupt(
-                f"{self.journal.path}: the broker has open orders of orders this journal says "
+                f"{self.journal.location}: the broker has open orders of orders this journal says "
                 f"are finished: {_first_few(o.client_order_id for o in finished)}; the "
                 "journal was edited, is an older copy, or another journal trades the same "
                 "plan: refusing to act on it",

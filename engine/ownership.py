@@ -59,7 +59,7 @@ async def refuse_foreign_journal(
     if live:
         named = ", ".join(f"{r['live_broker_order_id']} ({r['symbol']})" for r in live)
         raise ForeignJournal(
-            f"journal {journal.path}: the broker has none of the live orders it acknowledged "
+            f"journal {journal.location}: the broker has none of the live orders it acknowledged "
             f"({named}): the journal belongs to another account; resume it against that one",
             broker_order_ids=[r["live_broker_order_id"] for r in live],
         )

@@ -1,4 +1,5 @@
-"""walkbook's durable journal: append-only, hash-chained SQLite events with an orders projection.
+"""walkbook's durable journal: append-only, hash-chained events with an orders projection, in a
+SQLite file or a PostgreSQL database (journal/recorder.py is the seam between them).
 
 `journal` never imports `engine`; it stores facts and guards their integrity.
 """

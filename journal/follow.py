@@ -30,13 +30,12 @@ from typing import TypedDict
 
 from .chain import GENESIS_HASH
 from .errors import JournalCorrupt, JournalError
-from .store import _EVENT_COLUMNS, Event, Journal
+from .store import Event, Journal
 
 __all__ = ["BATCH_EVENTS", "POLL_SECONDS", "CursorRefused", "FollowOptions", "follow"]
 
 POLL_SECONDS = 0.2
 BATCH_EVENTS = 1000
-_NEXT_EVENTS = f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
 
 
 class CursorRefused(JournalError):
@@ -59,8 +58,8 @@ def _reading(journal: Journal) -> Iterator[None]:
     try:
         yield
     except sqlite3.DatabaseError as exc:
-        path = journal.path
-        raise JournalCorrupt(f"{path} is damaged or truncated: {exc}", path=str(path)) from exc
+        path = journal.location
+        raise JournalCorrupt(f"{path} is damaged or truncated: {exc}", path=path) from exc
 
 
 def _start_hash(journal: Journal, from_seq: int) -> str:
@@ -69,22 +68,17 @@ def _start_hash(journal: Journal, from_seq: int) -> str:
         raise CursorRefused(f"cannot follow from seq {from_seq}: below 0", from_seq=from_seq)
     if from_seq == 0:
         return GENESIS_HASH
-    row = journal.conn.execute("SELECT hash FROM events WHERE seq = ?", [from_seq]).fetchone()
-    if row is None:
-        last = journal.conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+    found = journal.recorder.hash_at(from_seq)
+    if found is None:
+        last = (journal.recorder.tail() or (0, ""))[0]
         raise CursorRefused(
-            f"cannot follow {journal.path} from seq {from_seq}: its last event is seq {last} "
-            "(a cursor of another journal, or of events this file no longer has)",
-            path=str(journal.path),
+            f"cannot follow {journal.location} from seq {from_seq}: its last event is seq "
+            f"{last} (a cursor of another journal, or of events this file no longer has)",
+            path=journal.location,
             from_seq=from_seq,
             last_seq=last,
         )
-    return str(row[0])
-
-
-def _data_version(journal: Journal) -> int:
-    version: int = journal.conn.execute("PRAGMA data_version").fetchone()[0]
-    return version
+    return found
 
 
 def follow(
@@ -129,15 +123,15 @@ def _events(
     idle_since: float | None = None
     while True:
         with _reading(journal):
-            version = _data_version(journal)
-            rows = journal.conn.execute(_NEXT_EVENTS, [after, BATCH_EVENTS]).fetchall()
+            version = journal.recorder.change_marker()
+            rows = journal.recorder.event_batch(after, BATCH_EVENTS)
         for row in rows:
             event = Event.from_values(row)
             if event.seq != after + 1 or event.prev_hash != prev_hash:
                 raise JournalCorrupt(
-                    f"{journal.path}: seq {event.seq} does not follow seq {after} "
+                    f"{journal.location}: seq {event.seq} does not follow seq {after} "
                     "(a gap or a broken hash chain)",
-                    path=str(journal.path),
+                    path=journal.location,
                     seq=event.seq,
                 )
             yield event
@@ -158,5 +152,5 @@ def _events(
                 wait = min(wait, until_idle - (now - idle_since))
             sleep(wait)
             with _reading(journal):
-                if _data_version(journal) != version:
+                if journal.recorder.change_marker() != version:
                     break

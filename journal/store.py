@@ -1,8 +1,9 @@
 """The durable journal: append-only events with a hash chain and an `orders` projection.
 
-Every append is one SQLite transaction holding the event row and, when given,
+Every append is one database transaction holding the event row and, when given,
 the new projection row of its order, so the projection can never disagree with
-the events it was built from.
+the events it was built from. The database is a recorder's (journal/recorder.py):
+a SQLite file by default, or PostgreSQL.
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Unpack
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any, Unpack
 
 from .chain import (
     GENESIS_HASH,
@@ -29,9 +28,10 @@ from .chain import (
     first_chain_break,
     hash_body,
 )
-from .errors import JournalCorrupt, JournalError, JournalUnavailable, JournalWriteConflict
-from .lock import JournalLock
-from .schema import MUTABLE_ORDER_COLUMNS, ORDER_COLUMNS, check_schema, migrate, table_names
+from .errors import JournalUnavailable
+from .location import is_database_url
+from .recorder import EVENT_FIELDS, OrderWrite, Recorder
+from .sqlite import PROJECTED_COLUMNS, SqliteRecorder, Synchronous, readonly_uri
 
 if TYPE_CHECKING:
     from .follow import FollowOptions
@@ -46,42 +46,15 @@ __all__ = [
     "stamp",
 ]
 
-Synchronous = Literal["FULL", "NORMAL"]
 # An order event as a fold reads it (`Journal.order_history`):
 # seq, order_id, plan_id, at, kind, to_state and the decoded data.
 HistoryRow = tuple[int, str, str | None, str, str, str | None, dict[str, Any]]
 
 HEARTBEAT_INTERVAL_SECONDS = 5.0
-BUSY_TIMEOUT_MS = 5000
 # Orders whose last order_seq a writer keeps in memory, the most recently appended to last;
 # an older order's is read from UNIQUE(order_id, order_seq) again, so a writer that runs
 # for months does not keep one entry per order it ever wrote.
 ORDER_SEQS_KEPT = 10_000
-
-_EVENT_FIELDS = (
-    "seq", "order_id", "order_seq", "plan_id", "at", "kind",
-    "from_state", "to_state", "data", "prev_hash", "hash",
-)  # fmt: skip
-_EVENT_COLUMNS = ", ".join(_EVENT_FIELDS)
-_HISTORY_COLUMNS = "seq, order_id, plan_id, at, kind, to_state, data"
-_INSERT_EVENT = (
-    f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' for _ in _EVENT_FIELDS)})"
-)
-# A projection row's values in this order, then the seq the journal gives its event.
-_PROJECTED_COLUMNS = tuple(c for c in ORDER_COLUMNS if c != "last_seq")
-_ORDER_ROW = (*_PROJECTED_COLUMNS, "last_seq")
-_UPSERT_ORDER = (
-    f"INSERT INTO orders ({', '.join(_ORDER_ROW)}) "
-    f"VALUES ({', '.join('?' for _ in _ORDER_ROW)}) "
-    f"ON CONFLICT(order_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in MUTABLE_ORDER_COLUMNS)
-)
-# The same change for an order whose row exists: binds a dozen values instead of twenty
-# and skips the insert attempt; where it finds no row, the upsert runs.
-_UPDATE_ORDER = (
-    f"UPDATE orders SET {', '.join(f'{c} = ?' for c in MUTABLE_ORDER_COLUMNS)} WHERE order_id = ?"
-)
-_MUTABLE_AT = tuple(_ORDER_ROW.index(c) for c in MUTABLE_ORDER_COLUMNS)
 
 
 def stamp(at: datetime) -> str:
@@ -172,113 +145,19 @@ class Event:
         return datetime.fromisoformat(self.at)
 
 
-def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
-    if create:
-        _create_private(path)
-    elif not path.exists():
-        raise JournalUnavailable(f"journal {path} does not exist", path=str(path))
-    uri = _uri(path) if create else readonly_uri(path)
-    try:
-        # isolation_level=None: no implicit transactions; every write says BEGIN and COMMIT.
-        return sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise JournalUnavailable(f"cannot open journal {path}: {exc}", path=str(path)) from exc
-
-
-def _create_private(path: Path) -> None:
-    """Create a new journal file 0600 before SQLite opens it (SQLite would make it 0644, and
-    gives its -wal and -shm the file's mode); through a symlink too, to the file it names."""
-    if path.exists():
-        return
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-    except OSError as exc:
-        raise JournalUnavailable(
-            f"cannot create journal {path}: {exc.strerror}", path=str(path)
-        ) from exc
-
-
-def _uri(path: Path, query: str = "") -> str:
-    """SQLite's URI for `path`, escaped so a `?`, `#` or `%` in it stays part of the name."""
-    return f"file:{quote(str(path))}" + (f"?{query}" if query else "")
-
-
-def _writable(path: Path) -> bool:
-    return os.access(path, os.W_OK, effective_ids=True)
-
-
-def readonly_uri(path: str | Path) -> str:
-    """How a reader opens the journal at `path`: `mode=ro`, beside a writer if one runs; or,
-    when the file or its directory cannot be written, `immutable=1`, without the -shm file
-    SQLite would otherwise need to create there (no writer can exist then).
-
-    Immutable reading skips a -wal file, so a non-empty one is refused (JournalUnavailable)
-    rather than its committed events silently left out.
-    """
-    path, real = Path(path), Path(os.path.realpath(path))
-    if _writable(real) and _writable(real.parent):
-        return _uri(path, "mode=ro")
-    wal = real.with_name(real.name + "-wal")
-    try:
-        wal_bytes = wal.stat().st_size
-    except FileNotFoundError:
-        wal_bytes = 0
-    if wal_bytes:
-        raise JournalUnavailable(
-            f"journal {path} is read-only beside a write-ahead log ({wal.name}, {wal_bytes} "
-            "bytes) that may hold committed events a read-only reader would leave out: "
-            f"checkpoint it where it is writable (sqlite3 {path} 'PRAGMA wal_checkpoint"
-            "(TRUNCATE)'), or copy the journal and its -wal file to a writable directory and "
-            "read the copy",
-            path=str(path),
-        )
-    return _uri(path, "immutable=1")
-
-
-def _unreadable(path: Path, exc: sqlite3.DatabaseError) -> JournalError:
-    """SQLite could not read the file: busy past the timeout (a writer stopped mid-commit),
-    a damaged journal, or not a database at all."""
-    if "locked" in str(exc) or "busy" in str(exc):
-        return JournalUnavailable(
-            f"{path} is busy: another process holds it mid-write ({exc}); try again",
-            path=str(path),
-        )
-    if "malformed" in str(exc):
-        return JournalCorrupt(f"{path} is damaged (truncated or corrupted): {exc}", path=str(path))
-    return JournalCorrupt(f"{path} is not a walkbook journal: {exc}", path=str(path))
-
-
-def _order_filter(
-    plan_id: str | None, unless_state: Collection[str], table: str = ""
-) -> tuple[str, list[str]]:
-    """The WHERE clause (and its parameters) choosing `orders` rows of a plan, or not in
-    some states; `table` prefixes the columns ("o.")."""
-    where, params = [], []
-    if plan_id is not None:
-        where.append(f"{table}plan_id = ?")
-        params.append(plan_id)
-    if unless_state:
-        where.append(f"{table}state NOT IN ({', '.join('?' for _ in unless_state)})")
-        params += list(unless_state)
-    return (f" WHERE {' AND '.join(where)}" if where else ""), params
-
-
-def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
-    names = [column[0] for column in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor]
-
-
 class Journal:
-    """A walkbook journal file. Open with `Journal.open` (writer) or `Journal.open_readonly`.
+    """A walkbook journal. Open with `Journal.open` (writer) or `Journal.open_readonly`.
 
-    `conn` is the plain sqlite3 connection, in autocommit mode: writes are explicit
-    BEGIN ... COMMIT transactions.
+    Its rows live in a recorder (journal/recorder.py): a SQLite file, or a PostgreSQL
+    database named by a `postgresql://` URL. `conn` is a SQLite journal's plain sqlite3
+    connection, in autocommit mode: writes are explicit BEGIN ... COMMIT transactions.
     """
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, lock: JournalLock | None) -> None:
-        self.path = path
-        self.conn = conn
-        self._lock = lock
+    def __init__(self, recorder: Recorder, *, owned: bool = False) -> None:
+        self.recorder = recorder
+        self.path = recorder.path
+        self.location = recorder.location
+        self._owned = owned
         self._last_seq = 0
         self._last_hash = GENESIS_HASH
         self._order_seqs: OrderedDict[str, int] = OrderedDict()
@@ -287,80 +166,73 @@ class Journal:
         # called after each commit with its seconds and the events it stored (engine/metrics.py
         # times commits with it); an observer must not raise: the events are already stored
         self.commit_observers: list[Callable[[float, list[Event]], None]] = []
-        row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        if row is not None:
-            self._last_seq, self._last_hash = int(row[0]), str(row[1])
+        tail = recorder.tail()
+        if tail is not None:
+            self._last_seq, self._last_hash = tail
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The SQLite connection of a journal file (the audit and the benches read it)."""
+        if not isinstance(self.recorder, SqliteRecorder):
+            raise JournalUnavailable(
+                f"journal {self.location} is not a SQLite file", location=self.location
+            )
+        return self.recorder.conn
+
+    @property
+    def file(self) -> Path:
+        """The journal's file; a journal in a database has none (JournalUnavailable)."""
+        if self.path is None:
+            raise JournalUnavailable(
+                f"journal {self.location} is not a SQLite file", location=self.location
+            )
+        return self.path
 
     @classmethod
     def open(
         cls,
-        path: str | Path,
+        location: str | Path,
         *,
         synchronous: Synchronous = "FULL",
         lock: bool = True,
     ) -> Journal:
-        """Open (creating if needed) a journal for writing, owned by this process.
+        """Open (creating if needed) a journal for writing, owned by this process: a file,
+        or the PostgreSQL database a `postgresql://` URL names.
 
         A journal written by an older walkbook is migrated to the current schema first.
         """
-        path = Path(path)
-        if not path.parent.exists():
-            raise JournalUnavailable(f"directory {path.parent} does not exist", path=str(path))
-        journal_lock = JournalLock(path) if lock else None
-        if journal_lock is not None:
-            journal_lock.acquire(f"pid {os.getpid()} on {socket.gethostname()}")
+        recorder: Recorder
+        if is_database_url(location):
+            from .postgres import PostgresRecorder  # here: psycopg only for a database
+
+            recorder = PostgresRecorder.open(str(location), lock=lock)
+        else:
+            recorder = SqliteRecorder.open(Path(location), synchronous=synchronous, lock=lock)
         try:
-            conn = _connect(path, create=True)
-            try:
-                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                check_schema(conn)
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute(f"PRAGMA synchronous = {synchronous}")
-                migrate(conn)
-            except sqlite3.DatabaseError as exc:
-                conn.close()
-                raise _unreadable(path, exc) from exc
-            except JournalError:
-                conn.close()
-                raise
-            journal = cls(path, conn, journal_lock)
-            if journal_lock is not None:
+            journal = cls(recorder, owned=lock)
+            if lock:
                 journal._record_owner()
             return journal
         except BaseException:
-            if journal_lock is not None:
-                journal_lock.release()
+            recorder.close()
             raise
 
     @classmethod
-    def open_readonly(cls, path: str | Path) -> Journal:
+    def open_readonly(cls, location: str | Path) -> Journal:
         """Open an existing journal to read, without the lock: safe while another process writes.
 
         A read-only journal (file or directory) is read without writing anything beside it
         (`readonly_uri`). An older schema is read as it is (a reader never migrates); every
         query here reads both.
         """
-        path = Path(path)
-        conn = _connect(path, create=False)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            check_schema(conn)
-            if "events" not in table_names(conn):
-                raise JournalCorrupt(
-                    f"{path} is not a walkbook journal (empty file)", path=str(path)
-                )
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise _unreadable(path, exc) from exc
-        except JournalError:
-            conn.close()
-            raise
-        return cls(path, conn, None)
+        if is_database_url(location):
+            from .postgres import PostgresRecorder  # here: psycopg only for a database
+
+            return cls(PostgresRecorder.open_readonly(str(location)))
+        return cls(SqliteRecorder.open_readonly(Path(location)))
 
     def close(self) -> None:
-        self.conn.close()
-        if self._lock is not None:
-            self._lock.release()
+        self.recorder.close()
 
     def __enter__(self) -> Journal:
         return self
@@ -371,14 +243,7 @@ class Journal:
     # -- writing -----------------------------------------------------------------
 
     def _record_owner(self) -> None:
-        now = datetime.now(UTC).isoformat()
-        self.conn.execute(
-            "INSERT INTO owner (id, pid, host, acquired_at, heartbeat_at) "
-            "VALUES (1, ?, ?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET pid = excluded.pid, host = excluded.host, "
-            "acquired_at = excluded.acquired_at, heartbeat_at = excluded.heartbeat_at",
-            [os.getpid(), socket.gethostname(), now, now],
-        )
+        self.recorder.record_owner(os.getpid(), socket.gethostname(), datetime.now(UTC).isoformat())
         self._last_heartbeat = time.monotonic()
 
     def _next_order_seq(self, order_id: str | None) -> int | None:
@@ -386,10 +251,7 @@ class Journal:
             return None
         last = self._order_seqs.get(order_id)
         if last is None:
-            row = self.conn.execute(
-                "SELECT max(order_seq) FROM events WHERE order_id = ?", [order_id]
-            ).fetchone()
-            last = int(row[0]) if row and row[0] is not None else 0
+            last = self.recorder.last_order_seq(order_id)
         return last + 1
 
     def append(
@@ -422,7 +284,7 @@ class Journal:
         seq, prev_hash = self._last_seq, self._last_hash
         order_seqs: dict[str, int] = {}
         rows: list[tuple[Any, ...]] = []
-        order_rows: list[tuple[bool, list[Any]]] = []
+        order_rows: list[OrderWrite] = []
         stored: list[Event] = []
         for event, projection in items:
             seq += 1
@@ -441,10 +303,10 @@ class Journal:
             stored.append(Event._filled(row, data))
             prev_hash = row[-1]
             if projection is not None:
-                row_values = [*map(projection.__getitem__, _PROJECTED_COLUMNS), seq]
+                row_values = [*map(projection.__getitem__, PROJECTED_COLUMNS), seq]
                 order_rows.append((order_seq == 1, row_values))
         started = time.perf_counter()
-        self._commit(rows, order_rows)
+        self.recorder.insert(rows, order_rows, self._heartbeat_due())
         seconds = time.perf_counter() - started
         self._last_seq, self._last_hash = seq, prev_hash
         known = self._order_seqs
@@ -457,47 +319,13 @@ class Journal:
             observer(seconds, stored)
         return stored
 
-    def _commit(
-        self, rows: list[tuple[Any, ...]], order_rows: list[tuple[bool, list[Any]]]
-    ) -> None:
-        """One transaction: the event rows, then the projection rows (each inserted for an
-        order's first event, else updated), then COMMIT."""
-        conn = self.conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # execute per row: executemany's set-up costs more than it saves for the
-                # one or few rows of an append
-                for row in rows:
-                    conn.execute(_INSERT_EVENT, row)
-                for first, values in order_rows:
-                    if first or not self._updated(values):
-                        conn.execute(_UPSERT_ORDER, values)
-                self._heartbeat_if_due()
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    # a failing ROLLBACK must not hide why the append failed
-                    with suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
-        except sqlite3.IntegrityError as exc:
-            raise JournalWriteConflict(f"journal refused a duplicate write: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise JournalUnavailable(f"journal append failed: {exc}", path=str(self.path)) from exc
-
-    def _updated(self, values: list[Any]) -> bool:
-        """Rewrite the changing columns of an existing orders row; False if there is none."""
-        changed = [values[i] for i in _MUTABLE_AT]
-        return self.conn.execute(_UPDATE_ORDER, [*changed, values[0]]).rowcount == 1
-
-    def _heartbeat_if_due(self) -> None:
+    def _heartbeat_due(self) -> str | None:
+        """The owner's new heartbeat time when one is due with this commit, else None."""
         now = time.monotonic()
-        if self._lock is not None and now - self._last_heartbeat >= HEARTBEAT_INTERVAL_SECONDS:
-            self.conn.execute(
-                "UPDATE owner SET heartbeat_at = ? WHERE id = 1", [datetime.now(UTC).isoformat()]
-            )
+        if self._owned and now - self._last_heartbeat >= HEARTBEAT_INTERVAL_SECONDS:
             self._last_heartbeat = now
+            return datetime.now(UTC).isoformat()
+        return None
 
     # -- reading -----------------------------------------------------------------
 
@@ -507,8 +335,8 @@ class Journal:
 
     def last_at(self) -> datetime | None:
         """Time of the newest event, or None for an empty journal."""
-        row = self.conn.execute("SELECT at FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        return None if row is None else datetime.fromisoformat(row[0])
+        at = self.recorder.last_at()
+        return None if at is None else datetime.fromisoformat(at)
 
     def events(
         self,
@@ -522,15 +350,8 @@ class Journal:
         By plan this scans the journal; `order_history` finds a plan's orders' events
         through the `orders` table instead.
         """
-        where, params = ["seq > ?"], [after_seq]
-        if order_id is not None:
-            where.append("order_id = ?")
-            params.append(order_id)  # type: ignore[arg-type]
-        if plan_id is not None:
-            where.append("plan_id = ?")
-            params.append(plan_id)  # type: ignore[arg-type]
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
-        for row in self.conn.execute(sql, params):
+        rows = self.recorder.event_rows(after_seq=after_seq, order_id=order_id, plan_id=plan_id)
+        for row in rows:
             yield Event.from_values(row)
 
     def follow(self, from_seq: int = 0, **options: Unpack[FollowOptions]) -> Iterator[Event]:
@@ -545,31 +366,15 @@ class Journal:
         """What folding each order whose `orders` row matches needs of its events, in seq order.
 
         One range scan over the stretch of the journal those orders span, from the oldest
-        one's `created` event (found through UNIQUE(order_id, order_seq)) to the newest
-        `last_seq` among their rows, keeping their events; only the columns a fold reads
-        and no `Event` per row (docs/benchmarks.md, "Speed tricks"). Orders interleave,
-        each order's events in its own order: what a fold per order needs.
+        one's `created` event to the newest `last_seq` among their rows, keeping their
+        events; only the columns a fold reads and no `Event` per row (docs/benchmarks.md,
+        "Speed tricks"). Orders interleave, each order's events in its own order: what a
+        fold per order needs.
         """
-        matching, params = _order_filter(plan_id, unless_state, "o.")
-        # Each matching order with its `created` seq: one read of the rows, whose ids then
-        # keep the scan's rows by a set lookup (cheaper than `order_id IN (SELECT ...)`).
-        found = self.conn.execute(
-            "SELECT o.order_id, e.seq, o.last_seq FROM orders AS o LEFT JOIN events AS e "
-            f"ON e.order_id = o.order_id AND e.order_seq = 1{matching}",
-            params,
-        ).fetchall()
-        created = [seq for _, seq, _ in found if seq is not None]
-        if not created:
-            return
-        first, last = min(created), max(last_seq for _, _, last_seq in found)
-        order_ids = {order_id for order_id, _, _ in found}
-        rows = self.conn.execute(
-            f"SELECT {_HISTORY_COLUMNS} FROM events WHERE seq BETWEEN ? AND ? ORDER BY seq",
-            [first, last],
-        )
-        for seq, order_id, plan, at, kind, to_state, data in rows:
-            if order_id in order_ids:
-                yield seq, order_id, plan, at, kind, to_state, decode_json(data)
+        for seq, order_id, plan, at, kind, to_state, data in self.recorder.history_rows(
+            plan_id, unless_state
+        ):
+            yield seq, order_id, plan, at, kind, to_state, decode_json(data)
 
     def first_event_of_plan(self, plan_id: str) -> Event | None:
         """The first event of the plan's first order (its `created`), or None for an unknown plan.
@@ -577,34 +382,26 @@ class Journal:
         Every order of a plan is created in one commit, so that first event carries
         what the plan was delivered with.
         """
-        row = self.conn.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE order_id = "
-            "(SELECT order_id FROM orders WHERE plan_id = ? ORDER BY rowid LIMIT 1) "
-            "ORDER BY order_seq LIMIT 1",
-            [plan_id],
-        ).fetchone()
+        row = self.recorder.first_event_of_plan(plan_id)
         return None if row is None else Event.from_values(row)
 
     def orders(
         self, *, plan_id: str | None = None, unless_state: Collection[str] = ()
     ) -> list[dict[str, Any]]:
         """The `orders` projection, oldest first; of one plan, or without some states."""
-        matching, params = _order_filter(plan_id, unless_state)
-        return _dicts(
-            self.conn.execute(f"SELECT * FROM orders{matching} ORDER BY created_at, rowid", params)
-        )
+        return self.recorder.orders(plan_id, unless_state)
 
     def order(self, order_id: str) -> dict[str, Any] | None:
-        rows = _dicts(self.conn.execute("SELECT * FROM orders WHERE order_id = ?", [order_id]))
-        return rows[0] if rows else None
+        return self.recorder.order(order_id)
 
     def owner(self) -> dict[str, Any] | None:
-        rows = _dicts(self.conn.execute("SELECT pid, host, acquired_at, heartbeat_at FROM owner"))
-        return rows[0] if rows else None
+        return self.recorder.owner()
+
+    def holder(self) -> str | None:
+        """Who owns the journal now ("pid N on host"), or None when no live process does."""
+        return self.recorder.holder()
 
     def verify_chain(self) -> ChainBreak | None:
         """The first break in seq continuity or the hash chain, or None when intact."""
-        cursor = self.conn.cursor()
-        cursor.row_factory = sqlite3.Row
-        rows = cursor.execute(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq")
-        return first_chain_break(rows)
+        rows = self.recorder.event_rows()
+        return first_chain_break(dict(zip(EVENT_FIELDS, row, strict=True)) for row in rows)

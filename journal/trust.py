@@ -9,28 +9,22 @@ of a large journal stays quick; `walkbook journal verify` checks everything.
 
 from __future__ import annotations
 
+from itertools import islice
+
 from .chain import GENESIS_HASH, chain_links
 from .errors import JournalCorrupt
-from .schema import missing_triggers
 from .store import Journal
 
 __all__ = ["check_before_acting", "recorded_check"]
 
 CHECKED_SEQ_KEY, CHECKED_HASH_KEY = "checked_seq", "checked_hash"
 _BATCH = 1024
-_STORED_COLUMNS = (
-    "seq, order_id, order_seq, plan_id, at, kind, from_state, to_state, data, prev_hash, hash"
-)
 
 
 def recorded_check(journal: Journal) -> tuple[int, str]:
     """The seq and hash of the last event a check found whole (0 and the genesis hash when
     none was recorded)."""
-    meta = dict(
-        journal.conn.execute(
-            "SELECT key, value FROM meta WHERE key IN (?, ?)", [CHECKED_SEQ_KEY, CHECKED_HASH_KEY]
-        ).fetchall()
-    )
+    meta = journal.recorder.meta([CHECKED_SEQ_KEY, CHECKED_HASH_KEY])
     if CHECKED_SEQ_KEY not in meta:
         return 0, GENESIS_HASH
     return int(meta[CHECKED_SEQ_KEY]), str(meta[CHECKED_HASH_KEY])
@@ -40,22 +34,21 @@ def check_before_acting(journal: Journal) -> None:
     """Refuse (JournalCorrupt, naming the first bad seq) a journal whose append-only
     triggers are gone, whose checked prefix changed or shrank, or whose chain breaks after
     it; then record the new end as checked."""
-    conn = journal.conn
-    missing = missing_triggers(conn)
+    missing = journal.recorder.missing_guards()
     if missing:
         raise JournalCorrupt(
-            f"{journal.path}: append-only trigger(s) {', '.join(missing)} are missing or "
+            f"{journal.location}: append-only trigger(s) {', '.join(missing)} are missing or "
             "altered: the journal may have been edited; refusing to act on it (walkbook "
             "journal verify)",
             missing_triggers=missing,
         )
     checked_seq, checked_hash = recorded_check(journal)
     if checked_seq:
-        row = conn.execute("SELECT hash FROM events WHERE seq = ?", [checked_seq]).fetchone()
-        if row is None or row[0] != checked_hash:
+        stored = journal.recorder.hash_at(checked_seq)
+        if stored != checked_hash:
             raise JournalCorrupt(
-                f"{journal.path}: event {checked_seq}, checked before, is "
-                + ("gone" if row is None else "changed")
+                f"{journal.location}: event {checked_seq}, checked before, is "
+                + ("gone" if stored is None else "changed")
                 + ": events were removed or rewritten; refusing to act on it",
                 seq=checked_seq,
             )
@@ -66,16 +59,14 @@ def check_before_acting(journal: Journal) -> None:
 
 def _check_tail(journal: Journal, checked_seq: int, checked_hash: str) -> tuple[int, str]:
     """Chain the events after `checked_seq` onto `checked_hash`; the last seq and hash."""
-    cursor = journal.conn.execute(
-        f"SELECT {_STORED_COLUMNS} FROM events WHERE seq > ? ORDER BY seq", [checked_seq]
-    )
+    events = journal.recorder.event_rows(after_seq=checked_seq)
     expected_seq, expected_prev = checked_seq + 1, checked_hash
-    while rows := cursor.fetchmany(_BATCH):
+    while rows := list(islice(events, _BATCH)):
         linked, problem = chain_links(rows, expected_seq, expected_prev)
         if problem is not None:
             seq, what = problem
             raise JournalCorrupt(
-                f"{journal.path}: the hash chain breaks at seq {seq} ({what}); refusing to "
+                f"{journal.location}: the hash chain breaks at seq {seq} ({what}); refusing to "
                 "act on it (walkbook journal verify)",
                 seq=seq,
             )
@@ -86,15 +77,4 @@ def _check_tail(journal: Journal, checked_seq: int, checked_hash: str) -> tuple[
 
 def _record(journal: Journal, seq: int, hash_: str) -> None:
     """Both keys in one transaction: a check is recorded whole or not at all."""
-    conn = journal.conn
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.executemany(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [(CHECKED_SEQ_KEY, str(seq)), (CHECKED_HASH_KEY, hash_)],
-        )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    journal.recorder.set_meta({CHECKED_SEQ_KEY: str(seq), CHECKED_HASH_KEY: hash_})

@@ -61,3 +61,13 @@ def make_rig(tmp_path: Path) -> Iterator[Any]:
     yield build
     for rig in rigs:
         rig.engine.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """One throwaway PostgreSQL cluster on 127.0.0.1 for the whole session (tests that ask
+    for it only); tests/postgres_support.py."""
+    from postgres_support import postgres_cluster  # here: psycopg only where a test uses it
+
+    with postgres_cluster() as cluster:
+        yield cluster

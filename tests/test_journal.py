@@ -44,6 +44,7 @@ from journal import (
     decode_json,
     first_chain_break,
 )
+from journal.sqlite import SqliteRecorder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AT = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
@@ -785,7 +786,7 @@ def version_one_journal(path: Path) -> Journal:
     conn.execute("PRAGMA journal_mode = WAL")
     schema_module._migrations().apply(Database(conn), stop_before="0002_lean_indexes")
     conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    return Journal(path, conn, None)
+    return Journal(SqliteRecorder(path, conn, None))
 
 
 def test_version_one_journal_is_migrated_on_open_and_still_verifies(

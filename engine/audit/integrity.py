@@ -302,13 +302,13 @@ def _with_triggers(journal: Journal, result: VerifyResult) -> VerifyResult:
 def _with_helper(journal: Journal) -> VerifyResult | None:
     """The verdict of the pass over the rows a feed sends, the feed having checked their
     chain, when both find nothing wrong; None when the one-process pass must decide."""
-    watch = feed.Watch(journal.path)
+    watch = feed.Watch(journal.file)
     try:
         # the snapshot's first read: from here on it sees no other commit
         last_seq = journal.conn.execute("SELECT max(seq) FROM events").fetchone()[0]
         if last_seq is None or not feed.worth_a_helper(last_seq):
             return None
-        rows = feed.Feed(journal.path, _EVENTS_UP_TO, last_seq, chain=True, watch=watch)
+        rows = feed.Feed(journal.file, _EVENTS_UP_TO, last_seq, chain=True, watch=watch)
         try:
             result = _Verifier(journal, chain.from_iterable(rows.batches())).run()
         finally:

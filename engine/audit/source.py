@@ -29,7 +29,7 @@ def read_snapshot(path: str | Path) -> Iterator[Journal]:
     """The journal opened read-only inside one read transaction; closed on exit."""
     journal = Journal.open_readonly(path)
     try:
-        journal.conn.execute("BEGIN")
+        journal.recorder.begin_snapshot()
         yield journal
     except sqlite3.DatabaseError as exc:
         raise JournalCorrupt(f"{path} is damaged or truncated: {exc}", path=str(path)) from exc

@@ -237,14 +237,14 @@ class _OnePass:
         """The rows of `_STREAM`, a batch at a time: from a feed for a large journal (see
         `feed`), and from this snapshot for a small one or for what a feed did not send."""
         conn, after = self.journal.conn, 0
-        watch = feed.Watch(self.journal.path)
+        watch = feed.Watch(self.journal.file)
         try:
             # the snapshot's first read: from here on it sees no other commit
             last_seq = self.last_seq = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
             if last_seq is None:
                 return
             if feed.worth_a_helper(last_seq):
-                rows = feed.Feed(self.journal.path, _STREAM, last_seq, chain=False, watch=watch)
+                rows = feed.Feed(self.journal.file, _STREAM, last_seq, chain=False, watch=watch)
                 try:
                     for batch in rows.batches():
                         if batch:

@@ -33,7 +33,7 @@ __all__ = ["alpaca_broker", "alpaca_engine", "simulated_engine"]
 
 @contextmanager
 def simulated_engine(
-    journal_path: Path,
+    journal_path: str | Path,
     market: MarketSpec,
     sim_state: Path | None,
     offline_seconds: float = 0.0,
@@ -110,7 +110,7 @@ def alpaca_broker(choice: BrokerChoice) -> Iterator[AlpacaBroker]:
 
 
 @contextmanager
-def alpaca_engine(journal_path: Path, choice: BrokerChoice) -> Iterator[Engine]:
+def alpaca_engine(journal_path: str | Path, choice: BrokerChoice) -> Iterator[Engine]:
     """An engine on Alpaca in real time; the keys are checked before the journal is opened."""
     config = choice.engine_config()
     with (

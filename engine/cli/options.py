@@ -10,6 +10,9 @@ from typing import Any
 
 import click
 
+from journal import JournalUnavailable
+from journal.location import is_database_url, valid_database_url
+
 from ..intents import DEFAULT_MAX_PLAN_ORDERS
 
 __all__ = ["LOG_LEVEL_OPTION", "MAX_PLAN_ORDERS_OPTION", "FiniteFloatRange", "JournalFile"]
@@ -40,12 +43,18 @@ class FiniteFloatRange(click.FloatRange):
 
 
 class JournalFile(click.Path):
-    """A journal's path: a file name, not a directory (its lock and WAL files sit beside it)."""
+    """A journal's path: a file name, not a directory (its lock and WAL files sit beside it);
+    or a PostgreSQL database's `postgresql://USER@HOST:PORT/DB` URL, kept as a str."""
 
     def __init__(self) -> None:
         super().__init__(dir_okay=False, path_type=Path)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and is_database_url(value):
+            try:
+                return valid_database_url(value)
+            except JournalUnavailable as exc:
+                self.fail(str(exc), param, ctx)
         path = Path(os.fsdecode(super().convert(value, param, ctx)))
         if not path.name:
             self.fail(f"{value!r} names no file.", param, ctx)

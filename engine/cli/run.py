@@ -20,7 +20,7 @@ import click
 from rich.console import Console
 
 from journal import Journal
-from journal.lock import lock_holder
+from journal.location import journal_holder
 
 from ..brokers.sim import MarketSpec, load_market_spec, parse_market_spec
 from ..config import EngineConfig
@@ -184,7 +184,7 @@ def _with_overrides(choice: BrokerChoice, **overrides: Any) -> BrokerChoice:
 @broker_options
 def run_command(
     plan_file: Path,
-    journal_path: Path,
+    journal_path: str | Path,
     market: Path | None,
     max_plan_orders: int,
     sim_state: Path | None,
@@ -245,7 +245,7 @@ def run_command(
 @LOG_LEVEL_OPTION
 @broker_options
 def resume_command(
-    journal_path: Path,
+    journal_path: str | Path,
     sim_state: Path | None,
     max_age_seconds: float | None,
     ignore_unknown_orders: bool,
@@ -260,9 +260,9 @@ def resume_command(
     configure_logging(log_level)
     broker_choice = _with_overrides(broker_choice, ignore_unknown_orders=ignore_unknown_orders)
     with bad_input_exits():
-        if not journal_path.exists():
+        if isinstance(journal_path, Path) and not journal_path.exists():
             raise InputError(f"journal {journal_path} does not exist")
-        holder = lock_holder(journal_path)
+        holder = journal_holder(journal_path)
         if holder is not None:  # asked before reading: the holder may be mid-commit
             raise InputError(f"journal is in use by {holder}")
         if _nothing_in_flight(journal_path):
@@ -291,7 +291,7 @@ def resume_command(
     _report(report)
 
 
-def _nothing_in_flight(journal_path: Path) -> bool:
+def _nothing_in_flight(journal_path: str | Path) -> bool:
     """Read-only, before anything else: a journal with nothing in flight (one a run killed
     during start-up leaves, say) needs no broker, no simulator state and no lock."""
     with Journal.open_readonly(journal_path) as journal:

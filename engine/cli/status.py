@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from journal import Journal
-from journal.lock import lock_holder
+from journal.location import journal_holder
 
 from ..fsm import TERMINAL_STATES, OrderState
 from ..numbers import decimal_text
@@ -37,9 +37,9 @@ def _failure_details(journal: Journal, rows: list[dict[str, Any]]) -> dict[str, 
     return {i: fold_orders(journal.events(order_id=i))[i].failure_detail for i in failed}
 
 
-def who_walks(journal_path: Path, in_flight: int) -> str:
+def who_walks(journal_path: str | Path, in_flight: int) -> str:
     """Whether a live process walks the journal's orders: a held lock, or nobody."""
-    holder = lock_holder(journal_path)
+    holder = journal_holder(journal_path)
     if holder is not None:
         return f"walking: held by {holder}"
     if in_flight:
@@ -56,7 +56,7 @@ def who_walks(journal_path: Path, in_flight: int) -> str:
 @click.option("--in-flight", "in_flight_only", is_flag=True, help="Only orders not yet final.")
 @click.option("--plan", "plan_id", help="Only this plan's orders.")
 def status_command(
-    journal_path: Path, as_json: bool, in_flight_only: bool, plan_id: str | None
+    journal_path: str | Path, as_json: bool, in_flight_only: bool, plan_id: str | None
 ) -> None:
     """List a journal's orders in the order they were created, and say whether a live process
     is walking them (read-only; safe while a run is writing). The first line (on stderr with
@@ -69,6 +69,7 @@ def status_command(
             plan_id=plan_id, unless_state=TERMINAL_STATES if in_flight_only else ()
         )
         details = _failure_details(journal, rows)
+        location = journal.location
     for row in rows:
         row["detail"] = details.get(row["order_id"])
         # where an in-flight order stands in its walk: its step's price and since when
@@ -80,7 +81,7 @@ def status_command(
     if as_json:
         click.echo(json.dumps([{c: row[c] for c in STATUS_COLUMNS} for row in rows], indent=2))
         return
-    table = Table(title=f"{journal_path}: {len(rows)} orders")
+    table = Table(title=f"{location}: {len(rows)} orders")
     for column in TABLE_COLUMNS:
         table.add_column(column)
     for row in rows:

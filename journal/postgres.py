@@ -1,0 +1,492 @@
+"""The PostgreSQL recorder: one journal in one database, reached by a `postgresql://` URL.
+
+The rows, the hash chain and the canonical JSON are the SQLite journal's, so a journal
+exported from either verifies the same way. The schema is built by versioned migrations
+recorded in `walkbook_migrations`, each in its own transaction; triggers refuse UPDATE,
+DELETE and TRUNCATE on `events`; every append is one transaction holding its events and
+their orders' projection rows. A writer owns the journal through a session advisory lock,
+which the server releases when the writer's connection ends, however it ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, LiteralString
+
+import psycopg
+
+from .errors import (
+    JournalCorrupt,
+    JournalError,
+    JournalLocked,
+    JournalSchemaTooNew,
+    JournalUnavailable,
+    JournalWriteConflict,
+)
+from .location import redacted, valid_database_url
+from .recorder import EVENT_FIELDS, HISTORY_FIELDS, EventRow, OrderWrite, Recorder
+from .schema import FORMAT_NAME, MUTABLE_ORDER_COLUMNS, ORDER_COLUMNS, SCHEMA_VERSION
+from .sqlite import order_filter
+
+__all__ = ["APPEND_ONLY_TRIGGERS", "LOCK_KEY", "MIGRATION_NAMES", "PostgresRecorder"]
+
+CONNECT_TIMEOUT_SECONDS = 5
+# The session advisory lock a writer holds: pg_try_advisory_lock(class, object). One
+# database holds one journal, so one key serves every journal; the migration lock is a
+# transaction-level one on the next object id.
+LOCK_KEY = (0x77616C6B, 1)  # 'walk'
+_MIGRATION_LOCK = (0x77616C6B, 2)
+_BATCH_ROWS = 2000
+MIGRATIONS_TABLE = "walkbook_migrations"
+
+APPEND_ONLY_TRIGGERS = ("events_refuse_update", "events_refuse_delete", "events_refuse_truncate")
+_REFUSE_EDIT = "walkbook_refuse_edit"
+_REFUSE_EDIT_BODY = "BEGIN RAISE EXCEPTION 'walkbook journal events are append-only'; END"
+
+# Version 1 of the PostgreSQL store holds what the SQLite journal's schema version 2 holds;
+# meta says schema_version 2 in both, so an export reads the same. An applied migration's
+# SQL never changes: a later change is a new migration.
+_INITIAL: tuple[LiteralString, ...] = (
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )
+    """,
+    # `data` is TEXT, not JSONB: the hash covers the canonical JSON's exact characters, and
+    # JSONB would store a parsed form (keys reordered, numbers and spacing normalised) whose
+    # text no longer hashes to the stored hash. The times are TEXT for the same reason.
+    """
+    CREATE TABLE events (
+        seq BIGINT PRIMARY KEY,
+        order_id TEXT,
+        order_seq BIGINT,
+        plan_id TEXT,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        from_state TEXT,
+        to_state TEXT,
+        data TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        UNIQUE (order_id, order_seq)
+    )
+    """,
+    f"""
+    CREATE FUNCTION {_REFUSE_EDIT}() RETURNS trigger LANGUAGE plpgsql
+    AS $$ {_REFUSE_EDIT_BODY} $$
+    """,
+    f"""
+    CREATE TRIGGER events_refuse_update BEFORE UPDATE ON events
+    FOR EACH ROW EXECUTE FUNCTION {_REFUSE_EDIT}()
+    """,
+    f"""
+    CREATE TRIGGER events_refuse_delete BEFORE DELETE ON events
+    FOR EACH ROW EXECUTE FUNCTION {_REFUSE_EDIT}()
+    """,
+    f"""
+    CREATE TRIGGER events_refuse_truncate BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION {_REFUSE_EDIT}()
+    """,
+    # `position` keeps the order rows were created in (SQLite's rowid); it is never read
+    # out with the row.
+    """
+    CREATE TABLE orders (
+        order_id TEXT PRIMARY KEY,
+        plan_id TEXT,
+        symbol TEXT NOT NULL,
+        side TEXT NOT NULL,
+        close_type TEXT NOT NULL,
+        urgency TEXT NOT NULL,
+        quantity TEXT NOT NULL,
+        correlation_id TEXT,
+        strategy_id TEXT,
+        state TEXT NOT NULL,
+        reason TEXT,
+        filled_qty TEXT NOT NULL,
+        notional TEXT NOT NULL,
+        avg_price TEXT,
+        live_broker_order_id TEXT,
+        live_client_order_id TEXT,
+        steps_used INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        last_seq BIGINT NOT NULL REFERENCES events (seq),
+        position BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE
+    )
+    """,
+    "CREATE INDEX orders_by_plan ON orders (plan_id)",
+    """
+    CREATE TABLE owner (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        pid INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        acquired_at TEXT NOT NULL,
+        heartbeat_at TEXT NOT NULL
+    )
+    """,
+)
+
+
+def _initial(conn: psycopg.Connection[Any]) -> None:
+    for statement in _INITIAL:
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('format', %s), ('schema_version', %s)",
+        [FORMAT_NAME, str(SCHEMA_VERSION)],
+    )
+
+
+_STEPS: tuple[tuple[str, Callable[[psycopg.Connection[Any]], None]], ...] = (
+    ("0001_initial", _initial),
+)
+MIGRATION_NAMES = tuple(name for name, _ in _STEPS)
+
+_EVENT_COLUMNS = ", ".join(EVENT_FIELDS)
+_ORDER_COLUMNS = ", ".join(ORDER_COLUMNS)
+_ORDER_ROW = (*(c for c in ORDER_COLUMNS if c != "last_seq"), "last_seq")
+_INSERT_EVENT = (
+    f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('%s' for _ in EVENT_FIELDS)})"
+)
+_UPSERT_ORDER = (
+    f"INSERT INTO orders ({', '.join(_ORDER_ROW)}) "
+    f"VALUES ({', '.join('%s' for _ in _ORDER_ROW)}) "
+    "ON CONFLICT (order_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in MUTABLE_ORDER_COLUMNS)
+)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The driver's message on one line (libpq's span several)."""
+    return " ".join(str(exc).split())
+
+
+class PostgresRecorder(Recorder):
+    """A journal in a PostgreSQL database, through one psycopg 3 connection in autocommit
+    mode: every write is an explicit transaction."""
+
+    def __init__(self, url: str, conn: psycopg.Connection[Any], owning: bool) -> None:
+        self.location = redacted(url)
+        self.path = None
+        self.conn = conn
+        self._owning = owning
+
+    @classmethod
+    def _connect(cls, url: str, *, readonly: bool) -> psycopg.Connection[Any]:
+        shown = redacted(valid_database_url(url))
+        try:
+            return psycopg.connect(
+                url,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                options="-c default_transaction_read_only=on" if readonly else "",
+            )
+        except psycopg.Error as exc:
+            raise JournalUnavailable(
+                f"cannot open journal {shown}: {_one_line(exc)}", location=shown
+            ) from exc
+
+    @classmethod
+    def open(cls, url: str, *, lock: bool) -> PostgresRecorder:
+        """The writer's recorder: owning the journal (the advisory lock) when `lock`, its
+        schema created or migrated."""
+        recorder = cls(url, cls._connect(url, readonly=False), lock)
+        try:
+            with recorder._errors():
+                if lock:
+                    recorder._acquire()
+                recorder._migrate()
+            return recorder
+        except BaseException:
+            recorder.close()
+            raise
+
+    @classmethod
+    def open_readonly(cls, url: str) -> PostgresRecorder:
+        """A reader's recorder, in read-only transactions, refusing a database that holds
+        no walkbook journal."""
+        recorder = cls(url, cls._connect(url, readonly=True), False)
+        try:
+            with recorder._errors():
+                if "events" not in recorder._check_schema():
+                    raise JournalCorrupt(
+                        f"{recorder.location} holds no walkbook journal (no events table)",
+                        location=recorder.location,
+                    )
+            return recorder
+        except BaseException:
+            recorder.close()
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """The driver's errors as the journal's typed ones, each on one line."""
+        try:
+            yield
+        except JournalError:
+            raise
+        except psycopg.IntegrityError as exc:
+            raise JournalWriteConflict(
+                f"journal refused a duplicate write: {_one_line(exc)}", location=self.location
+            ) from exc
+        except psycopg.Error as exc:
+            raise JournalUnavailable(
+                f"journal {self.location}: {_one_line(exc)}", location=self.location
+            ) from exc
+
+    # -- ownership and schema ------------------------------------------------------
+
+    def _acquire(self) -> None:
+        row = self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", LOCK_KEY).fetchone()
+        if row is None or not row[0]:
+            holder = self.holder() or "another process"
+            raise JournalLocked(
+                f"journal is in use by {holder}", location=self.location, owner=holder
+            )
+
+    def _tables(self) -> set[str]:
+        rows = self.conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        )
+        return {str(row[0]) for row in rows}
+
+    def _applied(self, tables: set[str]) -> list[str]:
+        if MIGRATIONS_TABLE not in tables:
+            return []
+        rows = self.conn.execute(f"SELECT name FROM {MIGRATIONS_TABLE} ORDER BY applied_seq")
+        return [str(row[0]) for row in rows]
+
+    def _check_schema(self) -> set[str]:
+        """Refuse a database holding something else or a newer walkbook's journal; the
+        tables found."""
+        tables = self._tables()
+        applied = self._applied(tables)
+        if tables <= {MIGRATIONS_TABLE} and not applied:
+            return tables  # an empty database, or one whose first migration never committed
+        if "meta" not in tables or MIGRATIONS_TABLE not in tables:
+            raise JournalCorrupt(
+                f"{self.location} is not a walkbook journal (no walkbook meta table)",
+                tables=sorted(tables),
+            )
+        meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("format") != FORMAT_NAME:
+            raise JournalCorrupt(
+                f"{self.location} is not a walkbook journal (wrong format marker)",
+                format=meta.get("format"),
+            )
+        version = int(meta.get("schema_version", "0"))
+        unknown = [name for name in applied if name not in MIGRATION_NAMES]
+        if version > SCHEMA_VERSION or unknown:
+            raise JournalSchemaTooNew(
+                f"journal schema version {version} is newer than this walkbook ({SCHEMA_VERSION})",
+                schema_version=version,
+                unknown_migrations=unknown,
+            )
+        return tables
+
+    def _migrate(self) -> None:
+        """Apply each pending migration in its own transaction with the record of it,
+        under a transaction lock so two writers never build the schema at once."""
+        self._check_schema()
+        for name, step in _STEPS:
+            with self.conn.transaction():
+                self.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _MIGRATION_LOCK)
+                self.conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
+                    "name TEXT PRIMARY KEY, applied_at TEXT NOT NULL, "
+                    "applied_seq BIGINT GENERATED ALWAYS AS IDENTITY)"
+                )
+                if name in self._applied(self._tables()):
+                    continue
+                step(self.conn)
+                self.conn.execute(
+                    f"INSERT INTO {MIGRATIONS_TABLE} (name, applied_at) VALUES (%s, %s)",
+                    [name, datetime.now(UTC).isoformat()],
+                )
+
+    # -- writing -----------------------------------------------------------------
+
+    def insert(
+        self, rows: Sequence[EventRow], order_rows: Sequence[OrderWrite], heartbeat_at: str | None
+    ) -> None:
+        """One transaction: the event rows, the projection rows (upserted), the heartbeat."""
+        conn = self.conn
+        with self._errors(), conn.transaction(), conn.cursor() as cursor:
+            self.follows_tail(rows[0])
+            cursor.executemany(_INSERT_EVENT, rows)
+            if order_rows:
+                cursor.executemany(_UPSERT_ORDER, [values for _, values in order_rows])
+            if heartbeat_at is not None:
+                cursor.execute("UPDATE owner SET heartbeat_at = %s WHERE id = 1", [heartbeat_at])
+
+    def begin_snapshot(self) -> None:
+        with self._errors():
+            self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+    def record_owner(self, pid: int, host: str, at: str) -> None:
+        with self._errors():
+            self.conn.execute(
+                "INSERT INTO owner (id, pid, host, acquired_at, heartbeat_at) "
+                "VALUES (1, %s, %s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET pid = excluded.pid, host = excluded.host, "
+                "acquired_at = excluded.acquired_at, heartbeat_at = excluded.heartbeat_at",
+                [pid, host, at, at],
+            )
+
+    def set_meta(self, values: Mapping[str, str]) -> None:
+        with self._errors(), self.conn.transaction(), self.conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO meta (key, value) VALUES (%s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                list(values.items()),
+            )
+
+    # -- reading -----------------------------------------------------------------
+
+    def _one(self, query: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        with self._errors():
+            return self.conn.execute(query, params).fetchone()
+
+    def _all(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._errors():
+            return self.conn.execute(query, params).fetchall()
+
+    def _dicts(self, query: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return [dict(zip(ORDER_COLUMNS, row, strict=True)) for row in self._all(query, params)]
+
+    def tail(self) -> tuple[int, str] | None:
+        row = self._one("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def last_at(self) -> str | None:
+        row = self._one("SELECT at FROM events ORDER BY seq DESC LIMIT 1")
+        return None if row is None else str(row[0])
+
+    def last_order_seq(self, order_id: str) -> int:
+        row = self._one("SELECT max(order_seq) FROM events WHERE order_id = %s", [order_id])
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def hash_at(self, seq: int) -> str | None:
+        row = self._one("SELECT hash FROM events WHERE seq = %s", [seq])
+        return None if row is None else str(row[0])
+
+    def event_rows(
+        self, *, after_seq: int = 0, order_id: str | None = None, plan_id: str | None = None
+    ) -> Iterator[EventRow]:
+        """In batches of short reads, each after the last seq seen: no transaction stays
+        open while the caller works through them."""
+        where, params = ["seq > %s"], [after_seq]
+        if order_id is not None:
+            where.append("order_id = %s")
+            params.append(order_id)  # type: ignore[arg-type]
+        if plan_id is not None:
+            where.append("plan_id = %s")
+            params.append(plan_id)  # type: ignore[arg-type]
+        query = (
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
+            f"ORDER BY seq LIMIT {_BATCH_ROWS}"
+        )
+        while rows := self._all(query, params):
+            yield from rows
+            params[0] = rows[-1][0]
+
+    def event_batch(self, after_seq: int, limit: int) -> list[EventRow]:
+        return list(
+            self._all(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
+                [after_seq, limit],
+            )
+        )
+
+    def history_rows(
+        self, plan_id: str | None, unless_state: Collection[str]
+    ) -> Iterator[Sequence[Any]]:
+        """The SQLite recorder's range scan, read in batches."""
+        matching, params = order_filter(plan_id, unless_state, "o.", "%s")
+        found = self._all(
+            "SELECT o.order_id, e.seq, o.last_seq FROM orders AS o LEFT JOIN events AS e "
+            f"ON e.order_id = o.order_id AND e.order_seq = 1{matching}",
+            params,
+        )
+        created = [seq for _, seq, _ in found if seq is not None]
+        if not created:
+            return
+        after, last = min(created) - 1, max(last_seq for _, _, last_seq in found)
+        order_ids = {order_id for order_id, _, _ in found}
+        query = (
+            f"SELECT {', '.join(HISTORY_FIELDS)} FROM events WHERE seq > %s AND seq <= %s "
+            f"ORDER BY seq LIMIT {_BATCH_ROWS}"
+        )
+        while rows := self._all(query, [after, last]):
+            for row in rows:
+                if row[1] in order_ids:
+                    yield row
+            after = rows[-1][0]
+
+    def first_event_of_plan(self, plan_id: str) -> EventRow | None:
+        return self._one(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE order_id = "
+            "(SELECT order_id FROM orders WHERE plan_id = %s ORDER BY position LIMIT 1) "
+            "ORDER BY order_seq LIMIT 1",
+            [plan_id],
+        )
+
+    def orders(self, plan_id: str | None, unless_state: Collection[str]) -> list[dict[str, Any]]:
+        matching, params = order_filter(plan_id, unless_state, mark="%s")
+        return self._dicts(
+            f"SELECT {_ORDER_COLUMNS} FROM orders{matching} ORDER BY created_at, position",
+            params,
+        )
+
+    def order(self, order_id: str) -> dict[str, Any] | None:
+        rows = self._dicts(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE order_id = %s", [order_id])
+        return rows[0] if rows else None
+
+    def owner(self) -> dict[str, Any] | None:
+        row = self._one("SELECT pid, host, acquired_at, heartbeat_at FROM owner")
+        names = ("pid", "host", "acquired_at", "heartbeat_at")
+        return None if row is None else dict(zip(names, row, strict=True))
+
+    def meta(self, keys: Collection[str]) -> dict[str, str]:
+        rows = self._all("SELECT key, value FROM meta WHERE key = ANY(%s)", [list(keys)])
+        return {str(key): str(value) for key, value in rows}
+
+    def missing_guards(self) -> list[str]:
+        """Each append-only trigger that is gone, disabled, or calls a function that no
+        longer refuses (the trigger and its function as this module created them)."""
+        rows = self._all(
+            "SELECT t.tgname, t.tgenabled, p.proname, p.prosrc FROM pg_trigger AS t "
+            "JOIN pg_proc AS p ON p.oid = t.tgfoid "
+            "WHERE t.tgrelid = 'events'::regclass AND NOT t.tgisinternal"
+        )
+        intact = {
+            name
+            for name, enabled, function, source in rows
+            if enabled in ("O", "A")
+            and function == _REFUSE_EDIT
+            and source.split() == _REFUSE_EDIT_BODY.split()
+        }
+        return [name for name in APPEND_ONLY_TRIGGERS if name not in intact]
+
+    def holder(self) -> str | None:
+        """The owner row's process while some session holds the advisory lock: that
+        session is the owner (the lock goes with its connection)."""
+        held = self._one(
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND classid = %s AND objid = %s AND objsubid = 2",
+            LOCK_KEY,
+        )
+        if held is None:
+            return None
+        owner = self.owner()
+        return "another process" if owner is None else f"pid {owner['pid']} on {owner['host']}"
+
+    def change_marker(self) -> object:
+        """The last seq: each commit adds events, and one index probe reads it."""
+        return self.tail()

@@ -421,7 +421,7 @@ def payload_of(kind: str, data: Mapping[str, Any]) -> Payload:
     for data its type cannot read."""
     if kind == EventKind.TRANSITION:
         trigger = data.get("trigger")
-        decode = _DECODE_TRIGGER.get(trigger) if type(trigger) is str else None
+        decode = _DECODE_TRIGGER.get(trigger) if isinstance(trigger, str) else None
         if decode is None:
             raise ValueError(f"a transition with unknown trigger {trigger!r}")
     else:

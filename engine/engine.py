@@ -360,9 +360,10 @@ class Engine:
         shares is skipped too (`below_min_notional`).
         """
         intents, problems, sizings = list(plan.orders), {}, {}
+        positions = await self._positions_if_selling(plan)
         for index, intent in enumerate(plan.orders):
             try:
-                intents[index], sizing = await self._check_intent(intent, plan.plan_id)
+                intents[index], sizing = await self._check_intent(intent, plan.plan_id, positions)
             except InvalidIntent as exc:
                 problems[index] = f"order {index} ({_described(intent)}): {exc.message}"
                 continue
@@ -400,8 +401,15 @@ class Engine:
             concurrency=self.reconcile_concurrency,
         )
 
+    async def _positions_if_selling(self, plan: RebalancePlan) -> Mapping[str, Decimal]:
+        """Every position, in one read, when a sell of the plan is checked against its
+        position (a partial sell); else nothing is read."""
+        if any(_sells_part(intent) for intent in plan.orders):
+            return await self._read(self.broker.get_positions)
+        return {}
+
     async def _check_intent(
-        self, intent: OrderIntent, plan_id: str
+        self, intent: OrderIntent, plan_id: str, positions: Mapping[str, Decimal]
     ) -> tuple[OrderIntent, NotionalSizing | None]:
         """The intent as it will be sent, and how a dollar order was sized."""
         symbol = intent.symbol
@@ -417,7 +425,7 @@ class Engine:
             if sizing.quantity == 0:
                 return intent, sizing
             intent = intent.sized(sizing.quantity)
-        return await self._checked_quantity(intent, asset), sizing
+        return self._checked_quantity(intent, asset, positions), sizing
 
     async def _tradable_asset(self, symbol: str) -> Asset:
         try:
@@ -430,7 +438,9 @@ class Engine:
             raise InvalidIntent("asset is not tradable", symbol=symbol)
         return asset
 
-    async def _checked_quantity(self, intent: OrderIntent, asset: Asset) -> OrderIntent:
+    def _checked_quantity(
+        self, intent: OrderIntent, asset: Asset, positions: Mapping[str, Decimal]
+    ) -> OrderIntent:
         """A quantity fit to the asset and, for a sell, to the position."""
         symbol = intent.symbol
         # a FULL close sells what the broker holds, its fraction through close-position
@@ -448,8 +458,8 @@ class Engine:
                 "intent.rounded_down", symbol=symbol, requested=str(intent.quantity), qty=str(whole)
             )
             intent = intent.model_copy(update={"quantity": whole})
-        if intent.side is OrderSide.SELL and intent.close_type is not CloseType.FULL:
-            position = await self._read(partial(self.broker.get_position, symbol))
+        if _sells_part(intent):
+            position = positions.get(symbol, ZERO)
             if intent.shares > max(position, ZERO):
                 intent = self._trimmed_to_position(intent, position, asset.fractionable)
         return intent
@@ -1085,3 +1095,9 @@ def _describe_found(record: OrderRecord) -> str:
     if record.pending_cancel:
         parts.append(f"unanswered cancel of {record.pending_cancel}")
     return ", ".join(parts)
+
+
+def _sells_part(intent: OrderIntent) -> bool:
+    """A sell of a given quantity, which preflight checks against the position (a FULL
+    close sells whatever is held)."""
+    return intent.side is OrderSide.SELL and intent.close_type is not CloseType.FULL

@@ -36,7 +36,8 @@ START = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
 DEFAULT_CONFIG = EngineConfig()
 # broker reads no scenario below makes, and why a crash around them needs no sweep
 NOT_SWEPT = {
-    "get_positions": "a planner's read (docs/embedding.md): no walk makes it",
+    "get_positions": "read by planners and by preflight (a partial sell's position), "
+    "before anything is journaled: a crash there leaves nothing to resume",
     "latest_quotes": "read only to size 30 buys or more at once, before any walks: a crash "
     "there leaves every buy PENDING, sized afresh on resume",
 }

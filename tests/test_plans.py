@@ -18,6 +18,7 @@ from engine import (
     OrderTransitioned,
     PlanCompleted,
     PlanStatus,
+    SimBroker,
     SymbolSpec,
     parse_plan,
 )
@@ -471,3 +472,33 @@ def test_thirty_order_rebalance_is_truthful_and_delivered_twice_trades_once(
     again = run_plan(rig, *orders, plan_id="rebalance-30")
     assert again.orders == result.orders
     assert (rig.journal.last_seq, len(rig.broker.orders)) == (seq, sent)
+
+
+class PositionReads(SimBroker):
+    """The simulator, counting the position reads each kind of call makes."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.reads: list[str] = []
+
+    async def get_position(self, symbol: str) -> Decimal:
+        self.reads.append(f"one {symbol}")
+        return await super().get_position(symbol)
+
+    async def get_positions(self) -> dict[str, Decimal]:
+        self.reads.append("all")
+        return await super().get_positions()
+
+
+def test_preflight_reads_every_position_once_for_all_its_sells(make_rig: Any) -> None:
+    """Three partial sells are checked against one read of every position, not one read
+    each (issue 16); a sell beyond its position is still refused."""
+    positions = {"TSLA": 5, "AAPL": 8, "NVDA": 6}
+    rig = make_rig(broker_cls=PositionReads, symbols=BOOK, positions=positions)
+    sells = [{"symbol": s, "side": "sell", "quantity": "2"} for s in positions]
+    checked = rig.clock.run(rig.engine.preflight(parse_plan({"plan_id": "p", "orders": sells})))
+    assert not checked.problems
+    assert rig.broker.reads == ["all"]
+    beyond = [{"symbol": "TSLA", "side": "sell", "quantity": "6"}]
+    with pytest.raises(InvalidIntent, match="exceeds the position of 5"):
+        rig.clock.run(rig.engine.preflight(parse_plan({"plan_id": "q", "orders": beyond})))

@@ -19,7 +19,7 @@ from collections.abc import (
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import ROUND_FLOOR, Decimal
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -49,8 +49,8 @@ from .events import Created, EventKind
 from .fsm import TERMINAL_STATES, FailReason, OrderState
 from .gateway import MARKET_STEP
 from .hooks import Hooks, NoticeT, PlanCompleted
-from .intents import CloseType, OrderIntent, OrderSide, RebalancePlan, Urgency
-from .numbers import ZERO, decimal_text
+from .intents import OrderIntent, OrderSide, RebalancePlan, Urgency
+from .numbers import decimal_text
 from .order import (
     OrderRecord,
     client_order_id,
@@ -60,6 +60,7 @@ from .order import (
     make_order_id,
 )
 from .ownership import refuse_foreign_journal
+from .preflight import checked_quantity, sells_part
 from .preview import PlanPreview, preview_plan
 from .quotes import QuoteCounters, QuoteService, UsableQuote
 from .results import OrderResult, PlanResult
@@ -404,7 +405,7 @@ class Engine:
     async def _positions_if_selling(self, plan: RebalancePlan) -> Mapping[str, Decimal]:
         """Every position, in one read, when a sell of the plan is checked against its
         position (a partial sell); else nothing is read."""
-        if any(_sells_part(intent) for intent in plan.orders):
+        if any(sells_part(intent) for intent in plan.orders):
             return await self._read(self.broker.get_positions)
         return {}
 
@@ -441,49 +442,18 @@ class Engine:
     def _checked_quantity(
         self, intent: OrderIntent, asset: Asset, positions: Mapping[str, Decimal]
     ) -> OrderIntent:
-        """A quantity fit to the asset and, for a sell, to the position."""
-        symbol = intent.symbol
-        # a FULL close sells what the broker holds, its fraction through close-position
-        if (
-            intent.is_fractional
-            and not asset.fractionable
-            and intent.close_type is not CloseType.FULL
-        ):
-            whole = intent.shares.to_integral_value(rounding=ROUND_FLOOR)
-            if self.config.fractional_on_whole_share_asset == "refuse" or whole <= 0:
-                raise InvalidIntent(
-                    "asset is not fractionable; use a whole-share quantity", symbol=symbol
-                )
+        """A quantity fit to the asset and, for a sell, to the position (engine/preflight.py),
+        each change logged as a warning."""
+        checked, changes = checked_quantity(intent, asset, positions, self.config)
+        for change in changes:
             self.log.warning(
-                "intent.rounded_down", symbol=symbol, requested=str(intent.quantity), qty=str(whole)
-            )
-            intent = intent.model_copy(update={"quantity": whole})
-        if _sells_part(intent):
-            position = positions.get(symbol, ZERO)
-            if intent.shares > max(position, ZERO):
-                intent = self._trimmed_to_position(intent, position, asset.fractionable)
-        return intent
-
-    def _trimmed_to_position(
-        self, intent: OrderIntent, position: Decimal, fractionable: bool
-    ) -> OrderIntent:
-        """A sell above the position by at most `oversell_tolerance` of it, trimmed to it
-        (whole shares of a whole-share asset); beyond that, or with nothing held, refused."""
-        held = position if fractionable else position.to_integral_value(rounding=ROUND_FLOOR)
-        allowed = position * (1 + self.config.oversell_tolerance)
-        if held <= 0 or intent.shares > allowed:
-            raise InvalidIntent(
-                f"sell of {intent.quantity} exceeds the position of {position}",
+                f"intent.{change}",
                 symbol=intent.symbol,
+                requested=str(intent.quantity),
+                qty=str(checked.quantity),
+                oversell_tolerance=str(self.config.oversell_tolerance),
             )
-        self.log.warning(
-            "intent.trimmed_to_position",
-            symbol=intent.symbol,
-            requested=str(intent.quantity),
-            qty=str(held),
-            oversell_tolerance=str(self.config.oversell_tolerance),
-        )
-        return OrderIntent.build(**{**intent.model_dump(), "quantity": held})
+        return checked
 
     # -- internals ------------------------------------------------------------------
 
@@ -1095,9 +1065,3 @@ def _describe_found(record: OrderRecord) -> str:
     if record.pending_cancel:
         parts.append(f"unanswered cancel of {record.pending_cancel}")
     return ", ".join(parts)
-
-
-def _sells_part(intent: OrderIntent) -> bool:
-    """A sell of a given quantity, which preflight checks against the position (a FULL
-    close sells whatever is held)."""
-    return intent.side is OrderSide.SELL and intent.close_type is not CloseType.FULL

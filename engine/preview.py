@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from datetime import UTC
-from decimal import ROUND_FLOOR, Decimal
+from decimal import Decimal
 from enum import Enum, StrEnum
 from functools import partial
 from typing import Any, TypeVar
@@ -33,6 +33,7 @@ from .fsm import FailReason
 from .gateway import MARKET_STEP
 from .intents import CloseType, OrderIntent, OrderSide, RebalancePlan, Urgency
 from .numbers import BPS, ZERO, cents, decimal_text, floor_to, money
+from .preflight import checked_quantity
 from .pricing import limit_price
 from .quotes import QuoteService, UsableQuote
 from .retry import read_with_retry
@@ -407,23 +408,10 @@ def _preflight(
 def _checked_intent(
     intent: OrderIntent, asset: Asset, position: Decimal, config: EngineConfig
 ) -> OrderIntent:
-    """The intent as Engine._check_intent leaves it, from the asset and position read."""
+    """The intent as preflight leaves it, from the asset and position read."""
     if not asset.tradable:
         raise InvalidIntent("asset is not tradable", symbol=intent.symbol)
-    if intent.is_fractional and not asset.fractionable and intent.close_type is not CloseType.FULL:
-        whole = intent.shares.to_integral_value(rounding=ROUND_FLOOR)
-        if config.fractional_on_whole_share_asset == "refuse" or whole <= 0:
-            raise InvalidIntent("asset is not fractionable; use a whole-share quantity")
-        intent = intent.model_copy(update={"quantity": whole})
-    selling_part = intent.side is OrderSide.SELL and intent.close_type is not CloseType.FULL
-    if selling_part and intent.shares > max(position, ZERO):
-        held = position
-        if not asset.fractionable:
-            held = position.to_integral_value(rounding=ROUND_FLOOR)
-        if held <= 0 or intent.shares > position * (1 + config.oversell_tolerance):
-            raise InvalidIntent(f"sell of {intent.shares} exceeds the position of {position}")
-        intent = OrderIntent.build(**{**intent.model_dump(), "quantity": held})
-    return intent
+    return checked_quantity(intent, asset, {intent.symbol: position}, config)[0]
 
 
 def _adjusted(line: _Line, config: EngineConfig) -> Verdict:

@@ -10,7 +10,7 @@ import os
 import socket
 import sqlite3
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -180,18 +180,12 @@ class SqliteRecorder(Recorder):
             journal_lock.acquire(f"pid {os.getpid()} on {socket.gethostname()}")
         try:
             conn = _connect(path, create=True)
-            try:
+            with _closed_on_error(conn, path):
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 check_schema(conn)
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA synchronous = {synchronous}")
                 migrate(conn)
-            except sqlite3.DatabaseError as exc:
-                conn.close()
-                raise _unreadable(path, exc) from exc
-            except JournalError:
-                conn.close()
-                raise
             return cls(path, conn, journal_lock)
         except BaseException:
             if journal_lock is not None:
@@ -202,19 +196,13 @@ class SqliteRecorder(Recorder):
     def open_readonly(cls, path: Path) -> SqliteRecorder:
         """A reader's recorder, without the lock; an older schema is read as it is."""
         conn = _connect(path, create=False)
-        try:
+        with _closed_on_error(conn, path):
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             check_schema(conn)
             if "events" not in table_names(conn):
                 raise JournalCorrupt(
                     f"{path} is not a walkbook journal (empty file)", path=str(path)
                 )
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise _unreadable(path, exc) from exc
-        except JournalError:
-            conn.close()
-            raise
         return cls(path, conn, None)
 
     def close(self) -> None:
@@ -391,3 +379,17 @@ class SqliteRecorder(Recorder):
         """`PRAGMA data_version`: tells, without reading a row, whether anything committed."""
         version: int = self.conn.execute("PRAGMA data_version").fetchone()[0]
         return version
+
+
+@contextmanager
+def _closed_on_error(conn: sqlite3.Connection, path: Path) -> Iterator[None]:
+    """Opening a journal: any failure closes the connection; SQLite's own becomes the
+    typed error naming the file."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise _unreadable(path, exc) from exc
+    except JournalError:
+        conn.close()
+        raise

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from decimal import Decimal
 from itertools import chain
 from pathlib import Path
@@ -26,7 +26,7 @@ import msgspec
 
 from journal import Journal, decode_json
 
-from ..events import EventKind, Fill, Transition
+from ..events import EventKind, Fill, Payload, Transition
 from ..fsm import TERMINAL_STATES, OrderState
 from ..numbers import decimal_text
 from ..order import OrderRecord
@@ -55,7 +55,9 @@ class TimelineEntry:
 
     `quote` is the latest quote journaled by a transition of this order (the quote of
     the step in force; for a state entered without one, the one before), and
-    `limit_price` the current limit step's price (None outside a limit step).
+    `limit_price` the current limit step's price (None outside a limit step). What the
+    event itself says is read from its typed `payload` when asked for: a replay builds
+    one entry per event, and most are never read field by field.
     """
 
     seq: int
@@ -63,20 +65,54 @@ class TimelineEntry:
     kind: str
     from_state: str | None
     state: str
-    trigger: str | None
-    reason: str | None
     quote: dict[str, Any] | None
     limit_price: Decimal | None
-    client_order_id: str | None
-    broker_order_id: str | None
-    fill_qty: Decimal | None
-    fill_price: Decimal | None
-    # a fill's time at the broker (`at` is when the journal learned of it)
-    fill_broker_at: str | None
     filled_qty: Decimal
     data: dict[str, Any]
-    # the quote this very event journaled (a transition's), None for any other event
-    move_quote: dict[str, Any] | None
+    payload: Payload
+
+    @property
+    def trigger(self) -> str | None:
+        payload = self.payload
+        return payload.trigger if isinstance(payload, Transition) else None
+
+    @property
+    def reason(self) -> str | None:
+        """The reason a failure, a refusal, a resize or a stop journaled."""
+        reason: str | None = getattr(self.payload, "reason", None)
+        return reason
+
+    @property
+    def client_order_id(self) -> str | None:
+        client_order_id: str | None = getattr(self.payload, "client_order_id", None)
+        return client_order_id
+
+    @property
+    def broker_order_id(self) -> str | None:
+        broker_order_id: str | None = getattr(self.payload, "broker_order_id", None)
+        return broker_order_id
+
+    @property
+    def fill_qty(self) -> Decimal | None:
+        payload = self.payload
+        return payload.qty if isinstance(payload, Fill) else None
+
+    @property
+    def fill_price(self) -> Decimal | None:
+        payload = self.payload
+        return payload.price if isinstance(payload, Fill) else None
+
+    @property
+    def fill_broker_at(self) -> str | None:
+        """A fill's time at the broker (`at` is when the journal learned of it)."""
+        payload = self.payload
+        return payload.broker_at if isinstance(payload, Fill) else None
+
+    @property
+    def move_quote(self) -> dict[str, Any] | None:
+        """The quote this very event journaled (a transition's), None for any other event."""
+        move_quote: dict[str, Any] | None = getattr(self.payload, "quote", None)
+        return move_quote
 
     @property
     def step(self) -> str | None:
@@ -84,11 +120,19 @@ class TimelineEntry:
 
     def as_json(self) -> dict[str, Any]:
         """The entry's fields (the event's own quote is in `data` already)."""
+        fields = {key: getattr(self, key) for key in _ENTRY_JSON_FIELDS}
         return {
             key: decimal_text(value) if isinstance(value, Decimal) else value
-            for key, value in asdict(self).items()
-            if key != "move_quote"
+            for key, value in fields.items()
         }
+
+
+# An entry's fields as `replay --json` prints them, in this order.
+_ENTRY_JSON_FIELDS = (
+    "seq", "at", "kind", "from_state", "state", "trigger", "reason", "quote",
+    "limit_price", "client_order_id", "broker_order_id", "fill_qty", "fill_price",
+    "fill_broker_at", "filled_qty", "data",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -121,8 +165,7 @@ class OrderTimeline:
 def _entry(row: EventRow, data: dict[str, Any], fold: OrderFold) -> TimelineEntry:
     """The entry of an event just folded, filled in without the frozen `__init__`: a
     replay builds one per event of the journal (docs/benchmarks.md, "Speed tricks")."""
-    record, payload = fold.record, fold.payload
-    fill = payload if isinstance(payload, Fill) else None
+    record = fold.record
     entry = object.__new__(TimelineEntry)
     object.__setattr__(
         entry,
@@ -133,19 +176,11 @@ def _entry(row: EventRow, data: dict[str, Any], fold: OrderFold) -> TimelineEntr
             "kind": row[5],
             "from_state": row[6],
             "state": record.state,
-            "trigger": payload.trigger if isinstance(payload, Transition) else None,
-            # the reason a failure, a refusal, a resize or a stop journaled
-            "reason": getattr(payload, "reason", None),
             "quote": fold.quote,
             "limit_price": record.step_limit_price,
-            "client_order_id": getattr(payload, "client_order_id", None),
-            "broker_order_id": getattr(payload, "broker_order_id", None),
-            "fill_qty": None if fill is None else fill.qty,
-            "fill_price": None if fill is None else fill.price,
-            "fill_broker_at": None if fill is None else fill.broker_at,
             "filled_qty": record.filled_qty,
             "data": data,
-            "move_quote": getattr(payload, "quote", None),
+            "payload": fold.payload,
         },
     )
     return entry

@@ -50,7 +50,7 @@ from .fsm import TERMINAL_STATES, FailReason, OrderState
 from .gateway import MARKET_STEP
 from .hooks import Hooks, NoticeT, PlanCompleted
 from .intents import OrderIntent, OrderSide, RebalancePlan, Urgency
-from .numbers import decimal_text
+from .numbers import ZERO, decimal_text
 from .order import (
     OrderRecord,
     client_order_id,
@@ -60,7 +60,7 @@ from .order import (
     make_order_id,
 )
 from .ownership import refuse_foreign_journal
-from .preflight import checked_quantity, sells_part
+from .preflight import check_intent, described, sells_part, tradable
 from .preview import PlanPreview, preview_plan
 from .quotes import QuoteCounters, QuoteService, UsableQuote
 from .results import OrderResult, PlanResult
@@ -69,14 +69,13 @@ from .risk import PreTradeRisk, Refusal, SellGate
 from .sizing import BuySizer
 from .stopping import StopRequests, clear_halt_request, read_halt_request
 from .targets import (
-    DEFAULT_MIN_CHANGE,
     Derivation,
     Hold,
     NotionalSizing,
-    Snapshot,
-    derive_orders,
+    derive_targets,
     involved_symbols,
-    size_notional,
+    target_equity,
+    target_refused,
 )
 from .walk import OrderWalk
 
@@ -366,7 +365,7 @@ class Engine:
             try:
                 intents[index], sizing = await self._check_intent(intent, plan.plan_id, positions)
             except InvalidIntent as exc:
-                problems[index] = f"order {index} ({_described(intent)}): {exc.message}"
+                problems[index] = f"order {index} ({described(intent)}): {exc.message}"
                 continue
             if sizing is not None:
                 sizings[index] = sizing
@@ -412,21 +411,29 @@ class Engine:
     async def _check_intent(
         self, intent: OrderIntent, plan_id: str, positions: Mapping[str, Decimal]
     ) -> tuple[OrderIntent, NotionalSizing | None]:
-        """The intent as it will be sent, and how a dollar order was sized."""
+        """The intent as it will be sent, and how a dollar order was sized: preflight's
+        rules (engine/preflight.py) on the asset, the position and, for a dollar order
+        only, a quote; each change to the quantity logged as a warning."""
         symbol = intent.symbol
         asset = await self._tradable_asset(symbol)
-        sizing = None
+        quote = None
         if intent.notional is not None:
             tally = self.context.plan_quotes[plan_id]
             get = partial(self.quotes.get, symbol, self.clock.now(), asset.price_increment, tally)
             quote = await self._read(get)
-            if quote is None:
-                raise InvalidIntent("no usable quote to size the notional at", symbol=symbol)
-            sizing = size_notional(intent, quote, asset.fractionable)
-            if sizing.quantity == 0:
-                return intent, sizing
-            intent = intent.sized(sizing.quantity)
-        return self._checked_quantity(intent, asset, positions), sizing
+        position = positions.get(symbol, ZERO)
+        checked = check_intent(intent, asset, position, quote, self.config)
+        # a dollar order's quantity asked for is the one its notional came to
+        asked = intent.quantity if checked.sizing is None else checked.sizing.quantity
+        for change in checked.changes:
+            self.log.warning(
+                f"intent.{change}",
+                symbol=symbol,
+                requested=str(asked),
+                qty=str(checked.intent.quantity),
+                oversell_tolerance=str(self.config.oversell_tolerance),
+            )
+        return checked.intent, checked.sizing
 
     async def _tradable_asset(self, symbol: str) -> Asset:
         try:
@@ -435,25 +442,7 @@ class Engine:
             raise InvalidIntent("unknown symbol", symbol=symbol) from None
         except BrokerRejected as exc:
             raise InvalidIntent(f"cannot check the asset: {exc.message}") from None
-        if not asset.tradable:
-            raise InvalidIntent("asset is not tradable", symbol=symbol)
-        return asset
-
-    def _checked_quantity(
-        self, intent: OrderIntent, asset: Asset, positions: Mapping[str, Decimal]
-    ) -> OrderIntent:
-        """A quantity fit to the asset and, for a sell, to the position (engine/preflight.py),
-        each change logged as a warning."""
-        checked, changes = checked_quantity(intent, asset, positions, self.config)
-        for change in changes:
-            self.log.warning(
-                f"intent.{change}",
-                symbol=intent.symbol,
-                requested=str(intent.quantity),
-                qty=str(checked.quantity),
-                oversell_tolerance=str(self.config.oversell_tolerance),
-            )
-        return checked
+        return tradable(asset)
 
     # -- internals ------------------------------------------------------------------
 
@@ -744,12 +733,7 @@ class Engine:
         assert plan.targets is not None
         plan_id = plan.plan_id
         account = await self._read(self.broker.get_account)
-        if account.equity is None or account.equity <= 0:
-            raise InvalidPlan(
-                f"plan {plan_id} refused: the broker reports no positive equity to weigh "
-                "its targets against; nothing sent",
-                plan_id=plan_id,
-            )
+        equity = target_equity(plan_id, account.equity)
         positions = await self._read(self.broker.get_positions)
         symbols = involved_symbols(plan.targets, positions)
         assets: dict[str, Asset] = {}
@@ -760,28 +744,22 @@ class Engine:
             try:
                 asset = assets[symbol] = await self._tradable_asset(symbol)
             except InvalidIntent as exc:
-                raise InvalidPlan(
-                    f"plan {plan_id} refused: targets: {symbol}: {exc.message}; nothing sent",
-                    plan_id=plan_id,
-                    symbol=symbol,
-                ) from None
+                raise target_refused(plan_id, symbol, exc.message) from None
             get = partial(self.quotes.get, symbol, self.clock.now(), asset.price_increment, tally)
             quote = await self._read(get)
             if quote is not None:
                 quotes[symbol] = quote
 
         await _bounded(self.reconcile_concurrency, symbols, read)
-        unquoted = [symbol for symbol in symbols if symbol not in quotes]
-        if unquoted:
-            raise InvalidPlan(
-                f"plan {plan_id} refused: no usable quote for {', '.join(unquoted)} to derive "
-                "its orders from; nothing sent",
-                plan_id=plan_id,
-                symbols=unquoted,
-            )
-        threshold = self.config.min_order_notional or DEFAULT_MIN_CHANGE
-        snapshot = Snapshot(account.equity, positions, assets, quotes)
-        return derive_orders(plan_id, plan.targets, snapshot, threshold)
+        return derive_targets(
+            plan_id,
+            plan.targets,
+            equity,
+            positions,
+            assets,
+            quotes,
+            self.config.min_order_notional,
+        )
 
     def _first_attempts(
         self, checked: CheckedPlan, extras: Mapping[int, dict[str, Any]] | None = None
@@ -1008,12 +986,6 @@ class CheckedPlan:
     refusals: dict[int, Refusal] = field(default_factory=dict)
     # how each dollar order was sized, by order index
     sizings: dict[int, NotionalSizing] = field(default_factory=dict)
-
-
-def _described(intent: OrderIntent) -> str:
-    """An order as preflight's problems name it: `AAPL buy 10`, `AAPL buy $1500`."""
-    size = decimal_text(intent.shares) if intent.notional is None else f"${intent.notional}"
-    return f"{intent.symbol} {intent.side.value} {size}"
 
 
 def _derived_plan(plan_id: str, derivation: Derivation) -> RebalancePlan:

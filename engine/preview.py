@@ -3,16 +3,18 @@ limit's verdict, and the plan's totals, from broker reads alone.
 
 Nothing is journaled and nothing is sent: the preview reads the market clock, the account,
 the positions, each asset and one quote per symbol (streamed first, REST as the walk takes
-them) and writes nowhere. It follows the engine's own rules: preflight's rounding and
-trimming (engine/engine.py), the pre-trade limits (engine/risk.py) and buy sizing
-(engine/sizing.py). What it must estimate, docs/embedding.md ("Preview") states: the sells'
-proceeds at the arrival bid, every step priced at that one arrival quote, and the expected
-cost as a fill at the first step's limit.
+them) and writes nowhere. It follows the engine's own rules, through the engine's own
+functions where they are pure: preflight's sizing of a dollar order, rounding and trimming
+(engine/preflight.py `check_intent`), a target plan's derivation (engine/targets.py
+`derive_targets`), the pre-trade limits (engine/risk.py) and buy sizing (engine/sizing.py).
+What it must estimate, docs/embedding.md ("Preview") states: the sells' proceeds at the
+arrival bid, every step priced at that one arrival quote, and the expected cost as a fill
+at the first step's limit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from datetime import UTC
 from decimal import Decimal
@@ -28,17 +30,26 @@ from .broker import Account, Asset, Broker, MarketClock
 from .clock import Clock
 from .concurrency import each_at_most
 from .config import EngineConfig
-from .errors import BrokerRejected, InvalidIntent, InvalidPlan, UnknownSymbol
+from .errors import BrokerRejected, InvalidIntent, UnknownSymbol
 from .fsm import FailReason
 from .gateway import MARKET_STEP
 from .intents import CloseType, OrderIntent, OrderSide, RebalancePlan, Urgency
 from .numbers import BPS, ZERO, cents, decimal_text, floor_to, money
-from .preflight import checked_quantity
+from .preflight import ROUNDED_DOWN, CheckedIntent, check_intent, described, tradable
 from .pricing import limit_price
 from .quotes import QuoteService, UsableQuote
 from .retry import read_with_retry
 from .risk import WEIGHT_PLACES, traded_on
 from .sizing import shrink_unit, spendable_funds
+from .targets import (
+    DerivedOrder,
+    Hold,
+    NotionalSizing,
+    derive_targets,
+    involved_symbols,
+    target_equity,
+    target_refused,
+)
 
 __all__ = [
     "ArrivalQuote",
@@ -116,6 +127,8 @@ class OrderPreview:
     symbol: str
     side: OrderSide
     urgency: Urgency
+    # the quantity asked for: for a dollar order, the shares its notional came to at the
+    # arrival quote (as OrderResult.requested_qty)
     requested_qty: Decimal
     # after preflight: rounded down to whole shares or trimmed to the position, a FULL close
     # at the position; None for an order preflight refuses
@@ -131,9 +144,14 @@ class OrderPreview:
     expected_cost: Decimal | None
     expected_cost_bps: Decimal | None
     verdicts: tuple[Verdict, ...]
+    # the dollars a dollar order asked for (None for one given in shares)
+    notional_requested: Decimal | None = None
+    # `qty` at the expected price, to the cent (None when it is not priced)
+    expected_value: Decimal | None = None
 
     @property
-    def notional(self) -> Decimal:
+    def worth(self) -> Decimal:
+        """`qty` at the expected price, unrounded: what the totals add up."""
         return ZERO if self.expected_price is None else self.qty * self.expected_price
 
 
@@ -161,6 +179,8 @@ class PlanPreview:
     gross_sell_notional: Decimal
     net_cash: Decimal
     expected_cost: Decimal
+    # a target plan's symbols that would trade nothing (engine/targets.py `Hold`)
+    holds: tuple[Hold, ...] = ()
 
     @property
     def accepted(self) -> bool:
@@ -183,6 +203,8 @@ def _jsonable(value: Any) -> Any:
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
         return [_jsonable(v) for v in value]
+    if isinstance(value, Hold):
+        return value.as_data()
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
     return value
@@ -199,40 +221,33 @@ async def preview_plan(
 ) -> PlanPreview:
     """Price `plan` as `execute_plan` would walk it, from broker reads only.
 
-    Input preflight refuses (an unknown symbol, a sell beyond the position) raises
+    A dollar order is sized at its arrival quote and a target plan derived from one read
+    of equity, positions, assets and quotes, by the engine's own functions. Input
+    preflight refuses (an unknown symbol, a sell beyond the position) raises
     `InvalidIntent` as preflight does under `validation="all_or_nothing"`; under
-    `skip_invalid` those orders are shown refused. Risk-limit breaches never raise: they
-    are verdicts. `daily_traded_notional` counts the fills of `journal`, read only; without
+    `skip_invalid` those orders are shown refused. A target plan the engine would refuse
+    (no positive equity, a short position, a symbol unknown, untradable or unquoted)
+    raises `InvalidPlan` as `execute_plan` does. Risk-limit breaches never raise: they are
+    verdicts. `daily_traded_notional` counts the fills of `journal`, read only; without
     one it is not checked.
     """
-
-    unsized = [i.symbol for i in plan.orders if i.notional is not None]
-    if plan.is_target_plan or unsized:
-        what = "a target plan" if plan.is_target_plan else f"dollar orders ({', '.join(unsized)})"
-        raise InvalidPlan(f"preview does not size {what} yet: preview orders given in shares")
 
     async def read(call: Callable[[], Awaitable[T]]) -> T:
         return await read_with_retry(call, config, clock, lambda: log)
 
+    quotes = QuoteService(broker, config.quote_freshness_seconds, config.stream_quote_wait_seconds)
+    reads = _Reads(broker, read, quotes, clock, concurrency)
     market_clock = await read(broker.get_clock)
     account = await read(broker.get_account)
     positions = await read(broker.get_positions)
-    assets = await each_at_most(
-        concurrency, [i.symbol for i in plan.orders], partial(_asset, broker, read)
-    )
-    lines = [
-        _Line(index, intent, positions.get(intent.symbol, ZERO))
-        for index, intent in enumerate(plan.orders)
-    ]
-    _preflight(plan, lines, assets, config)
-    quotes = QuoteService(broker, config.quote_freshness_seconds, config.stream_quote_wait_seconds)
-
-    async def quote_of(line: _Line) -> None:
-        increment = None if line.asset is None else line.asset.price_increment
-        get = partial(quotes.get, line.intent.symbol, clock.now(), increment)
-        line.quote = await read(get)
-
-    await each_at_most(concurrency, [line for line in lines if line.checked is not None], quote_of)
+    holds: tuple[Hold, ...] = ()
+    if plan.targets is not None:
+        lines, holds = await _derived_lines(
+            plan.plan_id, plan.targets, account, positions, reads, config.min_order_notional
+        )
+    else:
+        lines = await _plan_lines(plan.orders, positions, reads)
+    _preflight(plan.plan_id, lines, config)
     limits = _Limits(config, account)
     for line in lines:
         limits.check_order(line)
@@ -241,8 +256,8 @@ async def preview_plan(
     funds = _size_buys(lines, account, config)
     orders = tuple(line.preview(config) for line in lines)
     sent = [o for o in orders if o.outcome is not Outcome.REFUSED]
-    bought = sum((o.notional for o in sent if o.side is OrderSide.BUY), ZERO)
-    sold = sum((o.notional for o in sent if o.side is OrderSide.SELL), ZERO)
+    bought = sum((o.worth for o in sent if o.side is OrderSide.BUY), ZERO)
+    sold = sum((o.worth for o in sent if o.side is OrderSide.SELL), ZERO)
     return PlanPreview(
         plan_id=plan.plan_id,
         market_open=market_clock.is_open,
@@ -253,19 +268,94 @@ async def preview_plan(
         gross_sell_notional=cents(sold),
         net_cash=cents(sold - bought),
         expected_cost=sum((o.expected_cost or ZERO for o in sent), ZERO),
+        holds=holds,
     )
 
 
-async def _asset(
-    broker: Broker, read: Callable[[Callable[[], Awaitable[Asset]]], Awaitable[Asset]], symbol: str
-) -> Asset | str:
-    """The asset, or the problem preflight would name."""
-    try:
-        return await read(partial(broker.get_asset, symbol))
-    except UnknownSymbol:
-        return "unknown symbol"
-    except BrokerRejected as exc:
-        return f"cannot check the asset: {exc.message}"
+@dataclass(frozen=True)
+class _Reads:
+    """The preview's broker reads of assets and quotes, retried as the engine retries."""
+
+    broker: Broker
+    read: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+    quotes: QuoteService
+    clock: Clock
+    concurrency: int
+
+    async def assets(self, symbols: Sequence[str]) -> list[Asset | str]:
+        return await each_at_most(self.concurrency, symbols, self._asset)
+
+    async def _asset(self, symbol: str) -> Asset | str:
+        """The tradable asset, or the problem preflight would name (Engine._tradable_asset)."""
+        try:
+            return tradable(await self.read(partial(self.broker.get_asset, symbol)))
+        except UnknownSymbol:
+            return "unknown symbol"
+        except InvalidIntent as exc:
+            return exc.message
+        except BrokerRejected as exc:
+            return f"cannot check the asset: {exc.message}"
+
+    async def quotes_of(self, assets: Sequence[Asset]) -> list[UsableQuote | None]:
+        """One arrival quote per asset, at the asset's price increment."""
+        return await each_at_most(self.concurrency, assets, self._quote)
+
+    async def _quote(self, asset: Asset) -> UsableQuote | None:
+        get = partial(self.quotes.get, asset.symbol, self.clock.now(), asset.price_increment)
+        found: UsableQuote | None = await self.read(get)
+        return found
+
+
+async def _plan_lines(
+    orders: Sequence[OrderIntent], positions: Mapping[str, Decimal], reads: _Reads
+) -> list[_Line]:
+    """A plan's own orders, each with its asset (or the problem reading it) and a quote."""
+    lines = [
+        _Line(index, intent, positions.get(intent.symbol, ZERO))
+        for index, intent in enumerate(orders)
+    ]
+    for line, asset in zip(lines, await reads.assets([i.symbol for i in orders]), strict=True):
+        if isinstance(asset, str):
+            line.problem = asset
+        else:
+            line.asset = asset
+    quoted = [line for line in lines if line.asset is not None]
+    found = await reads.quotes_of([line.asset for line in quoted if line.asset is not None])
+    for line, quote in zip(quoted, found, strict=True):
+        line.quote = quote
+    return lines
+
+
+async def _derived_lines(
+    plan_id: str,
+    targets: Mapping[str, Decimal],
+    account: Account,
+    positions: Mapping[str, Decimal],
+    reads: _Reads,
+    min_order_notional: Decimal | None,
+) -> tuple[list[_Line], tuple[Hold, ...]]:
+    """A target plan's orders as Engine.execute_plan derives them (engine/targets.py), from
+    the one snapshot read here, and its holds; each order priced at the snapshot's quote."""
+    equity = target_equity(plan_id, account.equity)
+    symbols = involved_symbols(targets, positions)
+    assets: dict[str, Asset] = {}
+    for symbol, asset in zip(symbols, await reads.assets(symbols), strict=True):
+        if isinstance(asset, str):
+            raise target_refused(plan_id, symbol, asset)
+        assets[symbol] = asset
+    found = await reads.quotes_of(list(assets.values()))
+    quotes = {s: quote for s, quote in zip(symbols, found, strict=True) if quote is not None}
+    derivation = derive_targets(
+        plan_id, targets, equity, positions, assets, quotes, min_order_notional
+    )
+    lines = []
+    for index, derived in enumerate(derivation.orders):
+        symbol = derived.intent.symbol
+        line = _Line(index, derived.intent, positions.get(symbol, ZERO), assets[symbol])
+        line.quote = quotes[symbol]
+        line.verdicts.append(_target_verdict(line, derived))
+        lines.append(line)
+    return lines, derivation.holds
 
 
 @dataclass
@@ -276,7 +366,10 @@ class _Line:
     intent: OrderIntent
     position: Decimal
     asset: Asset | None = None
+    # what reading the asset found wrong (unknown, untradable), as preflight names it
+    problem: str | None = None
     checked: OrderIntent | None = None
+    sizing: NotionalSizing | None = None
     quote: UsableQuote | None = None
     qty: Decimal = ZERO
     reason: FailReason | None = None
@@ -285,9 +378,32 @@ class _Line:
 
     @property
     def where(self) -> str:
-        """The order as preflight's problems name it."""
-        intent = self.intent
-        return f"order {self.index} ({intent.symbol} {intent.side.value} {intent.quantity})"
+        """The order as the engine names it: as asked in preflight's problems, as checked
+        (a dollar order sized) in the limits'."""
+        return f"order {self.index} ({described(self.checked or self.intent)})"
+
+    @property
+    def asked_qty(self) -> Decimal:
+        """The quantity asked for: a dollar order's, what its notional came to."""
+        return self.intent.shares if self.sizing is None else self.sizing.quantity
+
+    def take(self, checked: CheckedIntent, config: EngineConfig) -> None:
+        """What preflight made of the order: sized, rounded or trimmed, or a dollar order
+        that comes to no share, skipped `below_min_notional` as the engine skips it."""
+        sizing = self.sizing = checked.sizing
+        if sizing is not None and checked.unsized:
+            refusal = sizing.refusal()
+            message = f"{self.where}: {refusal.message}"
+            verdict = Verdict(
+                "notional", VerdictStatus.BREACHED, message, refusal.limit_value, refusal.figure
+            )
+            self.refuse(FailReason.BELOW_MIN_NOTIONAL, verdict)
+            return
+        if sizing is not None:
+            self.verdicts.append(_sized(self, sizing))
+        self.checked = checked.intent
+        self.qty = self.checked_qty
+        self.verdicts += [_adjusted(self, change, config) for change in checked.changes]
 
     @property
     def is_buy(self) -> bool:
@@ -333,7 +449,7 @@ class _Line:
             symbol=self.intent.symbol,
             side=self.intent.side,
             urgency=self.intent.urgency,
-            requested_qty=self.intent.shares,
+            requested_qty=self.asked_qty,
             checked_qty=None if self.checked is None else self.checked_qty,
             qty=self.qty,
             outcome=outcome,
@@ -346,6 +462,8 @@ class _Line:
             expected_cost=cost,
             expected_cost_bps=cost_bps,
             verdicts=tuple(self.verdicts),
+            notional_requested=self.intent.notional,
+            expected_value=None if price is None else cents(self.qty * price),
         )
 
     @property
@@ -378,62 +496,78 @@ class _Line:
 # -- preflight ----------------------------------------------------------------------
 
 
-def _preflight(
-    plan: RebalancePlan, lines: Sequence[_Line], assets: Sequence[Asset | str], config: EngineConfig
-) -> None:
-    """Each order as preflight leaves it; its problems raise (all_or_nothing) or refuse it."""
+def _preflight(plan_id: str, lines: Sequence[_Line], config: EngineConfig) -> None:
+    """Each order as preflight (engine/preflight.py `check_intent`) leaves it; its problems
+    raise (all_or_nothing) or refuse it."""
     problems = {}
-    for line, asset in zip(lines, assets, strict=True):
-        problem = asset if isinstance(asset, str) else None
-        if not isinstance(asset, str):
-            line.asset = asset
-            try:
-                line.checked = _checked_intent(line.intent, asset, line.position, config)
-            except InvalidIntent as exc:
-                problem = exc.message
-        if line.checked is None:
-            problems[line.index] = f"{line.where}: {problem}"
+    for line in lines:
+        checked = _checked(line, config)
+        if isinstance(checked, str):
+            problems[line.index] = f"{line.where}: {checked}"
             verdict = Verdict("intent", VerdictStatus.BREACHED, problems[line.index])
             line.refuse(FailReason.INVALID_INTENT, verdict)
-            continue
-        line.qty = line.checked_qty
-        if line.checked.shares != line.intent.shares:
-            line.verdicts.append(_adjusted(line, config))
+        else:
+            line.take(checked, config)
     if problems and config.validation == "all_or_nothing":
-        raise InvalidIntent(
-            "; ".join(problems.values()), plan_id=plan.plan_id, orders=sorted(problems)
+        raise InvalidIntent("; ".join(problems.values()), plan_id=plan_id, orders=sorted(problems))
+
+
+def _checked(line: _Line, config: EngineConfig) -> CheckedIntent | str:
+    """The engine's check of one order from what was read for it, or its problem."""
+    if line.asset is None:
+        assert line.problem is not None  # an order without its asset has the read's problem
+        return line.problem
+    try:
+        return check_intent(line.intent, line.asset, line.position, line.quote, config)
+    except InvalidIntent as exc:
+        return exc.message
+
+
+def _sized(line: _Line, sizing: NotionalSizing) -> Verdict:
+    """How a dollar order was sized: its notional over the ask (a buy) or the bid."""
+    unit = "shares" if sizing.fractionable else "whole shares"
+    message = (
+        f"order {line.index} ({described(line.intent)}): notional {decimal_text(sizing.notional)} "
+        f"comes to {decimal_text(sizing.quantity)} {unit} at the {sizing.side_of_book} "
+        f"{decimal_text(sizing.price)} (rounded down)"
+    )
+    return Verdict("notional", VerdictStatus.OK, message, sizing.notional, sizing.quantity)
+
+
+def _target_verdict(line: _Line, derived: DerivedOrder) -> Verdict:
+    """How a target plan's order was derived: its weight of equity at the touch."""
+    sizing = derived.sizing
+    weight, held = sizing["target_weight"], sizing["held"]
+    if Decimal(weight) == 0:
+        aim = "not named (or at 0): closed in full"
+    else:
+        aim = (
+            f"{weight} of equity {money(Decimal(sizing['equity']))} is "
+            f"{sizing['target_qty']} shares at the {sizing['side_of_book']} {sizing['price']}"
         )
+    message = f"{line.where}: target {aim}; {held} held"
+    return Verdict("targets", VerdictStatus.OK, message, Decimal(weight), Decimal(held))
 
 
-def _checked_intent(
-    intent: OrderIntent, asset: Asset, position: Decimal, config: EngineConfig
-) -> OrderIntent:
-    """The intent as preflight leaves it, from the asset and position read."""
-    if not asset.tradable:
-        raise InvalidIntent("asset is not tradable", symbol=intent.symbol)
-    return checked_quantity(intent, asset, {intent.symbol: position}, config)[0]
-
-
-def _adjusted(line: _Line, config: EngineConfig) -> Verdict:
+def _adjusted(line: _Line, change: str, config: EngineConfig) -> Verdict:
     """How preflight changed the quantity: rounded down to whole shares, or trimmed to the
     position within `oversell_tolerance`."""
-    assert line.checked is not None
-    asked, now = line.intent.shares, line.checked.shares
-    if line.intent.side is OrderSide.SELL and asked > line.position:
-        tolerance = config.oversell_tolerance
+    asked = line.asked_qty
+    if change == ROUNDED_DOWN:
         return Verdict(
-            "oversell_tolerance",
+            "intent",
             VerdictStatus.OK,
-            f"sell of {asked} trimmed to the position of {decimal_text(now)} (within "
-            f"oversell_tolerance {decimal_text(tolerance)})",
-            tolerance,
-            now,
+            f"{decimal_text(asked)} rounded down to {decimal_text(asked // 1)}: the asset "
+            "trades whole shares only (fractional_on_whole_share_asset round_down)",
         )
+    tolerance, now = config.oversell_tolerance, line.qty
     return Verdict(
-        "intent",
+        "oversell_tolerance",
         VerdictStatus.OK,
-        f"{asked} rounded down to {now}: the asset trades whole shares only "
-        "(fractional_on_whole_share_asset round_down)",
+        f"sell of {decimal_text(asked)} trimmed to the position of {decimal_text(now)} (within "
+        f"oversell_tolerance {decimal_text(tolerance)})",
+        tolerance,
+        now,
     )
 
 

@@ -33,10 +33,13 @@ __all__ = [
     "NotionalSizing",
     "Snapshot",
     "derive_orders",
+    "derive_targets",
     "involved_symbols",
     "price_for",
     "shares_for",
     "size_notional",
+    "target_equity",
+    "target_refused",
 ]
 
 # Alpaca's smallest notional order is $1 (docs.alpaca.markets/docs/fractional-trading): a
@@ -157,6 +160,53 @@ def involved_symbols(targets: Mapping[str, Decimal], positions: Mapping[str, Dec
     """Every symbol named with a weight above zero or held: the ones that need a quote."""
     held = {symbol for symbol, qty in positions.items() if qty != 0}
     return sorted(held | {symbol for symbol, weight in targets.items() if weight > 0})
+
+
+def target_equity(plan_id: str, equity: Decimal | None) -> Decimal:
+    """The equity a target plan's weights are of: none positive refuses the plan."""
+    if equity is None or equity <= 0:
+        raise InvalidPlan(
+            f"plan {plan_id} refused: the broker reports no positive equity to weigh "
+            "its targets against; nothing sent",
+            plan_id=plan_id,
+        )
+    return equity
+
+
+def target_refused(plan_id: str, symbol: str, problem: str) -> InvalidPlan:
+    """A symbol of the snapshot the broker cannot trade (unknown, untradable): the plan
+    is refused, nothing journaled."""
+    return InvalidPlan(
+        f"plan {plan_id} refused: targets: {symbol}: {problem}; nothing sent",
+        plan_id=plan_id,
+        symbol=symbol,
+    )
+
+
+def derive_targets(
+    plan_id: str,
+    targets: Mapping[str, Decimal],
+    equity: Decimal,
+    positions: Mapping[str, Decimal],
+    assets: Mapping[str, Asset],
+    quotes: Mapping[str, UsableQuote],
+    min_order_notional: Decimal | None,
+) -> Derivation:
+    """`derive_orders` from what was read for the snapshot, as Engine.execute_plan and the
+    preview both derive: a symbol without a usable quote refuses the plan, and a change
+    under `min_order_notional` (else `DEFAULT_MIN_CHANGE`) is a Hold."""
+    symbols = involved_symbols(targets, positions)
+    unquoted = [symbol for symbol in symbols if symbol not in quotes]
+    if unquoted:
+        raise InvalidPlan(
+            f"plan {plan_id} refused: no usable quote for {', '.join(unquoted)} to derive "
+            "its orders from; nothing sent",
+            plan_id=plan_id,
+            symbols=unquoted,
+        )
+    threshold = min_order_notional or DEFAULT_MIN_CHANGE
+    snapshot = Snapshot(equity, positions, assets, quotes)
+    return derive_orders(plan_id, targets, snapshot, threshold)
 
 
 def derive_orders(

@@ -24,9 +24,7 @@ from engine import (
     InvalidPlan,
     MarketSpec,
     OrderSide,
-    SimBroker,
     SymbolSpec,
-    VirtualClock,
     parse_plan,
 )
 from engine.brokers.simserver import FaultSpec, ServerThread, SimServer
@@ -237,6 +235,14 @@ def test_engine_preview_journals_nothing_and_sends_nothing(make_rig: Any) -> Non
     seq, orders = rig.journal.last_seq, len(rig.broker.orders)
     found = rig.clock.run(rig.engine.preview(plan(("AAPL", "buy", "5"), ("MSFT", "buy", "1"))))
     assert found.accepted
+    dollars = {"symbol": "MSFT", "side": "buy", "notional": "1000"}
+    for payload in (
+        {"plan_id": "dollars", "orders": [dollars]},
+        {"plan_id": "weights", "targets": {"AAPL": "0.001"}},
+    ):
+        found = rig.clock.run(rig.engine.preview(parse_plan(payload)))
+        assert found.accepted
+        assert [o.outcome for o in found.orders] == [Outcome.SENT]
     assert rig.journal.last_seq == seq
     assert len(rig.broker.orders) == orders
     assert {path: path.read_bytes() for path in files} == before
@@ -400,44 +406,210 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, payload: Any, message:
 
 
 def test_preview_over_alpaca_sends_no_write_request(tmp_path: Path) -> None:
-    """`walkbook preview --broker alpaca` in its own process: the server counts every request
-    it answers, and not one is a POST, PATCH or DELETE; the account has no order."""
+    """`walkbook preview --broker alpaca` in its own process, then a dollar plan and a target
+    plan (in this process: the same command, without a second start-up): the server counts
+    every request it answers, and not one is a POST, PATCH or DELETE; the account has no
+    order."""
     server = SimServer(
         tmp_path / "sim.db", market(positions={"MSFT": Decimal(5)}), FaultSpec(), KEYS
     )
     plan_file = write(tmp_path / "plan.json", {"plan_id": "over-alpaca", "orders": [
         {"symbol": "MSFT", "side": "sell", "quantity": "5"},
         {"symbol": "AAPL", "side": "buy", "quantity": "10"}]})  # fmt: skip
+    dollars = write(tmp_path / "dollars.json", {"plan_id": "dollars", "orders": [
+        {"symbol": "MSFT", "side": "sell", "notional": "1000"},
+        {"symbol": "AAPL", "side": "buy", "notional": "1500"}]})  # fmt: skip
+    targets = write(tmp_path / "targets.json", {"plan_id": "weights", "targets": {"AAPL": "0.01"}})
     config = write(tmp_path / "fast.json", {"stream_quote_wait_seconds": 0.5})
     with ServerThread(server) as thread:
         broker = ["--broker", "alpaca", "--alpaca-url", thread.url]
-        command = [WALKBOOK, "preview", str(plan_file), *broker, "--engine-config", str(config)]
-        command.append("--json")
+        options = [*broker, "--engine-config", str(config), "--json"]
+        command = [WALKBOOK, "preview", str(plan_file), *options]
         run = subprocess.run(command, env=keyed_env(), capture_output=True, text=True, timeout=60)
         assert run.returncode == EXIT_OK, run.stderr
         shown = json.loads(run.stdout)
+        sized, derived = (
+            CliRunner(env=keyed_env()).invoke(main, ["preview", str(path), *options])
+            for path in (dollars, targets)
+        )
         stats = rest(thread.url, "/_sim/stats")
         listed = rest(thread.url, "/v2/orders?status=all")
     assert [o["outcome"] for o in shown["orders"]] == ["sent", "sent"]
     assert shown["orders"][1]["quote"]["mid"] == "190"
+    for result in (sized, derived):
+        assert result.exit_code == EXIT_OK, result.output
+    # to 9 decimals: 1000 / 409.83 (the bid, 410 less 4 bps, on the cent) and 1500 / 190.10
+    assert [(o["notional_requested"], o["qty"]) for o in json.loads(sized.stdout)["orders"]] == [
+        ("1000", "2.440036112"),
+        ("1500", "7.890583903"),
+    ]
+    # MSFT held and not named: closed in full; AAPL bought to 0.01 of the equity of 1,002,050
+    # (the cash and 5 MSFT at 410): 10,020.50 / 190.10
+    assert [(o["symbol"], o["side"], o["qty"]) for o in json.loads(derived.stdout)["orders"]] == [
+        ("MSFT", "sell", "5"),
+        ("AAPL", "buy", "52.711730668"),
+    ]
     writes = {k: v for k, v in stats.items() if k.split(" ")[0] in ("POST", "PATCH", "DELETE")}
     assert writes == {}
     assert stats["GET /v2/account"] >= 1
-    assert stats["GET /v2/positions"] == 1
+    assert stats["GET /v2/positions"] == 3  # one read per preview, the target plan's included
     assert listed == []
     assert stats["orders"] == 0
 
 
-def test_dollar_and_target_plans_are_refused_in_one_line() -> None:
-    """The preview sizes orders given in shares; a dollar order or a target plan is
-    refused plainly rather than previewed wrong."""
-    clock = VirtualClock()
-    broker = SimBroker(MarketSpec(symbols={"AAPL": SymbolSpec(price=Decimal(100))}), clock)
-    dollars = parse_plan(
-        {"plan_id": "d", "orders": [{"symbol": "AAPL", "side": "buy", "notional": "500"}]}
+# -- dollar orders and target plans, sized and derived by the engine's own functions -------
+
+# a whole-share symbol a $99 order buys no share of (199.80 / 200.20), and one no source
+# quotes usably (its book crossed on both)
+GOOG = SymbolSpec(price=Decimal(200), spread_bps=20, volatility_bps=0, fractionable=False)
+XYZ = SymbolSpec(price=Decimal(50), stream_quote=(51, 50), rest_quote=(51, 50))
+DOLLARS = {"plan_id": "dollars", "orders": [
+    {"symbol": "AAPL", "side": "buy", "notional": "1500"},
+    {"symbol": "MSFT", "side": "sell", "notional": "1000"},
+    {"symbol": "GOOG", "side": "buy", "notional": "99"}]}  # fmt: skip
+
+
+def test_a_dollar_order_is_sized_as_the_engine_sizes_it(make_rig: Any) -> None:
+    """By hand: 1500 / 100.10 = 14.98, 14 whole AAPL; 1000 / 399.80 = 2.501250625 MSFT (9
+    decimals, at the bid); $99 of GOOG at 200.20 is no share: skipped, below_min_notional.
+    The engine then trades exactly those sizes, and fails the third as the preview said."""
+    rig = make_rig(spec(symbols=SYMBOLS | {"GOOG": GOOG}, positions={"MSFT": 5}))
+    found = rig.clock.run(rig.engine.preview(parse_plan(DOLLARS)))
+    assert rig.journal.last_seq == 0
+    assert [(o.notional_requested, o.requested_qty, o.qty) for o in found.orders] == [
+        (Decimal(1500), Decimal(14), Decimal(14)),
+        (Decimal(1000), Decimal("2.501250625"), Decimal("2.501250625")),
+        (Decimal(99), Decimal(0), Decimal(0)),
+    ]
+    buy, sell, small = found.orders
+    assert buy.expected_value == Decimal("1400.70")  # 14 at the L1 limit 100.05
+    assert sell.expected_value == Decimal("1000.25")  # at the L1 limit 399.90
+    sized = verdict(found, "notional", 0)
+    assert sized.status is VerdictStatus.OK
+    assert "notional 1500 comes to 14 whole shares at the ask 100.1" in sized.message
+    unsized = verdict(found, "notional", 2)
+    assert unsized.status is VerdictStatus.BREACHED
+    assert "order 2 (GOOG buy $99): notional 99 comes to no share at the ask 200.2" in (
+        unsized.message
     )
-    targets = parse_plan({"plan_id": "t", "targets": {"AAPL": "0.5"}})
-    for plan, what in ((dollars, "dollar orders \\(AAPL\\)"), (targets, "a target plan")):
-        with pytest.raises(InvalidPlan, match=f"does not size {what} yet"):
-            clock.run(preview_plan(broker, plan, EngineConfig(), clock))
-    assert not broker.orders
+    assert (unsized.limit_value, unsized.figure) == (Decimal("200.2"), Decimal(99))
+    assert (small.outcome, small.reason) == (Outcome.REFUSED, FailReason.BELOW_MIN_NOTIONAL)
+    assert not found.accepted
+    result = rig.engine.execute_plan_sync(parse_plan(DOLLARS))
+    assert [(o.quantity, o.filled_qty, o.reason) for o in result.orders] == [
+        (o.qty, o.qty, o.reason) for o in found.orders
+    ]
+
+
+def test_a_dollar_order_with_no_quote_to_size_it_at_is_refused_as_preflight_refuses_it(
+    make_rig: Any,
+) -> None:
+    rig = make_rig(spec(symbols=SYMBOLS | {"XYZ": XYZ}))
+    plan = parse_plan({"plan_id": "blind", "orders": [
+        {"symbol": "XYZ", "side": "buy", "notional": "500"},
+        {"symbol": "AAPL", "side": "buy", "quantity": "1"}]})  # fmt: skip
+    with pytest.raises(InvalidIntent) as previewed:
+        rig.clock.run(rig.engine.preview(plan))
+    with pytest.raises(InvalidIntent) as checked:
+        rig.clock.run(rig.engine.preflight(plan))
+    assert (
+        previewed.value.message
+        == checked.value.message
+        == ("order 0 (XYZ buy $500): no usable quote to size the notional at")
+    )
+    skipping = EngineConfig(validation="skip_invalid")
+    found = rig.clock.run(preview_plan(rig.broker, plan, skipping, rig.clock))
+    assert [(o.outcome, o.reason) for o in found.orders] == [
+        (Outcome.REFUSED, FailReason.INVALID_INTENT),
+        (Outcome.SENT, None),
+    ]
+
+
+# Equity 13,800: cash 10,000, 10 AAPL at 100, 5 MSFT at 400, 4 NVDA at 50, 3 GOOG at 200
+WEIGHTED = {
+    "cash": Decimal(10_000),
+    "positions": {"AAPL": 10, "MSFT": 5, "NVDA": 4, "GOOG": 3},
+    "symbols": SYMBOLS | {"GOOG": GOOG, "NVDA": SymbolSpec(
+        price=Decimal(50), spread_bps=20, volatility_bps=0, fractionable=False)},
+}  # fmt: skip
+TARGETS = {"plan_id": "weights", "targets": {"AAPL": "0.30", "MSFT": "0.10", "GOOG": "0.044"}}
+
+
+def test_a_target_plan_is_derived_as_the_engine_derives_it(make_rig: Any) -> None:
+    """By hand: AAPL 0.30 x 13,800 / 100.10 = 41.3 -> 41 whole shares, 10 held: buy 31;
+    MSFT 1,380 / 399.80 = 3.451725862 at the bid, 5 held: sell 1.548274138; NVDA held, not
+    named: closed; GOOG 607.20 / 200.20 = 3.03 -> 3, as held: a HOLD. Sells first, priced
+    like any order; the engine then journals and trades the same orders and holds."""
+    rig = make_rig(spec(**WEIGHTED))
+    found = rig.clock.run(rig.engine.preview(parse_plan(TARGETS)))
+    assert rig.journal.last_seq == 0
+    shown = [(o.symbol, o.side, o.qty) for o in found.orders]
+    assert shown == [
+        ("MSFT", OrderSide.SELL, Decimal("1.548274138")),
+        ("NVDA", OrderSide.SELL, Decimal(4)),
+        ("AAPL", OrderSide.BUY, Decimal(31)),
+    ]
+    assert "target 0.3 of equity 13800.00 is 41 shares at the ask 100.1; 10 held" in (
+        verdict(found, "targets", 2).message
+    )
+    assert "not named (or at 0): closed in full; 4 held" in verdict(found, "targets", 1).message
+    (hold,) = found.holds
+    assert (hold.symbol, hold.held, hold.change) == ("GOOG", 3, 0)
+    # the sells' proceeds at the bid: 1.548274138 x 399.80 + 4 x 49.95
+    assert found.funds.sell_proceeds == Decimal("818.80")
+    assert all(o.steps and o.expected_cost is not None for o in found.orders)
+    assert found.accepted
+    result = rig.engine.execute_plan_sync(parse_plan(TARGETS))
+    assert [(o.symbol, o.side, o.quantity) for o in result.orders] == shown
+    assert result.holds == found.holds
+
+
+def test_a_target_plan_the_engine_refuses_is_refused_alike(make_rig: Any) -> None:
+    rig = make_rig(spec(**WEIGHTED, unknown_symbols=["ZZZZ"]))
+    plan = parse_plan({"plan_id": "odd", "targets": {"ZZZZ": "0.1"}})
+    with pytest.raises(InvalidPlan) as previewed:
+        rig.clock.run(rig.engine.preview(plan))
+    with pytest.raises(InvalidPlan) as executed:
+        rig.engine.execute_plan_sync(plan)
+    assert previewed.value.message == executed.value.message
+    assert "targets: ZZZZ: unknown symbol" in previewed.value.message
+    assert rig.journal.last_seq == 0
+    assert not rig.broker.orders
+
+
+def test_the_command_shows_notionals_and_holds(tmp_path: Path) -> None:
+    market_spec = write(tmp_path / "m.json", spec(**WEIGHTED).model_dump(mode="json"))
+    dollars = invoke(write(tmp_path / "d.json", DOLLARS), "--market", market_spec)
+    assert dollars.exit_code == EXIT_WOULD_REFUSE, dollars.output  # the $99 order is skipped
+    assert re.search(r"^0  AAPL  buy  \$1500  14  sent ", dollars.output, flags=re.M)
+    assert "refused below_min_notional" in dollars.output
+    weights = invoke(write(tmp_path / "t.json", TARGETS), "--market", market_spec, "--json")
+    assert weights.exit_code == EXIT_OK, weights.output
+    assert json.loads(weights.output)["holds"] == [
+        {"symbol": "GOOG", "target_weight": "0.044", "held": "3", "change": "0", "value": "0",
+         "threshold": "1"}]  # fmt: skip
+    plain = invoke(tmp_path / "t.json", "--market", market_spec)
+    assert "HOLD GOOG: at target (target 0.044, 3 held)" in plain.output
+
+
+HOSTILE = [
+    ("weights over 1", {"targets": {"AAPL": "0.7", "MSFT": "0.4"}}, "add up to 1.1, more than 1"),
+    ("notional NaN", {"orders": [{"symbol": "AAPL", "side": "buy", "notional": "NaN"}]}, "NaN"),
+    ("notional < 0", {"orders": [{"symbol": "AAPL", "side": "buy", "notional": "-5"}]}, "zero"),
+    ("notional 1e400", {"orders": [{"symbol": "AAPL", "side": "buy", "notional": "1e400"}]},
+     "plain decimal notation"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "payload", "needle"), HOSTILE, ids=[c[0] for c in HOSTILE])
+def test_a_hostile_plan_is_one_line_and_exit_2_as_run_says_it(
+    tmp_path: Path, case: str, payload: dict[str, Any], needle: str
+) -> None:
+    plan_file = write(tmp_path / "p.json", {"plan_id": "h"} | payload)
+    previewed = invoke(plan_file)
+    ran = CliRunner().invoke(main, ["run", str(plan_file), "--journal", str(tmp_path / "j.db")])
+    assert previewed.exit_code == ran.exit_code == EXIT_BAD_INPUT
+    assert previewed.stderr == ran.stderr
+    (line,) = previewed.stderr.splitlines()
+    assert line.startswith("walkbook: error:")
+    assert needle in line

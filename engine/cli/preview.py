@@ -42,7 +42,7 @@ PREVIEW_EXIT_CODES = (
     "(one line on stderr). Nothing is sent and nothing is journaled."
 )
 COLUMNS = ("#", "symbol", "side", "asked", "qty", "outcome", "bid", "ask", "source", "steps",
-           "exp. price", "cost $", "cost bps")  # fmt: skip
+           "exp. price", "value $", "cost $", "cost bps")  # fmt: skip
 
 
 @click.command("preview", epilog=PREVIEW_EXIT_CODES)
@@ -73,10 +73,11 @@ def preview_command(
     broker_choice: BrokerChoice,
 ) -> None:
     """Price PLAN_FILE as `walkbook run` would walk it, without sending or journaling
-    anything: per order the size after rounding and buy sizing, the arrival quote, each
-    step's limit price, the expected cost against the mid, and every risk verdict; then
-    the plan's verdicts and totals. On the simulator, or with --broker alpaca on an Alpaca
-    account (reads only)."""
+    anything: per order the size after sizing (a dollar order at its arrival quote; a
+    target plan's orders derived as run derives them, its holds listed), rounding and buy
+    sizing, the arrival quote, each step's limit price, the expected value and cost against
+    the mid, and every risk verdict; then the plan's verdicts and totals. On the
+    simulator, or with --broker alpaca on an Alpaca account (reads only)."""
     configure_logging(log_level)
     with bad_input_exits():
         broker_choice.check(market=market, seed=seed)
@@ -158,7 +159,7 @@ def _row(order: OrderPreview) -> list[str]:
         str(order.index),
         order.symbol,
         order.side.value,
-        decimal_text(order.requested_qty),
+        _asked(order),
         decimal_text(order.qty),
         outcome,
         _text(None if quote is None else quote.bid),
@@ -166,6 +167,7 @@ def _row(order: OrderPreview) -> list[str]:
         "" if quote is None else quote.source,
         steps,
         _text(order.expected_price),
+        _text(order.expected_value),
         _text(order.expected_cost),
         _text(order.expected_cost_bps),
     ]
@@ -177,6 +179,14 @@ def _verdict_lines(preview: PlanPreview) -> Iterator[str]:
             yield f"order {order.index} {order.symbol} {v.check} {_status(v.status)}: {v.message}"
     for v in preview.verdicts:
         yield f"plan {v.check} {_status(v.status)}: {v.message}"
+    for hold in preview.holds:
+        why = "at target"
+        if hold.change != 0:
+            why = f"a change of {decimal_text(hold.change)} worth ${hold.value} < ${hold.threshold}"
+        yield (
+            f"HOLD {hold.symbol}: {why} (target {decimal_text(hold.target_weight)}, "
+            f"{decimal_text(hold.held)} held)"
+        )
     funds = preview.funds
     yield (
         f"totals: buys {_money(preview.gross_buy_notional)}, sells "
@@ -189,6 +199,13 @@ def _verdict_lines(preview: PlanPreview) -> Iterator[str]:
         f"{_money(funds.sell_proceeds)} at the bid (use_margin {margin}), "
         f"{_money(funds.after_buys)} left after the buys"
     )
+
+
+def _asked(order: OrderPreview) -> str:
+    """Shares asked for, or a dollar order's notional (`$1500`)."""
+    if order.notional_requested is None:
+        return decimal_text(order.requested_qty)
+    return f"${decimal_text(order.notional_requested)}"
 
 
 def _status(status: VerdictStatus) -> str:

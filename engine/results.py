@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from .fsm import OrderState
+from .fsm import FailReason, OrderState
 from .intents import OrderSide
 from .numbers import BPS, ZERO
 from .order import OrderRecord
@@ -50,10 +50,19 @@ class OrderResult(BaseModel):
     strategy_id: str | None
     # a dollar order's notional, to set against `traded_value` (None for a quantity order)
     notional_requested: Decimal | None = None
+    # left unsent on purpose: FAILED `below_min_notional` under a `min_order_notional` the
+    # configuration sets, which fails nothing of the plan (a dollar order that comes to no
+    # share without that limit is a failure: nothing the caller asked for happened)
+    skipped: bool = False
 
     @property
     def succeeded(self) -> bool:
         return self.state == OrderState.VALIDATED
+
+    @property
+    def done_as_asked(self) -> bool:
+        """VALIDATED, or skipped as the configuration asks."""
+        return self.succeeded or self.skipped
 
     @property
     def failure(self) -> str | None:
@@ -113,11 +122,15 @@ class OrderResult(BaseModel):
             correlation_id=record.intent.correlation_id,
             strategy_id=record.intent.strategy_id,
             notional_requested=record.notional_requested,
+            skipped=record.reason == FailReason.BELOW_MIN_NOTIONAL
+            and record.config.get("min_order_notional") is not None,
         )
 
 
 class PlanStatus(StrEnum):
-    """SUCCESS: every order VALIDATED at its requested size; FAILURE: none VALIDATED."""
+    """SUCCESS: every order VALIDATED at its requested size, or skipped under
+    `min_order_notional` (`OrderResult.skipped`); FAILURE: none VALIDATED, and not every
+    order skipped."""
 
     SUCCESS = "SUCCESS"
     PARTIAL_SUCCESS = "PARTIAL_SUCCESS"
@@ -163,7 +176,7 @@ class PlanResult(BaseModel):
         holds: Sequence[Hold] = (),
     ) -> PlanResult:
         succeeded = sum(1 for r in results if r.succeeded)
-        complete = sum(1 for r in results if r.succeeded and not r.resized)
+        complete = sum(1 for r in results if (r.succeeded and not r.resized) or r.skipped)
         status = (
             PlanStatus.SUCCESS
             if complete == len(results)

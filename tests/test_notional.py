@@ -106,6 +106,7 @@ def test_a_notional_that_buys_no_share_fails_unsent(make_rig: Any) -> None:
     assert (order.quantity, order.filled_qty) == (Decimal(0), Decimal(0))
     assert order.notional_requested == Decimal("99")
     assert result.status is PlanStatus.FAILURE
+    assert not order.skipped  # no min_order_notional asked for it: a failure
     assert not rig.broker.orders  # nothing reached the broker
     (data,) = created(rig)
     assert data["intent"]["notional"] == "99"

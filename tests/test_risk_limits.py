@@ -215,6 +215,8 @@ def test_an_order_under_min_order_notional_is_skipped_unsent(make_rig: Any) -> N
     msft, aapl = result.orders
     assert (msft.state, msft.reason) == ("FAILED", "below_min_notional")
     assert aapl.state == "VALIDATED"  # 100.05: at least the minimum
+    # reported as skipped, which fails nothing of the plan
+    assert (msft.skipped, aapl.skipped, result.status) == (True, False, "SUCCESS")
     assert symbols_sent(rig) == {"AAPL"}
     assert rig.broker.positions["MSFT"] == Decimal(40)
     data = failed_with(rig, msft.order_id)
@@ -538,9 +540,13 @@ def test_the_embedding_docs_risk_limits_example_runs_as_shown(
     smaller["orders"][1]["quantity"] = "1000"
     Path("plan.json").write_text(json.dumps(smaller))
     traded = CliRunner().invoke(cli_main, [*args, "--result-json", "result.json"])
-    assert traded.exit_code == 1, traded.output
+    # the small order is skipped as the limit asks, which fails nothing: exit 0
+    assert traded.exit_code == 0, traded.output
+    (skipped_line,) = [line for line in traded.output.splitlines() if "SKIPPED below_" in line]
+    assert skipped_line.startswith("MSFT ")
     result = json.loads(Path("result.json").read_text())
-    assert [(o["symbol"], o["state"], o["reason"]) for o in result["orders"]] == [
-        ("MSFT", "FAILED", "below_min_notional"),
-        ("AAPL", "VALIDATED", None),
+    assert result["status"] == "SUCCESS"
+    assert [(o["symbol"], o["state"], o["reason"], o["skipped"]) for o in result["orders"]] == [
+        ("MSFT", "FAILED", "below_min_notional", True),
+        ("AAPL", "VALIDATED", None, False),
     ]

@@ -1,10 +1,11 @@
 """How a `walkbook` command ends: the exit codes a scheduler acts on, and the one-line
 refusals that go with them.
 
-Exit codes: 0 every order VALIDATED; 1 some order FAILED; 2 bad input or a refused
-request, nothing sent and nothing journaled; 3 halted (a signal or `walkbook halt`),
-nothing left live; 4 stopped with work possibly live at the broker: run `walkbook resume`;
-5 (`walkbook preview` only) the preview says some order or the plan would be refused.
+Exit codes: 0 every order VALIDATED (or skipped: worth less than `min_order_notional`);
+1 some order FAILED; 2 bad input or a refused request, nothing sent and nothing
+journaled; 3 halted (a signal or `walkbook halt`), nothing left live; 4 stopped with work
+possibly live at the broker: run `walkbook resume`; 5 (`walkbook preview` only) the
+preview says some order or the plan would be refused.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_HALTED, EXIT_WORK_LIVE = 0, 1, 2, 3, 
 # so not 1, and the request itself was fine, so not 2
 EXIT_WOULD_REFUSE = 5
 EXIT_CODES_HELP = (
-    "Exit codes: 0 every order VALIDATED; 1 some order FAILED; 2 bad input or refused "
+    "Exit codes: 0 every order VALIDATED (or skipped: worth less than min_order_notional); "
+    "1 some order FAILED; 2 bad input or refused "
     "request (nothing sent, nothing journaled); 3 halted by a signal or `walkbook halt`, "
     "nothing left live; 4 stopped with work possibly live at the broker: run `walkbook resume`; "
     "5 `walkbook preview`: some order or the plan would be refused."
@@ -56,7 +58,7 @@ def outcome_exit_code(results: Iterable[OrderResult]) -> int:
     orders = list(results)
     if any(o.state not in TERMINAL_STATES for o in orders):
         return EXIT_WORK_LIVE
-    if all(o.succeeded for o in orders):
+    if all(o.done_as_asked for o in orders):
         return EXIT_OK
     if any(o.reason == FailReason.CANCELLED for o in orders):
         return EXIT_HALTED

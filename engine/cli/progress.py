@@ -90,7 +90,7 @@ def result_table(result: PlanResult) -> Table:
             order.symbol,
             order.side.value,
             str(order.quantity),
-            order.state,
+            "SKIPPED" if order.skipped else order.state,
             order.reason or "",
             str(order.filled_qty),
             "" if order.avg_fill_price is None else decimal_text(order.avg_fill_price),

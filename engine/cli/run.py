@@ -123,7 +123,8 @@ def _finish(result: PlanResult, console: Console, result_json: Path | None) -> N
     console.print(result_table(result))
     for order in result.orders:
         if order.detail is not None:
-            console.print(f"{order.symbol} {order.order_id} FAILED {order.failure}", **PLAIN)
+            outcome = "SKIPPED" if order.skipped else "FAILED"
+            console.print(f"{order.symbol} {order.order_id} {outcome} {order.failure}", **PLAIN)
     if result_json is not None:
         _write_result(result, result_json)
     sys.exit(outcome_exit_code(result.orders))

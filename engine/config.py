@@ -46,7 +46,14 @@ class EngineConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     ladder: tuple[Decimal, ...] = DEFAULT_LADDER
-    medium_step_wait_seconds: float = Field(10.0, gt=0, le=MAX_SECONDS)
+    medium_step_wait_seconds: float = Field(
+        20.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="How long each limit step of a MEDIUM order rests. 20 s, twice the "
+        "original ladder's 10 s: a walk takes longer, and on bench.quality its slippage "
+        "beats the original ladder's and a market order's (docs/benchmarks.md, quality).",
+    )
     low_step_wait_seconds: float = Field(30.0, gt=0, le=MAX_SECONDS)
     market_wait_seconds: float = Field(30.0, gt=0, le=MAX_SECONDS)
     market_attempts: int = Field(3, ge=1)

@@ -15,6 +15,9 @@ from engine import Engine, EngineConfig, MarketSpec, SimBroker, VirtualClock
 from journal import Journal
 
 START = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
+# The walk a rig runs unless a test gives its own: the defaults, with the 10 s steps the
+# seeded scenarios were written against (the default is 20 s since issue 17).
+SCENARIO_CONFIG = EngineConfig(medium_step_wait_seconds=10.0)
 
 
 @dataclass
@@ -53,7 +56,7 @@ def make_rig(tmp_path: Path) -> Iterator[Any]:
         market = spec or MarketSpec(**spec_fields)
         broker = broker_cls(market, clock)
         path = tmp_path / f"journal-{len(rigs)}.db"
-        engine = Engine(broker, path, config=config, clock=clock)
+        engine = Engine(broker, path, config=config or SCENARIO_CONFIG, clock=clock)
         rig = Rig(engine, broker, clock, path)
         rigs.append(rig)
         return rig

@@ -88,7 +88,7 @@ def test_a_move_beyond_the_threshold_reprices_the_resting_step_in_place(make_rig
     """The mid falls 20 bps 3 s into step 1: with a 10 bps threshold the step is re-priced
     at once at its own fraction of the new quote, the old order cancelled and confirmed
     before the new one goes, and step 2 still comes 10 s after step 1 began."""
-    config = EngineConfig(repeg_threshold_bps=Decimal(10))
+    config = EngineConfig(repeg_threshold_bps=Decimal(10), medium_step_wait_seconds=10.0)
     rig = scripted_rig(make_rig, config, (3, "99.70", "99.90"))
     result = run_one(rig, symbol="AAPL", side="buy", quantity="10")
 

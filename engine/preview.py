@@ -78,10 +78,12 @@ class VerdictStatus(StrEnum):
 
 class Outcome(StrEnum):
     """What `execute_plan` would do with an order: send it as checked, send it smaller to
-    fit the funds, or refuse it unsent (its `reason` the FAILED reason it would journal)."""
+    fit the funds, skip it unsent under the `min_order_notional` set (`OrderResult.skipped`),
+    or refuse it unsent (`reason`: the FAILED reason it would journal either way)."""
 
     SENT = "sent"
     SHRUNK = "shrunk"
+    SKIPPED = "skipped"
     REFUSED = "refused"
 
 
@@ -184,7 +186,8 @@ class PlanPreview:
 
     @property
     def accepted(self) -> bool:
-        """Every order would be sent (maybe shrunk to fit) and no plan-level check objects."""
+        """Every order would be sent (maybe shrunk to fit) or skipped as the configuration
+        asks, and no plan-level check objects."""
         return not any(v.breached for v in self.verdicts) and all(
             o.outcome is not Outcome.REFUSED for o in self.orders
         )
@@ -255,7 +258,7 @@ async def preview_plan(
     verdicts += limits.check_plan(plan.plan_id, lines, journal, clock)
     funds = _size_buys(lines, account, config)
     orders = tuple(line.preview(config) for line in lines)
-    sent = [o for o in orders if o.outcome is not Outcome.REFUSED]
+    sent = [o for o in orders if o.outcome in (Outcome.SENT, Outcome.SHRUNK)]
     bought = sum((o.worth for o in sent if o.side is OrderSide.BUY), ZERO)
     sold = sum((o.worth for o in sent if o.side is OrderSide.SELL), ZERO)
     return PlanPreview(
@@ -439,10 +442,12 @@ class _Line:
             mid = self.quote.mid
             worse = price - mid if self.is_buy else mid - price
             cost, cost_bps = cents(worse * self.qty), cents(worse / mid * BPS)
-        if self.reason is not None:
-            outcome = Outcome.REFUSED
-        else:
+        if self.reason is None:
             outcome = Outcome.SHRUNK if self.shrunk else Outcome.SENT
+        elif self.reason == FailReason.BELOW_MIN_NOTIONAL and config.min_order_notional is not None:
+            outcome = Outcome.SKIPPED
+        else:
+            outcome = Outcome.REFUSED
         quote = self.quote
         return OrderPreview(
             index=self.index,

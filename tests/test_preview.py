@@ -186,7 +186,10 @@ LIMIT_CASES = [
 def test_each_limit_breached_is_a_verdict_with_its_figures(
     make_rig: Any, limit: str, setting: str, orders: Any, figure: Decimal, index: int | None
 ) -> None:
-    """Equity is the $10,000 of cash: 20 AAPL at the ask is 0.2002 of it."""
+    """Equity is the $10,000 of cash: 20 AAPL at the ask is 0.2002 of it. An order under
+    min_order_notional is skipped, which refuses nothing (the run reports it skipped and
+    fails nothing of the plan); every other breach refuses."""
+    skips = limit == "min_order_notional"
     for validation in ("all_or_nothing", "skip_invalid"):
         config = {limit: Decimal(setting), "validation": validation}
         found = preview(make_rig, orders, cash=Decimal(10_000), **config)
@@ -195,9 +198,10 @@ def test_each_limit_breached_is_a_verdict_with_its_figures(
         assert (breach.limit_value, breach.figure) == (Decimal(setting), figure)
         assert limit in breach.message
         assert setting in breach.message
-        assert not found.accepted
+        assert found.accepted is skips
     if index is not None:  # the order is refused; all_or_nothing refuses the plan for a risk_limit
-        assert found.orders[index].outcome is Outcome.REFUSED
+        expected = Outcome.SKIPPED if skips else Outcome.REFUSED
+        assert found.orders[index].outcome is expected
         assert found.orders[index].reason in ("risk_limit", "below_min_notional")
 
 
@@ -575,6 +579,34 @@ def test_a_target_plan_the_engine_refuses_is_refused_alike(make_rig: Any) -> Non
     assert "targets: ZZZZ: unknown symbol" in previewed.value.message
     assert rig.journal.last_seq == 0
     assert not rig.broker.orders
+
+
+def test_an_order_under_the_min_order_notional_set_is_skipped_not_refused(
+    make_rig: Any,
+) -> None:
+    """With `min_order_notional` set, the $99 GOOG order that comes to no share is skipped,
+    as the run reports it (OrderResult.skipped), and the preview still accepts the plan;
+    without the limit it is refused (test_a_dollar_order_is_sized_as_the_engine_sizes_it)."""
+    config = EngineConfig(min_order_notional=Decimal(50))
+    rig = make_rig(spec(symbols=SYMBOLS | {"GOOG": GOOG}, positions={"MSFT": 5}), config=config)
+    found = rig.clock.run(rig.engine.preview(parse_plan(DOLLARS)))
+    buy, _, small = found.orders
+    assert (small.outcome, small.reason) == (Outcome.SKIPPED, FailReason.BELOW_MIN_NOTIONAL)
+    assert found.accepted
+    assert found.gross_buy_notional == buy.expected_value  # the skipped one adds nothing
+    result = rig.engine.execute_plan_sync(parse_plan(DOLLARS))
+    assert [o.skipped for o in result.orders] == [False, False, True]
+    assert result.status == "SUCCESS"
+
+
+def test_the_command_says_an_order_is_skipped_and_exits_0(tmp_path: Path) -> None:
+    market_spec = write(tmp_path / "m.json", spec(**WEIGHTED).model_dump(mode="json"))
+    limits = write(tmp_path / "c.json", {"min_order_notional": "50"})
+    dollars = write(tmp_path / "d.json", DOLLARS)
+    shown = invoke(dollars, "--market", market_spec, "--engine-config", limits)
+    assert shown.exit_code == EXIT_OK, shown.output
+    assert "every order would be sent but 1 skipped" in shown.output.splitlines()[0]
+    assert re.search(r"^2  GOOG  buy  \$99  0  skipped below_min_notional ", shown.output, re.M)
 
 
 def test_the_command_shows_notionals_and_holds(tmp_path: Path) -> None:

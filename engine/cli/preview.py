@@ -26,7 +26,7 @@ from ..config import EngineConfig
 from ..errors import BrokerError, InputError
 from ..intents import RebalancePlan, load_plan
 from ..numbers import decimal_text
-from ..preview import OrderPreview, PlanPreview, VerdictStatus, preview_plan
+from ..preview import OrderPreview, Outcome, PlanPreview, VerdictStatus, preview_plan
 from .brokers import BrokerChoice, broker_options
 from .engines import alpaca_broker
 from .exits import EXIT_BAD_INPUT, EXIT_OK, EXIT_WOULD_REFUSE, bad_input_exits
@@ -131,7 +131,14 @@ def _preview(
 def _show(preview: PlanPreview, console: Console) -> None:
     """A table on a terminal, plain lines otherwise; each verdict on a line below."""
     rows = [_row(order) for order in preview.orders]
-    verdict = "every order would be sent" if preview.accepted else "REFUSALS: see below"
+    skipped = sum(1 for order in preview.orders if order.outcome is Outcome.SKIPPED)
+    verdict = (
+        "REFUSALS: see below"
+        if not preview.accepted
+        else f"every order would be sent but {skipped} skipped"
+        if skipped
+        else "every order would be sent"
+    )
     title = f"plan {preview.plan_id} preview: {verdict} (nothing sent)"
     if console.is_terminal:
         table = Table(title=title)

@@ -5,7 +5,8 @@ walkbook journals each as an FSM transition (`OrderMachine.fire` -> the walk's j
 writer -> `Journal.append`, hash chain and projection included); DBOS checkpoints each
 as a `@DBOS.step` whose output is the same transition data. Neither side calls a broker,
 so the figure compares the cost of durability per step. Both databases live in the same
-directory and the two sides are measured in turns.
+directory and the two sides are measured in turns. bench/postgres_append.py runs the same
+two sides with both databases on one PostgreSQL server.
 """
 
 from __future__ import annotations
@@ -45,18 +46,19 @@ def journaled_machine(book: OrderJournal, steps: int) -> OrderMachine:
     return OrderMachine(steps, persist)
 
 
-def walkbook_rate(path: Path, walks: int) -> float:
-    """Durable steps per second: each walk is its `created` event then seven FSM transitions."""
+def walkbook_rate(location: str | Path, walks: int, plan_id: str) -> float:
+    """Durable steps per second: each walk is its `created` event then seven FSM transitions,
+    into the journal at `location` (a file, or a PostgreSQL database's URL)."""
     clock = VirtualClock(START)
     config = EngineConfig()
     intent = OrderIntent(symbol="AAPL", side=OrderSide.BUY, quantity=Decimal(100))
-    with Journal.open(path) as journal:
+    with Journal.open(location) as journal:
         broker = SimBroker(MarketSpec(), clock)
         quotes = QuoteService(broker, config.quote_freshness_seconds, 0.0)
         context = WalkContext(journal, broker, quotes, clock, config)
         start = time.perf_counter()
         for index in range(walks):
-            event, record = created(path.stem, index, intent, config, journal.last_seq + 1)
+            event, record = created(plan_id, index, intent, config, journal.last_seq + 1)
             journal.append(event, at=clock.now(), projection=record.projection())
             book = OrderJournal(context, record)
 
@@ -67,14 +69,15 @@ def walkbook_rate(path: Path, walks: int) -> float:
 
 
 class DbosWalks:
-    """DBOS launched on a SQLite system database, with the walk as a workflow of seven steps."""
+    """DBOS launched on a system database (SQLite's or PostgreSQL's URL), with the walk as a
+    workflow of seven steps."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, system_database_url: str) -> None:
         from dbos import DBOS, DBOSConfig
 
         config: DBOSConfig = {
             "name": "walkbook-bench",
-            "system_database_url": f"sqlite:///{path}",
+            "system_database_url": system_database_url,
             "log_level": "WARNING",
         }
         DBOS(config=config)
@@ -91,13 +94,6 @@ class DbosWalks:
 
         self.walk = walk
         DBOS.launch()
-        conn = sqlite3.connect(path)
-        try:
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-            level = conn.execute("PRAGMA synchronous").fetchone()[0]
-        finally:
-            conn.close()
-        self.durability = f"journal_mode={mode}, synchronous={SYNCHRONOUS_NAMES[level]}"
 
     def rate(self, walks: int) -> float:
         """Durable steps per second over `walks` workflow runs."""
@@ -112,14 +108,26 @@ class DbosWalks:
         DBOS.destroy()
 
 
-def launch_dbos(path: Path) -> DbosWalks | str:
-    """DBOS ready to run, or why it cannot run here."""
+def sqlite_durability(path: Path) -> str:
+    """How durable DBOS left its SQLite system database."""
+    conn = sqlite3.connect(path)
+    try:
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        level = conn.execute("PRAGMA synchronous").fetchone()[0]
+    finally:
+        conn.close()
+    return f"journal_mode={mode}, synchronous={SYNCHRONOUS_NAMES[level]}"
+
+
+def launch_dbos(system_database_url: str) -> DbosWalks | str:
+    """DBOS ready to run on that system database, or why it cannot run here."""
     if importlib.util.find_spec("dbos") is None:
         return "dbos is not installed; `make bench` installs it (pip install -e '.[bench]')"
+    store = system_database_url.partition(":")[0]
     try:
-        return DbosWalks(path)
+        return DbosWalks(system_database_url)
     except Exception as exc:  # any launch failure means SKIP, with its reason
-        return f"DBOS could not launch on SQLite here: {type(exc).__name__}: {exc}"
+        return f"DBOS could not launch on {store} here: {type(exc).__name__}: {exc}"
 
 
 def main() -> None:
@@ -129,7 +137,8 @@ def main() -> None:
     report = Report("dbos_peer", args)
     with scratch(args.workdir) as directory:
         fresh = count()
-        dbos = launch_dbos(directory / "dbos-system.sqlite")
+        system_database = directory / "dbos-system.sqlite"
+        dbos = launch_dbos(f"sqlite:///{system_database}")
         if isinstance(dbos, str):
             report.add(Row.skipped(NAME, "steps/s", TARGET, dbos))
         else:
@@ -138,7 +147,7 @@ def main() -> None:
                     rounds,
                     {
                         "walkbook": lambda: walkbook_rate(
-                            directory / f"walkbook-{next(fresh)}.db", walks
+                            directory / f"walkbook-{next(fresh)}.db", walks, "walkbook"
                         ),
                         "dbos": lambda: dbos.rate(walks),
                     },
@@ -152,7 +161,7 @@ def main() -> None:
                     "steps/s",
                     rate["dbos"],
                     TARGET,
-                    note=f"reference: DBOS steps on SQLite ({dbos.durability}); "
+                    note=f"reference: DBOS steps on SQLite ({sqlite_durability(system_database)}); "
                     "walkbook: WAL, synchronous=FULL",
                 )
             )

@@ -21,12 +21,14 @@ from .common import OUT_DIR, ROW_HEADERS, Row, format_table, number, row_cells
 SCRIPTS = (
     "journal_append",
     "dbos_peer",
+    "postgres_append",
     "resume",
     "replay",
     "engine",
     "quality",
     "rest_budget",
     "scale",
+    "takeover",
 )
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT_TIMEOUT_SECONDS = 300

@@ -67,7 +67,7 @@ from .results import OrderResult, PlanResult
 from .retry import read_with_retry
 from .risk import PreTradeRisk, Refusal, SellGate
 from .sizing import BuySizer
-from .stopping import StopRequests, clear_halt_request, read_halt_request
+from .stopping import StopRequests, take_halt_request
 from .targets import (
     Derivation,
     Hold,
@@ -479,20 +479,15 @@ class Engine:
     async def _watch_halt_requests(self) -> None:
         """Take a `walkbook halt`/`abandon` request addressed to this process: the walks it
         names stop where they are (the requester waits for their orders to end). A request
-        is a file beside the journal: a journal in a database has none to watch yet."""
-        path = self.journal.path
-        if path is None:
-            return
+        is a file beside a journal file, a meta row of a journal in a database."""
         while True:
-            request = read_halt_request(path)
-            if request is not None:
-                clear_halt_request(path)
-                if request.target_pid == os.getpid():
-                    self.log.warning(
-                        "halt.requested", plan_id=request.plan_id, reason=request.reason.value
-                    )
-                    stop = self._stop_where(request.reason, plan_id=request.plan_id)
-                    self._requested_stops.append(asyncio.ensure_future(stop))
+            request = take_halt_request(self.journal)
+            if request is not None and request.target_pid == os.getpid():
+                self.log.warning(
+                    "halt.requested", plan_id=request.plan_id, reason=request.reason.value
+                )
+                stop = self._stop_where(request.reason, plan_id=request.plan_id)
+                self._requested_stops.append(asyncio.ensure_future(stop))
             await self.clock.sleep(HALT_POLL_SECONDS)
 
     async def _stop_where(

@@ -4,7 +4,9 @@ A stop is cooperative. A walk checks for a stop request before every new placeme
 while it waits on the broker, and then cancels what it has live (write-ahead, like any
 side effect) instead of being interrupted in the middle of a broker call whose answer
 the journal would then lack. `walkbook halt` reaches a process that holds the journal
-through a request file beside it, which every engine walking orders polls.
+through a request every engine walking orders polls: a file beside a journal file, or a
+`meta` row of a journal in a database (`HALT_REQUEST_KEY`), the server being the one
+place both processes reach there.
 """
 
 from __future__ import annotations
@@ -17,21 +19,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from journal import Journal
+from journal.location import is_database_url
+
 from .files import open_private
 from .fsm import FailReason
 
 __all__ = [
+    "HALT_REQUEST_KEY",
     "HaltRequest",
     "StopRequested",
     "StopRequests",
     "clear_halt_request",
     "halt_request_path",
     "read_halt_request",
+    "take_halt_request",
     "write_halt_request",
 ]
 
 T = TypeVar("T")
 STOP_REASONS = frozenset({FailReason.CANCELLED, FailReason.ABANDONED})
+# The meta key holding a journal-in-a-database's pending request ("" once taken).
+HALT_REQUEST_KEY = "halt_request"
 
 
 class StopRequested(Exception):
@@ -131,22 +140,50 @@ def halt_request_path(journal_path: Path) -> Path:
     return resolved.with_name(resolved.name + ".halt")
 
 
-def write_halt_request(journal_path: Path, request: HaltRequest) -> Path:
-    """Create the request atomically (written aside, then renamed), readable only by us."""
-    path = halt_request_path(journal_path)
+def write_halt_request(journal_path: str | Path, request: HaltRequest) -> None:
+    """Create the request atomically: a file written aside, then renamed, readable only by
+    us; or the meta row, through a connection of our own that never owns the journal."""
+    if is_database_url(journal_path):
+        _set_database_request(str(journal_path), json.dumps(request.to_json()))
+        return
+    path = halt_request_path(Path(journal_path))
     staging = path.with_name(f"{path.name}.{os.getpid()}")
     with open_private(staging) as out:
         json.dump(request.to_json(), out)
     os.replace(staging, path)
-    return path
 
 
 def read_halt_request(journal_path: Path) -> HaltRequest | None:
-    """The pending request, or None. A request addressed to a process (`target_pid`) is for
-    that process only: one left behind by a halt that died never stops a later run."""
-    path = halt_request_path(journal_path)
+    """The pending request beside a journal file, or None. A request addressed to a
+    process (`target_pid`) is for that process only: one left behind by a halt that died
+    never stops a later run."""
     try:
-        data = json.loads(path.read_text())
+        return _parsed(halt_request_path(journal_path).read_text())
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return _UNREADABLE
+
+
+def take_halt_request(journal: Journal) -> HaltRequest | None:
+    """The owner's look: the request pending for the journal it holds, which it clears (a
+    request for another process too, as the requester waits for its own to be taken)."""
+    if journal.path is not None:
+        request = read_halt_request(journal.path)
+        if request is not None:
+            clear_halt_request(journal.path)
+        return request
+    text = journal.recorder.meta([HALT_REQUEST_KEY]).get(HALT_REQUEST_KEY)
+    if not text:
+        return None
+    journal.recorder.set_meta({HALT_REQUEST_KEY: ""})
+    return _parsed(text)
+
+
+def _parsed(text: str) -> HaltRequest:
+    """A stored request; one that cannot be read halts everything with `cancelled`."""
+    try:
+        data = json.loads(text)
         plan_id = data.get("plan_id")
         reason = FailReason(data["reason"])
         return HaltRequest(
@@ -154,11 +191,20 @@ def read_halt_request(journal_path: Path) -> HaltRequest | None:
             reason if reason in STOP_REASONS else FailReason.CANCELLED,
             int(data["target_pid"]),
         )
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return HaltRequest(None, FailReason.CANCELLED, 0)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return _UNREADABLE
 
 
-def clear_halt_request(journal_path: Path) -> None:
-    halt_request_path(journal_path).unlink(missing_ok=True)
+_UNREADABLE = HaltRequest(None, FailReason.CANCELLED, 0)
+
+
+def clear_halt_request(journal_path: str | Path) -> None:
+    if is_database_url(journal_path):
+        _set_database_request(str(journal_path), "")
+    else:
+        halt_request_path(Path(journal_path)).unlink(missing_ok=True)
+
+
+def _set_database_request(url: str, text: str) -> None:
+    with Journal.open(url, lock=False) as journal:
+        journal.recorder.set_meta({HALT_REQUEST_KEY: text})

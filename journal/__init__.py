@@ -20,6 +20,7 @@ from .chain import (
 from .errors import (
     JournalCorrupt,
     JournalError,
+    JournalLeaseLost,
     JournalLocked,
     JournalSchemaTooNew,
     JournalUnavailable,
@@ -39,6 +40,7 @@ __all__ = [
     "Journal",
     "JournalCorrupt",
     "JournalError",
+    "JournalLeaseLost",
     "JournalLocked",
     "JournalSchemaTooNew",
     "JournalUnavailable",

@@ -7,6 +7,7 @@ from typing import Any
 __all__ = [
     "JournalCorrupt",
     "JournalError",
+    "JournalLeaseLost",
     "JournalLocked",
     "JournalSchemaTooNew",
     "JournalUnavailable",
@@ -29,6 +30,12 @@ class JournalUnavailable(JournalError):
 
 class JournalLocked(JournalError):
     """Another live process owns the journal; two writers would interleave orders."""
+
+
+class JournalLeaseLost(JournalError):
+    """This process's lease on a PostgreSQL journal ran out or was taken (`epoch` was ours,
+    `owner`/`owner_epoch` hold it now, if anyone): the append was refused, nothing written,
+    and because of write-ahead nothing more may be sent to the broker."""
 
 
 class JournalCorrupt(JournalError):

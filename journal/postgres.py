@@ -4,13 +4,15 @@ The rows, the hash chain and the canonical JSON are the SQLite journal's, so a j
 exported from either verifies the same way. The schema is built by versioned migrations
 recorded in `walkbook_migrations`, each in its own transaction; triggers refuse UPDATE,
 DELETE and TRUNCATE on `events`; every append is one transaction holding its events and
-their orders' projection rows. A writer owns the journal through a session advisory lock,
-which the server releases when the writer's connection ends, however it ends.
+their orders' projection rows. A writer owns the journal through a fenced lease
+(journal/lease.py): an owner that stops renewing it loses it to the next, and every append
+checks inside its transaction that the lease is still the writer's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, LiteralString
@@ -25,19 +27,18 @@ from .errors import (
     JournalUnavailable,
     JournalWriteConflict,
 )
+from .lease import LEASE_TABLE, Lease, create_lease_table, lease_holder
 from .location import redacted, valid_database_url
 from .recorder import EVENT_FIELDS, HISTORY_FIELDS, EventRow, OrderWrite, Recorder
 from .schema import FORMAT_NAME, MUTABLE_ORDER_COLUMNS, ORDER_COLUMNS, SCHEMA_VERSION
-from .sqlite import order_filter
+from .sqlite import events_up_to_sql, fold_stream_sql, order_filter, order_ids_of_kind_sql
 
-__all__ = ["APPEND_ONLY_TRIGGERS", "LOCK_KEY", "MIGRATION_NAMES", "PostgresRecorder"]
+__all__ = ["APPEND_ONLY_TRIGGERS", "MIGRATION_NAMES", "PostgresRecorder"]
 
 CONNECT_TIMEOUT_SECONDS = 5
-# The session advisory lock a writer holds: pg_try_advisory_lock(class, object). One
-# database holds one journal, so one key serves every journal; the migration lock is a
-# transaction-level one on the next object id.
-LOCK_KEY = (0x77616C6B, 1)  # 'walk'
-_MIGRATION_LOCK = (0x77616C6B, 2)
+# The transaction-level advisory lock two writers migrating at once take in turn
+# (pg_advisory_xact_lock(class, object)); one database holds one journal, so one key serves.
+_MIGRATION_LOCK = (0x77616C6B, 2)  # 'walk'
 _BATCH_ROWS = 2000
 MIGRATIONS_TABLE = "walkbook_migrations"
 
@@ -141,6 +142,7 @@ def _initial(conn: psycopg.Connection[Any]) -> None:
 
 _STEPS: tuple[tuple[str, Callable[[psycopg.Connection[Any]], None]], ...] = (
     ("0001_initial", _initial),
+    ("0002_lease", create_lease_table),
 )
 MIGRATION_NAMES = tuple(name for name, _ in _STEPS)
 
@@ -172,16 +174,26 @@ class PostgresRecorder(Recorder):
         self.path = None
         self.conn = conn
         self._owning = owning
+        self.lease: Lease | None = None
 
     @classmethod
-    def _connect(cls, url: str, *, readonly: bool) -> psycopg.Connection[Any]:
+    def _connect(
+        cls, url: str, *, readonly: bool, lease_seconds: float | None = None
+    ) -> psycopg.Connection[Any]:
+        """An autocommit connection; a lease holder's is ended by the server if it stays
+        idle inside a transaction for a lease's length (a stopped owner's row lock on the
+        lease must not keep the next owner out)."""
         shown = redacted(valid_database_url(url))
+        options = "-c default_transaction_read_only=on" if readonly else ""
+        if lease_seconds is not None:
+            idle_ms = max(1, int(lease_seconds * 1000))
+            options += f" -c idle_in_transaction_session_timeout={idle_ms}"
         try:
             return psycopg.connect(
                 url,
                 autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                options="-c default_transaction_read_only=on" if readonly else "",
+                options=options.strip(),
             )
         except psycopg.Error as exc:
             raise JournalUnavailable(
@@ -189,15 +201,24 @@ class PostgresRecorder(Recorder):
             ) from exc
 
     @classmethod
-    def open(cls, url: str, *, lock: bool) -> PostgresRecorder:
-        """The writer's recorder: owning the journal (the advisory lock) when `lock`, its
-        schema created or migrated."""
-        recorder = cls(url, cls._connect(url, readonly=False), lock)
+    def open(
+        cls,
+        url: str,
+        *,
+        lock: bool,
+        lease_seconds: float,
+        wait_for_lease: float | None = None,
+    ) -> PostgresRecorder:
+        """The writer's recorder, its schema created or migrated, owning the journal (its
+        lease, `lease_seconds` long) when `lock`. With `wait_for_lease` (seconds between
+        tries) it waits while another process's lease is live; else that is JournalLocked."""
+        held = lease_seconds if lock else None
+        recorder = cls(url, cls._connect(url, readonly=False, lease_seconds=held), lock)
         try:
             with recorder._errors():
-                if lock:
-                    recorder._acquire()
                 recorder._migrate()
+                if lock:
+                    recorder.lease = recorder._take_lease(url, lease_seconds, wait_for_lease)
             return recorder
         except BaseException:
             recorder.close()
@@ -221,6 +242,8 @@ class PostgresRecorder(Recorder):
             raise
 
     def close(self) -> None:
+        if self.lease is not None:
+            self.lease.release(self.conn)
         self.conn.close()
 
     @contextmanager
@@ -239,15 +262,30 @@ class PostgresRecorder(Recorder):
                 f"journal {self.location}: {_one_line(exc)}", location=self.location
             ) from exc
 
+    @contextmanager
+    def _lease_errors(self) -> Iterator[None]:
+        """An append the database failed, by a writer whose lease has run out meanwhile (the
+        server ends a connection left stopped inside a transaction): the lease lost."""
+        try:
+            yield
+        except JournalUnavailable:
+            lost = None if self.lease is None else self.lease.overdue()
+            if lost is not None:
+                raise lost from None
+            raise
+
     # -- ownership and schema ------------------------------------------------------
 
-    def _acquire(self) -> None:
-        row = self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", LOCK_KEY).fetchone()
-        if row is None or not row[0]:
-            holder = self.holder() or "another process"
-            raise JournalLocked(
-                f"journal is in use by {holder}", location=self.location, owner=holder
-            )
+    def _take_lease(self, url: str, seconds: float, wait: float | None) -> Lease:
+        """The lease with the next epoch; while another's is live, JournalLocked, or with
+        `wait` a try every `wait` seconds until it runs out."""
+        while True:
+            try:
+                return Lease.take(self.conn, url, self.location, seconds)
+            except JournalLocked:
+                if wait is None:
+                    raise
+            time.sleep(wait)
 
     def _tables(self) -> set[str]:
         rows = self.conn.execute(
@@ -316,7 +354,9 @@ class PostgresRecorder(Recorder):
     ) -> None:
         """One transaction: the event rows, the projection rows (upserted), the heartbeat."""
         conn = self.conn
-        with self._errors(), conn.transaction(), conn.cursor() as cursor:
+        with self._lease_errors(), self._errors(), conn.transaction(), conn.cursor() as cursor:
+            if self.lease is not None:
+                self.lease.check(conn)
             self.follows_tail(rows[0])
             cursor.executemany(_INSERT_EVENT, rows)
             if order_rows:
@@ -352,7 +392,9 @@ class PostgresRecorder(Recorder):
         with self._errors():
             return self.conn.execute(query, params).fetchone()
 
-    def _all(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def _all(
+        self, query: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[tuple[Any, ...]]:
         with self._errors():
             return self.conn.execute(query, params).fetchall()
 
@@ -474,19 +516,78 @@ class PostgresRecorder(Recorder):
         return [name for name in APPEND_ONLY_TRIGGERS if name not in intact]
 
     def holder(self) -> str | None:
-        """The owner row's process while some session holds the advisory lock: that
-        session is the owner (the lock goes with its connection)."""
-        held = self._one(
-            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-            "AND classid = %s AND objid = %s AND objsubid = 2",
-            LOCK_KEY,
-        )
-        if held is None:
-            return None
-        owner = self.owner()
-        return "another process" if owner is None else f"pid {owner['pid']} on {owner['host']}"
+        """The lease's holder while its lease is live by the database's clock (a journal
+        migrated before leases existed has no holder to name)."""
+        with self._errors():
+            if self.conn.execute("SELECT to_regclass(%s)", [LEASE_TABLE]).fetchone() == (None,):
+                return None
+            holder = lease_holder(self.conn)
+        return str(holder) if holder is not None and holder.live else None
 
     def change_marker(self) -> object:
         """The last seq: each commit adds events, and one index probe reads it."""
         return self.tail()
+
+    # -- reading for an audit: short reads in seq order, each after the last one seen ----
+
+    def end_snapshot(self) -> None:
+        with self._errors():
+            self.conn.execute("COMMIT")
+
+    def _pages(
+        self,
+        query: str,
+        params: dict[str, Any],
+        past: Callable[[tuple[Any, ...]], dict[str, Any]] = lambda row: {"after": row[0]},
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """`query` (ordered, its WHERE keeping the rows past the ones `params` name) a batch
+        at a time, `params` moved `past` each batch's last row."""
+        while rows := self._all(f"{query} LIMIT {_BATCH_ROWS}", params):
+            yield rows
+            params |= past(rows[-1])
+
+    def event_batches(self, after_seq: int, last_seq: int) -> Iterator[Iterable[EventRow]]:
+        query = events_up_to_sql("%(after)s", "%(last_seq)s")
+        return self._pages(query, {"after": after_seq, "last_seq": last_seq})
+
+    def fold_batches(
+        self, after_seq: int, last_seq: int, ends: Collection[str]
+    ) -> Iterator[Iterable[Sequence[Any]]]:
+        query = fold_stream_sql(ends, "%(after)s", "%(last_seq)s")
+        return self._pages(query, {"after": after_seq, "last_seq": last_seq})
+
+    def order_ids_of_kind(
+        self, kind: str, *, order_id: str | None = None, plan_id: str | None = None
+    ) -> list[str]:
+        query, params = order_ids_of_kind_sql(kind, order_id, plan_id, "%s")
+        return [str(row[0]) for row in self._all(query, params)]
+
+    def order_event_rows(self, order_id: str) -> Iterator[EventRow]:
+        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE order_id = %s ORDER BY order_seq"
+        return iter(self._all(query, [order_id]))
+
+    def order_event_count(self, order_id: str, last_seq: int) -> int:
+        query = "SELECT count(*) FROM events WHERE order_id = %s AND seq <= %s"
+        row = self._one(query, [order_id, last_seq])
+        return 0 if row is None else int(row[0])
+
+    def row_claims(self) -> Iterator[tuple[str, int]]:
+        query = (
+            "SELECT order_id, last_seq, position FROM orders "
+            "WHERE (last_seq, position) > (%(after)s, %(position)s) ORDER BY last_seq, position"
+        )
+        start = {"after": -(2**63), "position": 0}
+        for rows in self._pages(query, start, lambda row: {"after": row[1], "position": row[2]}):
+            yield from ((row[0], row[1]) for row in rows)
+
+    def stored_rows(self) -> Iterator[Sequence[Any]]:
+        query = (
+            f"SELECT order_id, last_seq, {_ORDER_COLUMNS}, position FROM orders "
+            "WHERE position > %(after)s ORDER BY position"
+        )
+        for rows in self._pages(query, {"after": 0}, lambda row: {"after": row[-1]}):
+            yield from (row[:-1] for row in rows)
+
+    def stored_row(self, order_id: str) -> Sequence[Any] | None:
+        query = f"SELECT order_id, last_seq, {_ORDER_COLUMNS} FROM orders WHERE order_id = %s"
+        return self._one(query, [order_id])

@@ -13,7 +13,7 @@ the canonical JSON text exactly as hashed: decoding stays in `Journal`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from .errors import JournalWriteConflict
 
 __all__ = [
     "EVENT_FIELDS",
+    "FOLD_FIELDS",
     "HISTORY_FIELDS",
     "EventRow",
     "OrderWrite",
@@ -33,6 +34,10 @@ EVENT_FIELDS = (
 )  # fmt: skip
 # What a fold reads of an event (`Journal.order_history`), in this order.
 HISTORY_FIELDS = ("seq", "order_id", "plan_id", "at", "kind", "to_state", "data")
+# What an audit's one pass reads of an event (`Recorder.fold_batches`), in this order:
+# plan_id on an order's first event only, and `events_after` on an event that leaves its
+# order in one of the given final states only (else None).
+FOLD_FIELDS = (*EVENT_FIELDS[: EVENT_FIELDS.index("data") + 1], "events_after")
 
 # An event row in EVENT_FIELDS order.
 EventRow = Sequence[Any]
@@ -156,3 +161,52 @@ class Recorder(ABC):
     @abstractmethod
     def change_marker(self) -> object:
         """A value that changes when a transaction commits (a follower's cheap look)."""
+
+    # -- reading for an audit: inside `begin_snapshot` ... `end_snapshot` ------------------
+
+    @abstractmethod
+    def end_snapshot(self) -> None:
+        """End the read transaction `begin_snapshot` opened."""
+
+    @abstractmethod
+    def event_batches(self, after_seq: int, last_seq: int) -> Iterator[Iterable[EventRow]]:
+        """The events with `after_seq < seq <= last_seq`, in seq order, in batches each read
+        as it is consumed (so a read that fails names the last row read before it): a
+        verify's pass."""
+
+    @abstractmethod
+    def fold_batches(
+        self, after_seq: int, last_seq: int, ends: Collection[str]
+    ) -> Iterator[Iterable[Sequence[Any]]]:
+        """FOLD_FIELDS of the events with `after_seq < seq <= last_seq`, in seq order, in
+        batches as `event_batches`; `events_after`, on an event whose to_state is one of `ends`: how
+        many events of its order up to `last_seq` follow its order_seq (a replay's pass
+        knows from it whether it holds the order's whole history)."""
+
+    @abstractmethod
+    def order_ids_of_kind(
+        self, kind: str, *, order_id: str | None = None, plan_id: str | None = None
+    ) -> list[str]:
+        """The order_id of each event of `kind`, in seq order; of one order or plan when given."""
+
+    @abstractmethod
+    def order_event_rows(self, order_id: str) -> Iterator[EventRow]:
+        """The order's events in order_seq order, through UNIQUE(order_id, order_seq)."""
+
+    @abstractmethod
+    def order_event_count(self, order_id: str, last_seq: int) -> int:
+        """How many events of the order have `seq <= last_seq`."""
+
+    @abstractmethod
+    def row_claims(self) -> Iterator[tuple[str, int]]:
+        """Each `orders` row's order_id and last_seq (as a number: a forged text sorts as
+        0), by last_seq, then in the order the rows were created."""
+
+    @abstractmethod
+    def stored_rows(self) -> Iterator[Sequence[Any]]:
+        """Each `orders` row as order_id, last_seq (as in `row_claims`), then its
+        ORDER_COLUMNS, in the order the rows were created."""
+
+    @abstractmethod
+    def stored_row(self, order_id: str) -> Sequence[Any] | None:
+        """The order's row as `stored_rows` gives it, or None."""

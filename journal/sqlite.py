@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from .errors import JournalCorrupt, JournalError, JournalUnavailable, JournalWriteConflict
 from .lock import JournalLock, lock_holder
-from .recorder import EVENT_FIELDS, HISTORY_FIELDS, EventRow, OrderWrite, Recorder
+from .recorder import EVENT_FIELDS, FOLD_FIELDS, HISTORY_FIELDS, EventRow, OrderWrite, Recorder
 from .schema import (
     MUTABLE_ORDER_COLUMNS,
     ORDER_COLUMNS,
@@ -29,12 +29,16 @@ from .schema import (
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
+    "EVENTS_UP_TO",
     "EVENT_COLUMNS",
     "INSERT_EVENT",
     "PROJECTED_COLUMNS",
     "UPSERT_ORDER",
     "SqliteRecorder",
     "Synchronous",
+    "events_up_to_sql",
+    "fold_stream_sql",
+    "order_ids_of_kind_sql",
     "readonly_uri",
 ]
 
@@ -61,6 +65,51 @@ _UPDATE_ORDER = (
     f"UPDATE orders SET {', '.join(f'{c} = ?' for c in MUTABLE_ORDER_COLUMNS)} WHERE order_id = ?"
 )
 MUTABLE_AT = tuple(ORDER_ROW.index(c) for c in MUTABLE_ORDER_COLUMNS)
+
+
+def events_up_to_sql(after: str = ":after", last_seq: str = ":last_seq") -> str:
+    """`Recorder.event_batches`' query, written once for both drivers: `after` and
+    `last_seq` are the driver's named placeholders; sqlite3's are the ones the audit's
+    helper process (engine/audit/feed.py) binds when it runs the same text."""
+    return (
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > {after} AND seq <= {last_seq} ORDER BY seq"
+    )
+
+
+def fold_stream_sql(
+    ends: Collection[str], after: str = ":after", last_seq: str = ":last_seq"
+) -> str:
+    """`Recorder.fold_batches`' query, as `events_up_to_sql`'s: `events_after` counted
+    through UNIQUE(order_id, order_seq)."""
+    columns = ["CASE WHEN order_seq = 1 THEN plan_id END" if c == "plan_id" else c
+               for c in FOLD_FIELDS[:-1]]  # fmt: skip
+    final = ", ".join("'" + state.replace("'", "''") + "'" for state in sorted(ends))
+    return (
+        f"SELECT {', '.join(columns)}, CASE WHEN to_state IN ({final}) THEN "
+        "(SELECT count(*) FROM events AS mine WHERE mine.order_id = events.order_id "
+        f"AND mine.seq <= {last_seq}) - order_seq END "
+        f"FROM events WHERE seq > {after} AND seq <= {last_seq} ORDER BY seq"
+    )
+
+
+EVENTS_UP_TO = events_up_to_sql()
+
+
+def order_ids_of_kind_sql(
+    kind: str, order_id: str | None, plan_id: str | None, mark: str = "?"
+) -> tuple[str, list[str]]:
+    """`Recorder.order_ids_of_kind`'s query and its parameters."""
+    where, params = [f"kind = {mark}"], [kind]
+    for column, value in (("order_id", order_id), ("plan_id", plan_id)):
+        if value is not None:
+            where.append(f"{column} = {mark}")
+            params.append(value)
+    return f"SELECT order_id FROM events WHERE {' AND '.join(where)} ORDER BY seq", params
+
+
+# An orders row as a verify reads it: last_seq CAST so a forged non-integer sorts and
+# compares as a number (0) instead of after every seq.
+STORED_ROW = "order_id, CAST(last_seq AS INTEGER), " + ", ".join(ORDER_COLUMNS)
 
 
 def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
@@ -379,6 +428,57 @@ class SqliteRecorder(Recorder):
         """`PRAGMA data_version`: tells, without reading a row, whether anything committed."""
         version: int = self.conn.execute("PRAGMA data_version").fetchone()[0]
         return version
+
+    # -- reading for an audit ----------------------------------------------------------
+
+    def end_snapshot(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def event_batches(self, after_seq: int, last_seq: int) -> Iterator[Iterable[EventRow]]:
+        """One batch: the cursor, read a row at a time."""
+        yield self.conn.execute(EVENTS_UP_TO, {"after": after_seq, "last_seq": last_seq})
+
+    def fold_batches(
+        self, after_seq: int, last_seq: int, ends: Collection[str]
+    ) -> Iterator[Iterable[Sequence[Any]]]:
+        """One batch: the cursor, read a row at a time."""
+        yield self.conn.execute(fold_stream_sql(ends), {"after": after_seq, "last_seq": last_seq})
+
+    def order_ids_of_kind(
+        self, kind: str, *, order_id: str | None = None, plan_id: str | None = None
+    ) -> list[str]:
+        sql, params = order_ids_of_kind_sql(kind, order_id, plan_id)
+        return [row[0] for row in self.conn.execute(sql, params)]
+
+    def order_event_rows(self, order_id: str) -> Iterator[EventRow]:
+        return iter(
+            self.conn.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE order_id = ? ORDER BY order_seq",
+                [order_id],
+            )
+        )
+
+    def order_event_count(self, order_id: str, last_seq: int) -> int:
+        row = self.conn.execute(
+            "SELECT count(*) FROM events WHERE order_id = ? AND seq <= ?", [order_id, last_seq]
+        ).fetchone()
+        return int(row[0])
+
+    def row_claims(self) -> Iterator[tuple[str, int]]:
+        return iter(
+            self.conn.execute(
+                "SELECT order_id, CAST(last_seq AS INTEGER) FROM orders ORDER BY 2, rowid"
+            )
+        )
+
+    def stored_rows(self) -> Iterator[Sequence[Any]]:
+        return iter(self.conn.execute(f"SELECT {STORED_ROW} FROM orders ORDER BY rowid"))
+
+    def stored_row(self, order_id: str) -> Sequence[Any] | None:
+        row: Sequence[Any] | None = self.conn.execute(
+            f"SELECT {STORED_ROW} FROM orders WHERE order_id = ?", [order_id]
+        ).fetchone()
+        return row
 
 
 @contextmanager

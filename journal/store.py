@@ -8,6 +8,7 @@ a SQLite file by default, or PostgreSQL.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sqlite3
@@ -29,6 +30,7 @@ from .chain import (
     hash_body,
 )
 from .errors import JournalUnavailable
+from .lease import DEFAULT_LEASE_SECONDS
 from .location import is_database_url
 from .recorder import EVENT_FIELDS, OrderWrite, Recorder
 from .sqlite import PROJECTED_COLUMNS, SqliteRecorder, Synchronous, readonly_uri
@@ -51,6 +53,8 @@ __all__ = [
 HistoryRow = tuple[int, str, str | None, str, str, str | None, dict[str, Any]]
 
 HEARTBEAT_INTERVAL_SECONDS = 5.0
+# How often a writer waiting for a PostgreSQL journal's lease tries to take it.
+LEASE_POLL_SECONDS = 0.5
 # Orders whose last order_seq a writer keeps in memory, the most recently appended to last;
 # an older order's is read from UNIQUE(order_id, order_seq) again, so a writer that runs
 # for months does not keep one entry per order it ever wrote.
@@ -195,17 +199,30 @@ class Journal:
         *,
         synchronous: Synchronous = "FULL",
         lock: bool = True,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        wait_for_lease: bool = False,
+        poll_seconds: float = LEASE_POLL_SECONDS,
     ) -> Journal:
-        """Open (creating if needed) a journal for writing, owned by this process: a file,
-        or the PostgreSQL database a `postgresql://` URL names.
+        """Open (creating if needed) a journal for writing, owned by this process: a file
+        (its lock), or the PostgreSQL database a `postgresql://` URL names (its fenced lease,
+        `lease_seconds` long, renewed while the journal is open; journal/lease.py).
 
-        A journal written by an older walkbook is migrated to the current schema first.
+        While another process's lease is live, JournalLocked; with `wait_for_lease`, a try
+        every `poll_seconds` until it runs out instead (a standby). A journal written by an
+        older walkbook is migrated to the current schema first.
         """
+        if not (math.isfinite(lease_seconds) and lease_seconds > 0 and poll_seconds > 0):
+            raise ValueError("lease_seconds and poll_seconds must be positive")
         recorder: Recorder
         if is_database_url(location):
             from .postgres import PostgresRecorder  # here: psycopg only for a database
 
-            recorder = PostgresRecorder.open(str(location), lock=lock)
+            wait = poll_seconds if wait_for_lease else None
+            recorder = PostgresRecorder.open(
+                str(location), lock=lock, lease_seconds=lease_seconds, wait_for_lease=wait
+            )
+        elif wait_for_lease:
+            raise ValueError("wait_for_lease needs a PostgreSQL journal (a file has no lease)")
         else:
             recorder = SqliteRecorder.open(Path(location), synchronous=synchronous, lock=lock)
         try:

@@ -1,104 +1,32 @@
 """A throwaway PostgreSQL cluster for the tests: started by them on 127.0.0.1, never a
-system service, and removed when the session ends.
+system service, and removed when the session ends (bench/pgcluster.py starts it, for the
+PostgreSQL benches too).
 
-The server binaries are found on the PATH or where Debian's `postgresql` package puts
-them (`make unit` installs it when missing). initdb refuses to run as root, so as root
-the cluster runs as the `postgres` user. Each test gets a fresh database of its own,
-copied from an empty template (`CREATE DATABASE ... TEMPLATE`): one database, one journal.
+Each test gets a fresh database of its own, copied from an empty template (`CREATE
+DATABASE ... TEMPLATE`): one database, one journal.
 """
 
 from __future__ import annotations
 
-import glob
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from itertools import count
-from pathlib import Path
 
-import psycopg
 import pytest
 
-__all__ = ["PostgresCluster", "postgres_cluster", "server_binary"]
+from bench.pgcluster import PostgresCluster, ServerMissing, server_binary
+from bench.pgcluster import postgres_cluster as started_cluster
 
-USER = "walkbook"
-TEMPLATE = "walkbook_empty"
-
-
-def server_binary(name: str) -> str:
-    """`initdb`, `pg_ctl`: on the PATH, or in Debian's /usr/lib/postgresql/N/bin."""
-    found = shutil.which(name)
-    if found is None:
-        debian = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)
-        found = debian[0] if debian else None
-    if found is None:
-        pytest.fail(
-            f"PostgreSQL's {name} is missing: `make unit` installs Debian's postgresql, or "
-            "run `apt-get install postgresql`"
-        )
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@dataclass
-class PostgresCluster:
-    """A running cluster: its port and a counter naming each test's database."""
-
-    root: Path
-    port: int
-    started_seconds: float
-    _names: Iterator[int] = field(default_factory=count)
-
-    def url(self, database: str) -> str:
-        return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
-
-    def fresh_database(self) -> str:
-        """A new, empty database's URL."""
-        name = f"journal_{next(self._names)}"
-        with psycopg.connect(self.url("postgres"), autocommit=True) as admin:
-            admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
-        return self.url(name)
+__all__ = ["PostgresCluster", "postgres_cluster"]
 
 
 @contextmanager
 def postgres_cluster() -> Iterator[PostgresCluster]:
-    """initdb, start on a free port of 127.0.0.1 (fsync off: a test's cluster never outlives
-    the machine), yield, stop and delete. As root, as the `postgres` user."""
-    initdb, pg_ctl = server_binary("initdb"), server_binary("pg_ctl")
-    root = Path(tempfile.mkdtemp(prefix="walkbook-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        account = pwd.getpwnam("postgres")
-        os.chown(root, account.pw_uid, account.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, log, port = root / "data", root / "log", _free_port()
-    started = time.monotonic()
-    subprocess.run(
-        [*as_user, initdb, "-D", str(data), "-A", "trust", "-U", USER, "-E", "UTF8",
-         "--no-sync", "--no-instructions"],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    options = f"-k {root} -h 127.0.0.1 -p {port} -F -c max_connections=200"
-    ctl = [*as_user, pg_ctl, "-D", str(data), "-l", str(log), "-w"]
-    subprocess.run([*ctl, "-o", options, "start"], check=True, capture_output=True, text=True)
+    """The session's cluster, fsync off; without the server binaries the tests that asked
+    for it fail saying how to install them."""
     try:
-        cluster = PostgresCluster(root, port, time.monotonic() - started)
-        with psycopg.connect(cluster.url("postgres"), autocommit=True) as admin:
-            admin.execute(f"CREATE DATABASE {TEMPLATE} IS_TEMPLATE true")
+        server_binary("initdb")
+        server_binary("pg_ctl")
+    except ServerMissing as exc:
+        pytest.fail(str(exc))
+    with started_cluster() as cluster:
         yield cluster
-    finally:
-        subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)

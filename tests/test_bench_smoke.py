@@ -39,6 +39,11 @@ EXPECTED_ROWS = {
         "journal append, NORMAL, 1 event/commit",
     ],
     "dbos_peer": ["walk, durable steps per second"],
+    "postgres_append": [
+        "postgres journal append, 1 writer",
+        "postgres journal append, 8 writers",
+        "walk, durable steps per second, PostgreSQL",
+    ],
     "resume": [
         "resume 200 in-flight orders: start to all re-armed",
         "resume 200 in-flight orders: peak RSS",
@@ -66,9 +71,10 @@ EXPECTED_ROWS = {
         "orders a minute at 200 REST calls a minute, vs one call an order",
     ],
     "scale": ["time per order, 100 vs 10 orders", "memory per order, 100 vs 10 orders"],
+    "takeover": ["takeover: owner SIGKILL to standby's first broker call"],
 }
-# DBOS is an optional extra (`.[bench]`): without it that row is a SKIP with its reason.
-MAY_SKIP = {"walk, durable steps per second"}
+# DBOS is an optional extra (`.[bench]`): without it those rows are a SKIP with its reason.
+MAY_SKIP = {"walk, durable steps per second", "walk, durable steps per second, PostgreSQL"}
 # a difference between two policies' figures, which a quick run's few orders may leave at
 # or below zero
 SIGNED = {name for name in EXPECTED_ROWS["quality"] if name.endswith("advantage")}

@@ -291,3 +291,42 @@ def test_an_unreachable_or_empty_database_is_refused(postgres: Any) -> None:
         Journal.open(postgres.url("no_such_database"))
     with pytest.raises(JournalCorrupt, match="no walkbook journal"):
         Journal.open_readonly(postgres.fresh_database())
+
+
+def test_the_audit_reads_agree_in_both_stores(
+    location: str | Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What verify and replay read of one snapshot (a database's in pages of two rows, so
+    every paged read crosses a page's end): events, the replay's pass, orders rows and
+    their claims."""
+    monkeypatch.setattr("journal.postgres._BATCH_ROWS", 2)
+    with Journal.open(location) as journal:
+        walk(journal)
+    with Journal.open_readonly(location) as reader:
+        recorder = reader.recorder
+        recorder.begin_snapshot()
+        rows = [tuple(r) for batch in recorder.event_batches(0, 15) for r in batch]
+        assert [Event.from_values(row) for row in rows] == list(reader.events())
+        assert [r[0] for batch in recorder.event_batches(3, 7) for r in batch] == [4, 5, 6, 7]
+        passed = [tuple(r) for b in recorder.fold_batches(0, 15, ["LIMIT_STEP_3"]) for r in b]
+        assert [row[:9] for row in passed] == [
+            (*row[:3], row[3] if row[2] == 1 else None, *row[4:9]) for row in rows
+        ]
+        # o1 reaches LIMIT_STEP_3 at seq 12 (its 4th event) and goes on once; o0 and o2 end there
+        ends = {row[0]: row[9] for row in passed if row[9] is not None}
+        assert ends == {11: 0, 12: 1, 13: 0}
+        assert [r[9] for b in recorder.fold_batches(0, 12, ["LIMIT_STEP_3"]) for r in b][11] == 0
+        assert recorder.order_ids_of_kind("created") == ["o0", "o1", "o2", "p0"]
+        assert recorder.order_ids_of_kind("created", plan_id="plan-2") == ["p0"]
+        assert recorder.order_ids_of_kind("created", order_id="o2") == ["o2"]
+        assert [r[0] for r in recorder.order_event_rows("o1")] == [2, 6, 9, 12, 15]
+        assert recorder.order_event_count("o1", 10) == 3
+        assert list(recorder.row_claims()) == [("o0", 11), ("o2", 13), ("p0", 14), ("o1", 15)]
+        stored = [tuple(r) for r in recorder.stored_rows()]
+        assert [r[:2] for r in stored] == [("o0", 11), ("o1", 15), ("o2", 13), ("p0", 14)]
+        o1 = reader.order("o1")
+        assert o1 is not None
+        assert stored[1][2:] == tuple(o1[c] for c in ORDER_COLUMNS)
+        assert tuple(recorder.stored_row("o1") or ()) == stored[1]
+        assert recorder.stored_row("nope") is None
+        recorder.end_snapshot()

@@ -21,6 +21,7 @@ from walk_support import check_invariants
 from engine import MarketSpec, VirtualClock
 from engine.brokers.sim import SimBroker
 from journal import Journal, JournalError
+from journal.location import journal_holder
 
 WALKBOOK = str(Path(sys.executable).with_name("walkbook"))
 SYMBOLS = ("AAPL", "MSFT", "SPY", "NVDA", "AMZN", "GOOGL", "META", "QQQ", "IWM", "JPM")
@@ -42,7 +43,7 @@ class Desk:
         self.market.write_text(json.dumps(MARKET))
 
     def run_args(self) -> list[str]:
-        return [WALKBOOK, "run", str(self.plan), "--journal", self.url,
+        return [WALKBOOK, "run", str(self.plan), "--journal", self.url, "--lease-seconds", "1",
                 "--market", str(self.market), "--sim-state", str(self.sim_state)]  # fmt: skip
 
     def walkbook(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -108,6 +109,9 @@ def test_a_run_killed_mid_walk_is_finished_by_resume(postgres: Any, tmp_path: Pa
     assert run.wait(timeout=10) == -signal.SIGKILL
     in_flight = [r for r in desk.orders() if r["state"] not in ("VALIDATED", "FAILED")]
     assert in_flight, "the kill came after the walk ended"
+    while journal_holder(desk.url) is not None:  # the killed owner's lease runs out first
+        assert time.monotonic() < deadline, "the killed owner's lease never ran out"
+        time.sleep(0.05)
     resumed = desk.walkbook("resume", "--sim-state", str(desk.sim_state))
     assert resumed.returncode in (0, 1), resumed.stderr
     assert {r["state"] for r in desk.orders()} <= {"VALIDATED", "FAILED"}

@@ -8,9 +8,11 @@ and that each `orders` row equals the replay of its order at that row's `last_se
 and in creation order for each order's own row, so memory holds the chain's last hash
 and the folds (and rows) of orders whose row is not reached yet, never the events nor
 one entry per order. A pass that finds nothing wrong then checks that the append-only
-triggers are still in the file.
+triggers are still in the database (`Recorder.missing_guards`: a file's, or PostgreSQL's).
+The reads go through the journal's recorder, so a journal in a database is verified by the
+same pass.
 
-A large journal (`feed.worth_a_helper`) is checked in two processes: a helper
+A large journal file (`feed.worth_a_helper`) is checked in two processes: a helper
 (`feed.Feed`) reads the events of the same commit up to the seq this snapshot ends at and
 checks their hash chain, and this process makes the pass on the rows it sends. That
 verdict stands only when both find nothing wrong; otherwise (or when the feed stops
@@ -22,7 +24,7 @@ have alone.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
@@ -38,12 +40,12 @@ from journal import (
     decode_canonical,
     link_problem,
 )
-from journal.schema import missing_triggers
+from journal.sqlite import EVENTS_UP_TO as _EVENTS_UP_TO
 
 from ..events import EventKind
 from . import feed
 from .fold import OrderFold, ReplayRefused
-from .source import SELECT_EVENTS, EventRow, read_snapshot
+from .source import EventRow, read_snapshot
 
 __all__ = ["VerifyResult", "verify"]
 
@@ -80,22 +82,14 @@ def _differences(stored: Mapping[str, Any], replayed: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} is {stored.get(k)!r}, replay gives {replayed[k]!r}" for k in fields)
 
 
-# orders rows by the seq they were written with; CAST so a forged non-integer sorts and
-# compares as a number (0) instead of after every seq.
-_ROWS_BY_SEQ = "SELECT order_id, CAST(last_seq AS INTEGER) FROM orders ORDER BY 2, rowid"
-# An order's row as its first event needs it: the seq it names, then the stored values.
-_ROW_COLUMNS = f"order_id, CAST(last_seq AS INTEGER), {', '.join(ORDER_COLUMNS)} FROM orders"
-# Rows in the order they were inserted, which is the order their orders were created in.
-_ROWS_BY_ROWID = f"SELECT {_ROW_COLUMNS} ORDER BY rowid"
-_ROW = f"SELECT {_ROW_COLUMNS} WHERE order_id = ?"
-# The events with every column; for a feed, up to the seq the snapshot ends at (the
+# The one-process pass reads every event of its snapshot, whatever its seq (a row forged
+# below seq 1 is a break in the chain); a feed, up to the seq the snapshot ends at (the
 # helper's snapshot may end later).
-_EVENTS = f"{SELECT_EVENTS} ORDER BY seq"
-_EVENTS_UP_TO = f"{SELECT_EVENTS} WHERE seq > :after AND seq <= :last_seq ORDER BY seq"
+_EVERY_SEQ = (-(2**63), 2**63 - 1)
 # msgspec's decoding, as `decode_canonical` does it (its DecodeError is a ValueError)
 _DECODE = msgspec.json.Decoder().decode
 
-StoredRow = tuple[Any, ...]
+StoredRow = Sequence[Any]
 
 
 class _Verifier:
@@ -107,17 +101,17 @@ class _Verifier:
 
     def __init__(self, journal: Journal, fed: Iterable[EventRow] | None = None) -> None:
         self.journal = journal
+        self.recorder = recorder = journal.recorder
         self.fed = fed
-        conn = journal.conn
         # orders whose row is not reached yet: their fold, the seq their row names, the row
         self.open: dict[str, tuple[OrderFold, int, StoredRow]] = {}
-        self.rows: Iterator[tuple[str, int]] = conn.execute(_ROWS_BY_SEQ)
+        self.rows: Iterator[tuple[str, int]] = recorder.row_claims()
         self.next_row = next(self.rows, None)
         # rows passed by without naming any event's seq (a last_seq below 1)
         self.unreached: list[tuple[str, int]] = []
         # each order's row, read in creation order beside the events (a query per order
         # where a row comes out of that order)
-        self.created_rows: Iterator[StoredRow] = conn.execute(_ROWS_BY_ROWID)
+        self.created_rows: Iterator[StoredRow] = recorder.stored_rows()
         self.next_created: StoredRow | None = next(self.created_rows, None)
         self.events_checked = 0
         self.orders_checked = 0
@@ -130,9 +124,9 @@ class _Verifier:
             return self.result(refused.seq, refused.problem)
         except sqlite3.DatabaseError as exc:
             raise JournalCorrupt(
-                f"{self.journal.path} is damaged or truncated after seq {self.events_checked}: "
-                f"{exc}",
-                path=str(self.journal.path),
+                f"{self.journal.location} is damaged or truncated after seq "
+                f"{self.events_checked}: {exc}",
+                path=self.journal.location,
                 seq=self.events_checked + 1,
             ) from exc
         return self.result()
@@ -147,7 +141,8 @@ class _Verifier:
         events: Iterable[EventRow]
         decode: Callable[[str], Any]
         if fed is None:
-            events, decode = self.journal.conn.execute(_EVENTS), decode_canonical
+            batches = self.recorder.event_batches(*_EVERY_SEQ)
+            events, decode = chain.from_iterable(batches), decode_canonical
         else:
             # the feed refused data with whitespace around it: the rest is a plain decode
             events, decode = fed, _DECODE
@@ -210,8 +205,7 @@ class _Verifier:
         if row is not None and row[0] == order_id:
             self.next_created = next(self.created_rows, None)
             return row
-        found: StoredRow | None = self.journal.conn.execute(_ROW, [order_id]).fetchone()
-        return found
+        return self.recorder.stored_row(order_id)
 
     def check_fill(self, seq: int, order_id: str, fold: OrderFold) -> None:
         record = fold.record
@@ -225,7 +219,7 @@ class _Verifier:
     def check_row(self, seq: int, order_id: str, fold: OrderFold, stored: StoredRow) -> None:
         """The orders row written with this seq must equal the replay, field by field."""
         replayed = fold.record.projection()
-        if stored != tuple(map(replayed.__getitem__, ORDER_COLUMNS)):
+        if tuple(stored) != tuple(map(replayed.__getitem__, ORDER_COLUMNS)):
             raise ReplayRefused(
                 seq,
                 f"orders row of {order_id} differs from the replay: "
@@ -271,7 +265,7 @@ class _Verifier:
 
     def result(self, seq: int | None = None, problem: str | None = None) -> VerifyResult:
         return VerifyResult(
-            str(self.journal.path), self.events_checked, self.orders_checked, seq, problem
+            self.journal.location, self.events_checked, self.orders_checked, seq, problem
         )
 
 
@@ -288,27 +282,32 @@ def verify(path: str | Path) -> VerifyResult:
 
 def _with_triggers(journal: Journal, result: VerifyResult) -> VerifyResult:
     """The verdict, failed when an append-only trigger is gone: the events check out, but
-    whoever dropped it could edit or delete rows without SQLite refusing."""
-    missing = missing_triggers(journal.conn)
+    whoever dropped it could edit or delete rows without the database refusing."""
+    missing = journal.recorder.missing_guards()
     if not missing:
         return result
     return replace(
         result,
         problem=f"append-only trigger(s) {', '.join(missing)} missing or altered: someone "
-        "dropped or replaced them, so events can be edited or deleted without SQLite refusing",
+        "dropped or replaced them, so events can be edited or deleted without the database "
+        "refusing",
     )
 
 
 def _with_helper(journal: Journal) -> VerifyResult | None:
     """The verdict of the pass over the rows a feed sends, the feed having checked their
-    chain, when both find nothing wrong; None when the one-process pass must decide."""
-    watch = feed.Watch(journal.file)
+    chain, when both find nothing wrong; None when the one-process pass must decide (a
+    journal in a database always has it)."""
+    if journal.path is None:
+        return None
+    watch = feed.Watch(journal.path)
     try:
         # the snapshot's first read: from here on it sees no other commit
-        last_seq = journal.conn.execute("SELECT max(seq) FROM events").fetchone()[0]
-        if last_seq is None or not feed.worth_a_helper(last_seq):
+        tail = journal.recorder.tail()
+        if tail is None or not feed.worth_a_helper(tail[0]):
             return None
-        rows = feed.Feed(journal.file, _EVENTS_UP_TO, last_seq, chain=True, watch=watch)
+        last_seq = tail[0]
+        rows = feed.Feed(journal.path, _EVENTS_UP_TO, last_seq, chain=True, watch=watch)
         try:
             result = _Verifier(journal, chain.from_iterable(rows.batches())).run()
         finally:

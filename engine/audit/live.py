@@ -2,11 +2,11 @@
 flight, folded with the engine's own fold and kept current by the events committed since.
 
 The reader never takes the writer's lock and never writes: it opens the journal
-`Journal.open_readonly` (`mode=ro`, so each query sees the writer's latest commit) and
-follows new events by `seq`. Resume's fold (`fold_history`) rebuilds the orders at the
-start, inside one read transaction with the seq it ends at; each later event goes
-through `OrderRecord.apply`, the step the live engine folds with, so no second copy of
-the state logic exists.
+`Journal.open_readonly` (a file `mode=ro`, a database in read-only transactions, so each
+query sees the writer's latest commit) and follows new events by `seq`. Resume's fold
+(`fold_history`) rebuilds the orders at the start, inside one read transaction with the
+seq it ends at; each later event goes through `OrderRecord.apply`, the step the live
+engine folds with, so no second copy of the state logic exists.
 """
 
 from __future__ import annotations
@@ -78,11 +78,11 @@ class LiveJournal:
         self.last_seq = 0
         self.latest_at: datetime | None = None
         with self._reading():
-            journal.conn.execute("BEGIN")
+            journal.recorder.begin_snapshot()
             try:
                 self._catch_up()
             finally:
-                journal.conn.execute("COMMIT")
+                journal.recorder.end_snapshot()
 
     @contextmanager
     def _reading(self) -> Iterator[None]:
@@ -90,18 +90,16 @@ class LiveJournal:
         try:
             yield
         except sqlite3.DatabaseError as exc:
-            path = self.journal.path
-            raise JournalCorrupt(f"{path} is damaged or truncated: {exc}", path=str(path)) from exc
+            where = self.journal.location
+            raise JournalCorrupt(f"{where} is damaged or truncated: {exc}", path=where) from exc
 
     def _catch_up(self) -> None:
         """Fold the watched orders and note the seq they stand at: one read transaction, so
         no event is folded twice or missed between the fold and the first `poll`."""
         journal = self.journal
-        row = journal.conn.execute(
-            "SELECT seq, at FROM events ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-        if row is not None:
-            self.last_seq, self.latest_at = int(row[0]), _stamp(row[1])
+        tail, latest_at = journal.recorder.tail(), journal.last_at()
+        if tail is not None:
+            self.last_seq, self.latest_at = tail[0], latest_at
         in_flight = journal.orders(unless_state=TERMINAL_STATES)
         plans = dict.fromkeys(r["plan_id"] for r in in_flight if r["plan_id"] is not None)
         loose = {r["order_id"] for r in in_flight if r["plan_id"] is None}

@@ -12,16 +12,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 from journal import Event, Journal, JournalCorrupt
+from journal.recorder import EventRow
 
-__all__ = ["EVENT_COLUMNS", "SELECT_EVENTS", "EventRow", "read_snapshot"]
+__all__ = ["EVENT_COLUMNS", "EventRow", "read_snapshot"]
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Event))
-SELECT_EVENTS = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
-# One stored event as sqlite3 returns it: the values of EVENT_COLUMNS, `data` as text.
-EventRow = tuple[Any, ...]
 
 
 @contextmanager
@@ -32,6 +29,7 @@ def read_snapshot(path: str | Path) -> Iterator[Journal]:
         journal.recorder.begin_snapshot()
         yield journal
     except sqlite3.DatabaseError as exc:
-        raise JournalCorrupt(f"{path} is damaged or truncated: {exc}", path=str(path)) from exc
+        where = journal.location
+        raise JournalCorrupt(f"{where} is damaged or truncated: {exc}", path=where) from exc
     finally:
         journal.close()

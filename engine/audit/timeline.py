@@ -25,6 +25,8 @@ from typing import Any
 import msgspec
 
 from journal import Journal, decode_json
+from journal.recorder import FOLD_FIELDS
+from journal.sqlite import fold_stream_sql
 
 from ..events import EventKind, Fill, Payload, Transition
 from ..fsm import TERMINAL_STATES, OrderState
@@ -33,12 +35,10 @@ from ..order import OrderRecord
 from ..results import OrderResult
 from . import feed
 from .fold import OrderFold, ReplayRefused
-from .source import EVENT_COLUMNS, SELECT_EVENTS, EventRow, read_snapshot
+from .source import EventRow, read_snapshot
 
 __all__ = ["OrderTimeline", "TimelineEntry", "replay", "step_of"]
 
-# One order's events, through the UNIQUE(order_id, order_seq) index.
-_ORDER_EVENTS = f"{SELECT_EVENTS} WHERE order_id = ? ORDER BY order_seq"
 _CREATED, _FILL = EventKind.CREATED, EventKind.FILL
 _CLIENT_ORDER_ID = re.compile(r"^wb-o[0-9a-f]+-(L[0-9]+|M)-[0-9]+$")
 
@@ -200,21 +200,6 @@ def _order_timeline(rows: Iterable[EventRow]) -> OrderTimeline:
     return OrderTimeline(fold.record, tuple(entries))
 
 
-def _created_order_ids(
-    journal: Journal, order_id: str | None, plan_id: str | None
-) -> Iterator[str]:
-    where, params = ["kind = ?"], [EventKind.CREATED]
-    if order_id is not None:
-        where.append("order_id = ?")
-        params.append(order_id)
-    if plan_id is not None:
-        where.append("plan_id = ?")
-        params.append(plan_id)
-    sql = f"SELECT order_id FROM events WHERE {' AND '.join(where)} ORDER BY seq"
-    for row in journal.conn.execute(sql, params):
-        yield row[0]
-
-
 class _Replaying:
     """An order of the one pass: its fold and entries so far, whether its history is
     complete (`done`), and whether it must come from its own query instead (`indexed`)."""
@@ -229,23 +214,15 @@ class _Replaying:
         self.indexed = False
 
 
-# Every event in seq order up to the seq the snapshot ends at (a feed's snapshot may end
-# later), without the hashes (a replay does not check them), and for a row leaving its
-# order terminal, how many events of that order the snapshot holds beyond this row's
-# order_seq (through the UNIQUE(order_id, order_seq) index). A fold that took order_seq
+# The pass reads every event in seq order up to the seq the snapshot ends at (a feed's
+# snapshot may end later) as `Recorder.fold_batches` gives it: without the hashes (a
+# replay does not check them), and for a row leaving its order terminal, how many events
+# of that order the snapshot holds beyond this row's order_seq. A fold that took order_seq
 # 1, 2, ..., n in seq order, with none beyond n, holds exactly the events its indexed
-# query reads. plan_id only where a fold reads it.
-_STREAM_COLUMNS = EVENT_COLUMNS[: EVENT_COLUMNS.index("data") + 1]
-_PLAN_OF_CREATED = f"CASE WHEN kind = '{EventKind.CREATED}' THEN plan_id END"
-_EVENTS_OF_ORDER = "SELECT count(*) FROM events AS mine WHERE mine.order_id = {} AND mine.seq <= {}"
-_STREAM = (
-    f"SELECT {', '.join(_PLAN_OF_CREATED if c == 'plan_id' else c for c in _STREAM_COLUMNS)}, "
-    f"CASE WHEN to_state IN ({', '.join(repr(str(s)) for s in sorted(TERMINAL_STATES))}) "
-    f"THEN ({_EVENTS_OF_ORDER.format('events.order_id', ':last_seq')}) - order_seq END "
-    "FROM events WHERE seq > :after AND seq <= :last_seq ORDER BY seq"
-)
-_AFTER_IT = len(_STREAM_COLUMNS)
-_COUNT_EVENTS = _EVENTS_OF_ORDER.format("?", "?")
+# query reads.
+_AFTER_IT = FOLD_FIELDS.index("events_after")
+# A file journal's feed runs the SQLite recorder's own query in its helper.
+_STREAM = fold_stream_sql(TERMINAL_STATES)
 # `decode_json` without its call: the same msgspec decoding, with its fallback after it
 _DECODE = msgspec.json.Decoder().decode
 # Entries held (orders in flight and finished ones waiting for an earlier-created order)
@@ -268,18 +245,20 @@ class _OnePass:
         self.open: dict[str, _Replaying] = {}  # the same orders, while their history goes on
         self.last_seq = 0
 
-    def batches(self) -> Iterator[list[EventRow]]:
-        """The rows of `_STREAM`, a batch at a time: from a feed for a large journal (see
-        `feed`), and from this snapshot for a small one or for what a feed did not send."""
-        conn, after = self.journal.conn, 0
-        watch = feed.Watch(self.journal.file)
+    def batches(self) -> Iterator[Iterable[EventRow]]:
+        """The pass's rows, a batch at a time: from a feed for a large journal file (see
+        `feed`), and from the recorder for the rest (all of a small one, or of a journal
+        in a database)."""
+        recorder, path, after = self.journal.recorder, self.journal.path, 0
+        watch = None if path is None else feed.Watch(path)
         try:
             # the snapshot's first read: from here on it sees no other commit
-            last_seq = self.last_seq = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
-            if last_seq is None:
+            tail = recorder.tail()
+            if tail is None:
                 return
-            if feed.worth_a_helper(last_seq):
-                rows = feed.Feed(self.journal.file, _STREAM, last_seq, chain=False, watch=watch)
+            last_seq = self.last_seq = tail[0]
+            if path is not None and watch is not None and feed.worth_a_helper(last_seq):
+                rows = feed.Feed(path, _STREAM, last_seq, chain=False, watch=watch)
                 try:
                     for batch in rows.batches():
                         if batch:
@@ -290,10 +269,9 @@ class _OnePass:
                 if rows.complete:
                     return
         finally:
-            watch.close()
-        cursor = conn.execute(_STREAM, {"after": after, "last_seq": last_seq})
-        while batch := cursor.fetchmany(feed.ROWS_PER_FRAME):
-            yield batch
+            if watch is not None:
+                watch.close()
+        yield from recorder.fold_batches(after, last_seq, TERMINAL_STATES)
 
     def timelines(self) -> Iterator[OrderTimeline]:
         """The one pass; its per-event work is inline, as it runs for every event."""
@@ -337,12 +315,12 @@ class _OnePass:
                     held = yield from self.ready(held)
             elif held > HELD_ENTRIES_MAX:
                 held = yield from self.ready(held)
-        count = self.journal.conn.execute
+        count = self.journal.recorder.order_event_count
         for order in open_orders.values():
             # the journal's end ends every history; one the pass did not bring whole (an
             # event out of seq order) comes from its own query
             assert order.fold is not None
-            (events,) = count(_COUNT_EVENTS, [order.order_id, self.last_seq]).fetchone()
+            events = count(order.order_id, self.last_seq)
             order.done, order.indexed = True, events != order.fold.order_seq
         yield from self.ready(held)
 
@@ -363,7 +341,7 @@ class _OnePass:
                 yield OrderTimeline(order.fold.record, tuple(order.entries))
             else:
                 self.open.pop(order.order_id, None)
-                yield _order_timeline(self.journal.conn.execute(_ORDER_EVENTS, [order.order_id]))
+                yield _order_timeline(self.journal.recorder.order_event_rows(order.order_id))
         return held
 
 
@@ -380,5 +358,7 @@ def replay(
         if order_id is None and plan_id is None:
             yield from _OnePass(journal).timelines()
             return
-        for created in _created_order_ids(journal, order_id, plan_id):
-            yield _order_timeline(journal.conn.execute(_ORDER_EVENTS, [created]))
+        recorder = journal.recorder
+        created = recorder.order_ids_of_kind(_CREATED, order_id=order_id, plan_id=plan_id)
+        for found in created:
+            yield _order_timeline(recorder.order_event_rows(found))

@@ -12,6 +12,7 @@ from .follow import follow_command
 from .preview import preview_command
 from .run import demo_command, resume_command, run_command
 from .simserver import sim_server
+from .standby import standby_command
 from .status import status_command
 from .stop import abandon_command, halt_command
 from .watch import watch_command
@@ -41,13 +42,14 @@ class WalkbookGroup(click.Group):
 @click.group(cls=WalkbookGroup, epilog=EXIT_CODES_HELP)
 @click.version_option(package_name="walkbook")
 def main() -> None:
-    """walkbook: crash-safe walk-the-book order execution with a SQLite journal."""
+    """walkbook: crash-safe walk-the-book order execution with a SQLite or PostgreSQL journal."""
 
 
 for command in (
     run_command,
     preview_command,
     resume_command,
+    standby_command,
     demo_command,
     status_command,
     watch_command,

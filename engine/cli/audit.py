@@ -18,6 +18,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from journal.location import is_database_url, redacted
+
 from .. import audit
 from ..audit import ExecutionReport, OrderTimeline, TimelineEntry
 from ..audit.quality import SUMMARY_COLUMNS, TEXT_COLUMNS, percent
@@ -25,6 +27,7 @@ from ..errors import InputError
 from ..files import open_private
 from ..numbers import decimal_text
 from .exits import bad_input_exits
+from .options import JournalFile
 from .output import report_console
 
 __all__ = ["journal_group", "report_command"]
@@ -44,9 +47,13 @@ def _errors_exit_2() -> Iterator[None]:
             raise InputError(f"cannot write {where}: {exc.strerror}") from exc
 
 
-journal_option = click.option(
-    "--journal", "journal_path", required=True, type=click.Path(path_type=Path)
-)
+# a journal file, or a PostgreSQL database's `postgresql://USER@HOST:PORT/DB`
+journal_option = click.option("--journal", "journal_path", required=True, type=JournalFile())
+
+
+def shown(journal_path: str | Path) -> str:
+    """The journal as a message names it: a database's URL without its password."""
+    return redacted(str(journal_path)) if is_database_url(journal_path) else str(journal_path)
 
 
 @click.group(name="journal")
@@ -92,7 +99,9 @@ def _timeline_text(timeline: OrderTimeline) -> Iterator[str]:
 @click.option("--order", "order_id", help="Only this engine order (o + 16 hex digits).")
 @click.option("--plan", "plan_id", help="Only the orders of this plan.")
 @click.option("--json", "as_json", is_flag=True, help="Print the timelines as a JSON list.")
-def replay(journal_path: Path, order_id: str | None, plan_id: str | None, as_json: bool) -> None:
+def replay(
+    journal_path: str | Path, order_id: str | None, plan_id: str | None, as_json: bool
+) -> None:
     """Every order's timeline, rebuilt from the events through the state machine."""
     with _errors_exit_2():
         if order_id is not None and plan_id is not None:
@@ -101,7 +110,7 @@ def replay(journal_path: Path, order_id: str | None, plan_id: str | None, as_jso
         first = next(timelines, None)
         if first is None and (order_id or plan_id):
             what = f"order {order_id}" if order_id else f"plan {plan_id}"
-            raise InputError(f"no {what} in {journal_path}")
+            raise InputError(f"no {what} in {shown(journal_path)}")
         every = itertools.chain([first] if first else [], timelines)
         if as_json:
             click.echo("[")
@@ -115,7 +124,7 @@ def replay(journal_path: Path, order_id: str | None, plan_id: str | None, as_jso
 
 @journal_group.command()
 @journal_option
-def verify(journal_path: Path) -> None:
+def verify(journal_path: str | Path) -> None:
     """Check the hash chain, seq, every transition, fills and the orders projection."""
     with _errors_exit_2():
         result = audit.verify(journal_path)
@@ -133,7 +142,9 @@ def verify(journal_path: Path) -> None:
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not stdout."
 )
-def export(journal_path: Path, format_: audit.ExportFormat, ledger: bool, out: Path | None) -> None:
+def export(
+    journal_path: str | Path, format_: audit.ExportFormat, ledger: bool, out: Path | None
+) -> None:
     """Every event (or the ledger) with a stable column order, as JSON lines or CSV."""
     write = audit.export_ledger if ledger else audit.export
     with _errors_exit_2():
@@ -193,7 +204,7 @@ def _report_lines(report: ExecutionReport) -> Iterator[str]:
     help="Also write a self-contained HTML report with one chart per order.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def report_command(journal_path: Path, html_path: Path | None, as_json: bool) -> None:
+def report_command(journal_path: str | Path, html_path: Path | None, as_json: bool) -> None:
     """Execution quality from the journal alone: slippage, ladder use, quote sources."""
     with _errors_exit_2():
         if html_path is None:

@@ -9,26 +9,46 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from journal import Journal
+from journal.location import is_database_url
 
 from ..brokers.sim import MarketSpec, SimBroker
 from ..clock import RealClock, VirtualClock
 from ..config import EngineConfig
 from ..engine import Engine
+from ..errors import InputError
 from .brokers import BrokerChoice
 
 if TYPE_CHECKING:
     from ..brokers.alpaca import AlpacaBroker
 
-__all__ = ["alpaca_broker", "alpaca_engine", "simulated_engine"]
+__all__ = ["JournalOpener", "alpaca_broker", "alpaca_engine", "journal_opener", "simulated_engine"]
+
+# How a command opens its journal for writing: Journal.open with its lease options.
+JournalOpener = Callable[[str | Path], Journal]
+
+
+def journal_opener(
+    journal_path: str | Path, lease_seconds: float | None, **lease: float | bool
+) -> JournalOpener:
+    """Journal.open with --lease-seconds (and a standby's waiting); the option on a journal
+    file is refused: a file's owner is its lock, which has no length."""
+    if not is_database_url(journal_path):
+        if lease_seconds is not None:
+            raise InputError("--lease-seconds needs a PostgreSQL journal (postgresql://...)")
+        return Journal.open
+    if lease_seconds is not None:
+        lease["lease_seconds"] = lease_seconds
+    return partial(Journal.open, **lease)  # type: ignore[arg-type]
 
 
 @contextmanager
@@ -38,6 +58,7 @@ def simulated_engine(
     sim_state: Path | None,
     offline_seconds: float = 0.0,
     config: EngineConfig | None = None,
+    open_journal: JournalOpener = Journal.open,
 ) -> Iterator[Engine]:
     """An engine on the simulator in virtual time; the journal lock is taken first.
 
@@ -45,7 +66,7 @@ def simulated_engine(
     from the later of its last save and the journal's last event, plus `offline_seconds`
     during which the market moves on without the engine.
     """
-    journal = Journal.open(journal_path)
+    journal = open_journal(journal_path)
     try:
         if sim_state is None:
             clock = VirtualClock()
@@ -110,11 +131,18 @@ def alpaca_broker(choice: BrokerChoice) -> Iterator[AlpacaBroker]:
 
 
 @contextmanager
-def alpaca_engine(journal_path: str | Path, choice: BrokerChoice) -> Iterator[Engine]:
-    """An engine on Alpaca in real time; the keys are checked before the journal is opened."""
+def alpaca_engine(
+    journal_path: str | Path, choice: BrokerChoice, open_journal: JournalOpener = Journal.open
+) -> Iterator[Engine]:
+    """An engine on Alpaca in real time; the keys are checked before the journal is opened
+    (a standby checks them before it stands by)."""
     config = choice.engine_config()
-    with (
-        alpaca_broker(choice) as broker,
-        Engine(broker, journal_path, config=config, clock=RealClock()) as engine,
-    ):
-        yield engine
+    with alpaca_broker(choice) as broker:
+        journal = open_journal(journal_path)
+        try:
+            engine = Engine(broker, journal, config=config, clock=RealClock())
+        except BaseException:
+            journal.close()
+            raise
+        with engine:
+            yield engine

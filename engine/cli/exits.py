@@ -17,7 +17,7 @@ from typing import IO, Any, NoReturn
 
 import click
 
-from journal import JournalError
+from journal import JournalError, JournalLeaseLost
 
 from ..engine import Engine
 from ..errors import InputError
@@ -117,13 +117,29 @@ def stopped_with_work_live(message: str) -> NoReturn:
     sys.exit(EXIT_WORK_LIVE)
 
 
+def _lease_lost(exc: JournalLeaseLost) -> NoReturn:
+    """Fenced: the append was refused and nothing more was sent; exit 4, one line, naming
+    the process that carries the orders on (if none does yet, `resume` is the way on)."""
+    if not exc.fields.get("owner_live"):
+        stopped_with_work_live(exc.message)
+    click.echo(
+        f"walkbook: stopped: {_printable(exc.message)}, which carries the orders on; "
+        "this process sent nothing more",
+        err=True,
+    )
+    sys.exit(EXIT_WORK_LIVE)
+
+
 @contextmanager
 def work_exits(engine: Engine) -> Iterator[None]:
     """An error once something was journaled is exit 4, never 2: write-ahead means what
-    was journaled may have been sent. Before that, errors go on to the bad-input exit."""
+    was journaled may have been sent. Before that, errors go on to the bad-input exit; a
+    lost lease is exit 4 either way (another process owns the orders now)."""
     start = engine.journal.last_seq
     try:
         yield
+    except JournalLeaseLost as exc:
+        _lease_lost(exc)
     except Exception as exc:
         if engine.journal.last_seq == start:
             raise

@@ -15,7 +15,13 @@ from journal.location import is_database_url, valid_database_url
 
 from ..intents import DEFAULT_MAX_PLAN_ORDERS
 
-__all__ = ["LOG_LEVEL_OPTION", "MAX_PLAN_ORDERS_OPTION", "FiniteFloatRange", "JournalFile"]
+__all__ = [
+    "LEASE_SECONDS_OPTION",
+    "LOG_LEVEL_OPTION",
+    "MAX_PLAN_ORDERS_OPTION",
+    "FiniteFloatRange",
+    "JournalFile",
+]
 
 LOG_LEVEL_OPTION = click.option(
     "--log-level",
@@ -59,3 +65,11 @@ class JournalFile(click.Path):
         if not path.name:
             self.fail(f"{value!r} names no file.", param, ctx)
         return path
+
+
+LEASE_SECONDS_OPTION = click.option(
+    "--lease-seconds",
+    type=FiniteFloatRange(min=0, min_open=True),
+    help="A PostgreSQL journal's owner lease: how long it outlives its owner's last renewal "
+    "(default 10). See docs/scale-out.md.",
+)

@@ -6,12 +6,13 @@ every exit code.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -31,9 +32,15 @@ from ..fsm import TERMINAL_STATES
 from ..intents import RebalancePlan, load_plan, parse_plan
 from ..results import PlanResult
 from .brokers import BrokerChoice, broker_options
-from .engines import alpaca_engine, simulated_engine
+from .engines import JournalOpener, alpaca_engine, journal_opener, simulated_engine
 from .exits import EXIT_CODES_HELP, bad_input_exits, outcome_exit_code, work_exits
-from .options import LOG_LEVEL_OPTION, MAX_PLAN_ORDERS_OPTION, FiniteFloatRange, JournalFile
+from .options import (
+    LEASE_SECONDS_OPTION,
+    LOG_LEVEL_OPTION,
+    MAX_PLAN_ORDERS_OPTION,
+    FiniteFloatRange,
+    JournalFile,
+)
 from .output import configure_logging, report_console
 from .progress import PLAIN, Progress, result_table
 from .signals import halting_on_signals
@@ -41,7 +48,14 @@ from .signals import halting_on_signals
 if TYPE_CHECKING:
     from ..metrics import WalkbookMetrics
 
-__all__ = ["demo_command", "resume_command", "run_command"]
+__all__ = [
+    "ResumeRequest",
+    "demo_command",
+    "resume_command",
+    "resume_journal",
+    "resume_options",
+    "run_command",
+]
 
 
 def _run_plan(
@@ -181,6 +195,7 @@ def _with_overrides(choice: BrokerChoice, **overrides: Any) -> BrokerChoice:
 @IN_FLIGHT_OPTION
 @IGNORE_UNKNOWN_OPTION
 @METRICS_PORT_OPTION
+@LEASE_SECONDS_OPTION
 @_common_options
 @broker_options
 def run_command(
@@ -192,6 +207,7 @@ def run_command(
     in_flight: str | None,
     ignore_unknown_orders: bool,
     metrics_port: int | None,
+    lease_seconds: float | None,
     seed: int | None,
     result_json: Path | None,
     log_level: str,
@@ -209,69 +225,112 @@ def run_command(
         broker_choice.check(market=market, sim_state=sim_state, seed=seed)
         _check_result_path(result_json)
         plan = load_plan(plan_file, max_orders=max_plan_orders)
+        open_journal = journal_opener(journal_path, lease_seconds)
         if broker_choice.is_alpaca:
-            engine_context = alpaca_engine(journal_path, broker_choice)
+            engine_context = alpaca_engine(journal_path, broker_choice, open_journal)
         else:
             spec = (load_market_spec(market) if market else MarketSpec()).with_seed(seed)
             config = broker_choice.engine_config()
-            engine_context = simulated_engine(journal_path, spec, sim_state, config=config)
+            engine_context = simulated_engine(
+                journal_path, spec, sim_state, config=config, open_journal=open_journal
+            )
         with _metrics_served(metrics_port) as metrics:
             result = _run_plan(engine_context, plan, console, metrics)
     _finish(result, console, result_json)
 
 
+@dataclass(frozen=True)
+class ResumeRequest:
+    """What `resume` and `standby` were asked, as their shared options give it."""
+
+    journal_path: str | Path
+    sim_state: Path | None
+    max_age_seconds: float | None
+    ignore_unknown_orders: bool
+    metrics_port: int | None
+    offline_seconds: float
+    lease_seconds: float | None
+    broker_choice: BrokerChoice
+
+
+def resume_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `resume` and `standby` share, passed as one `request` (a standby resumes
+    as `resume` does); the log level is set before the command runs."""
+    options = [
+        click.option("--journal", "journal_path", required=True, type=JournalFile()),
+        click.option(
+            "--sim-state",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="The simulator state file the interrupted run used (required on the simulator).",
+        ),
+        click.option(
+            "--max-age",
+            "max_age_seconds",
+            type=FiniteFloatRange(min=0),
+            help="Abandon (cancel, FAILED abandoned) in-flight orders created longer ago than "
+            "this many seconds instead of walking them.",
+        ),
+        IGNORE_UNKNOWN_OPTION,
+        METRICS_PORT_OPTION,
+        click.option(
+            "--offline-seconds",
+            type=FiniteFloatRange(min=0),
+            default=0.0,
+            show_default=True,
+            help="Virtual seconds the market moves on while the engine was down.",
+        ),
+        LEASE_SECONDS_OPTION,
+        LOG_LEVEL_OPTION,
+    ]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, log_level: str, **kwargs: Any) -> Any:
+        configure_logging(log_level)
+        asked = {name: kwargs.pop(name) for name in ResumeRequest.__dataclass_fields__}
+        return command(*args, request=ResumeRequest(**asked), **kwargs)
+
+    decorated: Callable[..., Any] = broker_options(wrapper)
+    for option in reversed(options):
+        decorated = option(decorated)
+    return decorated
+
+
 @click.command("resume", epilog=EXIT_CODES_HELP)
-@click.option("--journal", "journal_path", required=True, type=JournalFile())
-@click.option(
-    "--sim-state",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The simulator state file the interrupted run used (required on the simulator).",
-)
-@click.option(
-    "--max-age",
-    "max_age_seconds",
-    type=FiniteFloatRange(min=0),
-    help="Abandon (cancel, FAILED abandoned) in-flight orders created longer ago than "
-    "this many seconds instead of walking them.",
-)
-@IGNORE_UNKNOWN_OPTION
-@METRICS_PORT_OPTION
-@click.option(
-    "--offline-seconds",
-    type=FiniteFloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Virtual seconds the market moves on while the engine was down.",
-)
-@LOG_LEVEL_OPTION
-@broker_options
-def resume_command(
-    journal_path: str | Path,
-    sim_state: Path | None,
-    max_age_seconds: float | None,
-    ignore_unknown_orders: bool,
-    metrics_port: int | None,
-    offline_seconds: float,
-    log_level: str,
-    broker_choice: BrokerChoice,
-) -> None:
+@resume_options
+def resume_command(request: ResumeRequest) -> None:
     """Finish every order a killed run left in flight: no duplicates, no lost fills.
     SIGINT or SIGTERM halts it (live orders cancelled, exit 3). A journal with nothing in
     flight exits 0 at once; one whose live orders the broker does not know is refused."""
-    configure_logging(log_level)
-    broker_choice = _with_overrides(broker_choice, ignore_unknown_orders=ignore_unknown_orders)
+    journal_path = request.journal_path
     with bad_input_exits():
         if isinstance(journal_path, Path) and not journal_path.exists():
             raise InputError(f"journal {journal_path} does not exist")
         holder = journal_holder(journal_path)
         if holder is not None:  # asked before reading: the holder may be mid-commit
             raise InputError(f"journal is in use by {holder}")
-        if _nothing_in_flight(journal_path):
+        open_journal = journal_opener(journal_path, request.lease_seconds)
+    resume_journal(request, open_journal)
+
+
+def resume_journal(
+    request: ResumeRequest, open_journal: JournalOpener, *, standby: bool = False
+) -> NoReturn:
+    """`resume`'s work: reconcile and walk every order in flight, then exit with the
+    outcome's code. A `standby` stands by in `open_journal`, once its broker is ready, and
+    only then is there work to look for: a journal with nothing in flight is not let go
+    of at once."""
+    journal_path, sim_state = request.journal_path, request.sim_state
+    max_age_seconds, metrics_port = request.max_age_seconds, request.metrics_port
+    broker_choice = _with_overrides(
+        request.broker_choice, ignore_unknown_orders=request.ignore_unknown_orders
+    )
+    with bad_input_exits():
+        if not standby and _nothing_in_flight(journal_path):
             _report(ResumeReport(orders=()))
         broker_choice.check(sim_state=sim_state)
         engine_context: AbstractContextManager[Engine]
         if broker_choice.is_alpaca:
-            engine_context = alpaca_engine(journal_path, broker_choice)
+            engine_context = alpaca_engine(journal_path, broker_choice, open_journal)
         elif sim_state is None:
             raise InputError("--sim-state is required to resume on the simulator")
         elif not sim_state.exists():
@@ -281,8 +340,9 @@ def resume_command(
                 journal_path,
                 MarketSpec(),
                 sim_state,
-                offline_seconds,
+                request.offline_seconds,
                 broker_choice.engine_config(),
+                open_journal,
             )
         with _metrics_served(metrics_port) as metrics, engine_context as engine, work_exits(engine):
             if metrics is not None:

@@ -1,5 +1,6 @@
 """`walkbook halt` and `walkbook abandon`: stop a journal's in-flight orders, through the
-process running it when there is one, else here."""
+process running it when there is one, else here. The journal is a file or a PostgreSQL
+database (`postgresql://USER@HOST:PORT/DB`); engine/stopping.py carries the request."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from journal import Journal, JournalLocked
+from journal.location import is_database_url, journal_holder
 from journal.lock import JournalLock
 
 from ..brokers.sim import MarketSpec
@@ -24,7 +26,7 @@ from ..stopping import HaltRequest, clear_halt_request, write_halt_request
 from .brokers import BrokerChoice, broker_options
 from .engines import alpaca_engine, simulated_engine
 from .exits import EXIT_CODES_HELP, EXIT_OK, bad_input_exits, stopped_with_work_live, work_exits
-from .options import FiniteFloatRange
+from .options import FiniteFloatRange, JournalFile
 from .output import configure_logging
 
 __all__ = ["abandon_command", "halt_command"]
@@ -33,14 +35,18 @@ DEFAULT_HALT_WAIT_SECONDS = 120.0
 POLL_SECONDS = 0.2
 
 
-def _owner_pid(journal_path: Path) -> int | None:
+def _owner_pid(journal_path: str | Path) -> int | None:
     with Journal.open_readonly(journal_path) as journal:
         owner = journal.owner()
     return None if owner is None else int(owner["pid"])
 
 
-def _lock_free(journal_path: Path) -> bool:
-    lock = JournalLock(journal_path)
+def _lock_free(journal_path: str | Path) -> bool:
+    """Whether no process owns the journal: a file's lock, probed by taking it; a
+    database's owner, asked of the server."""
+    if is_database_url(journal_path):
+        return journal_holder(journal_path) is None
+    lock = JournalLock(Path(journal_path))
     try:
         lock.acquire(f"pid {os.getpid()} (walkbook halt, probing)")
     except JournalLocked:
@@ -49,12 +55,12 @@ def _lock_free(journal_path: Path) -> bool:
     return True
 
 
-def _still_in_flight(journal_path: Path, plan_id: str | None) -> list[dict[str, Any]]:
+def _still_in_flight(journal_path: str | Path, plan_id: str | None) -> list[dict[str, Any]]:
     with Journal.open_readonly(journal_path) as journal:
         return journal.orders(plan_id=plan_id, unless_state=TERMINAL_STATES)
 
 
-def _ask_the_owner(journal_path: Path, request: HaltRequest, wait_seconds: float) -> bool:
+def _ask_the_owner(journal_path: str | Path, request: HaltRequest, wait_seconds: float) -> bool:
     """Ask the process holding the journal to stop; True once what it was asked to stop has
     ended, False when it exited first (the lock is free: stop the rest here)."""
     write_halt_request(journal_path, request)
@@ -75,7 +81,7 @@ def _ask_the_owner(journal_path: Path, request: HaltRequest, wait_seconds: float
 
 
 def _stop(
-    journal_path: Path,
+    journal_path: str | Path,
     plan_id: str | None,
     reason: FailReason,
     wait_seconds: float,
@@ -84,7 +90,7 @@ def _stop(
     """Stop the chosen in-flight orders, through the running owner or, when none, here."""
     configure_logging("warning")
     with bad_input_exits():
-        if not journal_path.exists():
+        if isinstance(journal_path, Path) and not journal_path.exists():
             raise InputError(f"journal {journal_path} does not exist")
         while not _lock_free(journal_path):
             pid = _owner_pid(journal_path)
@@ -120,7 +126,7 @@ def _stop(
 
 def _stop_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--journal", "journal_path", required=True, type=click.Path(path_type=Path)),
+        click.option("--journal", "journal_path", required=True, type=JournalFile()),
         click.option(
             "--sim-state",
             type=click.Path(dir_okay=False, path_type=Path),
@@ -142,7 +148,7 @@ def _stop_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _engine_opener(
-    journal_path: Path, sim_state: Path | None, choice: BrokerChoice
+    journal_path: str | Path, sim_state: Path | None, choice: BrokerChoice
 ) -> Callable[[], AbstractContextManager[Engine]]:
     choice.check(sim_state=sim_state)
     if choice.is_alpaca:
@@ -160,7 +166,7 @@ def _engine_opener(
 @click.option("--plan", "plan_id", help="Halt only this plan's orders.")
 @_stop_options
 def halt_command(
-    journal_path: Path,
+    journal_path: str | Path,
     sim_state: Path | None,
     wait_seconds: float,
     plan_id: str | None,
@@ -178,7 +184,7 @@ def halt_command(
 @click.option("--plan", "plan_id", required=True, help="The plan to abandon.")
 @_stop_options
 def abandon_command(
-    journal_path: Path,
+    journal_path: str | Path,
     sim_state: Path | None,
     wait_seconds: float,
     plan_id: str,

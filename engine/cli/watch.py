@@ -30,7 +30,6 @@ from rich.table import Table
 from rich.text import Text
 
 from journal import Journal
-from journal.lock import lock_holder
 
 from ..audit.live import LiveJournal, PlanProgress
 from ..fsm import OrderState
@@ -140,7 +139,7 @@ def watch_view(watched: LiveJournal, who: str, now: datetime) -> Group:
             "" if record.avg_price is None else _text(record.avg_price.quantize(PRICE_PLACES)),
             record.live_broker_order_id or "",
         )
-    header = Text(f"{watched.journal.path}: {who}  (q or Ctrl-C to leave)")
+    header = Text(f"{watched.journal.location}: {who}  (q or Ctrl-C to leave)")
     return Group(header, plans, orders)
 
 
@@ -173,15 +172,15 @@ def _keys() -> Iterator[KeyWait]:
 class _Watch:
     """One watch: the journal followed, shown live or as lines, until nothing is in flight."""
 
-    def __init__(self, path: Path, watched: LiveJournal, console: Console) -> None:
-        self.path = path
+    def __init__(self, location: str | Path, watched: LiveJournal, console: Console) -> None:
+        self.location = location
         self.watched = watched
         self.console = console
         self.live: Live | None = None
         self.plans_ended: set[str | None] = set()
 
     def who(self) -> str:
-        return who_walks(self.path, len(self.watched.in_flight()))
+        return who_walks(self.location, len(self.watched.in_flight()))
 
     def view(self) -> Group:
         return watch_view(self.watched, self.who(), self.watched.now())
@@ -191,7 +190,7 @@ class _Watch:
         try:
             with _keys() as key_within:
                 if not self.console.is_terminal:
-                    click.echo(f"watching {self.path}: {self.who()}")
+                    click.echo(f"watching {self.watched.journal.location}: {self.who()}")
                     self.show(self.watched.in_flight())
                     return self.follow(key_within)
                 with Live(self.view(), console=self.console, auto_refresh=False) as live:
@@ -223,7 +222,7 @@ class _Watch:
             self.show(self.watched.poll())
             if not self.watched.in_flight():
                 return EXIT_OK
-            if lock_holder(self.path) is None:
+            if self.watched.journal.holder() is None:
                 # the run may have committed its last events and let go since the poll
                 self.show(self.watched.poll())
                 return EXIT_OK if not self.watched.in_flight() else EXIT_WORK_LIVE
@@ -244,7 +243,7 @@ class _Watch:
 
 @click.command("watch")
 @click.option("--journal", "journal_path", required=True, type=JournalFile())
-def watch_command(journal_path: Path) -> None:
+def watch_command(journal_path: str | Path) -> None:
     """Watch a running journal's plans and in-flight orders from a second, read-only process:
     each order's state and time in it, its limit against the quote its step was priced from,
     its fills and live broker order id. On a terminal a live view (leave with q or Ctrl-C,
@@ -253,7 +252,7 @@ def watch_command(journal_path: Path) -> None:
     with bad_input_exits(), Journal.open_readonly(journal_path) as journal:
         watched = LiveJournal(journal)
         if not watched.in_flight():
-            click.echo(f"nothing in flight in {journal_path}")
+            click.echo(f"nothing in flight in {journal.location}")
             return
         watch = _Watch(journal_path, watched, report_console())
         watch.leave(watch.run())

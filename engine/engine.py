@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from journal import Journal, JournalCorrupt, NewEvent, canonical_json, stamp
+from journal import Event, Journal, JournalCorrupt, NewEvent, canonical_json, stamp
 from journal.trust import check_before_acting
 
 from .broker import Asset, Broker, BrokerOrder
@@ -45,7 +45,7 @@ from .errors import (
     UnknownBrokerOrders,
     UnknownSymbol,
 )
-from .events import Created, EventKind
+from .events import Created, EventKind, Fill, Payload, ReplaceIntent, SubmitIntent
 from .fsm import TERMINAL_STATES, FailReason, OrderState
 from .gateway import MARKET_STEP
 from .hooks import Hooks, NoticeT, PlanCompleted
@@ -77,7 +77,7 @@ from .targets import (
     target_equity,
     target_refused,
 )
-from .walk import OrderWalk
+from .walk import OrderWalk, PositionSnapshot
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -187,6 +187,10 @@ class Engine:
         # the open orders the unknown-orders check listed, for the first reconcile to use
         # instead of listing again (dropped once a walk moves orders on)
         self._open_listing: dict[str, BrokerOrder] | None = None
+        # each plan's preflight read of every position, and the last seq at which a symbol
+        # was traded: walks start from the snapshot while it vouches (PositionSnapshot)
+        self._snapshots: dict[str | None, PositionSnapshot] = {}
+        self._last_traded: dict[str, int] = {}
         self.context = WalkContext(
             self.journal,
             self.broker,
@@ -194,7 +198,7 @@ class Engine:
             self.clock,
             self.config,
             self.crash_points,
-            listeners=[self.hooks.after_commit],
+            listeners=[self.hooks.after_commit, self._note_trading],
             stops=self.stops,
         )
         if self.metrics is not None:
@@ -403,10 +407,30 @@ class Engine:
 
     async def _positions_if_selling(self, plan: RebalancePlan) -> Mapping[str, Decimal]:
         """Every position, in one read, when a sell of the plan is checked against its
-        position (a partial sell); else nothing is read."""
-        if any(sells_part(intent) for intent in plan.orders):
-            return await self._read(self.broker.get_positions)
-        return {}
+        position (a partial sell); else nothing is read. The read is kept for the plan's
+        walks to start from (`PositionSnapshot`)."""
+        if not any(sells_part(intent) for intent in plan.orders):
+            return {}
+        after_seq, taken_at = self.journal.last_seq, self.clock.monotonic()
+        positions = await self._read(self.broker.get_positions)
+        in_flight = self.journal.orders(unless_state=TERMINAL_STATES)
+        self._snapshots[plan.plan_id] = PositionSnapshot(
+            positions, after_seq, frozenset(str(row["symbol"]) for row in in_flight), taken_at
+        )
+        return positions
+
+    def _position_from_snapshot(self, plan_id: str | None, symbol: str) -> Decimal | None:
+        """A walk's "before" position from its plan's snapshot, while that still vouches."""
+        snapshot = self._snapshots.get(plan_id)
+        if snapshot is None:
+            return None
+        return snapshot.position(symbol, self._last_traded.get(symbol, -1), self.clock.monotonic())
+
+    def _note_trading(self, record: OrderRecord, event: Event, payload: Payload) -> None:
+        """The last seq at which this engine journaled an order sent, or a fill, in a symbol:
+        a position snapshot read before it no longer vouches for the symbol."""
+        if isinstance(payload, SubmitIntent | ReplaceIntent | Fill):
+            self._last_traded[record.intent.symbol] = event.seq
 
     async def _check_intent(
         self, intent: OrderIntent, plan_id: str, positions: Mapping[str, Decimal]
@@ -469,6 +493,8 @@ class Engine:
         finally:
             self._busy -= 1
             self._open_listing = None
+            if self._busy == 0:
+                self._snapshots.clear()
             if self._busy == 0 and self._watcher is not None:
                 self._watcher.cancel()
                 self._watcher = None
@@ -906,7 +932,9 @@ class Engine:
             done[index] = order.record
 
         async def walk_one(index: int) -> None:
-            done[index] = await OrderWalk(self.context, done[index]).walk()
+            record = done[index]
+            before = partial(self._position_from_snapshot, record.plan_id, record.intent.symbol)
+            done[index] = await OrderWalk(self.context, record, before).walk()
 
         await _bounded(self.reconcile_concurrency, loose, reconcile_one)
         ready = [i for i, r in enumerate(done) if i not in stopped and not r.is_terminal]

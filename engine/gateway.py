@@ -435,6 +435,7 @@ class OrderGateway:
             self.journal.write(
                 Rejected(client_order_id=cid, reason="not_replaceable", message=exc.message)
             )
+            self.absorb(await self.read_order(old_id))  # filled meanwhile: nothing to cancel
             await self.cancel_live()
             return await self.submit_remaining(step, price)
         except OrderNotFound as exc:

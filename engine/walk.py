@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 from functools import partial
@@ -56,20 +57,60 @@ from .pricing import band_edge, beyond_band, held_to_band, limit_price, spread_b
 from .quotes import UsableQuote
 from .stopping import StopRequested
 
-__all__ = ["LIMIT_STEP", "MARKET_WITHOUT_QUOTE", "STATE_HANDLERS", "OrderWalk"]
+__all__ = [
+    "LIMIT_STEP",
+    "MARKET_WITHOUT_QUOTE",
+    "SNAPSHOT_MAX_AGE_SECONDS",
+    "STATE_HANDLERS",
+    "OrderWalk",
+    "PositionSnapshot",
+]
 
 
 T = TypeVar("T")
 BPS_PLACES = Decimal("0.01")
 # why a QUOTED transition journals no quote
 MARKET_WITHOUT_QUOTE = "no usable quote: urgency HIGH goes to market (market_without_quote)"
+# how long a plan's read of every position may stand in for its walks' own "before" reads
+SNAPSHOT_MAX_AGE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class PositionSnapshot:
+    """Every position from the one read a plan's preflight made, taken by its walks as the
+    "before" position instead of a read each (at Alpaca, a call of 200 a minute each).
+
+    It vouches for a symbol only while nothing journaled after `after_seq` (just before the
+    read) traded it, no order of it was in flight when it was read (`in_flight`), and for
+    `SNAPSHOT_MAX_AGE_SECONDS` after `taken_at` (the engine clock's monotonic time)."""
+
+    positions: Mapping[str, Decimal]
+    after_seq: int
+    in_flight: frozenset[str]
+    taken_at: float
+
+    def position(self, symbol: str, last_traded_seq: int, now: float) -> Decimal | None:
+        """The symbol's position before anything since traded it; None: read it anew."""
+        if symbol in self.in_flight or last_traded_seq > self.after_seq:
+            return None
+        if now - self.taken_at > SNAPSHOT_MAX_AGE_SECONDS:
+            return None
+        return self.positions.get(symbol, ZERO)
 
 
 class OrderWalk:
     """Drives one order from PENDING (or wherever its journal left it) to a terminal state."""
 
-    def __init__(self, context: WalkContext, record: OrderRecord) -> None:
+    def __init__(
+        self,
+        context: WalkContext,
+        record: OrderRecord,
+        position_before: Callable[[], Decimal | None] | None = None,
+    ) -> None:
+        """`position_before`: the position before the order from a read the engine already
+        made (None when that read cannot vouch for it any more): no read of the walk's own."""
         self.ctx = context
+        self._position_before = position_before
         self.journal = OrderJournal(context, record)
         self.config = journaled_config(record.config)
         self.gateway = OrderGateway(context, self.journal, self.config)
@@ -266,8 +307,12 @@ class OrderWalk:
         self.asset = await self.gateway.read(lambda: broker.get_asset(intent.symbol))
         if not self.asset.tradable:
             return await self._fail(FailReason.NOT_TRADABLE)
-        position = await self.gateway.read(lambda: broker.get_position(intent.symbol))
-        target = position if intent.close_type is CloseType.FULL else None
+        closes = intent.close_type is CloseType.FULL
+        # a FULL close sells what the position is now: its size never comes from a snapshot
+        position = None if closes or not self._position_before else self._position_before()
+        if position is None:
+            position = await self.gateway.read(lambda: broker.get_position(intent.symbol))
+        target = position if closes else None
         self.journal.write(PositionRead(phase="before", qty=position, target_qty=target))
         if target is not None and target <= 0:
             return await self._fail(FailReason.NO_POSITION)
@@ -405,7 +450,12 @@ class OrderWalk:
         if record.remaining_qty > 0 and not placed and await self._spread_allows(deadline):
             price = self.record.step_limit_price
             assert price is not None, "a limit step is always entered with its price"
+            placing = self.ctx.clock.monotonic()
             await self._place_limit(step, price)
+            if not record.repegs_in_step:  # a re-pricing keeps the step's time
+                # the step's order rests its full time: waiting for the last step's order
+                # to end (a cancel Alpaca confirms at the venue's pace) is not resting time
+                deadline += self.ctx.clock.monotonic() - placing
         if self.record.is_terminal or await self._rest(deadline):
             return
         if self.record.remaining_qty <= 0:

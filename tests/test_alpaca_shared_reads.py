@@ -196,6 +196,45 @@ def test_a_caller_arriving_while_a_read_is_in_flight_gets_the_next_one() -> None
     asyncio.run(scenario())
 
 
+def test_a_spaced_read_waits_for_more_callers_and_leaves_after_all_asked() -> None:
+    """With a spacing, the first read leaves at once; a read right after it is held for the
+    spacing, and callers asking one after another meanwhile all share it (validations of
+    walks settling a moment apart: one `GET /v2/positions`)."""
+
+    async def scenario() -> None:
+        source = KeyedSource()
+        source.release.set()
+        reads = FreshReads(source.fetch, spacing_seconds=0.3)
+        assert await reads.get(["AAPL"]) == {"AAPL": 1}
+        first = asyncio.create_task(reads.get(["MSFT"]))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(source.sent) == 1  # held: the spacing is not over
+        second = asyncio.create_task(reads.get(["TSLA"]))
+        assert await asyncio.gather(first, second) == [{"MSFT": 2, "TSLA": 2}] * 2
+        assert source.sent[1] == frozenset({"MSFT", "TSLA"})
+
+    asyncio.run(scenario())
+
+
+def test_a_burst_of_spaced_reads_leaves_at_once_then_they_are_held() -> None:
+    """A lone order's reads (its plan's, its before and after) are never held; a fourth in
+    a row waits for the allowance to refill."""
+
+    async def scenario() -> None:
+        source = KeyedSource()
+        source.release.set()
+        reads = FreshReads(source.fetch, spacing_seconds=0.3, burst=3)
+        for number in (1, 2, 3, 4):
+            asking = asyncio.create_task(reads.get(["AAPL"]))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert len(source.sent) == min(number, 3)  # the fourth is held
+            assert await asking == {"AAPL": number}
+
+    asyncio.run(scenario())
+
+
 def test_a_failed_fresh_read_fails_each_of_its_callers_only() -> None:
     async def scenario() -> None:
         source = KeyedSource(fail_first=1)

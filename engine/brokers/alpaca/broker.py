@@ -80,6 +80,9 @@ OPEN_ORDERS_PER_PAGE = 500  # what Alpaca lists at most per request
 OPEN_ORDERS_PAGES_MAX = 100
 # symbols per latest-quotes request: Alpaca documents no cap, this keeps the URL short
 QUOTES_PER_REQUEST = 100
+# position reads that leave at once before `positions_spacing_seconds` holds them: a
+# plan's preflight read, then a lone order's before and after reads
+POSITIONS_BURST = 3
 # the asset list the per-symbol asset reads are served from (what walkbook can trade)
 LISTED = GetAssetsRequest(status=AssetStatus.ACTIVE, asset_class=AssetClass.US_EQUITY)
 
@@ -101,7 +104,9 @@ class AlpacaBroker:
         self._quote_symbols: set[str] = set()
         self._assets: SharedReads[str, Asset] = SharedReads()
         self._asset_list: SharedReads[None, dict[str, Asset]] = SharedReads()
-        self._positions: FreshReads[str, Decimal] = FreshReads(self._read_positions)
+        self._positions: FreshReads[str, Decimal] = FreshReads(
+            self._read_positions, settings.positions_spacing_seconds, POSITIONS_BURST
+        )
         self._rest_quotes: FreshReads[str, Quote] = FreshReads(self._read_quotes)
         self._clock: SharedReads[None, MarketClock] = SharedReads()
         self._stream_awaited = False

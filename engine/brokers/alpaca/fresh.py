@@ -3,12 +3,17 @@
 A walk validating its fills must see the broker's figures after them, so it may share a
 read only if that read leaves after the walk asked. One read is in flight at a time:
 whoever asks meanwhile joins the next one, which leaves when the current one has
-answered, for everyone who asked until then, with all the keys they asked for.
+answered, for everyone who asked until then, with all the keys they asked for. Reads may
+also be spaced: `burst` of them leave at once, then one per `spacing_seconds` on average
+(the allowance refills at that pace), and callers asking while a read is held join it.
+Walks that settle all through a plan then share one read per spacing, however many
+settle, while a lone order after a quiet spell is never held.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from typing import Generic, TypeVar
 
@@ -41,8 +46,17 @@ class FreshReads(Generic[K, V]):
     kept; the next caller starts another.
     """
 
-    def __init__(self, fetch: Callable[[frozenset[K]], Awaitable[Mapping[K, V]]]) -> None:
+    def __init__(
+        self,
+        fetch: Callable[[frozenset[K]], Awaitable[Mapping[K, V]]],
+        spacing_seconds: float = 0.0,
+        burst: int = 1,
+    ) -> None:
         self._fetch = fetch
+        self._spacing_seconds = spacing_seconds
+        self._burst = burst
+        self._allowance = float(burst)  # reads that may leave now
+        self._counted_at = time.monotonic()
         self._next: _Batch[K, V] | None = None
         self._last: asyncio.Task[Mapping[K, V]] | None = None
 
@@ -65,5 +79,20 @@ class FreshReads(Generic[K, V]):
     ) -> Mapping[K, V]:
         if previous is not None:
             await asyncio.wait([previous])  # its outcome is its own callers'
+        if self._spacing_seconds > 0:
+            hold = self._hold()
+            if hold > 0:
+                await asyncio.sleep(hold)  # callers asking meanwhile join this read
+                self._hold()
+            self._allowance -= 1
         batch.sealed = True  # from here on, a caller waits for the next read
         return await self._fetch(frozenset(batch.keys))
+
+    def _hold(self) -> float:
+        """Seconds until a read may leave, the allowance refilled for the time gone by (one
+        `_send` at a time runs this: each waits for the read before it)."""
+        now = time.monotonic()
+        refill = (now - self._counted_at) / self._spacing_seconds
+        self._allowance = min(float(self._burst), self._allowance + refill)
+        self._counted_at = now
+        return max(0.0, 1.0 - self._allowance) * self._spacing_seconds

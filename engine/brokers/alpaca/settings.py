@@ -86,6 +86,10 @@ class AlpacaSettings:
     # how long get_order waits for trade_updates to report a cancel or replace Alpaca took
     # before it reads the order over REST instead
     write_echo_seconds: float = 1.0
+    # the average time between two `GET /v2/positions` once a few have left at once (a
+    # burst, broker.py): walks that settle meanwhile validate from one read, each from a
+    # read sent after it asked (fresh.py); about 60 / this reads a minute however many settle
+    positions_spacing_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         if self.data_url is None and self.trading_url is not None:

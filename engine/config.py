@@ -51,8 +51,9 @@ class EngineConfig(BaseModel):
         gt=0,
         le=MAX_SECONDS,
         description="How long each limit step of a MEDIUM order rests. 20 s, twice the "
-        "original ladder's 10 s: a walk takes longer, and on bench.quality its slippage "
-        "beats the original ladder's and a market order's (docs/benchmarks.md, quality).",
+        "original ladder's 10 s: a walk takes longer, and on bench.quality its mean slippage "
+        "is lower than the original ladder's and a market order's (docs/benchmarks.md, "
+        "quality).",
     )
     low_step_wait_seconds: float = Field(30.0, gt=0, le=MAX_SECONDS)
     market_wait_seconds: float = Field(30.0, gt=0, le=MAX_SECONDS)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +75,21 @@ def postgres() -> Iterator[Any]:
 
     with postgres_cluster() as cluster:
         yield cluster
+
+
+@pytest.fixture
+def new_journal(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str | Path]:
+    """new_journal() -> where a new, empty journal goes, in the store a test names by
+    parametrizing this fixture indirectly ("sqlite", the default, or "postgresql"): a new
+    file under tmp_path each call, or the session cluster's scratch database emptied each
+    call (one journal at a time: the previous one is gone)."""
+    store = getattr(request, "param", "sqlite")
+    if store == "sqlite":
+        names = count()
+        return lambda: tmp_path / f"journal-{next(names)}.db"
+    if store != "postgresql":
+        raise ValueError(f"no journal store {store!r}: sqlite or postgresql")
+    from postgres_support import scratch_journal  # here: psycopg only where a test uses it
+
+    cluster = request.getfixturevalue("postgres")
+    return lambda: scratch_journal(cluster)

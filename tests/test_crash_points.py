@@ -1,13 +1,22 @@
 """Crash at every named crash point of every walk scenario, then resume on a fresh Engine.
 
 The simulator stands for the broker that outlives the engine process: the same SimBroker
-(its book, fills and positions) meets a new Engine opened on the same journal file. A crash
-is `SimulatedCrash`, raised at the armed point and caught by nothing in the engine.
+(its book, fills and positions) meets a new Engine opened on the same journal, as a restart
+opens it. A crash is `SimulatedCrash`, raised at the armed point and caught by nothing in
+the engine; the crashed engine's journal is closed (a PostgreSQL journal's lease let go).
+
+On a SQLite journal file the sweep is whole: each point a scenario reaches, at its first hit
+and its last. On a PostgreSQL journal (the session's throwaway cluster) `make test` crashes
+each point once, at its first hit, in the scenario that reaches it with the fewest crash
+points hit in all; `WALKBOOK_SOAK=long .venv/bin/pytest -m soak tests/test_crash_points.py`
+(part of `make soak`) runs the whole sweep there too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -160,10 +169,10 @@ class Survivor:
         return self.engine.journal
 
 
-def _run(scenario: Scenario, path: Path, points: CrashPoints) -> tuple[Survivor, bool]:
+def _run(scenario: Scenario, journal: str | Path, points: CrashPoints) -> tuple[Survivor, bool]:
     clock = VirtualClock(START)
     broker = RecordingSimBroker(MarketSpec(**scenario.market), clock)
-    engine = Engine(broker, path, config=scenario.config, clock=clock, crash_points=points)
+    engine = Engine(broker, journal, config=scenario.config, clock=clock, crash_points=points)
 
     async def execute() -> None:
         if scenario.halt_after_seconds is None:
@@ -185,25 +194,51 @@ def _run(scenario: Scenario, path: Path, points: CrashPoints) -> tuple[Survivor,
     return Survivor(engine, broker, clock), False
 
 
-def _crash_sites() -> list[Any]:
-    """Every (scenario, point, nth) a clean run of the scenario actually reaches.
-
-    Each point is crashed at its first hit and at its last, so both the first
-    attempt and the last step of a walk are covered.
-    """
+def _points_reached() -> dict[str, dict[str, int]]:
+    """How often a clean run of each scenario hits each crash point (the store plays no
+    part in the walk, so one dry run on a SQLite file serves both stores)."""
     known = set(all_crash_points())
-    sites = []
+    reached = {}
     for name, scenario in SCENARIOS.items():
         points = CrashPoints()
         with _TemporaryJournal() as path:
             survivor, crashed = _run(scenario, path, points)
             survivor.engine.close()
         assert not crashed
-        for point, hits in sorted(points.hits.items()):
-            assert point in known, point
-            for nth in sorted({1, hits}):
-                sites.append(pytest.param(name, point, nth, id=f"{name}-{point}-{nth}"))
-    return sites
+        assert set(points.hits) <= known, sorted(set(points.hits) - known)
+        reached[name] = dict(points.hits)
+    return reached
+
+
+def _site(store: str, name: str, point: str, nth: int) -> Any:
+    # a PostgreSQL site is part of `make soak` (-m soak), which runs the whole sweep there
+    marks = [pytest.mark.soak] if store == "postgresql" else []
+    return pytest.param(store, name, point, nth, id=f"{store}-{name}-{point}-{nth}", marks=marks)
+
+
+def _whole_sweep(store: str, reached: dict[str, dict[str, int]]) -> list[Any]:
+    """Every (scenario, point, nth) a clean run of the scenario actually reaches.
+
+    Each point is crashed at its first hit and at its last, so both the first
+    attempt and the last step of a walk are covered.
+    """
+    return [
+        _site(store, name, point, nth)
+        for name, hits in reached.items()
+        for point, last in sorted(hits.items())
+        for nth in sorted({1, last})
+    ]
+
+
+def _each_point_once(store: str, reached: dict[str, dict[str, int]]) -> list[Any]:
+    """Each point crashed once, at its first hit, in the scenario that reaches it with the
+    fewest crash points hit in all: the cheapest run to crash and resume."""
+    cheapest_first = sorted(reached, key=lambda name: sum(reached[name].values()))
+    scenario_of: dict[str, str] = {}
+    for name in cheapest_first:
+        for point in reached[name]:
+            scenario_of.setdefault(point, name)
+    return [_site(store, name, point, 1) for point, name in sorted(scenario_of.items())]
 
 
 class _TemporaryJournal:
@@ -219,12 +254,18 @@ class _TemporaryJournal:
         self._dir.cleanup()
 
 
-CRASH_SITES = _crash_sites()
+REACHED = _points_reached()
+SQLITE_SITES = _whole_sweep("sqlite", REACHED)
+POSTGRES_SITES = (
+    _whole_sweep("postgresql", REACHED)
+    if os.environ.get("WALKBOOK_SOAK") == "long"
+    else _each_point_once("postgresql", REACHED)
+)
 
 
 def test_every_named_point_is_reached_by_some_scenario() -> None:
     """The sweep is exhaustive: each append kind and broker call the walk uses gets a crash."""
-    reached = {site.values[1] for site in CRASH_SITES}
+    reached = {point for hits in REACHED.values() for point in hits}
     # a withdrawn intent needs a stop to meet an unanswered intent: a crash, then a halt
     # (test_halt_after_a_crash_withdraws_what_the_broker_never_had)
     walk_kinds = set(EVENT_KINDS) - {
@@ -238,20 +279,27 @@ def test_every_named_point_is_reached_by_some_scenario() -> None:
     assert expected <= reached, sorted(expected - reached)
     # a method listed as not swept must really not be reached: else it belongs in the sweep
     assert not {f"before_broker.{m}" for m in NOT_SWEPT} & reached
+    # each store's sweep crashes every point reached
+    for sites in (SQLITE_SITES, POSTGRES_SITES):
+        assert {site.values[2] for site in sites} == reached
 
 
-@pytest.mark.parametrize(("scenario_name", "point", "nth"), CRASH_SITES)
+@pytest.mark.parametrize(
+    ("new_journal", "scenario_name", "point", "nth"),
+    SQLITE_SITES + POSTGRES_SITES,
+    indirect=["new_journal"],
+)
 def test_crash_then_resume_keeps_every_invariant(
-    tmp_path: Path, scenario_name: str, point: str, nth: int
+    new_journal: Callable[[], str | Path], scenario_name: str, point: str, nth: int
 ) -> None:
     scenario = SCENARIOS[scenario_name]
-    path = tmp_path / "journal.db"
-    survivor, crashed = _run(scenario, path, CrashPoints(armed=point, nth=nth))
+    journal = new_journal()
+    survivor, crashed = _run(scenario, journal, CrashPoints(armed=point, nth=nth))
     assert crashed
     survivor.engine.close()
 
     resumed = Survivor(
-        Engine(survivor.broker, path, config=scenario.config, clock=survivor.clock),
+        Engine(survivor.broker, journal, config=scenario.config, clock=survivor.clock),
         survivor.broker,
         survivor.clock,
     )
@@ -304,16 +352,20 @@ def _assert_outcome(survivor: Survivor, scenario: Scenario) -> None:
     assert fold_orders(survivor.journal.events()).keys() == records.keys()
 
 
-def test_halt_after_a_crash_withdraws_what_the_broker_never_had(tmp_path: Path) -> None:
+@pytest.mark.parametrize("new_journal", ["sqlite", "postgresql"], indirect=True)
+def test_halt_after_a_crash_withdraws_what_the_broker_never_had(
+    new_journal: Callable[[], str | Path],
+) -> None:
     """Killed between journaling a submit and sending it, then halted instead of resumed:
     the intent is withdrawn (journaled), never sent, and the order ends FAILED cancelled."""
     scenario = SCENARIOS["fill_at_step_1"]
-    path = tmp_path / "journal.db"
-    survivor, crashed = _run(scenario, path, CrashPoints(armed="before_broker.submit_order", nth=1))
+    journal = new_journal()
+    points = CrashPoints(armed="before_broker.submit_order", nth=1)
+    survivor, crashed = _run(scenario, journal, points)
     assert crashed
     survivor.engine.close()
     assert not survivor.broker.orders
-    with Engine(survivor.broker, path, clock=survivor.clock) as engine:
+    with Engine(survivor.broker, journal, clock=survivor.clock) as engine:
         stopped = survivor.clock.run(engine.halt())
         assert [(o.state, o.reason) for o in stopped] == [("FAILED", "cancelled")]
         kinds = [e.kind for e in engine.journal.events()]

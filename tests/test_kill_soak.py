@@ -6,6 +6,12 @@ The truth is read back from the journal and from the simulator's own state file,
 stands for the broker's book. Most kills fork a child that already imported walkbook (the
 command is the same `engine.cli.main`), so many seeded kills fit in `make test`; a few run
 the installed `walkbook` executable end to end. WALKBOOK_SOAK=long runs a longer soak.
+
+The soak runs on a SQLite journal file (200 kills, 2,000 long) and on a PostgreSQL journal
+in the session's throwaway cluster (20 kills, 400 long), the run and each resume owning it
+by a lease of 1 s (`--lease-seconds`): a killed owner's lease runs out within a second, and
+each restart first waits for that, as an operator's restart would. The long form of both:
+`WALKBOOK_SOAK=long .venv/bin/pytest -m soak tests/test_kill_soak.py` (part of `make soak`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -29,10 +36,18 @@ from walk_support import check_invariants
 from engine import MarketSpec, OrderSide, VirtualClock
 from engine.brokers.sim import SimBroker
 from engine.cli import main as cli_main
+from engine.cli.exits import EXIT_WORK_LIVE
 from journal import Journal, JournalError
+from journal.location import is_database_url, journal_holder
 
-SHORT_KILLS, LONG_KILLS = 200, 2000
-KILLS = LONG_KILLS if os.environ.get("WALKBOOK_SOAK") == "long" else SHORT_KILLS
+LONG_SOAK = os.environ.get("WALKBOOK_SOAK") == "long"
+KILLS = {"sqlite": 2000 if LONG_SOAK else 200, "postgresql": 400 if LONG_SOAK else 20}
+# A PostgreSQL journal's lease: renewed every third of it, and a killed owner's runs out
+# (and the next process may open the journal) within it.
+LEASE_SECONDS = "1"
+# conftest's new_journal(): where a new journal goes, in the store a test is parametrized with
+NewJournal = Callable[[], str | Path]
+RunSeconds = Callable[[NewJournal], float]
 EXEC_KILLS = 4
 WALKBOOK = Path(sys.executable).with_name("walkbook")
 
@@ -63,23 +78,29 @@ MARKET = {
 class Files:
     plan: Path
     market: Path
-    journal: Path
+    journal: str | Path  # a file, or a PostgreSQL database's URL
     sim_state: Path
 
     @classmethod
-    def make(cls, root: Path, seed: int) -> Files:
+    def make(cls, root: Path, seed: int, journal: str | Path | None = None) -> Files:
         root.mkdir(parents=True, exist_ok=True)
-        files = cls(root / "plan.json", root / "market.json", root / "j.db", root / "sim.db")
+        files = cls(
+            root / "plan.json", root / "market.json", journal or root / "j.db", root / "sim.db"
+        )
         files.plan.write_text(json.dumps(PLAN))
         files.market.write_text(json.dumps({**MARKET, "seed": seed}))
         return files
 
+    def _journal_args(self) -> list[str]:
+        lease = ["--lease-seconds", LEASE_SECONDS] if is_database_url(self.journal) else []
+        return ["--journal", str(self.journal), *lease]
+
     def run_args(self) -> list[str]:
-        return ["run", str(self.plan), "--journal", str(self.journal),
+        return ["run", str(self.plan), *self._journal_args(),
                 "--market", str(self.market), "--sim-state", str(self.sim_state)]  # fmt: skip
 
     def resume_args(self) -> list[str]:
-        return ["resume", "--journal", str(self.journal), "--sim-state", str(self.sim_state),
+        return ["resume", *self._journal_args(), "--sim-state", str(self.sim_state),
                 "--offline-seconds", "3"]  # fmt: skip
 
 
@@ -116,25 +137,40 @@ def _kill_after(pid: int, delay: float) -> int:
     return _wait(pid)
 
 
-def _clean_run_seconds(tmp_path: Path) -> float:
+def _clean_run_seconds(files: Files) -> float:
     """How long a run walks, from its plan reaching the journal to its exit."""
-    files = Files.make(tmp_path, seed=0)
     pid = _fork_cli(files.run_args())
     _wait_for_first_event(files, pid)
     started = time.monotonic()
-    assert _wait(pid) in (0, 1)
+    code = _wait(pid)
+    assert code in (0, 1), code
     return time.monotonic() - started
 
 
 @pytest.fixture(scope="module")
-def run_seconds(tmp_path_factory: pytest.TempPathFactory) -> float:
-    """The median of three clean runs after an untimed one. One run can measure slow (most
+def run_seconds(tmp_path_factory: pytest.TempPathFactory) -> RunSeconds:
+    """run_seconds(new_journal) -> how long a run walks on journals of new_journal's store,
+    measured once per store (a database's walk is not a file's).
+
+    The median of three clean runs after an untimed one. One run can measure slow (most
     likely the first on a fresh checkout, its files not yet cached), and kills timed on a
     slow measure land after most runs have finished (seen once in a fresh clone: 96 of 200
     kills mid-walk against the 100 required)."""
-    root = tmp_path_factory.mktemp("calibrate")
-    _clean_run_seconds(root / "warm-up")
-    return statistics.median(_clean_run_seconds(root / f"run-{i}") for i in range(3))
+    measured: dict[bool, float] = {}
+
+    def seconds(new_journal: NewJournal) -> float:
+        journal = new_journal()
+        in_database = is_database_url(journal)
+        if in_database not in measured:
+            root = tmp_path_factory.mktemp("calibrate")
+            _clean_run_seconds(Files.make(root / "warm-up", 0, journal))
+            measured[in_database] = statistics.median(
+                _clean_run_seconds(Files.make(root / f"run-{i}", 0, new_journal()))
+                for i in range(3)
+            )
+        return measured[in_database]
+
+    return seconds
 
 
 def check_files(files: Files) -> None:
@@ -173,24 +209,53 @@ def kill_and_resume(files: Files, rng: random.Random, run_seconds: float, fork: 
 
     True when the kill left orders in flight (so resume had real work to do).
     """
-    start = _fork_cli if fork else _exec_cli
+    launch = _fork_cli if fork else _exec_cli
+
+    def start(args: list[str]) -> int:
+        _wait_until_free(files)  # a killed owner's lease runs out first
+        return launch(args)
+
+    # a database journal's owner that stalls past its 1 s lease (a loaded machine) is
+    # fenced: it stops, sends nothing more and exits 4, and the next resume carries on
+    fenced = (EXIT_WORK_LIVE,) if is_database_url(files.journal) else ()
     pid = start(files.run_args())
     if not fork or rng.random() < 0.8:  # most kills mid-walk, some anywhere from the start
         _wait_for_first_event(files, pid)
     code = _kill_after(pid, rng.uniform(0.0, run_seconds))
-    assert code in (0, 1, -signal.SIGKILL), code
-    in_flight = files.journal.exists() and any(
-        row["state"] not in ("VALIDATED", "FAILED") for row in _journaled_orders(files)
-    )
-    if not files.journal.exists() or not _journaled_orders(files):
+    assert code in (0, 1, -signal.SIGKILL, *fenced), code
+    orders = _journaled_orders(files)
+    in_flight = any(row["state"] not in ("VALIDATED", "FAILED") for row in orders)
+    if not orders:
         # killed before the plan reached the journal: nothing was sent; deliver it again
-        assert _wait(start(files.run_args())) in (0, 1)
+        assert _wait(start(files.run_args())) in (0, 1, *fenced)
     if rng.random() < 0.3:
         _kill_after(start(files.resume_args()), rng.uniform(0.0, run_seconds * 0.5))
-    assert _wait(start(files.resume_args())) in (0, 1)
+    code = _wait(start(files.resume_args()))
+    for _ in range(3 if fenced else 0):
+        if code not in fenced:
+            break
+        code = _wait(start(files.resume_args()))
+    assert code in (0, 1), code
     assert _wait(start(files.resume_args())) == 0, "a second resume found work to do"
     check_files(files)
     return in_flight
+
+
+def _wait_until_free(files: Files) -> None:
+    """Until no live process owns the journal: at once for a file (a killed process's lock
+    goes with it), within a lease's length for a database (a killed owner's runs out)."""
+    deadline = time.monotonic() + 30
+    while _holder(files) is not None:
+        assert time.monotonic() < deadline, "the journal's owner never let it go"
+        time.sleep(0.02)
+
+
+def _holder(files: Files) -> str | None:
+    """The journal's live owner; none before the journal (its file, its schema) exists."""
+    try:
+        return journal_holder(files.journal)
+    except JournalError:
+        return None
 
 
 def _exec_cli(args: list[str]) -> int:
@@ -200,7 +265,8 @@ def _exec_cli(args: list[str]) -> int:
 
 
 def _journaled_orders(files: Files) -> list[dict[str, Any]]:
-    """The orders the journal holds; none while its creation had not yet committed."""
+    """The orders the journal holds; none while it (a file, or a database's schema) had not
+    yet been created."""
     try:
         journal = Journal.open_readonly(files.journal)
     except JournalError:
@@ -213,29 +279,36 @@ def _wait_for_first_event(files: Files, pid: int) -> None:
     """Past the executable's start-up: the journal holds the plan, so the walk is under way."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
-        if files.journal.exists() and _journaled_orders(files):
+        if _journaled_orders(files):
             return
         time.sleep(0.005)
 
 
 @pytest.mark.soak
+@pytest.mark.parametrize(("new_journal", "kills"), KILLS.items(), indirect=["new_journal"])
 def test_sigkilled_runs_resume_without_duplicates_or_lost_fills(
-    tmp_path: Path, run_seconds: float
+    tmp_path: Path, run_seconds: RunSeconds, new_journal: NewJournal, kills: int
 ) -> None:
+    seconds = run_seconds(new_journal)
     mid_walk = sum(
         kill_and_resume(
-            Files.make(tmp_path / f"kill-{seed}", seed), random.Random(seed), run_seconds, fork=True
+            Files.make(tmp_path / f"kill-{seed}", seed, new_journal()),
+            random.Random(seed),
+            seconds,
+            fork=True,
         )
-        for seed in range(KILLS)
+        for seed in range(kills)
     )
-    assert mid_walk >= KILLS // 2, f"only {mid_walk} of {KILLS} kills landed mid-walk"
+    assert mid_walk >= kills // 2, f"only {mid_walk} of {kills} kills landed mid-walk"
 
 
 @pytest.mark.parametrize("seed", range(EXEC_KILLS))
 def test_installed_walkbook_killed_mid_walk_resumes(
-    tmp_path: Path, run_seconds: float, seed: int
+    tmp_path: Path, run_seconds: RunSeconds, new_journal: NewJournal, seed: int
 ) -> None:
-    kill_and_resume(Files.make(tmp_path, seed), random.Random(seed), run_seconds, fork=False)
+    seconds = run_seconds(new_journal)
+    files = Files.make(tmp_path, seed, new_journal())
+    kill_and_resume(files, random.Random(seed), seconds, fork=False)
 
 
 def test_two_resumes_at_once_one_drives_the_other_says_in_use(tmp_path: Path) -> None:
@@ -257,7 +330,7 @@ def test_two_resumes_at_once_one_drives_the_other_says_in_use(tmp_path: Path) ->
     assert crashed.returncode == 137  # died at the named crash point, orders in flight
     resume = [str(WALKBOOK), *files.resume_args()]
     first = subprocess.Popen(resume, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lock = files.journal.with_name(files.journal.name + ".lock")
+    lock = Path(f"{files.journal}.lock")  # a file journal's lock, beside it
     deadline = time.monotonic() + 60
     while not (lock.exists() and f"pid {first.pid} on" in lock.read_text()):
         assert first.poll() is None, "the first resume ended without taking the lock"

@@ -11,18 +11,24 @@ At 8 concurrent writers each writer is its own process with its own database: a 
 has exactly one owner, so 8 writers on one server are 8 journals (8 accounts, one database
 each, as docs/scale-out.md deploys them), and the raw side gets the same 8 databases'
 worth of connections. The figure is all writers' commits over the span from the first
-one's start to the last one's end. Then walkbook's durable walk steps against DBOS
-Transact's on the same server (bench/dbos_peer.py has the walk).
+one's start to the last one's end. Each row's note gives both sides' CPU per commit: the
+writers' own (their timed commits) and the cluster's processes' (Linux /proc, warm-up
+commits included), which says whether the row is bound by the CPU or by the disk. Then
+walkbook's durable walk steps against DBOS Transact's on the same server
+(bench/dbos_peer.py has the walk).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import statistics
 import time
 from collections.abc import Callable
 from functools import partial
 from itertools import count
 from multiprocessing.synchronize import Barrier
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -77,15 +83,37 @@ def _writer(kind: str, url: str) -> RawInserts | TransitionWriter:
     return RawInserts(url) if kind == "raw" else TransitionWriter(url)  # type: ignore[arg-type]
 
 
-def timed_commits(commit: Callable[[int], None], commits: int) -> tuple[float, float]:
-    """The monotonic start and end of `commits` commits, after as many untimed ones (the
-    connection's statements prepared, the table's first pages written)."""
+# One writer's timed commits: their monotonic start and end, and its CPU seconds meanwhile.
+Span = tuple[float, float, float]
+# A round of one kind: commits per second, then CPU microseconds per commit of the writers
+# and of the cluster.
+Round = tuple[float, float, float]
+
+
+def timed_commits(commit: Callable[[int], None], commits: int) -> Span:
+    """The span of `commits` commits, after as many untimed ones (the connection's
+    statements prepared, the table's first pages written)."""
     for offset in range(commits):
         commit(offset)
-    start = time.monotonic()
+    start, cpu = time.monotonic(), time.process_time()
     for offset in range(commits, 2 * commits):
         commit(offset)
-    return start, time.monotonic()
+    return start, time.monotonic(), time.process_time() - cpu
+
+
+def cluster_cpu_seconds(cluster: PostgresCluster) -> float:
+    """CPU seconds the cluster's processes have used: the postmaster, its live children
+    (backends, WAL writer, checkpointer) and those it has reaped (Linux /proc)."""
+    postmaster = (cluster.root / "data" / "postmaster.pid").read_text().split()[0]
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if postmaster in (stat.parent.name, fields[1]):
+            ticks += sum(int(field) for field in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _close(writer: RawInserts | TransitionWriter) -> None:
@@ -95,14 +123,29 @@ def _close(writer: RawInserts | TransitionWriter) -> None:
         writer.journal.close()
 
 
-def one_writer(kind: str, url: str, commits: int) -> float:
-    """Commits per second of one writer, in this process."""
+def _round(spans: list[Span], commits: int, server_seconds: float) -> Round:
+    """All writers' commits over the first start to the last end; the writers' CPU per
+    timed commit, the cluster's per commit (warm-up ones included: twice as many)."""
+    first_start, last_end = min(span[0] for span in spans), max(span[1] for span in spans)
+    total = len(spans) * commits
+    client = sum(span[2] for span in spans)
+    return (
+        total / (last_end - first_start),
+        1e6 * client / total,
+        1e6 * server_seconds / (2 * total),
+    )
+
+
+def one_writer(cluster: PostgresCluster, kind: str, url: str, commits: int) -> Round:
+    """One writer in this process."""
     writer = _writer(kind, url)
     try:
-        start, end = timed_commits(writer.commit, commits)
+        server = cluster_cpu_seconds(cluster)
+        span = timed_commits(writer.commit, commits)
+        server = cluster_cpu_seconds(cluster) - server
     finally:
         _close(writer)
-    return commits / (end - start)
+    return _round([span], commits, server)
 
 
 def _writer_process(kind: str, url: str, commits: int, ready: Barrier, spans: Any) -> None:
@@ -114,51 +157,69 @@ def _writer_process(kind: str, url: str, commits: int, ready: Barrier, spans: An
         _close(writer)
 
 
-def many_writers(kind: str, urls: list[str], commits: int) -> float:
-    """Commits per second of all writers together, one process and one database each,
-    started together once every one has connected."""
+def many_writers(cluster: PostgresCluster, kind: str, urls: list[str], commits: int) -> Round:
+    """All writers together, one process and one database each, started together once
+    every one has connected (this process waits with them to read the cluster's CPU)."""
     context = multiprocessing.get_context("fork")
-    ready, spans = context.Barrier(len(urls)), context.Queue()
+    ready, spans = context.Barrier(len(urls) + 1), context.Queue()
     processes = [
         context.Process(target=_writer_process, args=(kind, url, commits, ready, spans))
         for url in urls
     ]
     for process in processes:
         process.start()
-    results: list[tuple[float, float]] = [spans.get(timeout=300) for _ in processes]
+    ready.wait()
+    server = cluster_cpu_seconds(cluster)
+    results: list[Span] = [spans.get(timeout=300) for _ in processes]
+    server = cluster_cpu_seconds(cluster) - server
     for process in processes:
         process.join()
-    first_start, last_end = min(start for start, _ in results), max(end for _, end in results)
-    return len(urls) * commits / (last_end - first_start)
+    return _round(results, commits, server)
 
 
-def measure(cluster: PostgresCluster, kind: str, writers: int, commits: int) -> float:
+def measure(cluster: PostgresCluster, kind: str, writers: int, commits: int) -> Round:
     """One round of `writers` writers of `kind`, each into a fresh database."""
     urls = [cluster.fresh_database() for _ in range(writers)]
     if writers == 1:
-        return one_writer(kind, urls[0], commits)
-    return many_writers(kind, urls, commits)
+        return one_writer(cluster, kind, urls[0], commits)
+    return many_writers(cluster, kind, urls, commits)
+
+
+def _kept(rounds: list[Round], *args: Any) -> float:
+    """`measure(*args)`'s rate, its round kept in `rounds` for the CPU figures."""
+    rounds.append(measure(*args))
+    return rounds[-1][0]
+
+
+def _cpu(rounds: list[Round]) -> str:
+    client = statistics.median(cpu for _, cpu, _ in rounds)
+    server = statistics.median(cpu for _, _, cpu in rounds)
+    return f"{client:.0f} + {server:.0f} µs"
 
 
 def append_rows(report: Report, cluster: PostgresCluster, commits: int, rounds: int) -> None:
-    """The 1- and 8-writer rows: journal against raw, measured in turns."""
+    """The 1- and 8-writer rows: journal against raw, measured in turns. Every writer makes
+    `commits` commits: a span of a few seconds, so a neighbour's burst on a shared machine
+    weighs on a round less than on a fraction of a second."""
     for writers in WRITERS:
-        per_writer = max(1, commits // writers)
+        seen: dict[str, list[Round]] = {kind: [] for kind in KINDS}
         runs: dict[str, Callable[[], float]] = {
-            kind: partial(measure, cluster, kind, writers, per_writer) for kind in KINDS
+            kind: partial(_kept, seen[kind], cluster, kind, writers, commits) for kind in KINDS
         }
-        rate = interleaved(rounds, runs)
+        rates = interleaved(rounds, runs)
         report.add(
             Row.measured(
                 f"postgres journal append, {writers} writer{'s' * (writers > 1)}",
-                rate["journal"],
+                rates["journal"],
                 UNIT,
-                rate["raw"],
+                rates["raw"],
                 TARGET,
                 note=f"reference: {writers} autocommit connection(s) of single-row INSERTs into "
                 "an events-shaped table; "
                 + ("in this process" if writers == 1 else "a process and a database each")
-                + f"; {per_writer} commits each, medians of {rounds} rounds",
+                + f"; {commits} commits each, medians of {rounds} rounds; CPU per commit "
+                f"(writers + cluster): walkbook {_cpu(seen['journal'])}, "
+                f"reference {_cpu(seen['raw'])}",
             )
         )
 

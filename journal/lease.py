@@ -69,12 +69,6 @@ _RENEW: LiteralString = """
     WHERE id = 1 AND epoch = %(epoch)s AND token = %(token)s AND expires_at > clock_timestamp()
     RETURNING epoch
 """
-# Inside an append's transaction: the row stays locked until it commits, so a taker waits
-# for the append rather than slipping in between this check and its commit.
-_CHECK: LiteralString = """
-    SELECT epoch = %(epoch)s AND token = %(token)s AND expires_at > clock_timestamp()
-    FROM lease WHERE id = 1 FOR UPDATE
-"""
 _RELEASE: LiteralString = """
     UPDATE lease SET expires_at = clock_timestamp()
     WHERE id = 1 AND epoch = %(epoch)s AND token = %(token)s AND expires_at > clock_timestamp()
@@ -115,7 +109,8 @@ def lease_holder(conn: psycopg.Connection[Any]) -> LeaseHolder | None:
 
 class Lease:
     """This process's hold on one journal: taken by `take`, renewed by a daemon thread until
-    `release`. `check` fences an append; `lost` says why this process may no longer write."""
+    `release`. `check` and `refused` fence an append; `lost` says why this process may no
+    longer write."""
 
     def __init__(
         self, url: str, location: str, seconds: float, epoch: int, token: str, deadline: float
@@ -161,17 +156,22 @@ class Lease:
     def _params(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "token": self._token, "seconds": self.seconds}
 
-    def check(self, conn: psycopg.Connection[Any]) -> None:
-        """Inside an append's transaction: JournalLeaseLost unless the lease is still this
-        process's epoch and live, by this process's deadline and by the database's clock."""
+    def check(self, conn: psycopg.Connection[Any]) -> tuple[int, str]:
+        """Before an append: JournalLeaseLost when this process is fenced or its deadline
+        has passed; else the epoch and token the append's own transaction checks the lease
+        row against, live by the database's clock (journal/postgres.py, walkbook_append)."""
         if self.lost is None and time.monotonic() >= self._deadline:
             self._fence(conn)
-        if self.lost is None:
-            row = conn.execute(_CHECK, self._params).fetchone()
-            if row is None or not row[0]:
-                self._fence(conn)
         if self.lost is not None:
             raise self.lost
+        return self.epoch, self._token
+
+    def refused(self, conn: psycopg.Connection[Any]) -> JournalLeaseLost:
+        """The database refused an append: the lease row is another epoch's, or it ran out by
+        the database's clock. This process is fenced for good."""
+        self._fence(conn)
+        assert self.lost is not None  # _fence sets it
+        return self.lost
 
     def _fence(self, conn: psycopg.Connection[Any]) -> None:
         """Give up the lease for good, naming who holds it now (as the database says)."""

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, LiteralString
 
+import msgspec
 import psycopg
 
 from .errors import (
@@ -30,7 +31,7 @@ from .errors import (
 from .lease import LEASE_TABLE, Lease, create_lease_table, lease_holder
 from .location import redacted, valid_database_url
 from .recorder import EVENT_FIELDS, HISTORY_FIELDS, EventRow, OrderWrite, Recorder
-from .schema import FORMAT_NAME, MUTABLE_ORDER_COLUMNS, ORDER_COLUMNS, SCHEMA_VERSION
+from .schema import FORMAT_NAME, ORDER_COLUMNS, SCHEMA_VERSION
 from .sqlite import events_up_to_sql, fold_stream_sql, order_filter, order_ids_of_kind_sql
 
 __all__ = ["APPEND_ONLY_TRIGGERS", "MIGRATION_NAMES", "PostgresRecorder"]
@@ -140,24 +141,109 @@ def _initial(conn: psycopg.Connection[Any]) -> None:
     )
 
 
+# One append in one statement, so in one round trip and its own transaction: the lease row
+# checked (when an epoch is given) and locked until the commit, so a taker waits for the
+# append rather than slipping in before it commits; the first row's link to the stored last
+# event checked; then the events, their orders' rows and the heartbeat. An order's row is
+# updated, or inserted where there is none yet, one row at a time in order (a commit may
+# carry two of one order, which one multi-row upsert could not touch twice). The rows
+# arrive as JSONB arrays of arrays, in EVENT_FIELDS order and an OrderWrite's
+# (ORDER_COLUMNS, last_seq last); each refusal has a SQLSTATE of its own (_LEASE_LOST,
+# _UNLINKED).
+_APPEND_FUNCTION: LiteralString = """
+    CREATE FUNCTION walkbook_append(
+        lease_epoch BIGINT, lease_token TEXT, event_rows JSONB, order_rows JSONB,
+        heartbeat_at TEXT
+    ) RETURNS VOID LANGUAGE plpgsql AS $$
+    DECLARE
+        r JSONB;
+        first_seq BIGINT := (event_rows->0->>0)::BIGINT;
+        stored TEXT;
+    BEGIN
+        IF lease_epoch IS NOT NULL THEN
+            PERFORM FROM lease WHERE id = 1 AND epoch = lease_epoch AND token = lease_token
+                AND expires_at > clock_timestamp() FOR UPDATE;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'the lease is not this writer''s' USING ERRCODE = 'WB001';
+            END IF;
+        END IF;
+        IF first_seq > 1 THEN
+            SELECT hash INTO stored FROM events WHERE seq = first_seq - 1;
+            IF stored IS NULL THEN
+                RAISE EXCEPTION 'no event before it (a gap)' USING ERRCODE = 'WB002';
+            ELSIF stored <> event_rows->0->>9 THEN
+                RAISE EXCEPTION 'it does not link' USING ERRCODE = 'WB002';
+            END IF;
+        END IF;
+        FOR i IN 0 .. jsonb_array_length(event_rows) - 1 LOOP
+            r := event_rows->i;
+            INSERT INTO events (seq, order_id, order_seq, plan_id, at, kind, from_state,
+                                to_state, data, prev_hash, hash)
+            VALUES ((r->>0)::BIGINT, r->>1, (r->>2)::BIGINT, r->>3, r->>4, r->>5, r->>6,
+                    r->>7, r->>8, r->>9, r->>10);
+        END LOOP;
+        FOR i IN 0 .. jsonb_array_length(order_rows) - 1 LOOP
+            r := order_rows->i;
+            UPDATE orders SET quantity = r->>6, state = r->>9, reason = r->>10,
+                filled_qty = r->>11, notional = r->>12, avg_price = r->>13,
+                live_broker_order_id = r->>14, live_client_order_id = r->>15,
+                steps_used = (r->>16)::INTEGER, updated_at = r->>18,
+                last_seq = (r->>19)::BIGINT
+            WHERE order_id = r->>0;
+            CONTINUE WHEN FOUND;
+            INSERT INTO orders (order_id, plan_id, symbol, side, close_type, urgency,
+                quantity, correlation_id, strategy_id, state, reason, filled_qty, notional,
+                avg_price, live_broker_order_id, live_client_order_id, steps_used,
+                created_at, updated_at, last_seq)
+            VALUES (r->>0, r->>1, r->>2, r->>3, r->>4, r->>5, r->>6, r->>7, r->>8, r->>9,
+                    r->>10, r->>11, r->>12, r->>13, r->>14, r->>15, (r->>16)::INTEGER,
+                    r->>17, r->>18, (r->>19)::BIGINT)
+            ON CONFLICT (order_id) DO UPDATE SET quantity = excluded.quantity,
+                state = excluded.state, reason = excluded.reason,
+                filled_qty = excluded.filled_qty, notional = excluded.notional,
+                avg_price = excluded.avg_price,
+                live_broker_order_id = excluded.live_broker_order_id,
+                live_client_order_id = excluded.live_client_order_id,
+                steps_used = excluded.steps_used, updated_at = excluded.updated_at,
+                last_seq = excluded.last_seq;
+        END LOOP;
+        IF heartbeat_at IS NOT NULL THEN
+            UPDATE owner SET heartbeat_at = walkbook_append.heartbeat_at WHERE id = 1;
+        END IF;
+    END
+    $$
+"""
+# what verify and a writer's trust check compare the stored function with
+APPEND_FUNCTION = "walkbook_append"
+_APPEND_FUNCTION_BODY = _APPEND_FUNCTION.split("$$")[1]
+_LEASE_LOST = "WB001"
+_UNLINKED = "WB002"
+_APPEND = "SELECT walkbook_append(%s, %s, %s::jsonb, %s::jsonb, %s)"
+
+
+def _create_append_function(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(_APPEND_FUNCTION)
+
+
 _STEPS: tuple[tuple[str, Callable[[psycopg.Connection[Any]], None]], ...] = (
     ("0001_initial", _initial),
     ("0002_lease", create_lease_table),
+    ("0003_append_function", _create_append_function),
 )
 MIGRATION_NAMES = tuple(name for name, _ in _STEPS)
 
 _EVENT_COLUMNS = ", ".join(EVENT_FIELDS)
 _ORDER_COLUMNS = ", ".join(ORDER_COLUMNS)
-_ORDER_ROW = (*(c for c in ORDER_COLUMNS if c != "last_seq"), "last_seq")
-_INSERT_EVENT = (
-    f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('%s' for _ in EVENT_FIELDS)})"
-)
-_UPSERT_ORDER = (
-    f"INSERT INTO orders ({', '.join(_ORDER_ROW)}) "
-    f"VALUES ({', '.join('%s' for _ in _ORDER_ROW)}) "
-    "ON CONFLICT (order_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in MUTABLE_ORDER_COLUMNS)
-)
+
+
+# Rows as `walkbook_append` takes them: one JSON array of arrays, encoded in one C call
+# (no per-value adaptation by the driver); a value that is neither JSON's nor None (a
+# Decimal) as its text.
+_ROWS_JSON = msgspec.json.Encoder(enc_hook=str, decimal_format="string")
+
+
+def _json_rows(rows: Sequence[Sequence[Any]]) -> str:
+    return _ROWS_JSON.encode(rows).decode()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -352,17 +438,31 @@ class PostgresRecorder(Recorder):
     def insert(
         self, rows: Sequence[EventRow], order_rows: Sequence[OrderWrite], heartbeat_at: str | None
     ) -> None:
-        """One transaction: the event rows, the projection rows (upserted), the heartbeat."""
+        """One statement, one round trip, its own transaction (`walkbook_append`): the lease
+        and the link to the stored last event checked, then the event rows, the projection
+        rows (upserted) and the heartbeat; the database's refusals as the typed errors."""
         conn = self.conn
-        with self._lease_errors(), self._errors(), conn.transaction(), conn.cursor() as cursor:
-            if self.lease is not None:
-                self.lease.check(conn)
-            self.follows_tail(rows[0])
-            cursor.executemany(_INSERT_EVENT, rows)
-            if order_rows:
-                cursor.executemany(_UPSERT_ORDER, [values for _, values in order_rows])
-            if heartbeat_at is not None:
-                cursor.execute("UPDATE owner SET heartbeat_at = %s WHERE id = 1", [heartbeat_at])
+        epoch, token = (None, None) if self.lease is None else self.lease.check(conn)
+        params = (
+            epoch,
+            token,
+            _json_rows(rows),
+            _json_rows([values for _, values in order_rows]),
+            heartbeat_at,
+        )
+        with self._lease_errors(), self._errors():
+            try:
+                conn.execute(_APPEND, params)
+            except psycopg.Error as exc:
+                if exc.sqlstate == _LEASE_LOST and self.lease is not None:
+                    raise self.lease.refused(conn) from None
+                if exc.sqlstate == _UNLINKED:
+                    raise JournalWriteConflict(
+                        f"journal {self.location} refused seq {rows[0][0]}: "
+                        f"{exc.diag.message_primary} to the stored last event",
+                        seq=rows[0][0],
+                    ) from None
+                raise
 
     def begin_snapshot(self) -> None:
         with self._errors():
@@ -500,7 +600,8 @@ class PostgresRecorder(Recorder):
 
     def missing_guards(self) -> list[str]:
         """Each append-only trigger that is gone, disabled, or calls a function that no
-        longer refuses (the trigger and its function as this module created them)."""
+        longer refuses (the trigger and its function as this module created them), and the
+        append function when it is gone or not the one migration 0003 created."""
         rows = self._all(
             "SELECT t.tgname, t.tgenabled, p.proname, p.prosrc FROM pg_trigger AS t "
             "JOIN pg_proc AS p ON p.oid = t.tgfoid "
@@ -513,7 +614,13 @@ class PostgresRecorder(Recorder):
             and function == _REFUSE_EDIT
             and source.split() == _REFUSE_EDIT_BODY.split()
         }
-        return [name for name in APPEND_ONLY_TRIGGERS if name not in intact]
+        missing = [name for name in APPEND_ONLY_TRIGGERS if name not in intact]
+        # the append's own checks (lease, tail) are a guard too: gone or replaced, an
+        # append could skip them
+        append = self._one("SELECT prosrc FROM pg_proc WHERE proname = %s", [APPEND_FUNCTION])
+        if append is None or append[0].split() != _APPEND_FUNCTION_BODY.split():
+            missing.append(f"function {APPEND_FUNCTION}")
+        return missing
 
     def holder(self) -> str | None:
         """The lease's holder while its lease is live by the database's clock (a journal

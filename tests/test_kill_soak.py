@@ -7,7 +7,7 @@ stands for the broker's book. Most kills fork a child that already imported walk
 command is the same `engine.cli.main`), so many seeded kills fit in `make test`; a few run
 the installed `walkbook` executable end to end. WALKBOOK_SOAK=long runs a longer soak.
 
-The soak runs on a SQLite journal file (200 kills, 2,000 long) and on a PostgreSQL journal
+The soak runs on a SQLite journal file (100 kills, 2,000 long) and on a PostgreSQL journal
 in the session's throwaway cluster (20 kills, 400 long), the run and each resume owning it
 by a lease of 1 s (`--lease-seconds`): a killed owner's lease runs out within a second, and
 each restart first waits for that, as an operator's restart would. The long form of both:
@@ -41,7 +41,7 @@ from journal import Journal, JournalError
 from journal.location import is_database_url, journal_holder
 
 LONG_SOAK = os.environ.get("WALKBOOK_SOAK") == "long"
-KILLS = {"sqlite": 2000 if LONG_SOAK else 200, "postgresql": 400 if LONG_SOAK else 20}
+KILLS = {"sqlite": 2000 if LONG_SOAK else 100, "postgresql": 400 if LONG_SOAK else 20}
 # A PostgreSQL journal's lease: renewed every third of it, and a killed owner's runs out
 # (and the next process may open the journal) within it.
 LEASE_SECONDS = "1"

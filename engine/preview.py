@@ -38,6 +38,7 @@ from .numbers import BPS, ZERO, cents, decimal_text, floor_to, money
 from .preflight import ROUNDED_DOWN, CheckedIntent, check_intent, described, tradable
 from .pricing import limit_price
 from .quotes import QuoteService, UsableQuote
+from .results import is_skip
 from .retry import read_with_retry
 from .risk import WEIGHT_PLACES, traded_on
 from .sizing import shrink_unit, spendable_funds
@@ -444,7 +445,7 @@ class _Line:
             cost, cost_bps = cents(worse * self.qty), cents(worse / mid * BPS)
         if self.reason is None:
             outcome = Outcome.SHRUNK if self.shrunk else Outcome.SENT
-        elif self.reason == FailReason.BELOW_MIN_NOTIONAL and config.min_order_notional is not None:
+        elif is_skip(self.reason, config.min_order_notional):
             outcome = Outcome.SKIPPED
         else:
             outcome = Outcome.REFUSED

@@ -16,7 +16,7 @@ from .numbers import BPS, ZERO
 from .order import OrderRecord
 from .targets import Hold
 
-__all__ = ["OrderResult", "PlanResult", "PlanStatus"]
+__all__ = ["OrderResult", "PlanResult", "PlanStatus", "is_skip"]
 
 CENT = Decimal("0.01")
 
@@ -122,9 +122,15 @@ class OrderResult(BaseModel):
             correlation_id=record.intent.correlation_id,
             strategy_id=record.intent.strategy_id,
             notional_requested=record.notional_requested,
-            skipped=record.reason == FailReason.BELOW_MIN_NOTIONAL
-            and record.config.get("min_order_notional") is not None,
+            skipped=is_skip(record.reason, record.config.get("min_order_notional")),
         )
+
+
+def is_skip(reason: str | None, min_order_notional: object) -> bool:
+    """An order left unsent on purpose: FAILED `below_min_notional` under a
+    `min_order_notional` the configuration sets. The one rule the result and the preview
+    both apply."""
+    return reason == FailReason.BELOW_MIN_NOTIONAL and min_order_notional is not None
 
 
 class PlanStatus(StrEnum):

@@ -176,21 +176,12 @@ class Journal:
 
     @property
     def conn(self) -> sqlite3.Connection:
-        """The SQLite connection of a journal file (the audit and the benches read it)."""
+        """The SQLite connection of a journal file (benches and tests read it raw)."""
         if not isinstance(self.recorder, SqliteRecorder):
             raise JournalUnavailable(
                 f"journal {self.location} is not a SQLite file", location=self.location
             )
         return self.recorder.conn
-
-    @property
-    def file(self) -> Path:
-        """The journal's file; a journal in a database has none (JournalUnavailable)."""
-        if self.path is None:
-            raise JournalUnavailable(
-                f"journal {self.location} is not a SQLite file", location=self.location
-            )
-        return self.path
 
     @classmethod
     def open(

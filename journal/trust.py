@@ -15,7 +15,7 @@ from .chain import GENESIS_HASH, chain_links
 from .errors import JournalCorrupt
 from .store import Journal
 
-__all__ = ["check_before_acting", "recorded_check"]
+__all__ = ["check_before_acting", "recorded_check", "trusted_end"]
 
 CHECKED_SEQ_KEY, CHECKED_HASH_KEY = "checked_seq", "checked_hash"
 _BATCH = 1024
@@ -30,10 +30,11 @@ def recorded_check(journal: Journal) -> tuple[int, str]:
     return int(meta[CHECKED_SEQ_KEY]), str(meta[CHECKED_HASH_KEY])
 
 
-def check_before_acting(journal: Journal) -> None:
+def trusted_end(journal: Journal) -> tuple[int, str]:
     """Refuse (JournalCorrupt, naming the first bad seq) a journal whose append-only
     triggers are gone, whose checked prefix changed or shrank, or whose chain breaks after
-    it; then record the new end as checked."""
+    it; else the seq and hash of its last event. Reads only: a reader that would declare
+    the journal's work done (a resume with nothing in flight) checks this much too."""
     missing = journal.recorder.missing_guards()
     if missing:
         raise JournalCorrupt(
@@ -52,8 +53,13 @@ def check_before_acting(journal: Journal) -> None:
                 + ": events were removed or rewritten; refusing to act on it",
                 seq=checked_seq,
             )
-    last_seq, last_hash = _check_tail(journal, checked_seq, checked_hash)
-    if last_seq != checked_seq:
+    return _check_tail(journal, checked_seq, checked_hash)
+
+
+def check_before_acting(journal: Journal) -> None:
+    """`trusted_end`, then record the new end as checked."""
+    last_seq, last_hash = trusted_end(journal)
+    if last_seq != recorded_check(journal)[0]:
         _record(journal, last_seq, last_hash)
 
 

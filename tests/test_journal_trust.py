@@ -179,6 +179,11 @@ def test_the_cli_refuses_a_tampered_journal_with_exit_2_naming_the_seq(tmp_path:
     assert refused.exit_code == 2, refused.output
     assert "seq 3" in refused.stderr
     assert sqlite3.connect(path).execute("SELECT count(*) FROM events").fetchone() == before[1]
+    # nothing is in flight, but a resume does not call an edited journal done
+    resumed = runner.invoke(cli_main, ["resume", "--journal", str(path), "--sim-state", str(state)])
+    assert resumed.exit_code == 2, resumed.output
+    (line,) = resumed.stderr.strip().splitlines()
+    assert "the hash chain breaks at seq 3" in line
 
 
 def test_an_empty_journal_is_refused_while_the_broker_shows_its_orders(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from rich.console import Console
 
 from journal import Journal
 from journal.location import journal_holder
+from journal.trust import trusted_end
 
 from ..brokers.sim import MarketSpec, load_market_spec, parse_market_spec
 from ..config import EngineConfig
@@ -354,8 +355,11 @@ def resume_journal(
 
 def _nothing_in_flight(journal_path: str | Path) -> bool:
     """Read-only, before anything else: a journal with nothing in flight (one a run killed
-    during start-up leaves, say) needs no broker, no simulator state and no lock."""
+    during start-up leaves, say) needs no broker, no simulator state and no lock. Only a
+    journal found whole says so: an edited one is refused (JournalCorrupt) as a resume
+    that acts on it would be."""
     with Journal.open_readonly(journal_path) as journal:
+        trusted_end(journal)
         return not journal.orders(unless_state=TERMINAL_STATES)
 
 

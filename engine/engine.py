@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 
 from journal import Event, Journal, JournalCorrupt, NewEvent, canonical_json, stamp
-from journal.trust import check_before_acting
+from journal.trust import check_before_acting, in_flight_rows
 
 from .broker import Asset, Broker, BrokerOrder
 from .clock import Clock, RealClock
@@ -586,7 +586,7 @@ class Engine:
     def _check_projection(self, records: dict[str, OrderRecord]) -> None:
         """The `orders` rows of in-flight orders must be what their events fold to: a row
         edited by hand (or events lost under it) means the journal cannot be acted on."""
-        rows = {r["order_id"]: r for r in self.journal.orders(unless_state=TERMINAL_STATES)}
+        rows = in_flight_rows(self.journal, TERMINAL_STATES)
         for order_id in sorted(rows.keys() | records.keys()):
             record = records.get(order_id)
             row = rows.get(order_id)
@@ -696,7 +696,7 @@ class Engine:
         killed mid-plan) is refused, walked to the end, or abandoned (`in_flight`)."""
         rows = [
             r
-            for r in self.journal.orders(unless_state=TERMINAL_STATES)
+            for r in in_flight_rows(self.journal, TERMINAL_STATES).values()
             if r["plan_id"] != plan_id and r["order_id"] not in self._owned
         ]
         if not rows:

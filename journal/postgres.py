@@ -32,7 +32,13 @@ from .lease import LEASE_TABLE, Lease, create_lease_table, lease_holder
 from .location import redacted, valid_database_url
 from .recorder import EVENT_FIELDS, HISTORY_FIELDS, EventRow, OrderWrite, Recorder
 from .schema import FORMAT_NAME, ORDER_COLUMNS, SCHEMA_VERSION
-from .sqlite import events_up_to_sql, fold_stream_sql, order_filter, order_ids_of_kind_sql
+from .sqlite import (
+    events_up_to_sql,
+    fold_stream_sql,
+    order_filter,
+    order_ids_of_kind_sql,
+    unfinished_orders_sql,
+)
 
 __all__ = ["APPEND_ONLY_TRIGGERS", "MIGRATION_NAMES", "PostgresRecorder"]
 
@@ -668,6 +674,9 @@ class PostgresRecorder(Recorder):
     ) -> list[str]:
         query, params = order_ids_of_kind_sql(kind, order_id, plan_id, "%s")
         return [str(row[0]) for row in self._all(query, params)]
+
+    def unfinished_order_ids(self, ends: Collection[str]) -> set[str]:
+        return {str(row[0]) for row in self._all(unfinished_orders_sql(ends, "%s"), sorted(ends))}
 
     def order_event_rows(self, order_id: str) -> Iterator[EventRow]:
         query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE order_id = %s ORDER BY order_seq"

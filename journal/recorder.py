@@ -190,6 +190,11 @@ class Recorder(ABC):
         """The order_id of each event of `kind`, in seq order; of one order or plan when given."""
 
     @abstractmethod
+    def unfinished_order_ids(self, ends: Collection[str]) -> set[str]:
+        """Each order whose events hold its `created` and no transition into one of `ends`:
+        what is in flight by the hash-chained events, whatever the `orders` rows say."""
+
+    @abstractmethod
     def order_event_rows(self, order_id: str) -> Iterator[EventRow]:
         """The order's events in order_seq order, through UNIQUE(order_id, order_seq)."""
 

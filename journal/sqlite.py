@@ -40,6 +40,7 @@ __all__ = [
     "fold_stream_sql",
     "order_ids_of_kind_sql",
     "readonly_uri",
+    "unfinished_orders_sql",
 ]
 
 Synchronous = Literal["FULL", "NORMAL"]
@@ -105,6 +106,16 @@ def order_ids_of_kind_sql(
             where.append(f"{column} = {mark}")
             params.append(value)
     return f"SELECT order_id FROM events WHERE {' AND '.join(where)} ORDER BY seq", params
+
+
+def unfinished_orders_sql(ends: Collection[str], mark: str = "?") -> str:
+    """`Recorder.unfinished_order_ids`' query: orders created and never moved into one of
+    `ends`, by their events alone (two scans of events; no projection row is read)."""
+    marks = ", ".join([mark] * len(ends))
+    return (
+        "SELECT order_id FROM events WHERE order_seq = 1 EXCEPT "
+        f"SELECT order_id FROM events WHERE to_state IN ({marks})"
+    )
 
 
 # An orders row as a verify reads it: last_seq CAST so a forged non-integer sorts and
@@ -449,6 +460,9 @@ class SqliteRecorder(Recorder):
     ) -> list[str]:
         sql, params = order_ids_of_kind_sql(kind, order_id, plan_id)
         return [row[0] for row in self.conn.execute(sql, params)]
+
+    def unfinished_order_ids(self, ends: Collection[str]) -> set[str]:
+        return {row[0] for row in self.conn.execute(unfinished_orders_sql(ends), sorted(ends))}
 
     def order_event_rows(self, order_id: str) -> Iterator[EventRow]:
         return iter(

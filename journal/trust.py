@@ -9,13 +9,15 @@ of a large journal stays quick; `walkbook journal verify` checks everything.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from itertools import islice
+from typing import Any
 
 from .chain import GENESIS_HASH, chain_links
 from .errors import JournalCorrupt
 from .store import Journal
 
-__all__ = ["check_before_acting", "recorded_check", "trusted_end"]
+__all__ = ["check_before_acting", "in_flight_rows", "recorded_check", "trusted_end"]
 
 CHECKED_SEQ_KEY, CHECKED_HASH_KEY = "checked_seq", "checked_hash"
 _BATCH = 1024
@@ -61,6 +63,25 @@ def check_before_acting(journal: Journal) -> None:
     last_seq, last_hash = trusted_end(journal)
     if last_seq != recorded_check(journal)[0]:
         _record(journal, last_seq, last_hash)
+
+
+def in_flight_rows(journal: Journal, ends: Collection[str]) -> dict[str, dict[str, Any]]:
+    """The `orders` rows of orders not in one of `ends`, by order_id, once the hash-chained
+    events agree on which orders those are. The rows are a projection anyone can edit: a
+    row marked finished while its order is live would let a run or resume walk away from
+    it, so a disagreement is refused (JournalCorrupt, naming the order)."""
+    rows = {row["order_id"]: row for row in journal.orders(unless_state=ends)}
+    unfinished = journal.recorder.unfinished_order_ids(ends)
+    if rows.keys() != unfinished:
+        order_id = min(rows.keys() ^ unfinished)
+        said = "finished" if order_id in unfinished else "in flight"
+        raise JournalCorrupt(
+            f"{journal.location}: the orders row of {order_id} says it is {said} and its "
+            "events say otherwise: the journal was edited; refusing to act on it (walkbook "
+            "journal verify)",
+            order_id=order_id,
+        )
+    return rows
 
 
 def _check_tail(journal: Journal, checked_seq: int, checked_hash: str) -> tuple[int, str]:

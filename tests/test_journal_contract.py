@@ -319,6 +319,9 @@ def test_the_audit_reads_agree_in_both_stores(
         assert recorder.order_ids_of_kind("created") == ["o0", "o1", "o2", "p0"]
         assert recorder.order_ids_of_kind("created", plan_id="plan-2") == ["p0"]
         assert recorder.order_ids_of_kind("created", order_id="o2") == ["o2"]
+        # by the events alone: o1 is VALIDATED; o0 and o2 only stepped, p0 is new
+        assert recorder.unfinished_order_ids(["VALIDATED", "FAILED"]) == {"o0", "o2", "p0"}
+        assert recorder.unfinished_order_ids(["LIMIT_STEP_3"]) == {"p0"}
         assert [r[0] for r in recorder.order_event_rows("o1")] == [2, 6, 9, 12, 15]
         assert recorder.order_event_count("o1", 10) == 3
         assert list(recorder.row_claims()) == [("o0", 11), ("o2", 13), ("p0", 14), ("o1", 15)]

@@ -211,3 +211,28 @@ def test_a_journal_held_mid_write_is_busy_not_called_corrupt(tmp_path: Path) -> 
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_an_order_marked_finished_in_its_row_alone_is_not_walked_away_from(
+    tmp_path: Path,
+) -> None:
+    """The `orders` rows are a projection anyone can edit: an in-flight order marked FAILED
+    there while its events say it is live (and nothing of it rests at the broker to give it
+    away) is refused by resume, by a new plan and by the CLI's nothing-in-flight answer."""
+    clock, broker, path = in_flight_journal(tmp_path)
+    (live,) = [order for order in broker.orders.values() if not order.status.is_terminal]
+    clock.run(broker.cancel_order(live.id))
+    clock.run(clock.sleep(5))  # the cancel reaches the simulated venue
+    assert clock.run(broker.get_order(live.id)).status.is_terminal
+    edit(path, "UPDATE orders SET state = 'FAILED'")
+    with Engine(broker, path, clock=clock) as engine:
+        seq = engine.journal.last_seq
+        with pytest.raises(JournalCorrupt, match="says it is finished"):
+            engine.resume_sync()
+        with pytest.raises(JournalCorrupt, match="says it is finished"):
+            engine.execute_plan_sync(parse_plan({**PLAN, "plan_id": "p2"}))
+        assert engine.journal.last_seq == seq
+    resumed = CliRunner().invoke(cli_main, ["resume", "--journal", str(path)])
+    assert resumed.exit_code == 2, resumed.output
+    (line,) = resumed.stderr.strip().splitlines()
+    assert "says it is finished and its events say otherwise" in line

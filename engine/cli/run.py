@@ -22,7 +22,7 @@ from rich.console import Console
 
 from journal import Journal
 from journal.location import journal_holder
-from journal.trust import trusted_end
+from journal.trust import in_flight_rows, trusted_end
 
 from ..brokers.sim import MarketSpec, load_market_spec, parse_market_spec
 from ..config import EngineConfig
@@ -360,7 +360,7 @@ def _nothing_in_flight(journal_path: str | Path) -> bool:
     that acts on it would be."""
     with Journal.open_readonly(journal_path) as journal:
         trusted_end(journal)
-        return not journal.orders(unless_state=TERMINAL_STATES)
+        return not in_flight_rows(journal, TERMINAL_STATES)
 
 
 def _report(report: ResumeReport) -> NoReturn:

@@ -67,7 +67,7 @@ from .results import OrderResult, PlanResult
 from .retry import read_with_retry
 from .risk import PreTradeRisk, Refusal, SellGate
 from .sizing import BuySizer
-from .stopping import StopRequests, take_halt_request
+from .stopping import StopRequests, take_halt_requests
 from .targets import (
     Derivation,
     Hold,
@@ -507,8 +507,9 @@ class Engine:
         names stop where they are (the requester waits for their orders to end). A request
         is a file beside a journal file, a meta row of a journal in a database."""
         while True:
-            request = take_halt_request(self.journal)
-            if request is not None and request.target_pid == os.getpid():
+            for request in take_halt_requests(self.journal):
+                if request.target_pid != os.getpid():
+                    continue
                 self.log.warning(
                     "halt.requested", plan_id=request.plan_id, reason=request.reason.value
                 )

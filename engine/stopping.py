@@ -5,8 +5,10 @@ while it waits on the broker, and then cancels what it has live (write-ahead, li
 side effect) instead of being interrupted in the middle of a broker call whose answer
 the journal would then lack. `walkbook halt` reaches a process that holds the journal
 through a request every engine walking orders polls: a file beside a journal file, or a
-`meta` row of a journal in a database (`HALT_REQUEST_KEY`), the server being the one
-place both processes reach there.
+`meta` row of a journal in a database (`HALT_REQUEST_PREFIX`), the server being the one
+place both processes reach there. Each requester writes a request of its own name, and
+the owner takes each one whole (read, then removed; in a database one DELETE ...
+RETURNING), so no request overwrites, or is cleared with, another.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,21 +29,21 @@ from .files import open_private
 from .fsm import FailReason
 
 __all__ = [
-    "HALT_REQUEST_KEY",
+    "HALT_REQUEST_PREFIX",
     "HaltRequest",
     "StopRequested",
     "StopRequests",
     "clear_halt_request",
-    "halt_request_path",
-    "read_halt_request",
-    "take_halt_request",
+    "halt_request_paths",
+    "take_halt_requests",
     "write_halt_request",
 ]
 
 T = TypeVar("T")
 STOP_REASONS = frozenset({FailReason.CANCELLED, FailReason.ABANDONED})
-# The meta key holding a journal-in-a-database's pending request ("" once taken).
-HALT_REQUEST_KEY = "halt_request"
+# The meta keys of a journal-in-a-database's pending requests, one per requester.
+HALT_REQUEST_PREFIX = "halt_request:"
+_STAGING = ".new"
 
 
 class StopRequested(Exception):
@@ -134,50 +137,52 @@ class HaltRequest:
         return {"plan_id": self.plan_id, "reason": self.reason.value, "target_pid": self.target_pid}
 
 
-def halt_request_path(journal_path: Path) -> Path:
-    """`<journal>.halt`, beside the journal (resolved, so every spelling of it agrees)."""
+def halt_request_paths(journal_path: Path) -> list[Path]:
+    """The requests pending beside a journal file (resolved, so every spelling of it agrees):
+    `<journal>.halt.<requester>`, one per requester."""
     resolved = journal_path.resolve()
-    return resolved.with_name(resolved.name + ".halt")
+    return sorted(
+        path
+        for path in resolved.parent.glob(f"{resolved.name}.halt.*")
+        if not path.name.endswith(_STAGING)
+    )
 
 
-def write_halt_request(journal_path: str | Path, request: HaltRequest) -> None:
-    """Create the request atomically: a file written aside, then renamed, readable only by
-    us; or the meta row, through a connection of our own that never owns the journal."""
+def write_halt_request(journal_path: str | Path, request: HaltRequest) -> str:
+    """Create the request atomically under a name of its own (a file written aside, then
+    renamed, readable only by us; or a meta row, through a connection of our own that
+    never owns the journal); the name, for `clear_halt_request`."""
+    name = f"{os.getpid()}-{secrets.token_hex(4)}"
+    text = json.dumps(request.to_json())
     if is_database_url(journal_path):
-        _set_database_request(str(journal_path), json.dumps(request.to_json()))
-        return
-    path = halt_request_path(Path(journal_path))
-    staging = path.with_name(f"{path.name}.{os.getpid()}")
+        with Journal.open(str(journal_path), lock=False) as journal:
+            journal.recorder.set_meta({HALT_REQUEST_PREFIX + name: text})
+        return name
+    resolved = Path(journal_path).resolve()
+    path = resolved.with_name(f"{resolved.name}.halt.{name}")
+    staging = path.with_name(path.name + _STAGING)
     with open_private(staging) as out:
-        json.dump(request.to_json(), out)
+        out.write(text)
     os.replace(staging, path)
+    return name
 
 
-def read_halt_request(journal_path: Path) -> HaltRequest | None:
-    """The pending request beside a journal file, or None. A request addressed to a
-    process (`target_pid`) is for that process only: one left behind by a halt that died
-    never stops a later run."""
-    try:
-        return _parsed(halt_request_path(journal_path).read_text())
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return _UNREADABLE
-
-
-def take_halt_request(journal: Journal) -> HaltRequest | None:
-    """The owner's look: the request pending for the journal it holds, which it clears (a
-    request for another process too, as the requester waits for its own to be taken)."""
-    if journal.path is not None:
-        request = read_halt_request(journal.path)
-        if request is not None:
-            clear_halt_request(journal.path)
-        return request
-    text = journal.recorder.meta([HALT_REQUEST_KEY]).get(HALT_REQUEST_KEY)
-    if not text:
-        return None
-    journal.recorder.set_meta({HALT_REQUEST_KEY: ""})
-    return _parsed(text)
+def take_halt_requests(journal: Journal) -> list[HaltRequest]:
+    """The owner's look: every request pending for the journal it holds, each taken whole
+    (requests for other processes too: their requesters wait for them to be taken)."""
+    if journal.path is None:
+        return [_parsed(text) for text in journal.recorder.take_meta(HALT_REQUEST_PREFIX)]
+    taken = []
+    for path in halt_request_paths(journal.path):
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            text = ""
+        path.unlink(missing_ok=True)
+        taken.append(_parsed(text))
+    return taken
 
 
 def _parsed(text: str) -> HaltRequest:
@@ -198,13 +203,11 @@ def _parsed(text: str) -> HaltRequest:
 _UNREADABLE = HaltRequest(None, FailReason.CANCELLED, 0)
 
 
-def clear_halt_request(journal_path: str | Path) -> None:
+def clear_halt_request(journal_path: str | Path, name: str) -> None:
+    """Withdraw this requester's own request, if the owner has not taken it."""
     if is_database_url(journal_path):
-        _set_database_request(str(journal_path), "")
-    else:
-        halt_request_path(Path(journal_path)).unlink(missing_ok=True)
-
-
-def _set_database_request(url: str, text: str) -> None:
-    with Journal.open(url, lock=False) as journal:
-        journal.recorder.set_meta({HALT_REQUEST_KEY: text})
+        with Journal.open(str(journal_path), lock=False) as journal:
+            journal.recorder.take_meta(HALT_REQUEST_PREFIX + name)
+        return
+    resolved = Path(journal_path).resolve()
+    resolved.with_name(f"{resolved.name}.halt.{name}").unlink(missing_ok=True)

@@ -33,6 +33,7 @@ from .location import redacted, valid_database_url
 from .recorder import EVENT_FIELDS, HISTORY_FIELDS, EventRow, OrderWrite, Recorder
 from .schema import FORMAT_NAME, ORDER_COLUMNS, SCHEMA_VERSION
 from .sqlite import (
+    TAKE_META,
     events_up_to_sql,
     fold_stream_sql,
     order_filter,
@@ -491,6 +492,11 @@ class PostgresRecorder(Recorder):
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 list(values.items()),
             )
+
+    def take_meta(self, prefix: str) -> list[str]:
+        with self._errors(), self.conn.transaction():
+            rows = self.conn.execute(TAKE_META.replace("?", "%s"), [prefix, prefix]).fetchall()
+        return [str(value) for (value,) in rows]
 
     # -- reading -----------------------------------------------------------------
 

@@ -97,6 +97,11 @@ class Recorder(ABC):
     def set_meta(self, values: Mapping[str, str]) -> None:
         """Store these meta keys in one transaction."""
 
+    @abstractmethod
+    def take_meta(self, prefix: str) -> list[str]:
+        """Remove the meta keys starting with `prefix` and give their values, in one
+        statement: a key written meanwhile is either taken whole or left for the next take."""
+
     # -- reading -----------------------------------------------------------------
 
     @abstractmethod

@@ -33,6 +33,7 @@ __all__ = [
     "EVENT_COLUMNS",
     "INSERT_EVENT",
     "PROJECTED_COLUMNS",
+    "TAKE_META",
     "UPSERT_ORDER",
     "SqliteRecorder",
     "Synchronous",
@@ -116,6 +117,11 @@ def unfinished_orders_sql(ends: Collection[str], mark: str = "?") -> str:
         "SELECT order_id FROM events WHERE order_seq = 1 EXCEPT "
         f"SELECT order_id FROM events WHERE to_state IN ({marks})"
     )
+
+
+# `Recorder.take_meta`'s statement (`?` as SQLite writes it); a prefix compared as text,
+# not as a LIKE pattern, whose `_` would match any character.
+TAKE_META = "DELETE FROM meta WHERE substr(key, 1, length(?)) = ? RETURNING value"
 
 
 # An orders row as a verify reads it: last_seq CAST so a forged non-integer sorts and
@@ -334,6 +340,10 @@ class SqliteRecorder(Recorder):
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def take_meta(self, prefix: str) -> list[str]:
+        rows = self.conn.execute(TAKE_META, [prefix, prefix]).fetchall()
+        return [str(value) for (value,) in rows]
 
     # -- reading -----------------------------------------------------------------
 

@@ -254,6 +254,16 @@ def test_a_failed_append_leaves_neither_event_nor_projection(journal: Journal) -
     assert journal.verify_chain() is None
 
 
+def test_take_meta_removes_exactly_the_keys_of_its_prefix(journal: Journal) -> None:
+    """Halt requests are meta keys taken by prefix; `_` in it is a character, not a LIKE
+    wildcard, and a take leaves nothing for the next one."""
+    recorder = journal.recorder
+    recorder.set_meta({"halt_request:1-a": "one", "halt_request:2-b": "two", "haltXrequest:3": "x"})
+    assert sorted(recorder.take_meta("halt_request:")) == ["one", "two"]
+    assert recorder.take_meta("halt_request:") == []
+    assert recorder.meta(["haltXrequest:3", "halt_request:1-a"]) == {"haltXrequest:3": "x"}
+
+
 def test_follow_yields_every_event_in_order(journal: Journal) -> None:
     """A follower reads the same events, in batches, and stops when idle."""
     walk(journal)

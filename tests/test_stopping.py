@@ -8,6 +8,7 @@ on the broker directly, beside the engine, as a desk user would through Alpaca's
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +24,12 @@ from engine.errors import EngineHalting, PlanAtBroker, PlansInFlight, UnknownBro
 from engine.events import EventKind
 from engine.fsm import FailReason
 from engine.sizing import BULK_QUOTES_FROM
-from engine.stopping import HaltRequest, write_halt_request
+from engine.stopping import (
+    HaltRequest,
+    clear_halt_request,
+    halt_request_paths,
+    write_halt_request,
+)
 
 BUY = {"symbol": "AAPL", "side": "buy", "quantity": "10"}
 MSFT_BUY = {"symbol": "MSFT", "side": "buy", "quantity": "3"}
@@ -266,6 +272,32 @@ def test_a_halt_request_for_another_process_is_dropped(make_rig):
     write_halt_request(rig.journal_path, HaltRequest(None, FailReason.CANCELLED, 1))
     result = rig.engine.execute_plan_sync(plan("p1"))
     assert result.orders[0].state == "VALIDATED"
+
+
+def test_two_halt_requests_at_once_are_both_taken(make_rig):
+    """A request for this process and, just after it, one for another process: neither
+    overwrites the other, the engine acts on its own, and it takes both."""
+    rig = make_rig(**resting())
+    import os
+
+    async def two_requesters() -> None:
+        await rig.clock.sleep(12)
+        write_halt_request(rig.journal_path, HaltRequest(None, FailReason.CANCELLED, os.getpid()))
+        write_halt_request(rig.journal_path, HaltRequest(None, FailReason.ABANDONED, 1))
+
+    result, _ = run_with(rig, rig.engine.execute_plan(plan("p1")), two_requesters())
+    assert [(o.state, o.reason) for o in result.orders] == [("FAILED", "cancelled")]
+    assert halt_request_paths(rig.journal_path) == []
+
+
+def test_a_requester_withdraws_only_its_own_request(make_rig):
+    rig = make_rig(**resting())
+    mine = write_halt_request(rig.journal_path, HaltRequest("p1", FailReason.CANCELLED, 7))
+    theirs = write_halt_request(rig.journal_path, HaltRequest("p2", FailReason.CANCELLED, 8))
+    clear_halt_request(rig.journal_path, mine)
+    (left,) = halt_request_paths(rig.journal_path)
+    assert left.name.endswith(theirs)
+    assert json.loads(left.read_text())["plan_id"] == "p2"
 
 
 # -- cancels made elsewhere ----------------------------------------------------------------

@@ -63,7 +63,7 @@ def _still_in_flight(journal_path: str | Path, plan_id: str | None) -> list[dict
 def _ask_the_owner(journal_path: str | Path, request: HaltRequest, wait_seconds: float) -> bool:
     """Ask the process holding the journal to stop; True once what it was asked to stop has
     ended, False when it exited first (the lock is free: stop the rest here)."""
-    write_halt_request(journal_path, request)
+    name = write_halt_request(journal_path, request)
     deadline = time.monotonic() + wait_seconds
     try:
         while time.monotonic() < deadline:
@@ -73,7 +73,7 @@ def _ask_the_owner(journal_path: str | Path, request: HaltRequest, wait_seconds:
             if _lock_free(journal_path):
                 return False
     finally:
-        clear_halt_request(journal_path)
+        clear_halt_request(journal_path, name)
     stopped_with_work_live(
         f"the process holding the journal (pid {request.target_pid}) did not finish halting "
         f"within {wait_seconds:g} s"

@@ -220,22 +220,119 @@ _APPEND_FUNCTION: LiteralString = """
     END
     $$
 """
-# what verify and a writer's trust check compare the stored function with
-APPEND_FUNCTION = "walkbook_append"
-_APPEND_FUNCTION_BODY = _APPEND_FUNCTION.split("$$")[1]
 _LEASE_LOST = "WB001"
 _UNLINKED = "WB002"
 _APPEND = "SELECT walkbook_append(%s, %s, %s::jsonb, %s::jsonb, %s)"
+
+# The commonest append, one event and at most its order's row (every walk step), as
+# walkbook_append makes it but with each value a typed parameter: no JSON to build here
+# or to parse and pick apart there. With the libpq path below it cut the append's CPU at
+# 8 writers on 2 cores by about a third (docs/benchmarks.md). The order's parameters are
+# NULL for an event with no projection row; their last is the row's last_seq.
+_APPEND_EVENT_FUNCTION: LiteralString = """
+    CREATE FUNCTION walkbook_append_event(
+        lease_epoch BIGINT, lease_token TEXT, heartbeat_at TEXT,
+        e_seq BIGINT, e_order_id TEXT, e_order_seq BIGINT, e_plan_id TEXT, e_at TEXT,
+        e_kind TEXT, e_from_state TEXT, e_to_state TEXT, e_data TEXT, e_prev_hash TEXT,
+        e_hash TEXT,
+        o_order_id TEXT, o_plan_id TEXT, o_symbol TEXT, o_side TEXT, o_close_type TEXT,
+        o_urgency TEXT, o_quantity TEXT, o_correlation_id TEXT, o_strategy_id TEXT,
+        o_state TEXT, o_reason TEXT, o_filled_qty TEXT, o_notional TEXT, o_avg_price TEXT,
+        o_live_broker_order_id TEXT, o_live_client_order_id TEXT, o_steps_used INTEGER,
+        o_created_at TEXT, o_updated_at TEXT, o_last_seq BIGINT
+    ) RETURNS VOID LANGUAGE plpgsql AS $$
+    DECLARE
+        stored TEXT;
+    BEGIN
+        IF lease_epoch IS NOT NULL THEN
+            PERFORM FROM lease WHERE id = 1 AND epoch = lease_epoch AND token = lease_token
+                AND expires_at > clock_timestamp() FOR UPDATE;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'the lease is not this writer''s' USING ERRCODE = 'WB001';
+            END IF;
+        END IF;
+        IF e_seq > 1 THEN
+            SELECT hash INTO stored FROM events WHERE seq = e_seq - 1;
+            IF stored IS NULL THEN
+                RAISE EXCEPTION 'no event before it (a gap)' USING ERRCODE = 'WB002';
+            ELSIF stored <> e_prev_hash THEN
+                RAISE EXCEPTION 'it does not link' USING ERRCODE = 'WB002';
+            END IF;
+        END IF;
+        INSERT INTO events (seq, order_id, order_seq, plan_id, at, kind, from_state,
+                            to_state, data, prev_hash, hash)
+        VALUES (e_seq, e_order_id, e_order_seq, e_plan_id, e_at, e_kind, e_from_state,
+                e_to_state, e_data, e_prev_hash, e_hash);
+        IF o_order_id IS NOT NULL THEN
+            UPDATE orders SET quantity = o_quantity, state = o_state, reason = o_reason,
+                filled_qty = o_filled_qty, notional = o_notional, avg_price = o_avg_price,
+                live_broker_order_id = o_live_broker_order_id,
+                live_client_order_id = o_live_client_order_id, steps_used = o_steps_used,
+                updated_at = o_updated_at, last_seq = o_last_seq
+            WHERE order_id = o_order_id;
+            IF NOT FOUND THEN
+                INSERT INTO orders (order_id, plan_id, symbol, side, close_type, urgency,
+                    quantity, correlation_id, strategy_id, state, reason, filled_qty,
+                    notional, avg_price, live_broker_order_id, live_client_order_id,
+                    steps_used, created_at, updated_at, last_seq)
+                VALUES (o_order_id, o_plan_id, o_symbol, o_side, o_close_type, o_urgency,
+                    o_quantity, o_correlation_id, o_strategy_id, o_state, o_reason,
+                    o_filled_qty, o_notional, o_avg_price, o_live_broker_order_id,
+                    o_live_client_order_id, o_steps_used, o_created_at, o_updated_at,
+                    o_last_seq)
+                ON CONFLICT (order_id) DO UPDATE SET quantity = excluded.quantity,
+                    state = excluded.state, reason = excluded.reason,
+                    filled_qty = excluded.filled_qty, notional = excluded.notional,
+                    avg_price = excluded.avg_price,
+                    live_broker_order_id = excluded.live_broker_order_id,
+                    live_client_order_id = excluded.live_client_order_id,
+                    steps_used = excluded.steps_used, updated_at = excluded.updated_at,
+                    last_seq = excluded.last_seq;
+            END IF;
+        END IF;
+        IF heartbeat_at IS NOT NULL THEN
+            UPDATE owner SET heartbeat_at = walkbook_append_event.heartbeat_at WHERE id = 1;
+        END IF;
+    END
+    $$
+"""
+# A server-side prepared statement of its own, run through libpq (psycopg.pq) with the
+# values already text: psycopg's cursor machinery costs more client CPU than the append's
+# own Python (docs/benchmarks.md). The casts pin the call to the one signature.
+_APPEND_EVENT_NAME = b"walkbook_append_event"
+# each parameter's type as the function declares it
+_APPEND_EVENT_TYPES = [
+    parameter.split()[1]
+    for parameter in _APPEND_EVENT_FUNCTION.split("(", 1)[1].split(") RETURNS")[0].split(",")
+]
+_APPEND_EVENT = (
+    "SELECT walkbook_append_event("
+    + ", ".join(f"${i}::{kind}" for i, kind in enumerate(_APPEND_EVENT_TYPES, 1))
+    + ")"
+).encode()
+_NO_ORDER_ROW = (None,) * len(ORDER_COLUMNS)
+_SUCCEEDED = (psycopg.pq.ExecStatus.COMMAND_OK, psycopg.pq.ExecStatus.TUPLES_OK)
+
+# what verify and a writer's trust check compare the stored functions with
+APPEND_FUNCTIONS = {
+    "walkbook_append": _APPEND_FUNCTION.split("$$")[1],
+    "walkbook_append_event": _APPEND_EVENT_FUNCTION.split("$$")[1],
+}
 
 
 def _create_append_function(conn: psycopg.Connection[Any]) -> None:
     conn.execute(_APPEND_FUNCTION)
 
 
+def _create_append_event_function(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(_APPEND_EVENT_FUNCTION)
+
+
 _STEPS: tuple[tuple[str, Callable[[psycopg.Connection[Any]], None]], ...] = (
     ("0001_initial", _initial),
     ("0002_lease", create_lease_table),
     ("0003_append_function", _create_append_function),
+    ("0004_append_event_function", _create_append_event_function),
 )
 MIGRATION_NAMES = tuple(name for name, _ in _STEPS)
 
@@ -253,6 +350,12 @@ def _json_rows(rows: Sequence[Sequence[Any]]) -> str:
     return _ROWS_JSON.encode(rows).decode()
 
 
+def _raise_failed(result: psycopg.pq.abc.PGresult, encoding: str) -> None:
+    """A statement run through libpq that failed, as the error psycopg would raise."""
+    if result.status not in _SUCCEEDED:
+        raise psycopg.errors.error_from_result(result, encoding)
+
+
 def _one_line(exc: BaseException) -> str:
     """The driver's message on one line (libpq's span several)."""
     return " ".join(str(exc).split())
@@ -268,6 +371,8 @@ class PostgresRecorder(Recorder):
         self.conn = conn
         self._owning = owning
         self.lease: Lease | None = None
+        # the connection's encoding, once the one-event append's statement is prepared
+        self._encoding: str | None = None
 
     @classmethod
     def _connect(
@@ -445,21 +550,20 @@ class PostgresRecorder(Recorder):
     def insert(
         self, rows: Sequence[EventRow], order_rows: Sequence[OrderWrite], heartbeat_at: str | None
     ) -> None:
-        """One statement, one round trip, its own transaction (`walkbook_append`): the lease
-        and the link to the stored last event checked, then the event rows, the projection
-        rows (upserted) and the heartbeat; the database's refusals as the typed errors."""
+        """One statement, one round trip, its own transaction (`walkbook_append_event` for
+        one event, `walkbook_append` for more): the lease and the link to the stored last
+        event checked, then the event rows, the projection rows (upserted) and the
+        heartbeat; the database's refusals as the typed errors."""
         conn = self.conn
         epoch, token = (None, None) if self.lease is None else self.lease.check(conn)
-        params = (
-            epoch,
-            token,
-            _json_rows(rows),
-            _json_rows([values for _, values in order_rows]),
-            heartbeat_at,
-        )
         with self._lease_errors(), self._errors():
             try:
-                conn.execute(_APPEND, params)
+                if len(rows) == 1 and len(order_rows) <= 1:
+                    order = order_rows[0][1] if order_rows else _NO_ORDER_ROW
+                    self._append_event((epoch, token, heartbeat_at, *rows[0], *order))
+                else:
+                    orders = _json_rows([values for _, values in order_rows])
+                    conn.execute(_APPEND, (epoch, token, _json_rows(rows), orders, heartbeat_at))
             except psycopg.Error as exc:
                 if exc.sqlstate == _LEASE_LOST and self.lease is not None:
                     raise self.lease.refused(conn) from None
@@ -470,6 +574,20 @@ class PostgresRecorder(Recorder):
                         seq=rows[0][0],
                     ) from None
                 raise
+
+    def _append_event(self, params: Sequence[Any]) -> None:
+        """`walkbook_append_event` with these values, each as its text (or NULL), through
+        the statement this connection prepares on its first use; the database's refusal
+        as the driver's error."""
+        pgconn, encoding = self.conn.pgconn, self._encoding
+        if encoding is None:
+            encoding = self.conn.info.encoding
+            _raise_failed(pgconn.prepare(_APPEND_EVENT_NAME, _APPEND_EVENT), encoding)
+            self._encoding = encoding
+        values = [None if value is None else str(value).encode(encoding) for value in params]
+        # None is NULL here as in exec_params, whose annotation says so where this one's does not
+        result = pgconn.exec_prepared(_APPEND_EVENT_NAME, values)  # type: ignore[arg-type]
+        _raise_failed(result, encoding)
 
     def begin_snapshot(self) -> None:
         with self._errors():
@@ -612,8 +730,8 @@ class PostgresRecorder(Recorder):
 
     def missing_guards(self) -> list[str]:
         """Each append-only trigger that is gone, disabled, or calls a function that no
-        longer refuses (the trigger and its function as this module created them), and the
-        append function when it is gone or not the one migration 0003 created."""
+        longer refuses (the trigger and its function as this module created them), and each
+        append function when it is gone or not the one its migration (0003, 0004) created."""
         rows = self._all(
             "SELECT t.tgname, t.tgenabled, p.proname, p.prosrc FROM pg_trigger AS t "
             "JOIN pg_proc AS p ON p.oid = t.tgfoid "
@@ -627,11 +745,15 @@ class PostgresRecorder(Recorder):
             and source.split() == _REFUSE_EDIT_BODY.split()
         }
         missing = [name for name in APPEND_ONLY_TRIGGERS if name not in intact]
-        # the append's own checks (lease, tail) are a guard too: gone or replaced, an
-        # append could skip them
-        append = self._one("SELECT prosrc FROM pg_proc WHERE proname = %s", [APPEND_FUNCTION])
-        if append is None or append[0].split() != _APPEND_FUNCTION_BODY.split():
-            missing.append(f"function {APPEND_FUNCTION}")
+        # the appends' own checks (lease, tail) are a guard too: gone, replaced or joined
+        # by an overload, an append could skip them
+        functions = self._all(
+            "SELECT proname, prosrc FROM pg_proc WHERE proname = ANY(%s)", [list(APPEND_FUNCTIONS)]
+        )
+        for name, body in APPEND_FUNCTIONS.items():
+            sources = [source.split() for function, source in functions if function == name]
+            if sources != [body.split()]:
+                missing.append(f"function {name}")
         return missing
 
     def holder(self) -> str | None:

@@ -1,6 +1,7 @@
-"""A PostgreSQL append in one statement (`walkbook_append`, migration 0003): the checks the
-database makes inside it refuse what the old multi-statement transaction refused, and a
-refused append leaves nothing behind: no event, no projection row, no heartbeat.
+"""A PostgreSQL append in one statement: `walkbook_append_event` (migration 0004) for one
+event, `walkbook_append` (migration 0003) for a group commit. The checks the database makes
+inside each refuse what the old multi-statement transaction refused, and a refused append
+leaves nothing behind: no event, no projection row, no heartbeat.
 
 The contract suite (tests/test_journal_contract.py) holds the stores to the same results;
 these tests are about the owner's path through the lease, and the migration itself.
@@ -8,13 +9,23 @@ these tests are about the owner's path through the lease, and the migration itse
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
 from typing import Any
 
 import psycopg
 import pytest
 from test_journal_contract import AT, projection
 
-from journal import Journal, JournalCorrupt, JournalLeaseLost, JournalWriteConflict, NewEvent
+from journal import (
+    Event,
+    Journal,
+    JournalCorrupt,
+    JournalLeaseLost,
+    JournalUnavailable,
+    JournalWriteConflict,
+    NewEvent,
+)
 from journal.postgres import MIGRATION_NAMES
 from journal.trust import check_before_acting
 
@@ -33,7 +44,33 @@ def _due_heartbeat(journal: Journal) -> None:
     journal._last_heartbeat = 0.0
 
 
-def test_a_stale_owner_is_refused_and_writes_nothing(postgres: Any) -> None:
+# How a test appends: one event (walkbook_append_event), or that event and a note in one
+# group commit (walkbook_append).
+APPENDS = ["one event", "group commit"]
+
+
+def _append(
+    journal: Journal, how: str, event: NewEvent, row: dict[str, Any] | None = None
+) -> Event:
+    """`event` (and its order's row) appended `how`; the event as stored."""
+    if how == "one event":
+        return journal.append(event, at=AT, projection=row)
+    return journal.append_many([(event, row), (NewEvent("note"), None)], at=AT)[0]
+
+
+def _function_calls(journal: Journal, url: str) -> dict[str, int]:
+    """How often each append function has run in this database, as counted on the
+    journal's connection (track_functions on) and flushed to the statistics."""
+    journal.recorder.conn.execute("SELECT pg_stat_force_next_flush()")  # type: ignore[attr-defined]
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT funcname, calls FROM pg_stat_user_functions WHERE funcname LIKE 'walkbook%'"
+        ).fetchall()
+    return {str(name): int(calls) for name, calls in rows}
+
+
+@pytest.mark.parametrize("how", APPENDS)
+def test_a_stale_owner_is_refused_and_writes_nothing(postgres: Any, how: str) -> None:
     """The owner holds a live lease, but its idea of the journal's end is stale (another
     writer appended past it): a duplicate seq, a gap and a fork are each refused by the
     one statement, with its projection row and heartbeat, and the owner can go on once it
@@ -54,14 +91,10 @@ def test_a_stale_owner_is_refused_and_writes_nothing(postgres: Any) -> None:
             owner._last_seq, owner._last_hash = seq, hash_
             _due_heartbeat(owner)
             with pytest.raises(JournalWriteConflict, match=refusal):
-                owner.append(
-                    NewEvent("transition", "o1", to_state="QUOTED"), at=AT, projection=moved
-                )
+                _append(owner, how, NewEvent("transition", "o1", to_state="QUOTED"), moved)
             assert _stored(url) == before
         owner._last_seq, owner._last_hash = other.last_seq, other._last_hash
-        again = owner.append(
-            NewEvent("transition", "o1", to_state="QUOTED"), at=AT, projection=moved
-        )
+        again = _append(owner, how, NewEvent("transition", "o1", to_state="QUOTED"), moved)
         assert (again.seq, again.order_seq) == (3, 2)
         assert [(r["order_id"], r["state"], r["last_seq"]) for r in owner.orders()] == [
             ("o1", "QUOTED", 3)
@@ -69,8 +102,9 @@ def test_a_stale_owner_is_refused_and_writes_nothing(postgres: Any) -> None:
         assert owner.verify_chain() is None
 
 
+@pytest.mark.parametrize("how", APPENDS)
 def test_a_fenced_owner_writes_nothing_not_even_its_projection_or_heartbeat(
-    postgres: Any,
+    postgres: Any, how: str
 ) -> None:
     """The lease runs out by the database's clock while this process's own deadline has
     not passed: the database refuses the append (its SQLSTATE read as JournalLeaseLost),
@@ -85,7 +119,7 @@ def test_a_fenced_owner_writes_nothing_not_even_its_projection_or_heartbeat(
         _due_heartbeat(owner)
         moved = projection("o1", state="QUOTED")
         with pytest.raises(JournalLeaseLost) as lost:
-            owner.append(NewEvent("transition", "o1", to_state="QUOTED"), at=AT, projection=moved)
+            _append(owner, how, NewEvent("transition", "o1", to_state="QUOTED"), moved)
         assert lost.value.fields["epoch"] == 1
         assert lost.value.fields["owner"] is None  # nobody has taken it over yet
         assert "no process has taken it over yet" in str(lost.value)
@@ -97,64 +131,124 @@ def test_a_fenced_owner_writes_nothing_not_even_its_projection_or_heartbeat(
         owner.close()
 
 
-def test_a_journal_from_before_the_one_statement_append_is_migrated(postgres: Any) -> None:
-    """A journal written before migration 0003 (its function and record gone) gets it on
-    the next writer's open, and appends go on the chain unbroken."""
+@pytest.mark.parametrize("how", APPENDS)
+def test_an_append_on_a_connection_the_server_ended_is_unavailable(postgres: Any, how: str) -> None:
+    """The server ends the writer's connection between two appends: the next one is
+    JournalUnavailable naming the journal, the driver's error on one line, and nothing of
+    it is stored."""
+    url = postgres.fresh_database()
+    with Journal.open(url) as owner:
+        owner.append(NewEvent("created", "o1"), at=AT, projection=projection("o1"))
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [owner.recorder.conn.info.backend_pid])  # type: ignore[attr-defined]
+        before = _stored(url)
+        moved = projection("o1", state="QUOTED")
+        with pytest.raises(
+            JournalUnavailable, match=f"^journal {re.escape(owner.location)}: [^\n]*$"
+        ):
+            _append(owner, how, NewEvent("transition", "o1", to_state="QUOTED"), moved)
+        assert _stored(url) == before
+
+
+# A journal as an older walkbook left it: the migrations it never had, undone.
+BEFORE = {
+    "0004": {"0004_append_event_function": "walkbook_append_event"},
+    "0003": {
+        "0003_append_function": "walkbook_append",
+        "0004_append_event_function": "walkbook_append_event",
+    },
+}
+
+
+@pytest.mark.parametrize("before", BEFORE)
+def test_a_journal_from_before_an_append_function_is_migrated(postgres: Any, before: str) -> None:
+    """A journal written before migration 0003 or 0004 (their functions and records gone)
+    gets them on the next writer's open, and appends of both kinds go on the chain
+    unbroken, each through its function."""
     url = postgres.fresh_database()
     with Journal.open(url) as journal:
         journal.append(NewEvent("created", "o1"), at=AT, projection=projection("o1"))
     with psycopg.connect(url, autocommit=True) as admin:
-        admin.execute("DROP FUNCTION walkbook_append")
-        admin.execute("DELETE FROM walkbook_migrations WHERE name = '0003_append_function'")
+        for migration, function in BEFORE[before].items():
+            admin.execute(f"DROP FUNCTION {function}")
+            admin.execute("DELETE FROM walkbook_migrations WHERE name = %s", [migration])
     with Journal.open(url) as journal:
-        journal.append(NewEvent("transition", "o1", to_state="QUOTED"), at=AT,
-                       projection=projection("o1", state="QUOTED"))  # fmt: skip
-        assert [e.seq for e in journal.events()] == [1, 2]
+        assert journal.recorder.missing_guards() == []
+        journal.recorder.conn.execute("SET track_functions = 'pl'")  # type: ignore[attr-defined]
+        moved = projection("o1", state="QUOTED")
+        for how in APPENDS:
+            _append(journal, how, NewEvent("transition", "o1", to_state="QUOTED"), moved)
+        assert [e.seq for e in journal.events()] == [1, 2, 3, 4]
         assert journal.verify_chain() is None
+        calls = _function_calls(journal, url)
+    assert calls == {"walkbook_append": 1, "walkbook_append_event": 1}
     with psycopg.connect(url) as conn:
         applied = conn.execute("SELECT name FROM walkbook_migrations ORDER BY applied_seq")
-        assert tuple(row[0] for row in applied) == MIGRATION_NAMES
-        assert MIGRATION_NAMES[-1] == "0003_append_function"
+        assert sorted(row[0] for row in applied) == list(MIGRATION_NAMES)
+        assert MIGRATION_NAMES[-1] == "0004_append_event_function"
 
 
-def test_one_commit_of_an_orders_creation_and_its_moves_matches_sqlite(
-    postgres: Any, tmp_path: Any
+@pytest.mark.parametrize("commits", ["one commit", "a commit each"])
+def test_an_orders_creation_and_its_moves_match_sqlite(
+    postgres: Any, tmp_path: Any, commits: str
 ) -> None:
-    """Two events of one order in one commit: its row is inserted with the first, then
-    updated by the next, as the SQLite store does it row by row."""
-    rows = []
+    """Two events of one order, an order-less event and another order's creation, in one
+    commit (the order's row inserted with its first event, then updated by the next, as
+    the SQLite store does it row by row) or each in its own (the typed one-event function,
+    its NULLs NULL): the events and rows are SQLite's."""
+    items = [
+        (NewEvent("created", "o1", data={"qty": Decimal("10")}), projection("o1")),
+        (NewEvent("transition", "o1", to_state="QUOTED"),
+         projection("o1", state="QUOTED", quantity="12", steps_used=1)),
+        (NewEvent("note", data={"text": "é ✓"}), None),
+        (NewEvent("created", "o2"), projection("o2", symbol="MSFT", avg_price="1.5")),
+    ]  # fmt: skip
+    rows, events = [], []
     for location in (tmp_path / "journal.db", postgres.fresh_database()):
         with Journal.open(location) as journal:
-            journal.append_many(
-                [(NewEvent("created", "o1"), projection("o1")),
-                 (NewEvent("transition", "o1", to_state="QUOTED"),
-                  projection("o1", state="QUOTED", quantity="12", steps_used=1)),
-                 (NewEvent("created", "o2"), projection("o2", symbol="MSFT"))],
-                at=AT,
-            )  # fmt: skip
+            if commits == "one commit":
+                journal.append_many(items, at=AT)
+            for event, row in items if commits == "a commit each" else ():
+                journal.append(event, at=AT, projection=row)
             rows.append(journal.orders())
+            events.append(list(journal.events()))
+    assert events[1] == events[0]
     sqlite_rows, postgres_rows = rows
     assert postgres_rows == sqlite_rows
     assert [(r["order_id"], r["state"], r["quantity"], r["last_seq"]) for r in postgres_rows] == [
         ("o1", "QUOTED", "12", 2),
-        ("o2", "PENDING", "10", 3),
+        ("o2", "PENDING", "10", 4),
     ]
 
 
-def test_a_replaced_append_function_is_a_missing_guard(postgres: Any) -> None:
-    """An append function replaced by one that checks nothing is named by verify's guard
-    check, and a writer refuses to act on the journal, as for a dropped trigger."""
+@pytest.mark.parametrize(
+    ("function", "arguments"),
+    [
+        ("walkbook_append", None),
+        ("walkbook_append_event", None),
+        ("walkbook_append_event", "lease_epoch BIGINT"),  # an overload beside it
+    ],
+)
+def test_a_replaced_append_function_is_a_missing_guard(
+    postgres: Any, function: str, arguments: str | None
+) -> None:
+    """An append function replaced by one that checks nothing, or joined by an overload
+    that does, is named by verify's guard check, and a writer refuses to act on the
+    journal, as for a dropped trigger."""
     url = postgres.fresh_database()
     with Journal.open(url) as journal:
         journal.append(NewEvent("created", "o1"), at=AT, projection=projection("o1"))
         assert journal.recorder.missing_guards() == []
     with psycopg.connect(url, autocommit=True) as admin:
+        if arguments is None:
+            arguments = admin.execute(
+                "SELECT pg_get_function_arguments(%s::regproc)", [function]
+            ).fetchone()[0]  # type: ignore[index]
         admin.execute(
-            "CREATE OR REPLACE FUNCTION walkbook_append(lease_epoch BIGINT, lease_token "
-            "TEXT, event_rows JSONB, order_rows JSONB, heartbeat_at TEXT) "
+            f"CREATE OR REPLACE FUNCTION {function}({arguments}) "
             "RETURNS VOID LANGUAGE plpgsql AS $$ BEGIN END $$"
         )
     with Journal.open_readonly(url) as journal:
-        assert journal.recorder.missing_guards() == ["function walkbook_append"]
-    with Journal.open(url) as journal, pytest.raises(JournalCorrupt, match="walkbook_append"):
+        assert journal.recorder.missing_guards() == [f"function {function}"]
+    with Journal.open(url) as journal, pytest.raises(JournalCorrupt, match=function):
         check_before_acting(journal)

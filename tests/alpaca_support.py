@@ -28,6 +28,7 @@ from walk_support import check_invariants
 from engine import Engine, EngineConfig, MarketSpec, PlanResult, RealClock, SymbolSpec, parse_plan
 from engine.brokers.alpaca import KEY_ID_ENV, SECRET_KEY_ENV, AlpacaBroker, AlpacaSettings
 from engine.brokers.simserver import FaultSpec, ServerThread, SimServer
+from engine.engine import DEFAULT_CONCURRENCY
 from engine.events import EventKind
 from journal import Event
 
@@ -164,6 +165,7 @@ def alpaca_rig(
     spec: MarketSpec | None = None,
     faults: FaultSpec | None = None,
     config: EngineConfig = FAST,
+    concurrency: int = DEFAULT_CONCURRENCY,
     **policies: Any,
 ) -> Iterator[AlpacaRig]:
     server = SimServer(tmp_path / "sim.db", spec or market(), faults or FaultSpec(), KEYS)
@@ -173,7 +175,8 @@ def alpaca_rig(
     ):
         asyncio.run(broker.check_keys())
         path = tmp_path / "journal.db"
-        with Engine(broker, path, config=config, clock=RealClock()) as engine:
+        engine = Engine(broker, path, config=config, clock=RealClock(), concurrency=concurrency)
+        with engine:
             yield AlpacaRig(thread, broker, engine, path)
 
 

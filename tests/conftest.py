@@ -2,23 +2,81 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from itertools import count
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
+from bench_support import QuickBench
 
 from engine import Engine, EngineConfig, MarketSpec, SimBroker, VirtualClock
 from journal import Journal
 
 START = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
-# The walk a rig runs unless a test gives its own: the defaults, with the 10 s steps the
-# seeded scenarios were written against (the default is 20 s since issue 17).
-SCENARIO_CONFIG = EngineConfig(medium_step_wait_seconds=10.0)
+# The walk a rig runs unless a test gives its own: the defaults, with the ladder, the 10 s
+# steps and no re-pricing, as the seeded scenarios were written against (issue 17 changed
+# those defaults: 20 s steps, repeg_spread_fraction 0.2).
+SCENARIO_CONFIG = EngineConfig(
+    ladder=(Decimal("0.75"), Decimal("0.85"), Decimal("0.95")),
+    medium_step_wait_seconds=10.0,
+    repeg_spread_fraction=None,
+)
+
+
+# where temporary files go when the machine has a RAM-backed tmpfs (pytest_configure)
+RAM_TEMP = Path("/dev/shm")
+RAM_TEMP_MIN_FREE_BYTES = 2 << 30
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Temporary files (tmp_path, every journal file, the PostgreSQL cluster, the processes'
+    own) go to a RAM-backed tmpfs when there is one and nobody chose a place (TMPDIR,
+    --basetemp): a SQLite journal commits with synchronous=FULL, and on a disk each commit
+    waits for its fsync (two thirds of a killed-and-resumed walk's time, measured). A test's
+    files never outlive the machine (as its cluster's fsync=off says); SQLite, its WAL and
+    its locks work the same there."""
+    if config.option.basetemp is None and "TMPDIR" not in os.environ and _roomy(RAM_TEMP):
+        os.environ["TMPDIR"] = str(RAM_TEMP)
+        tempfile.tempdir = None  # gettempdir() reads TMPDIR afresh
+
+
+def _roomy(directory: Path) -> bool:
+    if not (directory.is_dir() and os.access(directory, os.W_OK | os.X_OK)):
+        return False
+    stats = os.statvfs(directory)
+    return stats.f_bavail * stats.f_frsize >= RAM_TEMP_MIN_FREE_BYTES
+
+
+QUICK_BENCH = pytest.StashKey[QuickBench]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """When a test that uses quick_bench is to run, the one benchmark run starts now, in the
+    background (tests/bench_support.py)."""
+    if session.config.option.collectonly:
+        return
+    if any("quick_bench" in getattr(item, "fixturenames", ()) for item in session.items):
+        session.config.stash[QUICK_BENCH] = QuickBench.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    bench = session.config.stash.get(QUICK_BENCH, None)
+    if bench is not None:
+        bench.stop()
+
+
+@pytest.fixture(scope="session")
+def quick_bench(request: pytest.FixtureRequest) -> QuickBench:
+    """The session's `python -m bench.run_all --quick` run, started once the tests were
+    collected."""
+    return request.config.stash[QUICK_BENCH]
 
 
 @dataclass

@@ -7,20 +7,17 @@ rot unnoticed between runs.
 
 from __future__ import annotations
 
-import json
 import math
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bench_support import QuickBench
 
 from bench.journal_append import drop_per_order_index
 from bench.workload import TransitionWriter
 
-ROOT = Path(__file__).resolve().parent.parent
 SHARES = (
     "journal/ (sqlite3 included)",
     "sqlite3 C calls (part of journal/)",
@@ -81,16 +78,10 @@ SIGNED = {name for name in EXPECTED_ROWS["quality"] if name.endswith("advantage"
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """One `python -m bench.run_all --quick` run, each script's JSON by script name."""
-    out = tmp_path_factory.mktemp("bench")
-    command = [sys.executable, "-m", "bench.run_all", "--quick", "--out", str(out)]
-    run = subprocess.run(
-        [*command, "--workdir", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    summary = json.loads((out / "results.json").read_text())
-    return {result["script"]: result for result in summary["results"]}
+def results(quick_bench: QuickBench) -> dict[str, dict[str, Any]]:
+    """The session's one `python -m bench.run_all --quick` run (started in the background by
+    conftest), each script's JSON by script name."""
+    return quick_bench.results()
 
 
 def test_run_all_runs_every_script_once(results: dict[str, dict[str, Any]]) -> None:

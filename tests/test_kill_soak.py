@@ -9,9 +9,9 @@ the installed `walkbook` executable end to end. WALKBOOK_SOAK=long runs a longer
 
 The soak runs on a SQLite journal file (100 kills, 2,000 long) and on a PostgreSQL journal
 in the session's throwaway cluster (20 kills, 400 long), the run and each resume owning it
-by a lease of 1 s (`--lease-seconds`): a killed owner's lease runs out within a second, and
-each restart first waits for that, as an operator's restart would. The long form of both:
-`WALKBOOK_SOAK=long .venv/bin/pytest -m soak tests/test_kill_soak.py` (part of `make soak`).
+by a lease of half a second (`--lease-seconds`): a killed owner's lease runs out within
+it, and each restart first waits for that, as an operator's restart would. The long form of
+both: `WALKBOOK_SOAK=long .venv/bin/pytest -m soak tests/test_kill_soak.py` (part of `make soak`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from walk_support import check_invariants
 
 from engine import MarketSpec, OrderSide, VirtualClock
@@ -43,8 +44,9 @@ from journal.location import is_database_url, journal_holder
 LONG_SOAK = os.environ.get("WALKBOOK_SOAK") == "long"
 KILLS = {"sqlite": 2000 if LONG_SOAK else 100, "postgresql": 400 if LONG_SOAK else 20}
 # A PostgreSQL journal's lease: renewed every third of it, and a killed owner's runs out
-# (and the next process may open the journal) within it.
-LEASE_SECONDS = "1"
+# (and the next process may open the journal) within it: half a second, not a second,
+# halves the waits (no run was fenced in 40 kills on a loaded machine, measured).
+LEASE_SECONDS = "0.5"
 # conftest's new_journal(): where a new journal goes, in the store a test is parametrized with
 NewJournal = Callable[[], str | Path]
 RunSeconds = Callable[[NewJournal], float]
@@ -147,15 +149,24 @@ def _clean_run_seconds(files: Files) -> float:
     return time.monotonic() - started
 
 
+def _warm_up_in_process(files: Files) -> None:
+    """One clean run in this process, so that every module a run imports only when it needs
+    it is loaded before the forks: creating a journal file imports sqlite-utils, and through
+    it pandas, about half a second that every forked run would otherwise spend before its
+    plan reaches the journal."""
+    result = CliRunner().invoke(cli_main, files.run_args(), prog_name="walkbook")
+    assert result.exit_code in (0, 1), result.output
+
+
 @pytest.fixture(scope="module")
 def run_seconds(tmp_path_factory: pytest.TempPathFactory) -> RunSeconds:
     """run_seconds(new_journal) -> how long a run walks on journals of new_journal's store,
     measured once per store (a database's walk is not a file's).
 
-    The median of three clean runs after an untimed one. One run can measure slow (most
-    likely the first on a fresh checkout, its files not yet cached), and kills timed on a
-    slow measure land after most runs have finished (seen once in a fresh clone: 96 of 200
-    kills mid-walk against the 100 required)."""
+    The median of three clean runs after an untimed one, in this process. One run can
+    measure slow (most likely the first on a fresh checkout, its files not yet cached), and
+    kills timed on a slow measure land after most runs have finished (seen once in a fresh
+    clone: 96 of 200 kills mid-walk against the 100 required)."""
     measured: dict[bool, float] = {}
 
     def seconds(new_journal: NewJournal) -> float:
@@ -163,7 +174,7 @@ def run_seconds(tmp_path_factory: pytest.TempPathFactory) -> RunSeconds:
         in_database = is_database_url(journal)
         if in_database not in measured:
             root = tmp_path_factory.mktemp("calibrate")
-            _clean_run_seconds(Files.make(root / "warm-up", 0, journal))
+            _warm_up_in_process(Files.make(root / "warm-up", 0, journal))
             measured[in_database] = statistics.median(
                 _clean_run_seconds(Files.make(root / f"run-{i}", 0, new_journal()))
                 for i in range(3)
@@ -215,7 +226,7 @@ def kill_and_resume(files: Files, rng: random.Random, run_seconds: float, fork: 
         _wait_until_free(files)  # a killed owner's lease runs out first
         return launch(args)
 
-    # a database journal's owner that stalls past its 1 s lease (a loaded machine) is
+    # a database journal's owner that stalls past its lease (a loaded machine) is
     # fenced: it stops, sends nothing more and exits 4, and the next resume carries on
     fenced = (EXIT_WORK_LIVE,) if is_database_url(files.journal) else ()
     pid = start(files.run_args())
@@ -278,10 +289,16 @@ def _journaled_orders(files: Files) -> list[dict[str, Any]]:
 def _wait_for_first_event(files: Files, pid: int) -> None:
     """Past the executable's start-up: the journal holds the plan, so the walk is under way."""
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
+    while time.monotonic() < deadline and _running(pid):
         if _journaled_orders(files):
             return
         time.sleep(0.005)
+
+
+def _running(pid: int) -> bool:
+    """The child has not exited; an exited one is left unreaped, its exit code kept for the
+    caller's os.waitpid (reaped here, that call would find no child at all)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
 
 
 @pytest.mark.soak

@@ -225,7 +225,9 @@ def test_a_35_symbol_plan_on_iex_prices_the_five_past_the_limit_from_rest(
     }
     spec = market(EAGER, symbols=symbols)
     orders = [{"symbol": name, "side": "buy", "quantity": "1"} for name in TICKERS]
-    with alpaca_rig(tmp_path, spec, config=RESTING, feed="iex") as rig:
+    # 18 walks at a time: the first 18 symbols are asked for as the stream comes up, the rest
+    # (the five past 30 among them) on the live stream, in two rounds of walks, not five
+    with alpaca_rig(tmp_path, spec, config=RESTING, concurrency=18, feed="iex") as rig:
         with caplog.at_level(logging.WARNING):
             result = rig.run(*orders, plan_id="thirty-five")
         rig.check(result)

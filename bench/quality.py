@@ -4,13 +4,14 @@ The same seeded orders (liquid, illiquid and sub-dollar symbols, one order per s
 run under three policies on identically seeded markets:
 
 - market at once: urgency HIGH, straight to a market order;
-- original ladder: 0.75 / 0.85 / 0.95 of the spread, 10 s per step, every step priced
-  from the order's first quote. The engine has no setting for that, so it is emulated:
-  the simulator is wrapped to answer every quote request for a symbol with its first
-  quote (one order per symbol, so one quote per order), and quote freshness is relaxed
-  so the engine accepts that old quote;
-- walkbook defaults: the same ladder with the engine's own waits (20 s a step at MEDIUM
-  urgency), each step priced from a fresh quote.
+- original ladder: 0.75 / 0.85 / 0.95 of the spread, 10 s per step, no re-pricing, every
+  step priced from the order's first quote. The engine has no setting for that, so it is
+  emulated: the simulator is wrapped to answer every quote request for a symbol with its
+  first quote (one order per symbol, so one quote per order), and quote freshness is
+  relaxed so the engine accepts that old quote;
+- walkbook defaults: the engine's own ladder (0.75 / 0.85 / 0.95), waits (20 s a step at
+  MEDIUM urgency) and re-pricing (a step follows a move away from it of more than 0.2 of
+  the spread), each step priced from a fresh quote.
 
 Slippage is signed against the arrival mid (the quote the order was QUOTED with), in bps:
 positive is worse than mid. The ratio is a policy's mean slippage over the market order's.
@@ -136,6 +137,7 @@ ORIGINAL = Policy(
         ladder=(Decimal("0.75"), Decimal("0.85"), Decimal("0.95")),
         medium_step_wait_seconds=10.0,
         quote_freshness_seconds=DAY_SECONDS,
+        repeg_spread_fraction=None,
     ),
     OneQuotePerOrder,
 )

@@ -18,6 +18,8 @@ from .numbers import BPS
 
 __all__ = ["DEFAULT_LADDER", "PRICED_LIMITS", "EngineConfig", "journaled_config"]
 
+# the product's ladder, 75% -> 85% -> 95% of the spread; 0.65 / 0.75 / 0.85 walks cheaper
+# on the mean but thinner on the tail (docs/benchmarks.md, quality)
 DEFAULT_LADDER = (Decimal("0.75"), Decimal("0.85"), Decimal("0.95"))
 DISTINCT_CONFIGS_KEPT = 64
 # validation compares positions; a tolerance of shares (or 1000) would pass a wrong fill
@@ -30,6 +32,8 @@ MAX_MONEY = Decimal(10) ** 15
 Money = Annotated[Decimal, Field(ge=0, le=MAX_MONEY)]
 # more than 100 times equity in one position is a typo, not a limit
 MAX_POSITION_WEIGHT = Decimal(100)
+# a re-pricing threshold of more than ten spreads never fires on a quote worth trading at
+MAX_REPEG_SPREADS = Decimal(10)
 # the limits that cost each order at its quote before a plan starts (engine/risk.py)
 PRICED_LIMITS = (
     "max_order_notional",
@@ -51,9 +55,9 @@ class EngineConfig(BaseModel):
         gt=0,
         le=MAX_SECONDS,
         description="How long each limit step of a MEDIUM order rests. 20 s, twice the "
-        "original ladder's 10 s: a walk takes longer, and on bench.quality its mean slippage "
-        "is lower than the original ladder's and a market order's (docs/benchmarks.md, "
-        "quality).",
+        "original ladder's 10 s: a walk that reaches the market order takes about 60 s, not "
+        "30 s, and on bench.quality its slippage is lower than the original ladder's and a "
+        "market order's (docs/benchmarks.md, quality).",
     )
     low_step_wait_seconds: float = Field(30.0, gt=0, le=MAX_SECONDS)
     market_wait_seconds: float = Field(30.0, gt=0, le=MAX_SECONDS)
@@ -168,6 +172,18 @@ class EngineConfig(BaseModel):
         "new quote, when the mid moves more than this from the quote the step was priced "
         "from; None: a step rests at its price until its time is up.",
     )
+    repeg_spread_fraction: Decimal | None = Field(
+        Decimal("0.2"),
+        gt=0,
+        le=MAX_REPEG_SPREADS,
+        description="Re-price a resting limit order at once, at its step's fraction of the new "
+        "quote, when the mid moves away from it (up for a buy, down for a sell) by more than "
+        "this fraction of the spread of the quote the step was priced from: the order then "
+        "rests where it may still fill instead of going to market after the move. A move "
+        "toward the order is left alone (the resting limit is likelier to fill). 0.2 cut "
+        "both the mean and the p95 slippage on bench.quality (docs/benchmarks.md, quality). "
+        "None: off.",
+    )
     max_repegs: int = Field(2, ge=0, description="The most re-pricings within one limit step.")
     max_spread_bps: Decimal | None = Field(
         None,
@@ -181,13 +197,17 @@ class EngineConfig(BaseModel):
         gt=0,
         le=MAX_SECONDS,
         description="How often a resting step or a held-back placement looks at the quote "
-        "(only with repeg_threshold_bps, price_band_bps or max_spread_bps).",
+        "(only with repeg_threshold_bps, repeg_spread_fraction, price_band_bps or "
+        "max_spread_bps).",
     )
 
     @property
     def watches_quotes(self) -> bool:
         """Whether a resting step looks at the quote before its time is up."""
-        return self.repeg_threshold_bps is not None or self.price_band_bps is not None
+        return any(
+            watch is not None
+            for watch in (self.repeg_threshold_bps, self.repeg_spread_fraction, self.price_band_bps)
+        )
 
     @property
     def prices_orders(self) -> bool:

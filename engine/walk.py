@@ -441,7 +441,7 @@ class OrderWalk:
     async def _limit_step(self) -> None:
         """LIMIT_STEP_k: the step's order rests for the step's time (what is left of it),
         placed once the spread allows (max_spread_bps) and re-priced when the quote moves
-        (repeg_threshold_bps)."""
+        (repeg_threshold_bps, repeg_spread_fraction)."""
         k = step_number(self.record.state)
         step = f"L{k}"
         deadline = self._deadline(self.config.step_wait_seconds(self.record.intent.urgency))
@@ -516,8 +516,8 @@ class OrderWalk:
         return False
 
     async def _repriced(self, quote: UsableQuote, *, force: bool = False) -> bool:
-        """Re-price the step at its fraction of `quote` when the mid moved more than
-        `repeg_threshold_bps` from the step's quote (at most `max_repegs` a step; `force`:
+        """Re-price the step at its fraction of `quote` when the mid moved enough from the
+        step's quote (`_moved_enough`, at most `max_repegs` a step; `force`:
         whenever the price changes), or fail it when the market moved past the price band.
         True when either happened."""
         k = step_number(self.record.state)
@@ -531,18 +531,22 @@ class OrderWalk:
         return True
 
     def _moved_enough(self, quote: UsableQuote) -> bool:
-        """The mid moved more than `repeg_threshold_bps` from the step's own quote, and the
+        """The mid moved more than `repeg_threshold_bps` from the step's own quote, or away
+        from the order by more than `repeg_spread_fraction` of that quote's spread, and the
         step has re-pricings left."""
-        record, threshold = self.record, self.config.repeg_threshold_bps
+        record, config = self.record, self.config
         step_quote = record.step_quote
-        if (
-            threshold is None
-            or step_quote is None
-            or record.repegs_in_step >= self.config.max_repegs
-        ):
+        if step_quote is None or record.repegs_in_step >= config.max_repegs:
             return False
-        before = (Decimal(step_quote["bid"]) + Decimal(step_quote["ask"])) / 2
-        return before > 0 and abs(quote.mid - before) / before * BPS > threshold
+        bid, ask = Decimal(step_quote["bid"]), Decimal(step_quote["ask"])
+        before = (bid + ask) / 2
+        if before <= 0:
+            return False
+        threshold, fraction = config.repeg_threshold_bps, config.repeg_spread_fraction
+        if threshold is not None and abs(quote.mid - before) / before * BPS > threshold:
+            return True
+        away = quote.mid - before if record.intent.side is OrderSide.BUY else before - quote.mid
+        return fraction is not None and away > fraction * (ask - bid)
 
     async def _place_limit(self, step: str, price: Decimal) -> None:
         """The step's order at `price`: the live order kept when it already rests there (a

@@ -120,5 +120,5 @@ def test_embedding_example_runs_as_documented(tmp_path: Path) -> None:
         "AAPL VALIDATED 5 of 5 ",
         "NVDA VALIDATED 14 of 40  (shrunk to fit)",
     ]
-    assert lines[4] == "fills seen: 3 failures seen: 0"
+    assert lines[4] == "fills seen: 4 failures seen: 0"
     assert lines[5] == "refused: order 0 (ZZZZ buy 1): unknown symbol"

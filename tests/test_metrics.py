@@ -22,6 +22,7 @@ import pytest
 import requests
 from alpaca_support import KEYS, NEVER, alpaca_rig, market
 from click.testing import CliRunner
+from conftest import SCENARIO_CONFIG
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from walk_support import run_plan
@@ -95,7 +96,12 @@ def test_counters_match_the_journal(make_rig: Any) -> None:
     """A plan with fills, walks of several steps and a refused order on the embedded
     simulator: every order metric is what the journal holds, exactly; orders in flight match
     the journal at every transition."""
-    rig = make_rig(MIXED_MARKET, EngineConfig(validation="skip_invalid"))
+    # the walk this plan was written against (price improvement on some orders): the
+    # original ladder without re-pricing, as the defaults were before issue 17
+    walk = SCENARIO_CONFIG.model_copy(
+        update={"validation": "skip_invalid", "medium_step_wait_seconds": 20.0}
+    )
+    rig = make_rig(MIXED_MARKET, walk)
     registry = CollectorRegistry()
     metrics = WalkbookMetrics(registry).attach(rig.engine)
     in_flight_seen: list[tuple[float | None, int]] = []

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from audit_support import audit_market, write_hand_journal
 from click.testing import CliRunner
-from conftest import START
+from conftest import SCENARIO_CONFIG, START
 from walk_support import kill_after
 
 from engine import Engine, SimBroker, VirtualClock, parse_plan, replay, report, report_html
@@ -38,6 +38,8 @@ AFTERNOON = [
 ]
 # seconds into the afternoon plan: AAPL has filled, MSFT and SPY still wait at LIMIT_STEP_1
 AFTERNOON_RUNS_FOR = 8.0
+# the walk these plans were written against: the original ladder, 20 s steps, no re-pricing
+TRADER_CONFIG = SCENARIO_CONFIG.model_copy(update={"medium_step_wait_seconds": 20.0})
 CLOCK = re.compile(r"^[0-2][0-9]:[0-5][0-9]:[0-5][0-9]$")
 
 
@@ -47,7 +49,8 @@ def trader(tmp_path_factory: pytest.TempPathFactory) -> Path:
     no position to close), the afternoon plan killed mid-walk (AAPL again, in a new plan)."""
     path = tmp_path_factory.mktemp("trader") / "journal.db"
     clock = VirtualClock(START)
-    engine = Engine(SimBroker(audit_market().with_seed(SEED), clock), path, clock=clock)
+    market = SimBroker(audit_market().with_seed(SEED), clock)
+    engine = Engine(market, path, config=TRADER_CONFIG, clock=clock)
     engine.execute_plan_sync(parse_plan({"plan_id": "morning", "orders": MORNING}))
     afternoon = parse_plan({"plan_id": "afternoon", "orders": AFTERNOON})
     kill_after(engine, clock, afternoon, AFTERNOON_RUNS_FOR)

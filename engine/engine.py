@@ -349,7 +349,9 @@ class Engine:
         orders cancelled, each FAILED `abandoned` (a stale plan a new one replaces)."""
         return await self._stop_where(FailReason.ABANDONED, plan_id=plan_id)
 
-    async def preflight(self, plan: RebalancePlan) -> CheckedPlan:
+    async def preflight(
+        self, plan: RebalancePlan, positions: Mapping[str, Decimal] | None = None
+    ) -> CheckedPlan:
         """Check every intent against the broker before anything is journaled or sent.
 
         Problems name the order. With `validation="all_or_nothing"` (the default) any
@@ -361,10 +363,12 @@ class Engine:
         `RiskLimitBreached`; an order-level one as a problem does, its reason `risk_limit`;
         an order under `min_order_notional` is skipped (`below_min_notional`). A dollar
         order is first sized at its arrival quote (engine/targets.py); one that comes to no
-        shares is skipped too (`below_min_notional`).
+        shares is skipped too (`below_min_notional`). `positions`: every position, when a
+        read for this plan already has them (a target plan's derivation).
         """
         intents, problems, sizings = list(plan.orders), {}, {}
-        positions = await self._positions_if_selling(plan)
+        if positions is None:
+            positions = await self._positions_if_selling(plan)
         for index, intent in enumerate(plan.orders):
             try:
                 intents[index], sizing = await self._check_intent(intent, plan.plan_id, positions)
@@ -407,14 +411,18 @@ class Engine:
 
     async def _positions_if_selling(self, plan: RebalancePlan) -> Mapping[str, Decimal]:
         """Every position, in one read, when a sell of the plan is checked against its
-        position (a partial sell); else nothing is read. The read is kept for the plan's
-        walks to start from (`PositionSnapshot`)."""
+        position (a partial sell); else nothing is read."""
         if not any(sells_part(intent) for intent in plan.orders):
             return {}
+        return await self._read_positions_snapshot(plan.plan_id)
+
+    async def _read_positions_snapshot(self, plan_id: str) -> Mapping[str, Decimal]:
+        """Every position in one read, kept for the plan's walks to start from
+        (`PositionSnapshot`) instead of a read each."""
         after_seq, taken_at = self.journal.last_seq, self.clock.monotonic()
         positions = await self._read(self.broker.get_positions)
         in_flight = self.journal.orders(unless_state=TERMINAL_STATES)
-        self._snapshots[plan.plan_id] = PositionSnapshot(
+        self._snapshots[plan_id] = PositionSnapshot(
             positions, after_seq, frozenset(str(row["symbol"]) for row in in_flight), taken_at
         )
         return positions
@@ -731,6 +739,7 @@ class Engine:
         journals nothing and is all holds."""
         extras: dict[int, dict[str, Any]] = {}
         holds: tuple[Hold, ...] = ()
+        positions = None
         if plan.is_target_plan:
             derivation = await self._derive_targets(plan)
             if not derivation.orders:
@@ -742,7 +751,8 @@ class Engine:
                 extras[0]["sizing"] = extras[0]["sizing"] | {
                     "plan_holds": [hold.as_data() for hold in holds]
                 }
-        checked = await self.preflight(plan)
+            positions = self._snapshots[plan.plan_id].positions  # derived from: not read again
+        checked = await self.preflight(plan, positions)
         first_attempts = self._first_attempts(checked, extras)
         await self._refuse_plan_at_broker(plan.plan_id, first_attempts)
         records = self._create_orders(plan.plan_id, first_attempts, digest)
@@ -756,7 +766,7 @@ class Engine:
         plan_id = plan.plan_id
         account = await self._read(self.broker.get_account)
         equity = target_equity(plan_id, account.equity)
-        positions = await self._read(self.broker.get_positions)
+        positions = await self._read_positions_snapshot(plan_id)  # the walks start from it
         symbols = involved_symbols(plan.targets, positions)
         assets: dict[str, Asset] = {}
         quotes: dict[str, UsableQuote] = {}

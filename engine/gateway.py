@@ -422,7 +422,9 @@ class OrderGateway:
         await self._perform_replace(intent, fresh=True)
 
     async def _perform_replace(self, intent: ReplaceIntent, *, fresh: bool = False) -> None:
-        """Send a journaled replace; if the old order already finished, place anew instead."""
+        """Send a journaled replace; if the broker refuses it (the old order finished, or
+        filled in part so the replace's qty is stale: Alpaca's 403 "insufficient qty"),
+        cancel, confirm and place anew instead: a refused replace never fails the order."""
         broker, old_id, cid = self.ctx.broker, intent.broker_order_id, intent.client_order_id
         step, price = intent.walk_step, intent.limit_price
         try:
@@ -435,9 +437,11 @@ class OrderGateway:
             self.journal.write(
                 Rejected(client_order_id=cid, reason="not_replaceable", message=exc.message)
             )
-            self.absorb(await self.read_order(old_id))  # filled meanwhile: nothing to cancel
-            await self.cancel_live()
-            return await self.submit_remaining(step, price)
+            return await self._place_anew(old_id, step, price)
+        except BrokerRejected as exc:  # journaled by _perform
+            if exc.reason == FailReason.PLACED_ELSEWHERE.value:
+                raise
+            return await self._place_anew(old_id, step, price)
         except OrderNotFound as exc:
             # the order to replace is unknown to the broker: nothing was made; its fate is
             # settled like any order the broker lost
@@ -453,6 +457,13 @@ class OrderGateway:
             self.log.warning("order.replace_oversized", new_qty=str(new.qty))
             await self.cancel_live()
             await self.submit_remaining(step, price)
+
+    async def _place_anew(self, old_id: str, step: str, price: Decimal) -> None:
+        """After a refused replace: the old order's fills counted first (filled meanwhile:
+        nothing to cancel), then cancel, confirm, and a new order for what remains."""
+        self.absorb(await self.read_order(old_id))
+        await self.cancel_live()
+        await self.submit_remaining(step, price)
 
     async def submit_remaining(self, step: str, price: Decimal | None) -> None:
         if self.record.remaining_qty > 0:

@@ -15,7 +15,7 @@ from alpaca_support import NEVER, broker_on_server, market
 from engine import SymbolSpec
 from engine.broker import BrokerOrderStatus, OrderRequest
 from engine.brokers.simserver import FaultSpec
-from engine.errors import UnknownSymbol
+from engine.errors import BrokerRejected, UnknownSymbol
 from engine.intents import OrderSide
 
 
@@ -89,7 +89,9 @@ def test_orders_are_answered_from_trade_updates_after_a_fill_and_after_a_cancel(
     tmp_path: Path,
 ) -> None:
     """Not one `GET /v2/orders/{id}`: a filled order, and a cancelled one once the stream
-    shows the cancel (pending_cancel or canceled, as a REST read right after it would)."""
+    shows the cancel (pending_cancel or canceled, as a REST read right after it would). A
+    cancel of the order the stream reported filled is refused as Alpaca refuses it, without
+    a `DELETE`: only the resting one is cancelled at the server."""
     with broker_on_server(tmp_path / "sim.db", market(NEVER), write_echo_seconds=30.0) as (
         server,
         broker,
@@ -101,6 +103,8 @@ def test_orders_are_answered_from_trade_updates_after_a_fill_and_after_a_cancel(
             while not order.is_terminal:
                 order = await broker.wait_for_update(order.id, 1.0)
             filled = await broker.get_order(order.id)
+            with pytest.raises(BrokerRejected, match='already in "filled" state'):
+                await broker.cancel_order(order.id)
             quote = await broker.latest_quote("AAPL")
             assert quote is not None
             below = (quote.bid - 5).quantize(Decimal("0.01"))
@@ -114,3 +118,4 @@ def test_orders_are_answered_from_trade_updates_after_a_fill_and_after_a_cancel(
         assert filled is BrokerOrderStatus.FILLED
         assert pulled in (BrokerOrderStatus.PENDING_CANCEL, BrokerOrderStatus.CANCELED)
         assert server.app.stats["GET /v2/orders/{order_id}"] == 0
+        assert server.app.stats["DELETE /v2/orders/{order_id}"] == 1

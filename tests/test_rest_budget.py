@@ -171,6 +171,44 @@ def test_a_replace_refused_because_the_order_filled_cancels_nothing(make_rig: An
     check_invariants(rig, result)
 
 
+class PartlyFilledBeforeReplace(SimBroker):
+    """The old sell fills 4 of its 10 just before the replace reaches it, so the replace's
+    qty is stale: the simulator then refuses it as Alpaca does, 403 "insufficient qty"."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.filled_first = False
+
+    async def replace_order(
+        self, order_id: str, qty: Decimal, limit_price: Decimal, client_order_id: str
+    ) -> BrokerOrder:
+        old = self.orders[order_id]
+        assert old.limit_price is not None
+        if not self.filled_first:
+            self.filled_first = True
+            self._fill(old, Decimal(4), old.limit_price)
+        return await super().replace_order(order_id, qty, limit_price, client_order_id)
+
+
+def test_a_replace_refused_for_insufficient_qty_places_anew(make_rig: Any) -> None:
+    """A refused replace never fails the order: cancel, confirm, then a new order for
+    what the old one left (6 shares), and the walk goes on to sell all 10."""
+    rig = make_rig(
+        broker_cls=PartlyFilledBeforeReplace,
+        config=REPLACING,
+        positions={"AAPL": Decimal(10)},
+        **resting(),
+    )
+    result = run_plan(rig, {"symbol": "AAPL", "side": "sell", "quantity": "10"})
+    order = result.orders[0]
+    assert (order.state, order.filled_qty) == ("VALIDATED", Decimal(10))
+    refusals = of_kind(rig, order.order_id, "rejected")
+    assert [e.data["reason"] for e in refusals] == ["insufficient_position"]
+    submits = of_kind(rig, order.order_id, EventKind.SUBMIT_INTENT)
+    assert [Decimal(e.data["qty"]) for e in submits][:2] == [Decimal(10), Decimal(6)]
+    check_invariants(rig, result)
+
+
 def _position_reads(rig: Any, order_id: str) -> list[tuple[str, str]]:
     return [(e.data["phase"], e.data["qty"]) for e in of_kind(rig, order_id, "position_read")]
 

@@ -365,3 +365,33 @@ def test_a_target_plan_through_alpaca_py_against_the_sim_server(tmp_path: Path) 
         again = rig.engine.execute_plan_sync(plan)
         assert [o.order_id for o in again.orders] == [o.order_id for o in result.orders]
         assert len(rig.events(EventKind.SUBMIT_INTENT)) == sent
+
+
+def test_a_target_plans_walks_start_from_its_one_read_of_every_position(tmp_path: Path) -> None:
+    """The derivation's `GET /v2/positions` is also preflight's and the walks' "before"
+    read (issue 16): beyond it, only each walk's validation reads positions, counted at
+    sim-server. A partial sell of MSFT (20 held, 11 wanted) and a buy of AAPL (10 held)."""
+    spec = market(
+        EAGER,
+        cash=Decimal(10000),
+        positions={"AAPL": Decimal(10), "MSFT": Decimal(20)},
+        symbols={"AAPL": symbol("100"), "MSFT": symbol("50", fractionable=False)},
+    )
+    with alpaca_rig(tmp_path, spec) as rig:
+        plan = {"plan_id": "one-read", "targets": {"AAPL": "0.2", "MSFT": "0.05"}}
+        result = rig.engine.execute_plan_sync(parse_plan(plan))
+        rig.check(result)
+        assert {o.symbol: (o.side, o.state) for o in result.orders} == {
+            "MSFT": (OrderSide.SELL, "VALIDATED"),
+            "AAPL": (OrderSide.BUY, "VALIDATED"),
+        }
+        symbols = {o.order_id: o.symbol for o in result.orders}
+        before = {
+            symbols[str(e.order_id)]: e.data["qty"]
+            for e in rig.events(EventKind.POSITION_READ)
+            if e.data["phase"] == "before"
+        }
+        assert before == {"MSFT": "20", "AAPL": "10"}
+        stats = rig.server.app.stats
+        assert stats["GET /v2/positions"] == 1 + len(result.orders)
+        assert "GET /v2/positions/{symbol}" not in stats

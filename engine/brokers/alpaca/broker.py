@@ -40,7 +40,13 @@ from alpaca.trading.requests import (
 from ...broker import Account, Asset, BrokerOrder, MarketClock, OrderRequest, Quote
 from ...clock import RealClock
 from ...config import EngineConfig
-from ...errors import BrokerUnavailable, NotReplaceable, OrderNotFound, UnknownSymbol
+from ...errors import (
+    BrokerRejected,
+    BrokerUnavailable,
+    NotReplaceable,
+    OrderNotFound,
+    UnknownSymbol,
+)
 from ...numbers import ZERO
 from ...retry import read_with_retry
 from .cache import SharedReads
@@ -312,6 +318,17 @@ class AlpacaBroker:
         return self._show(answer)
 
     async def cancel_order(self, order_id: str) -> None:
+        """`DELETE /v2/orders/{id}`; an order trade_updates already vouch final is refused
+        here as Alpaca would refuse it (422 'order is already in "filled" state'), without
+        spending a call on it."""
+        known = self.orders.current(order_id)
+        if known is not None and known.is_terminal:
+            status = known.status.value
+            raise BrokerRejected(
+                f'alpaca: order is already in "{status}" state (per trade_updates; not sent)',
+                order_id=order_id,
+                status=status,
+            )
         trading = self.rest.trading
         await self.rest.read("cancel_order", lambda: trading.cancel_order_by_id(order_id))
         self.orders.wrote(order_id, CANCEL_TAKEN)

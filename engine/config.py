@@ -233,9 +233,15 @@ class EngineConfig(BaseModel):
         return self.medium_step_wait_seconds
 
 
+# Settings added since journals were first written, each with the value that walks as
+# before it existed: an order journaled by an older walkbook resumes as it was walking,
+# not with a default that came later (every order journals its whole configuration).
+WALKED_BEFORE_ADDED: dict[str, Any] = {"repeg_spread_fraction": None}
+
+
 @lru_cache(maxsize=DISTINCT_CONFIGS_KEPT)
 def _validated(text: str) -> EngineConfig:
-    return EngineConfig.model_validate(json.loads(text))
+    return EngineConfig.model_validate({**WALKED_BEFORE_ADDED, **json.loads(text)})
 
 
 # id(config) -> (config, its EngineConfig); holding the mapping keeps its id unique.

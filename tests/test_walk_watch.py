@@ -28,6 +28,7 @@ from walk_support import (
 )
 
 from engine import EngineConfig, OrderSide, Quote, SimBroker
+from engine.config import journaled_config
 from engine.events import EventKind
 
 ARRIVAL = (Decimal("99.90"), Decimal("100.10"))
@@ -316,3 +317,12 @@ def test_a_step_price_beyond_the_band_is_held_at_its_edge(make_rig):
     assert (result.state, result.reason) == ("FAILED", "price_band")
     assert not [o for o in rig.broker.orders.values() if o.order_type == "market"]
     check_invariants(rig, result)
+
+
+def test_an_order_journaled_before_spread_repegs_existed_resumes_without_them():
+    """An older walkbook journaled its whole configuration without the key: such an order
+    walks on as it was walking, not with the default that came later."""
+    journaled = EngineConfig().model_dump(mode="json")
+    assert journaled_config(journaled).repeg_spread_fraction == Decimal("0.2")
+    older = {key: value for key, value in journaled.items() if key != "repeg_spread_fraction"}
+    assert journaled_config(older).repeg_spread_fraction is None

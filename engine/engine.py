@@ -286,7 +286,7 @@ class Engine:
             # the events come in seq order, so the records in the order the orders were created
             await self._check_open_orders_against_journal()
             folded = fold_history(self.journal.order_history(unless_state=TERMINAL_STATES))
-            self._check_projection(folded)
+            self._check_projection(folded, in_flight_rows(self.journal, TERMINAL_STATES))
             records = list(folded.values())
             if max_age_seconds is not None:
                 cutoff = self.clock.now() - timedelta(seconds=max_age_seconds)
@@ -592,10 +592,11 @@ class Engine:
         events = self.journal.events
         return {i: fold_orders(events(order_id=i))[i] for i in order_ids}
 
-    def _check_projection(self, records: dict[str, OrderRecord]) -> None:
+    def _check_projection(
+        self, records: dict[str, OrderRecord], rows: dict[str, dict[str, Any]]
+    ) -> None:
         """The `orders` rows of in-flight orders must be what their events fold to: a row
         edited by hand (or events lost under it) means the journal cannot be acted on."""
-        rows = in_flight_rows(self.journal, TERMINAL_STATES)
         for order_id in sorted(rows.keys() | records.keys()):
             record = records.get(order_id)
             row = rows.get(order_id)
@@ -703,9 +704,10 @@ class Engine:
     async def _settle_other_plans(self, plan_id: str) -> None:
         """Before a plan runs, what other plans left in flight in this journal (a process
         killed mid-plan) is refused, walked to the end, or abandoned (`in_flight`)."""
+        in_flight = in_flight_rows(self.journal, TERMINAL_STATES)
         rows = [
             r
-            for r in in_flight_rows(self.journal, TERMINAL_STATES).values()
+            for r in in_flight.values()
             if r["plan_id"] != plan_id and r["order_id"] not in self._owned
         ]
         if not rows:
@@ -723,7 +725,7 @@ class Engine:
                 orders=[r["order_id"] for r in rows],
             )
         folded = fold_history(self.journal.order_history(unless_state=TERMINAL_STATES))
-        self._check_projection(folded)
+        self._check_projection(folded, in_flight)
         stale = [folded[r["order_id"]] for r in rows]
         self.log.warning("plan.settling_in_flight", policy=policy, orders=len(stale))
         if policy == "abandon":

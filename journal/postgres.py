@@ -148,6 +148,28 @@ def _initial(conn: psycopg.Connection[Any]) -> None:
     )
 
 
+# What every append function checks first, in its own transaction: the lease is this
+# writer's and live by the database clock (row locked until commit: WB001), and the first
+# new event follows the stored tail (no gap, no fork: WB002). One text for every
+# migration that creates such a function; a function applied by an older migration keeps
+# its body byte for byte, which verify compares (`missing_guards`).
+_APPEND_CHECKS = """        IF lease_epoch IS NOT NULL THEN
+            PERFORM FROM lease WHERE id = 1 AND epoch = lease_epoch AND token = lease_token
+                AND expires_at > clock_timestamp() FOR UPDATE;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'the lease is not this writer''s' USING ERRCODE = 'WB001';
+            END IF;
+        END IF;
+        IF {seq} > 1 THEN
+            SELECT hash INTO stored FROM events WHERE seq = {seq} - 1;
+            IF stored IS NULL THEN
+                RAISE EXCEPTION 'no event before it (a gap)' USING ERRCODE = 'WB002';
+            ELSIF stored <> {prev_hash} THEN
+                RAISE EXCEPTION 'it does not link' USING ERRCODE = 'WB002';
+            END IF;
+        END IF;
+"""
+
 # One append in one statement, so in one round trip and its own transaction: the lease row
 # checked (when an epoch is given) and locked until the commit, so a taker waits for the
 # append rather than slipping in before it commits; the first row's link to the stored last
@@ -157,7 +179,8 @@ def _initial(conn: psycopg.Connection[Any]) -> None:
 # arrive as JSONB arrays of arrays, in EVENT_FIELDS order and an OrderWrite's
 # (ORDER_COLUMNS, last_seq last); each refusal has a SQLSTATE of its own (_LEASE_LOST,
 # _UNLINKED).
-_APPEND_FUNCTION: LiteralString = """
+_APPEND_FUNCTION: LiteralString = (
+    """
     CREATE FUNCTION walkbook_append(
         lease_epoch BIGINT, lease_token TEXT, event_rows JSONB, order_rows JSONB,
         heartbeat_at TEXT
@@ -167,22 +190,9 @@ _APPEND_FUNCTION: LiteralString = """
         first_seq BIGINT := (event_rows->0->>0)::BIGINT;
         stored TEXT;
     BEGIN
-        IF lease_epoch IS NOT NULL THEN
-            PERFORM FROM lease WHERE id = 1 AND epoch = lease_epoch AND token = lease_token
-                AND expires_at > clock_timestamp() FOR UPDATE;
-            IF NOT FOUND THEN
-                RAISE EXCEPTION 'the lease is not this writer''s' USING ERRCODE = 'WB001';
-            END IF;
-        END IF;
-        IF first_seq > 1 THEN
-            SELECT hash INTO stored FROM events WHERE seq = first_seq - 1;
-            IF stored IS NULL THEN
-                RAISE EXCEPTION 'no event before it (a gap)' USING ERRCODE = 'WB002';
-            ELSIF stored <> event_rows->0->>9 THEN
-                RAISE EXCEPTION 'it does not link' USING ERRCODE = 'WB002';
-            END IF;
-        END IF;
-        FOR i IN 0 .. jsonb_array_length(event_rows) - 1 LOOP
+"""
+    + _APPEND_CHECKS.format(seq="first_seq", prev_hash="event_rows->0->>9")
+    + """        FOR i IN 0 .. jsonb_array_length(event_rows) - 1 LOOP
             r := event_rows->i;
             INSERT INTO events (seq, order_id, order_seq, plan_id, at, kind, from_state,
                                 to_state, data, prev_hash, hash)
@@ -220,6 +230,7 @@ _APPEND_FUNCTION: LiteralString = """
     END
     $$
 """
+)
 _LEASE_LOST = "WB001"
 _UNLINKED = "WB002"
 _APPEND = "SELECT walkbook_append(%s, %s, %s::jsonb, %s::jsonb, %s)"
@@ -229,7 +240,8 @@ _APPEND = "SELECT walkbook_append(%s, %s, %s::jsonb, %s::jsonb, %s)"
 # or to parse and pick apart there. With the libpq path below it cut the append's CPU at
 # 8 writers on 2 cores by about a third (docs/benchmarks.md). The order's parameters are
 # NULL for an event with no projection row; their last is the row's last_seq.
-_APPEND_EVENT_FUNCTION: LiteralString = """
+_APPEND_EVENT_FUNCTION: LiteralString = (
+    """
     CREATE FUNCTION walkbook_append_event(
         lease_epoch BIGINT, lease_token TEXT, heartbeat_at TEXT,
         e_seq BIGINT, e_order_id TEXT, e_order_seq BIGINT, e_plan_id TEXT, e_at TEXT,
@@ -244,22 +256,9 @@ _APPEND_EVENT_FUNCTION: LiteralString = """
     DECLARE
         stored TEXT;
     BEGIN
-        IF lease_epoch IS NOT NULL THEN
-            PERFORM FROM lease WHERE id = 1 AND epoch = lease_epoch AND token = lease_token
-                AND expires_at > clock_timestamp() FOR UPDATE;
-            IF NOT FOUND THEN
-                RAISE EXCEPTION 'the lease is not this writer''s' USING ERRCODE = 'WB001';
-            END IF;
-        END IF;
-        IF e_seq > 1 THEN
-            SELECT hash INTO stored FROM events WHERE seq = e_seq - 1;
-            IF stored IS NULL THEN
-                RAISE EXCEPTION 'no event before it (a gap)' USING ERRCODE = 'WB002';
-            ELSIF stored <> e_prev_hash THEN
-                RAISE EXCEPTION 'it does not link' USING ERRCODE = 'WB002';
-            END IF;
-        END IF;
-        INSERT INTO events (seq, order_id, order_seq, plan_id, at, kind, from_state,
+"""
+    + _APPEND_CHECKS.format(seq="e_seq", prev_hash="e_prev_hash")
+    + """        INSERT INTO events (seq, order_id, order_seq, plan_id, at, kind, from_state,
                             to_state, data, prev_hash, hash)
         VALUES (e_seq, e_order_id, e_order_seq, e_plan_id, e_at, e_kind, e_from_state,
                 e_to_state, e_data, e_prev_hash, e_hash);
@@ -296,6 +295,7 @@ _APPEND_EVENT_FUNCTION: LiteralString = """
     END
     $$
 """
+)
 # A server-side prepared statement of its own, run through libpq (psycopg.pq) with the
 # values already text: psycopg's cursor machinery costs more client CPU than the append's
 # own Python (docs/benchmarks.md). The casts pin the call to the one signature.

@@ -102,6 +102,10 @@ class BrokerOrder:
     # when the broker says the order's latest fill happened (None: nothing filled, or a
     # broker that does not say)
     filled_at: datetime | None = None
+    # the account's position in the symbol right after the fill that brought `filled_qty`
+    # to its value, as the broker reported it with that fill (Alpaca's trade_updates
+    # `position_qty`); None: the view came without it (a REST read of the order)
+    position_after: Decimal | None = None
 
     @classmethod
     def accepted(cls, order_id: str, request: OrderRequest) -> BrokerOrder:

@@ -190,6 +190,8 @@ class Engine:
         # each plan's preflight read of every position, and the last seq at which a symbol
         # was traded: walks start from the snapshot while it vouches (PositionSnapshot)
         self._snapshots: dict[str | None, PositionSnapshot] = {}
+        # a plan's snapshot being read anew, once for all its walks (`_renewed_snapshot`)
+        self._renewals: dict[str | None, asyncio.Future[Mapping[str, Decimal]]] = {}
         self._last_traded: dict[str, int] = {}
         self.context = WalkContext(
             self.journal,
@@ -416,23 +418,43 @@ class Engine:
             return {}
         return await self._read_positions_snapshot(plan.plan_id)
 
-    async def _read_positions_snapshot(self, plan_id: str) -> Mapping[str, Decimal]:
+    async def _read_positions_snapshot(self, plan_id: str | None) -> Mapping[str, Decimal]:
         """Every position in one read, kept for the plan's walks to start from
-        (`PositionSnapshot`) instead of a read each."""
+        (`PositionSnapshot`) instead of a read each. An unfinished order still PENDING has
+        sent nothing, so it cannot move a position behind the read."""
         after_seq, taken_at = self.journal.last_seq, self.clock.monotonic()
         positions = await self._read(self.broker.get_positions)
-        in_flight = self.journal.orders(unless_state=TERMINAL_STATES)
+        unfinished = self.journal.orders(unless_state=(*TERMINAL_STATES, OrderState.PENDING))
         self._snapshots[plan_id] = PositionSnapshot(
-            positions, after_seq, frozenset(str(row["symbol"]) for row in in_flight), taken_at
+            positions, after_seq, frozenset(str(row["symbol"]) for row in unfinished), taken_at
         )
         return positions
 
-    def _position_from_snapshot(self, plan_id: str | None, symbol: str) -> Decimal | None:
-        """A walk's "before" position from its plan's snapshot, while that still vouches."""
+    async def _position_from_snapshot(self, plan_id: str | None, symbol: str) -> Decimal | None:
+        """A walk's "before" position from its plan's snapshot while that still vouches; a
+        snapshot past its age is read anew first, once for every walk starting meanwhile."""
         snapshot = self._snapshots.get(plan_id)
         if snapshot is None:
             return None
+        if snapshot.aged(self.clock.monotonic()):
+            try:
+                await self._renewed_snapshot(plan_id)
+            except BrokerError:
+                return None  # the walk reads its own position, and meets the error itself
+            snapshot = self._snapshots[plan_id]
         return snapshot.position(symbol, self._last_traded.get(symbol, -1), self.clock.monotonic())
+
+    async def _renewed_snapshot(self, plan_id: str | None) -> None:
+        """One read anew of the plan's snapshot, shared by the walks that ask while it runs."""
+        renewal = self._renewals.get(plan_id)
+        if (
+            renewal is None
+            or renewal.done()
+            or renewal.get_loop() is not asyncio.get_running_loop()
+        ):
+            renewal = asyncio.ensure_future(self._read_positions_snapshot(plan_id))
+            self._renewals[plan_id] = renewal
+        await asyncio.shield(renewal)
 
     def _note_trading(self, record: OrderRecord, event: Event, payload: Payload) -> None:
         """The last seq at which this engine journaled an order sent, or a fill, in a symbol:
@@ -503,6 +525,7 @@ class Engine:
             self._open_listing = None
             if self._busy == 0:
                 self._snapshots.clear()
+                self._renewals.clear()
             if self._busy == 0 and self._watcher is not None:
                 self._watcher.cancel()
                 self._watcher = None

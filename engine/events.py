@@ -204,6 +204,8 @@ class PositionRead(Payload, frozen=True, kw_only=True):
     qty: Decimal
     target_qty: Decimal | None = None
     expected: Decimal | None = None
+    # the figure came with the order's latest fill (position_after), not from a read
+    from_fill: bool = False
 
 
 class Intent(Payload, frozen=True, kw_only=True):
@@ -304,6 +306,9 @@ class Fill(Payload, frozen=True, kw_only=True):
     # when the broker says the order's latest fill happened (the event's own `at` is when
     # the journal learned of it: a resume may learn much later)
     broker_at: str | None = None
+    # the account's position right after this fill as the broker reported it with the fill
+    # (None: it did not): the walk's validation may take it instead of a read
+    position_after: Decimal | None = None
 
 
 class OrderFinal(Payload, frozen=True, kw_only=True):

@@ -274,6 +274,7 @@ class OrderGateway:
                     cum_qty=order.filled_qty,
                     cum_avg_price=avg,
                     broker_at=None if order.filled_at is None else stamp(order.filled_at),
+                    position_after=order.position_after,
                 )
             )
             self.log.info("order.fill", qty=str(delta), price=str(price))

@@ -138,6 +138,9 @@ class OrderRecord:
     target_qty: Decimal | None = None
     position_before: Decimal | None = None
     position_after: Decimal | None = None
+    # the position the broker reported with the order's latest fill (None: that fill came
+    # without one): what validation compares before it spends a read
+    position_reported: Decimal | None = None
     arrival: dict[str, Any] | None = None
     config: dict[str, Any] = field(default_factory=dict)
     broker_filled: dict[str, Decimal] = field(default_factory=dict)
@@ -342,6 +345,7 @@ def _fill(record: OrderRecord, fields: Fields, event: Fill, to_state: str | None
     notional = fields["broker_notional"]
     # new dicts: a record `apply` copied shares them with the record before it
     fields["broker_filled"] = {**fields["broker_filled"], broker_id: event.cum_qty}
+    fields["position_reported"] = event.position_after
     fields["broker_notional"] = {**notional, broker_id: notional.get(broker_id, ZERO) + traded}
 
 

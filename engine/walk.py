@@ -72,6 +72,7 @@ BPS_PLACES = Decimal("0.01")
 # why a QUOTED transition journals no quote
 MARKET_WITHOUT_QUOTE = "no usable quote: urgency HIGH goes to market (market_without_quote)"
 # how long a plan's read of every position may stand in for its walks' own "before" reads
+# (then one read anew stands in for the walks that start in the next span as long)
 SNAPSHOT_MAX_AGE_SECONDS = 60.0
 
 
@@ -81,19 +82,21 @@ class PositionSnapshot:
     "before" position instead of a read each (at Alpaca, a call of 200 a minute each).
 
     It vouches for a symbol only while nothing journaled after `after_seq` (just before the
-    read) traded it, no order of it was in flight when it was read (`in_flight`), and for
-    `SNAPSHOT_MAX_AGE_SECONDS` after `taken_at` (the engine clock's monotonic time)."""
+    read) traded it, no order of it that may have reached the broker was unfinished when it
+    was read (`in_flight`), and for `SNAPSHOT_MAX_AGE_SECONDS` after `taken_at` (the engine
+    clock's monotonic time)."""
 
     positions: Mapping[str, Decimal]
     after_seq: int
     in_flight: frozenset[str]
     taken_at: float
 
+    def aged(self, now: float) -> bool:
+        return now - self.taken_at > SNAPSHOT_MAX_AGE_SECONDS
+
     def position(self, symbol: str, last_traded_seq: int, now: float) -> Decimal | None:
         """The symbol's position before anything since traded it; None: read it anew."""
-        if symbol in self.in_flight or last_traded_seq > self.after_seq:
-            return None
-        if now - self.taken_at > SNAPSHOT_MAX_AGE_SECONDS:
+        if symbol in self.in_flight or last_traded_seq > self.after_seq or self.aged(now):
             return None
         return self.positions.get(symbol, ZERO)
 
@@ -105,7 +108,7 @@ class OrderWalk:
         self,
         context: WalkContext,
         record: OrderRecord,
-        position_before: Callable[[], Decimal | None] | None = None,
+        position_before: Callable[[], Awaitable[Decimal | None]] | None = None,
     ) -> None:
         """`position_before`: the position before the order from a read the engine already
         made (None when that read cannot vouch for it any more): no read of the walk's own."""
@@ -309,7 +312,7 @@ class OrderWalk:
             return await self._fail(FailReason.NOT_TRADABLE)
         closes = intent.close_type is CloseType.FULL
         # a FULL close sells what the position is now: its size never comes from a snapshot
-        position = None if closes or not self._position_before else self._position_before()
+        position = None if closes or not self._position_before else await self._position_before()
         if position is None:
             position = await self.gateway.read(lambda: broker.get_position(intent.symbol))
         target = position if closes else None
@@ -619,20 +622,25 @@ class OrderWalk:
         return False
 
     async def _settle(self) -> None:
-        """SETTLING: nothing live, then the position must have moved by exactly what filled."""
+        """SETTLING: nothing live, then the position must have moved by exactly what filled.
+
+        The broker's figure is the one it reported with the order's latest fill when that
+        shows every fill (Alpaca's `position_qty`: no read spent), else a read, repeated
+        until it shows them or `settle_timeout_seconds` pass."""
         await self.gateway.cancel_live()
-        record, broker = self.record, self.ctx.broker
+        record = self.record
         assert record.position_before is not None
         signed = record.filled_qty if record.intent.side is OrderSide.BUY else -record.filled_qty
         expected = record.position_before + signed
         tolerance = self.config.validation_tolerance
-        deadline = self.ctx.clock.monotonic() + self.config.settle_timeout_seconds
-        symbol = record.intent.symbol
-        actual = await self.gateway.read(lambda: broker.get_position(symbol))
-        while abs(actual - expected) > tolerance and self.ctx.clock.monotonic() < deadline:
-            await self.gateway.unless_stopped(partial(self.ctx.clock.sleep, 1.0))
-            actual = await self.gateway.read(lambda: broker.get_position(symbol))
-        self.journal.write(PositionRead(phase="after", qty=actual, expected=expected))
+        reported = record.position_reported
+        if reported is not None and reported.is_finite() and abs(reported - expected) <= tolerance:
+            actual, from_fill = reported, True
+        else:
+            actual, from_fill = await self._read_position_until(expected), False
+        self.journal.write(
+            PositionRead(phase="after", qty=actual, expected=expected, from_fill=from_fill)
+        )
         if abs(actual - expected) > tolerance:
             return await self._fail(
                 FailReason.VALIDATION_MISMATCH,
@@ -646,6 +654,18 @@ class OrderWalk:
                 quantity=decimal_text(self.record.quantity),
             )
         self._fire(Validated(trigger=Trigger.VALIDATE, position=actual))
+
+    async def _read_position_until(self, expected: Decimal) -> Decimal:
+        """The broker's position, read again each second until it is `expected` or
+        `settle_timeout_seconds` pass (a position can lag the fills that made it)."""
+        broker, symbol = self.ctx.broker, self.record.intent.symbol
+        tolerance = self.config.validation_tolerance
+        deadline = self.ctx.clock.monotonic() + self.config.settle_timeout_seconds
+        actual = await self.gateway.read(lambda: broker.get_position(symbol))
+        while abs(actual - expected) > tolerance and self.ctx.clock.monotonic() < deadline:
+            await self.gateway.unless_stopped(partial(self.ctx.clock.sleep, 1.0))
+            actual = await self.gateway.read(lambda: broker.get_position(symbol))
+        return actual
 
 
 def _reason(code: str) -> FailReason:

@@ -52,6 +52,45 @@ def test_submit_fills_over_trade_updates_without_polling(tmp_path: Path) -> None
         )
 
 
+def test_validation_takes_the_position_trade_updates_reported_with_the_last_fill(
+    tmp_path: Path,
+) -> None:
+    """Each execution on trade_updates carries the position right after it (`position_qty`):
+    the order's last one is the broker's figure validation checks, so the plan reads
+    positions once (its preflight) and never after the fills. Partial fills included; each
+    fill journals the broker's own time and figure beside the journal's."""
+    spec = market(EAGER, partial_fill_probability=0.6, positions={"AAPL": Decimal(4)})
+    with alpaca_rig(tmp_path, spec, config=RESTING) as rig:
+        result = rig.run(
+            {"symbol": "AAPL", "side": "buy", "quantity": "10"},
+            {"symbol": "MSFT", "side": "buy", "quantity": "3"},
+        )
+        rig.check(result)
+        assert [o.state for o in result.orders] == [OrderState.VALIDATED] * 2
+        assert rig.server.app.stats["GET /v2/positions"] == 1
+        after = {
+            e.order_id: e.data
+            for e in rig.events(EventKind.POSITION_READ)
+            if e.data["phase"] == "after"
+        }
+        by_symbol = {o.symbol: after[o.order_id] for o in result.orders}
+        assert by_symbol["AAPL"] == {
+            "phase": "after",
+            "qty": "14",
+            "expected": "14",
+            "from_fill": True,
+        }
+        assert by_symbol["MSFT"]["from_fill"] is True
+        fills = rig.events(EventKind.FILL)
+        assert len(fills) >= 2
+        assert all(f.data["broker_at"] and f.data["position_after"] for f in fills)
+        aapl = [f.data for f in fills if f.order_id == result.orders[0].order_id]
+        running = Decimal(4)
+        for fill in aapl:
+            running += Decimal(fill["qty"])
+            assert Decimal(fill["position_after"]) == running
+
+
 def test_whole_shares_walk_by_replace_with_explicit_qty(tmp_path: Path) -> None:
     """Nothing fills passively: L1 is placed, L2 and L3 replace it (PATCH, whole shares), then
     the market step cancels, confirms and sends a market order (replace_orders on)."""

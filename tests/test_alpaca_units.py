@@ -8,6 +8,7 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from alpaca.data.models import Quote as SdkQuote
@@ -26,9 +27,10 @@ from engine.brokers.alpaca import (
     SubPennyPrice,
     error_from_response,
 )
-from engine.brokers.alpaca.convert import quote_from_sdk
+from engine.brokers.alpaca.convert import order_from_update, quote_from_sdk
 from engine.brokers.alpaca.rest import RestGateway
 from engine.brokers.alpaca.tracking import CANCEL_TAKEN, OrderTracker, Waiters
+from engine.brokers.simserver.wire import IdMap, order_json
 from engine.errors import DuplicateClientOrderId, NotReplaceable, OrderNotFound, OutcomeUnknown
 
 BAD_GATEWAY = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
@@ -216,6 +218,40 @@ def test_a_late_rest_answer_never_undoes_a_streamed_fill() -> None:
     replaced = replace(order(BrokerOrderStatus.REPLACED, "0"), replaced_by="next")
     tracker.observe(replaced)
     assert tracker.latest(filled.id) == replace(filled, replaced_by="next")
+
+
+def update(event: str, view: BrokerOrder, position_qty: str | None = None) -> dict[str, Any]:
+    """A trade_updates message's data as Alpaca sends it (the sim-server's wire shape)."""
+    at = datetime(2026, 11, 23, 15, 30, 1, tzinfo=UTC)
+    data = {"event": event, "order": order_json(view, IdMap(), at), "timestamp": at.isoformat()}
+    if position_qty is not None:
+        data |= {"qty": "3", "price": "190.05", "position_qty": position_qty}
+    return data
+
+
+def test_an_execution_brings_its_time_and_the_exact_position_after_it() -> None:
+    """position_qty is taken from Alpaca's text (the SDK's model would make it a float and
+    lose digits); an event that is not an execution carries no position."""
+    partial = order(BrokerOrderStatus.PARTIALLY_FILLED, "3")
+    executed = order_from_update(update("partial_fill", partial, "1234567.123456789"))
+    assert executed.position_after == Decimal("1234567.123456789")
+    assert executed.filled_at == datetime(2026, 11, 23, 15, 30, 1, tzinfo=UTC)
+    pending = order_from_update(update("pending_cancel", partial))
+    assert (pending.position_after, pending.filled_at) == (None, None)
+    for garbled in ("NaN", "Infinity", "seven", ""):
+        assert order_from_update(update("fill", partial, garbled)).position_after is None
+
+
+def test_the_reported_position_stays_with_the_fills_it_came_with() -> None:
+    """A later view showing the same fills without a position (the final status, a REST
+    read) keeps the execution's; one showing more fills drops it: it was not after them."""
+    tracker = OrderTracker()
+    partial = replace(order(BrokerOrderStatus.PARTIALLY_FILLED, "3"), position_after=Decimal(7))
+    tracker.observe(partial)
+    cancelled = tracker.show(order(BrokerOrderStatus.CANCELED, "3"))
+    assert (cancelled.status, cancelled.position_after) == (BrokerOrderStatus.CANCELED, 7)
+    more = tracker.show(order(BrokerOrderStatus.FILLED, "10"))
+    assert more.position_after is None
 
 
 def test_a_late_accepted_answer_never_undoes_a_streamed_new() -> None:

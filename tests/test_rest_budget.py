@@ -30,6 +30,8 @@ from engine.errors import NotReplaceable
 from engine.events import EventKind
 from engine.walk import SNAPSHOT_MAX_AGE_SECONDS, PositionSnapshot
 
+SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN")
+
 
 class CountingReads(SimBroker):
     """A SimBroker that counts the position reads it answers."""
@@ -117,6 +119,34 @@ def test_a_snapshot_vouches_only_for_untraded_symbols_while_young() -> None:
     assert snapshot.position("AAPL", 8, 100.0) is None  # traded after the read
     assert snapshot.position("TSLA", -1, 100.0) is None  # in flight when read
     assert snapshot.position("AAPL", -1, 100.0 + SNAPSHOT_MAX_AGE_SECONDS + 1) is None
+
+
+def test_an_aged_snapshot_is_read_anew_once_for_the_walks_that_start_after(
+    make_rig: Any,
+) -> None:
+    """Two walks at a time, each resting three 25 s steps (about 80 s): the second pair
+    starts after the preflight read has aged, and one read anew (not one each) gives both
+    their "before" positions."""
+    prices = ("100", "50", "70", "90")
+    symbols = {name: steady(price)["AAPL"] for name, price in zip(SYMBOLS, prices, strict=True)}
+    rig = make_rig(
+        broker_cls=CountingReads,
+        config=EngineConfig(medium_step_wait_seconds=25.0),
+        **resting(symbols=symbols, positions={"AAPL": Decimal(10)}),
+    )
+    rig.engine.concurrency = 2
+    orders = [{"symbol": "AAPL", "side": "sell", "quantity": "4", "close_type": "partial"}]
+    orders += [{"symbol": name, "side": "buy", "quantity": "2"} for name in SYMBOLS[1:]]
+    result = run_plan(rig, *orders)
+
+    assert [o.state for o in result.orders] == ["VALIDATED"] * 4
+    assert rig.broker.all_position_reads == 2  # preflight, then once anew
+    assert rig.broker.position_reads == 4  # each order's validation, no "before" read
+    befores = [_position_reads(rig, o.order_id)[0] for o in result.orders]
+    assert befores == [("before", "10"), ("before", "0"), ("before", "0"), ("before", "0")]
+    started = [_seconds(transitions(rig, o.order_id)[0]) for o in result.orders]
+    assert min(started[2:]) > SNAPSHOT_MAX_AGE_SECONDS  # the second pair really started late
+    check_invariants(rig, result)
 
 
 def test_each_step_order_rests_the_full_step_after_the_last_cancel(make_rig: Any) -> None:

@@ -369,8 +369,9 @@ def test_a_target_plan_through_alpaca_py_against_the_sim_server(tmp_path: Path) 
 
 def test_a_target_plans_walks_start_from_its_one_read_of_every_position(tmp_path: Path) -> None:
     """The derivation's `GET /v2/positions` is also preflight's and the walks' "before"
-    read (issue 16): beyond it, only each walk's validation reads positions, counted at
-    sim-server. A partial sell of MSFT (20 held, 11 wanted) and a buy of AAPL (10 held)."""
+    read (issue 16), and the walks validate from the positions trade_updates reported with
+    their fills: one read in all, counted at sim-server. A partial sell of MSFT (20 held,
+    11 wanted) and a buy of AAPL (10 held)."""
     spec = market(
         EAGER,
         cash=Decimal(10000),
@@ -393,5 +394,5 @@ def test_a_target_plans_walks_start_from_its_one_read_of_every_position(tmp_path
         }
         assert before == {"MSFT": "20", "AAPL": "10"}
         stats = rig.server.app.stats
-        assert stats["GET /v2/positions"] == 1 + len(result.orders)
+        assert stats["GET /v2/positions"] == 1
         assert "GET /v2/positions/{symbol}" not in stats

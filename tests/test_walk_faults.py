@@ -4,7 +4,9 @@ market fills, position mismatches, transient errors, unknown outcomes and replac
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from walk_support import (
@@ -22,7 +24,7 @@ from walk_support import (
     steady,
 )
 
-from engine import BrokerOrderStatus, Engine, EngineConfig, SimBroker, SymbolSpec
+from engine import BrokerOrderStatus, Engine, EngineConfig, OrderResult, SimBroker, SymbolSpec
 from engine.broker import Asset, BrokerOrder, OrderRequest
 from engine.errors import BrokerUnavailable, InvalidIntent, NotReplaceable, OutcomeUnknown
 from engine.events import EventKind
@@ -186,15 +188,80 @@ class UnderReportingBroker(SimBroker):
         return actual
 
 
-def test_position_that_disagrees_with_fills_fails_validation_mismatch(make_rig):
-    """After filling 10, a broker reporting 9 makes the order FAILED validation_mismatch."""
+def buy_ten_filling_at_once(
+    make_rig: Any, broker_cls: type[SimBroker], partial_fill_probability: float = 0.0
+) -> tuple[Any, OrderResult]:
+    """A buy of 10 AAPL on `broker_cls` whose limit orders fill at once (maybe in parts)."""
     rig = make_rig(
-        broker_cls=UnderReportingBroker,
+        broker_cls=broker_cls,
         symbols=steady(spread_bps=20),
         fill_intensity=1e9,
-        partial_fill_probability=0.0,
+        partial_fill_probability=partial_fill_probability,
     )
-    result = run_one(rig, symbol="AAPL", side="buy", quantity="10")
+    return rig, run_one(rig, symbol="AAPL", side="buy", quantity="10")
+
+
+class FillReportingBroker(SimBroker):
+    """Stamps each filled order view with the position after it, as Alpaca's trade_updates
+    do (`position_qty`), off by `skew`; counts position reads."""
+
+    skew = Decimal(0)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.position_reads = 0
+
+    def _stamped(self, order: BrokerOrder) -> BrokerOrder:
+        if not order.filled_qty:
+            return order
+        held = self.positions.get(order.symbol, Decimal(0))
+        return replace(order, position_after=held + self.skew)
+
+    async def submit_order(self, request: OrderRequest) -> BrokerOrder:
+        return self._stamped(await super().submit_order(request))
+
+    async def get_order(self, order_id: str) -> BrokerOrder:
+        return self._stamped(await super().get_order(order_id))
+
+    async def wait_for_update(self, order_id: str, timeout_seconds: float) -> BrokerOrder:
+        return self._stamped(await super().wait_for_update(order_id, timeout_seconds))
+
+    async def get_position(self, symbol: str) -> Decimal:
+        self.position_reads += 1
+        return await super().get_position(symbol)
+
+
+class MisreportingBroker(FillReportingBroker):
+    skew = Decimal(1)
+
+
+@pytest.mark.parametrize(
+    ("broker_cls", "from_fill", "reads"),
+    [(FillReportingBroker, True, 1), (MisreportingBroker, False, 2)],
+)
+def test_validation_takes_the_position_reported_with_the_last_fill_only_when_it_agrees(
+    make_rig, broker_cls, from_fill, reads
+):
+    """A position the broker reported with the order's last fill that shows every fill is
+    the validation: no read after the fills. One that does not is never trusted over the
+    broker's positions: the order is validated from a read (which agrees here)."""
+    rig, result = buy_ten_filling_at_once(make_rig, broker_cls, partial_fill_probability=0.5)
+
+    assert result.state == "VALIDATED"
+    (after,) = [
+        e
+        for e in of_kind(rig, result.order_id, EventKind.POSITION_READ)
+        if e.data["phase"] == "after"
+    ]
+    assert after.data["qty"] == "10"
+    assert after.data.get("from_fill", False) is from_fill
+    assert rig.broker.position_reads == reads
+    check_invariants(rig, result)
+
+
+def test_position_that_disagrees_with_fills_fails_validation_mismatch(make_rig):
+    """After filling 10, a broker reporting 9 makes the order FAILED validation_mismatch."""
+    rig, result = buy_ten_filling_at_once(make_rig, UnderReportingBroker)
 
     assert result.state == "FAILED"
     assert result.reason == "validation_mismatch"

@@ -8,17 +8,18 @@ calculated, ...) are not final, so they read as `accepted`: the engine keeps wai
 from __future__ import annotations
 
 from contextlib import suppress
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from alpaca.data.models import Quote as SdkQuote
 from alpaca.trading.enums import OrderSide as SdkSide
 from alpaca.trading.enums import OrderType as SdkOrderType
-from alpaca.trading.enums import TimeInForce
+from alpaca.trading.enums import TimeInForce, TradeEvent
 from alpaca.trading.models import Asset as SdkAsset
 from alpaca.trading.models import Clock as SdkClock
 from alpaca.trading.models import Order as SdkOrder
-from alpaca.trading.models import TradeAccount
+from alpaca.trading.models import TradeAccount, TradeUpdate
 from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest
 from pydantic import ValidationError
 
@@ -44,12 +45,15 @@ __all__ = [
     "clock_from_sdk",
     "listed_assets",
     "order_from_sdk",
+    "order_from_update",
     "order_request_to_sdk",
     "positions_from_wire",
     "quote_from_sdk",
 ]
 
 _STATUSES = {status.value: status for status in BrokerOrderStatus}
+# the trade_updates events that are executions (they carry qty, price and position_qty)
+EXECUTIONS = frozenset({TradeEvent.FILL, TradeEvent.PARTIAL_FILL})
 _ORDER_TYPES: dict[SdkOrderType, OrderType] = {
     SdkOrderType.LIMIT: "limit",
     SdkOrderType.MARKET: "market",
@@ -81,7 +85,31 @@ def order_from_sdk(order: SdkOrder) -> BrokerOrder:
         filled_avg_price=_decimal(order.filled_avg_price),
         replaced_by=None if order.replaced_by is None else str(order.replaced_by),
         replaces=None if order.replaces is None else str(order.replaces),
+        filled_at=order.filled_at,
     )
+
+
+def order_from_update(data: dict[str, Any]) -> BrokerOrder:
+    """A trade_updates message's order; an execution (`fill`, `partial_fill`) also gives
+    when it happened and the position right after it, taken from Alpaca's own text (the
+    SDK's model makes `position_qty` a float)
+    (https://docs.alpaca.markets/docs/websocket-streaming#trade-updates)."""
+    # position_qty is read here, not by the SDK: one it cannot parse must not lose the fill
+    update = TradeUpdate(**{k: v for k, v in data.items() if k != "position_qty"})
+    order = order_from_sdk(update.order)
+    if update.event not in EXECUTIONS:
+        return order
+    return replace(order, filled_at=update.timestamp, position_after=_figure(data, "position_qty"))
+
+
+def _figure(data: dict[str, Any], key: str) -> Decimal | None:
+    """A finite number, or None: a figure that does not parse is no figure (validation then
+    reads the position), and never reaches a comparison as NaN."""
+    try:
+        value = _decimal(data.get(key))
+    except InvalidOperation:
+        return None
+    return value if value is not None and value.is_finite() else None
 
 
 def order_request_to_sdk(request: OrderRequest) -> LimitOrderRequest | MarketOrderRequest:

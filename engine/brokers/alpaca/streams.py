@@ -24,10 +24,9 @@ import structlog
 from alpaca.data.enums import DataFeed
 from alpaca.data.live.stock import StockDataStream
 from alpaca.data.models import Quote as SdkQuote
-from alpaca.trading.models import TradeUpdate
 from alpaca.trading.stream import TradingStream
 
-from .convert import UnsupportedOrder, order_from_sdk, quote_from_sdk
+from .convert import UnsupportedOrder, order_from_update, quote_from_sdk
 from .rest import AlpacaCounters
 from .settings import AlpacaSettings
 from .tracking import OrderTracker, QuoteBoard
@@ -186,6 +185,8 @@ class UpdateStream(TradingStream):
             settings.key_id,
             settings.secret_key,
             paper=settings.paper,
+            # the messages as Alpaca sent them: an execution's position_qty as its text
+            raw_data=True,
             # the SDK annotates `url_override: str = None`; None means its own endpoint
             url_override=settings.trading_stream_url,  # type: ignore[arg-type]
         )
@@ -205,7 +206,7 @@ class UpdateStream(TradingStream):
         self._tracker.stream_lost()
         await super().close()
 
-    async def _on_update(self, update: TradeUpdate) -> None:
+    async def _on_update(self, message: dict[str, Any]) -> None:
         self._counters.trade_updates += 1
         with suppress(UnsupportedOrder):
-            self._tracker.observe(order_from_sdk(update.order))
+            self._tracker.observe(order_from_update(message["data"]))

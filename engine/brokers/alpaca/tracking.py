@@ -105,7 +105,8 @@ class Waiters:
 
 
 def _fresher(old: BrokerOrder | None, new: BrokerOrder) -> BrokerOrder:
-    """The later of two views of one order: more filled wins, then final over open.
+    """The later of two views of one order: more filled wins, then final over open; the
+    position an execution reported is kept while the fills are those it came with.
 
     A REST answer can be older than a trade update that overtook it, so arrival order
     alone cannot decide; fills and finality only ever move forward.
@@ -116,6 +117,15 @@ def _fresher(old: BrokerOrder | None, new: BrokerOrder) -> BrokerOrder:
     keep, other = (old, new) if behind else (new, old)
     if keep.replaced_by is None and other.replaced_by is not None:
         keep = replace(keep, replaced_by=other.replaced_by)
+    reported = other.position_after
+    if keep.position_after is None and reported is not None and other.filled_qty == keep.filled_qty:
+        # what an execution reported stays with its fills when a later view (the final
+        # status, a REST read) shows the same fills without it
+        keep = replace(
+            keep,
+            position_after=reported,
+            filled_at=keep.filled_at or other.filled_at,
+        )
     return keep
 
 

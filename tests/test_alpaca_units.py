@@ -4,6 +4,8 @@ limiter, the settings' guards, the SDK take-over, and merging REST and stream vi
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -29,6 +31,7 @@ from engine.brokers.alpaca import (
 )
 from engine.brokers.alpaca.convert import order_from_update, quote_from_sdk
 from engine.brokers.alpaca.rest import RestGateway
+from engine.brokers.alpaca.streams import StreamThread
 from engine.brokers.alpaca.tracking import CANCEL_TAKEN, OrderTracker, Waiters
 from engine.brokers.simserver.wire import IdMap, order_json
 from engine.errors import DuplicateClientOrderId, NotReplaceable, OrderNotFound, OutcomeUnknown
@@ -362,3 +365,18 @@ def test_the_tracker_vouches_for_an_order_only_once_it_shows_the_cancel_alpaca_t
     tracker.stream_lost()
     assert tracker.current(order_id) is None
     assert not tracker.awaits_echo(order_id)
+
+
+def test_a_stream_task_still_running_at_stop_is_ended_not_destroyed_pending(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A task the shutdown could not wait out (a closing handshake a busy server has not
+    answered) is cancelled and run to its end before the loop closes: asyncio would print
+    "Task was destroyed but it is pending!" (and websockets a traceback) on the way out."""
+    streams = StreamThread()
+    streams.submit(asyncio.sleep(3600))  # outlasts the stop's time
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        streams.stop([], timeout=0.2)
+        gc.collect()
+    assert streams.loop.is_closed()
+    assert "destroyed but it is pending" not in caplog.text

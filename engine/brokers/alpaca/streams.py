@@ -83,7 +83,18 @@ class StreamThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
         if not self._thread.is_alive():
+            self._end_leftovers()
             self.loop.close()
+
+    def _end_leftovers(self) -> None:
+        """Cancel what the shutdown could not wait out (a closing handshake a busy server has
+        not answered) and run it to its end: a task destroyed pending makes asyncio, and
+        websockets, print tracebacks on the way out."""
+        leftovers = asyncio.all_tasks(self.loop)
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            self.loop.run_until_complete(asyncio.wait(leftovers, timeout=CLOSE_SECONDS))
 
 
 class QuoteStream(StockDataStream):

@@ -25,7 +25,7 @@ from engine.audit.charts import MIN_SPAN_BPS, OrderSeries, PlanScale
 from engine.cli import main
 from engine.numbers import decimal_text
 
-SEED = 12
+SEED = 6  # its draws: AAPL fills within AFTERNOON_RUNS_FOR, MSFT and SPY do not
 MORNING = [
     {"symbol": "AAPL", "side": "buy", "quantity": "10"},
     {"symbol": "KO", "side": "sell", "quantity": "3", "close_type": "full"},  # nothing to close

@@ -1,7 +1,7 @@
 """SimBroker: a seeded, in-process market and account on the engine's clock.
 
-Each symbol's mid follows a random walk in one-second ticks with its own RNG, so
-orders on different symbols never perturb each other and a run is reproducible
+Each symbol's mid follows a random walk in one-second ticks with its own RNG, and its
+fills draw from another, so orders never perturb a price path and a run is reproducible
 from its seed. Resting limit orders fill passively with an intensity that falls
 with their distance from the far touch; a marketable order fills at the touch.
 Cancels are asynchronous like Alpaca's: the order sits in `pending_cancel` until
@@ -57,10 +57,16 @@ QTY_STEP = Decimal("0.000000001")
 
 @dataclass
 class _Book:
-    """One symbol's simulated top of book."""
+    """One symbol's simulated top of book.
+
+    Two generators (common random numbers): `prices` draws the mid's walk and zero-quote
+    episodes, `fills` every draw an order causes, so the same seed gives the same price path
+    whatever orders rest on it, and policies compared on one seed face the same market.
+    """
 
     spec: SymbolSpec
-    rng: SmallRandom
+    prices: SmallRandom
+    fills: SmallRandom
     mid: float
     tick_index: int = 0
     bid: Decimal = ZERO
@@ -250,7 +256,8 @@ class SimBroker:
                     "ask": str(book.ask),
                     "zero_side": book.zero_side,
                     "zero_until": book.zero_until,
-                    "rng": book.rng.getstate(),
+                    "rng": book.prices.getstate(),
+                    "fills_rng": book.fills.getstate(),
                 }
                 for symbol, book in self._books.items()
             },
@@ -265,11 +272,14 @@ class SimBroker:
         self._faults.setstate(state["faults"])
         self._feed.setstate(state["feed"])
         for symbol, saved in state["books"].items():
-            rng = SmallRandom()
-            rng.setstate(saved["rng"])
+            prices, fills = self._generators(symbol)
+            prices.setstate(saved["rng"])
+            if "fills_rng" in saved:  # else saved by older code: its fills start from the seed
+                fills.setstate(saved["fills_rng"])
             self._books[symbol] = _Book(
                 spec=self.spec.symbol(symbol),
-                rng=rng,
+                prices=prices,
+                fills=fills,
                 mid=saved["mid"],
                 tick_index=saved["tick_index"],
                 bid=Decimal(saved["bid"]),
@@ -303,7 +313,7 @@ class SimBroker:
             if not self.spec.lists(symbol):
                 raise UnknownSymbol(f"unknown symbol {symbol}", symbol=symbol)
             spec = self.spec.symbol(symbol)
-            book = _Book(spec, SmallRandom(f"{self.spec.seed}/{symbol}"), float(spec.price))
+            book = _Book(spec, *self._generators(symbol), float(spec.price))
             book.tick_index = self._now_tick()
             self._requote(book)
             self._books[symbol] = book
@@ -311,6 +321,11 @@ class SimBroker:
         self._route_due(symbol, book)
         self._expire_at_close(symbol)
         return book
+
+    def _generators(self, symbol: str) -> tuple[SmallRandom, SmallRandom]:
+        """A symbol's price-path and fills generators, as seeded for a new book."""
+        seed = f"{self.spec.seed}/{symbol}"
+        return SmallRandom(seed), SmallRandom(f"{seed}/fills")
 
     def _requote(self, book: _Book) -> None:
         mid = Decimal(repr(book.mid))
@@ -324,7 +339,7 @@ class SimBroker:
         target = self._now_tick()
         while book.tick_index < target:
             book.tick_index += 1
-            rng = book.rng
+            rng = book.prices
             book.mid *= math.exp(book.spec.volatility_bps / 10_000 * rng.normalvariate(0.0, 1.0))
             self._requote(book)
             if book.zero_side is not None and book.tick_index >= book.zero_until:
@@ -442,11 +457,11 @@ class SimBroker:
         distance = float(abs(touch - price) / spread) if spread else 1.0
         intensity = self.spec.fill_intensity * book.spec.liquidity
         probability = 1.0 - math.exp(-intensity * math.exp(-self.spec.fill_decay * distance))
-        if book.rng.random() >= probability:
+        if book.fills.random() >= probability:
             return
         qty = order.remaining
-        if book.rng.random() < self.spec.partial_fill_probability:
-            qty = self._portion(order, book.rng.uniform(0.2, 0.8))
+        if book.fills.random() < self.spec.partial_fill_probability:
+            qty = self._portion(order, book.fills.uniform(0.2, 0.8))
         self._fill(order, qty, price)
 
     def _portion(self, order: SimOrder, fraction: float) -> Decimal:
@@ -793,8 +808,8 @@ class SimBroker:
 
     def _market_fill(self, order: SimOrder, book: _Book) -> None:
         touch = book.ask if order.side is OrderSide.BUY else book.bid
-        if book.rng.random() < self.spec.market_partial_probability:
-            self._fill(order, self._portion(order, book.rng.uniform(0.3, 0.9)), touch)
+        if book.fills.random() < self.spec.market_partial_probability:
+            self._fill(order, self._portion(order, book.fills.uniform(0.3, 0.9)), touch)
             self._set_status(order, BrokerOrderStatus.CANCELED)
         else:
             self._fill(order, order.remaining, touch)

@@ -4,8 +4,10 @@ The same seeded orders (liquid, illiquid and sub-dollar symbols, one order per s
 run under three policies on identically seeded markets:
 
 - market at once: urgency HIGH, straight to a market order;
-- original ladder: 0.75 / 0.85 / 0.95 of the spread, 10 s per step, no re-pricing, every
-  step priced from the order's first quote. The engine has no setting for that, so it is
+- original ladder: 0.75 / 0.85 / 0.95 of the spread, 30 s per step (its documented
+  default: ../shared/seeds/execution_v2_README.md, "Walk-the-Book Strategy", and
+  MIGRATION_COMPLETE.md, "Order Execution"), no re-pricing, every step priced from the
+  order's first quote. The engine has no setting for that, so it is
   emulated: the simulator is wrapped to answer every quote request for a symbol with its
   first quote (one order per symbol, so one quote per order), and quote freshness is
   relaxed so the engine accepts that old quote;
@@ -66,6 +68,8 @@ PLAN_SIZE = 25
 SEED = 20261123
 # the seeds a run reports unless told others: the default and two more
 SEEDS = (SEED, 1, 2)
+# the original walk-the-book's wait at each step ("Wait 30s", "default: 30s" in the seeds)
+ORIGINAL_STEP_SECONDS = 30.0
 DAY_SECONDS = 86_400.0
 LEVELS = ("L1", "L2", "L3", "M")
 # how much lower walkbook's defaults' mean slippage must be than each other policy's
@@ -142,7 +146,7 @@ ORIGINAL = Policy(
     Urgency.MEDIUM,
     EngineConfig(
         ladder=(Decimal("0.75"), Decimal("0.85"), Decimal("0.95")),
-        medium_step_wait_seconds=10.0,
+        medium_step_wait_seconds=ORIGINAL_STEP_SECONDS,
         quote_freshness_seconds=DAY_SECONDS,
         repeg_spread_fraction=None,
     ),

@@ -54,10 +54,10 @@ class EngineConfig(BaseModel):
         20.0,
         gt=0,
         le=MAX_SECONDS,
-        description="How long each limit step of a MEDIUM order rests. 20 s, twice the "
-        "original ladder's 10 s: a walk that reaches the market order takes about 60 s, not "
-        "30 s, and on bench.quality its slippage is lower than the original ladder's and a "
-        "market order's (docs/benchmarks.md, quality).",
+        description="How long each limit step of a MEDIUM order rests: with three steps a "
+        "walk reaches the market order in about 60 s (the original waited 30 s a step). What "
+        "the choice costs in slippage is measured by bench.quality (docs/benchmarks.md, "
+        "quality).",
     )
     low_step_wait_seconds: float = Field(30.0, gt=0, le=MAX_SECONDS)
     market_wait_seconds: float = Field(30.0, gt=0, le=MAX_SECONDS)
@@ -180,9 +180,8 @@ class EngineConfig(BaseModel):
         "quote, when the mid moves away from it (up for a buy, down for a sell) by more than "
         "this fraction of the spread of the quote the step was priced from: the order then "
         "rests where it may still fill instead of going to market after the move. A move "
-        "toward the order is left alone (the resting limit is likelier to fill). 0.2 cut "
-        "both the mean and the p95 slippage on bench.quality (docs/benchmarks.md, quality). "
-        "None: off.",
+        "toward the order is left alone (the resting limit is likelier to fill). What it "
+        "costs and gains on bench.quality is in docs/benchmarks.md (quality). None: off.",
     )
     max_repegs: int = Field(2, ge=0, description="The most re-pricings within one limit step.")
     max_spread_bps: Decimal | None = Field(

@@ -41,6 +41,7 @@ from .errors import (
     InvalidIntent,
     InvalidPlan,
     PlanAtBroker,
+    PlanHalted,
     PlansInFlight,
     UnknownBrokerOrders,
     UnknownSymbol,
@@ -67,7 +68,7 @@ from .results import OrderResult, PlanResult
 from .retry import read_with_retry
 from .risk import PreTradeRisk, Refusal, SellGate
 from .sizing import BuySizer
-from .stopping import StopRequests, take_halt_requests
+from .stopping import StopRequested, StopRequests, take_halt_requests
 from .targets import (
     Derivation,
     Hold,
@@ -761,14 +762,35 @@ class Engine:
     ) -> tuple[list[OrderRecord], tuple[Hold, ...]]:
         """A plan new to this journal: a target plan's orders derived, then checked,
         journaled, and the refused ones failed unsent. A target plan that needs no order
-        journals nothing and is all holds."""
+        journals nothing and is all holds. Until the orders are journaled it only reads, so
+        a halt meanwhile abandons the reads at once (PlanHalted)."""
+        try:
+            checked, first_attempts, holds = await self.stops.wait_or_stop(
+                partial(self._checked_plan, plan), None, plan.plan_id
+            )
+        except StopRequested:
+            raise PlanHalted(
+                f"plan {plan.plan_id} halted while it was being checked: nothing journaled, "
+                "nothing sent; deliver it again to run it",
+                plan_id=plan.plan_id,
+            ) from None
+        if checked is None:
+            return [], holds
+        records = self._create_orders(plan.plan_id, first_attempts, digest)
+        return await self._refuse_invalid(records, checked), holds
+
+    async def _checked_plan(
+        self, plan: RebalancePlan
+    ) -> tuple[CheckedPlan | None, list[tuple[str, OrderIntent, dict[str, Any]]], tuple[Hold, ...]]:
+        """Everything `_start` reads before it journals: the checked plan (None: a target plan
+        that needs no order), its orders' first attempts, and a target plan's holds."""
         extras: dict[int, dict[str, Any]] = {}
         holds: tuple[Hold, ...] = ()
         positions = None
         if plan.is_target_plan:
             derivation = await self._derive_targets(plan)
             if not derivation.orders:
-                return [], derivation.holds
+                return None, [], derivation.holds
             plan, holds = _derived_plan(plan.plan_id, derivation), derivation.holds
             extras = {i: {"sizing": order.sizing} for i, order in enumerate(derivation.orders)}
             # the plan's holds ride on its first order, the event its digest is read from
@@ -780,8 +802,7 @@ class Engine:
         checked = await self.preflight(plan, positions)
         first_attempts = self._first_attempts(checked, extras)
         await self._refuse_plan_at_broker(plan.plan_id, first_attempts)
-        records = self._create_orders(plan.plan_id, first_attempts, digest)
-        return await self._refuse_invalid(records, checked), holds
+        return checked, first_attempts, holds
 
     async def _derive_targets(self, plan: RebalancePlan) -> Derivation:
         """A target plan's orders from one snapshot: the account's equity, every position

@@ -27,6 +27,7 @@ __all__ = [
     "OrderNotFound",
     "OutcomeUnknown",
     "PlanAtBroker",
+    "PlanHalted",
     "PlansInFlight",
     "RiskLimitBreached",
     "UnknownBrokerOrders",
@@ -102,6 +103,11 @@ class ForeignJournal(InputError):
 
 class EngineHalting(InputError):
     """The engine is halting; it takes no new work until the halt has finished."""
+
+
+class PlanHalted(WalkbookError):
+    """A halt reached a plan while it was still being checked: nothing of it was journaled
+    or sent, and delivering it again runs it afresh."""
 
 
 class IllegalTransition(WalkbookError):

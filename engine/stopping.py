@@ -68,9 +68,9 @@ class StopRequests:
         self._changed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def reason_for(self, order_id: str, plan_id: str | None) -> FailReason | None:
-        """Why this order must stop, or None when it may walk on."""
-        found = self.orders.get(order_id)
+    def reason_for(self, order_id: str | None, plan_id: str | None) -> FailReason | None:
+        """Why this order (or, without one, this plan) must stop, or None when it may go on."""
+        found = None if order_id is None else self.orders.get(order_id)
         if found is None and plan_id is not None:
             found = self.plans.get(plan_id)
         return found or self.everything
@@ -100,10 +100,11 @@ class StopRequests:
         return self._changed
 
     async def wait_or_stop(
-        self, call: Callable[[], Awaitable[T]], order_id: str, plan_id: str | None
+        self, call: Callable[[], Awaitable[T]], order_id: str | None, plan_id: str | None
     ) -> T:
-        """The answer of a broker read, unless a stop for this order arrives first: then
-        the read is abandoned (a read changes nothing at the broker) and StopRequested raised."""
+        """The answer of a broker read (or of reads only), unless a stop for this order (or
+        this plan) arrives first: then the read is abandoned (a read changes nothing at the
+        broker) and StopRequested raised."""
         reason = self.reason_for(order_id, plan_id)
         if reason is not None:
             raise StopRequested(reason)

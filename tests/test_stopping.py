@@ -20,7 +20,13 @@ from walk_support import check_invariants, kill_after, resting, steady
 from engine import Engine, EngineConfig, MarketSpec, SimBroker, VirtualClock, parse_plan, verify
 from engine.crash import CrashPoints, SimulatedCrash
 from engine.engine import EXACT_PLAN_LOOKUPS
-from engine.errors import EngineHalting, PlanAtBroker, PlansInFlight, UnknownBrokerOrders
+from engine.errors import (
+    EngineHalting,
+    PlanAtBroker,
+    PlanHalted,
+    PlansInFlight,
+    UnknownBrokerOrders,
+)
 from engine.events import EventKind
 from engine.fsm import FailReason
 from engine.sizing import BULK_QUOTES_FROM
@@ -135,6 +141,44 @@ def test_halt_while_buys_are_being_sized_ends_them_unsent_at_once(make_rig, buys
     assert not rig.broker.orders
     assert rig.clock.monotonic() - started < 60  # no quote read was waited out
     check_invariants(rig, result)
+
+
+class SlowAssets(SimBroker):
+    """The simulator with asset reads that take a minute each (symbols off the broker's
+    asset list, read one by one at the end of its rate budget)."""
+
+    async def get_asset(self, symbol: str) -> Any:
+        await self.clock.sleep(60)
+        return await super().get_asset(symbol)
+
+
+def test_halt_while_a_plan_is_being_checked_abandons_its_reads_and_journals_nothing(make_rig):
+    """A halt that comes while preflight still reads the plan's assets ends the plan at
+    once with PlanHalted: nothing journaled, nothing sent, no read waited out; delivered
+    again, the plan runs."""
+    rig = make_rig(broker_cls=SlowAssets, **resting())
+    started = rig.clock.monotonic()
+    halted = plan("p1", {"symbol": "AAPL", "side": "buy", "quantity": "1"})
+
+    async def then_halt() -> Any:
+        return await after(rig, 5, rig.engine.halt)
+
+    async def main() -> list[Any]:
+        return list(
+            await asyncio.gather(
+                rig.engine.execute_plan(halted), then_halt(), return_exceptions=True
+            )
+        )
+
+    raised, stopped = rig.clock.run(main())
+    assert isinstance(raised, PlanHalted), raised
+    assert raised.fields == {"plan_id": "p1"}
+    assert stopped == ()
+    assert rig.clock.monotonic() - started < 60
+    assert rig.engine.journal.last_seq == 0
+    assert not rig.broker.orders
+    again = rig.engine.execute_plan_sync(halted)
+    assert [o.state for o in again.orders] == ["VALIDATED"]
 
 
 def test_many_buys_are_sized_from_one_bulk_quote_read(make_rig):

@@ -131,6 +131,27 @@ def assert_halted_clean(desk: Desk) -> None:
     assert "nothing in flight" in resumed.stdout
 
 
+def test_a_signal_while_the_plan_is_being_checked_exits_3_at_once(tmp_path: Path) -> None:
+    """300 symbols off the broker's asset list, each read alone within the adapter's 190
+    requests a minute: preflight would read for a minute. SIGTERM ends it at once, exit 3,
+    one line saying nothing was journaled or sent; the journal holds no order, the broker
+    none."""
+    market = {"universe": "any", "latency_seconds": 0, "stream_gap_probability": 0}
+    with sim_server_process(tmp_path, market) as (url, _):
+        desk = Desk(tmp_path, url)
+        orders = [{"symbol": f"Q{i:03d}", "side": "buy", "quantity": "1"} for i in range(300)]
+        run = desk.start_run({"plan_id": "wide", "orders": orders})
+        wait_until(desk.journal.exists, run)
+        time.sleep(1.0)  # the journal is open: the run is reading the plan's assets
+        run.send_signal(signal.SIGTERM)
+        out, err = run.communicate(timeout=20)
+        assert run.returncode == 3, out + err
+        assert "halted while it was being checked: nothing journaled, nothing sent" in err
+        assert "Traceback" not in err
+        assert desk.orders() == []
+        assert desk.open_at_broker() == []
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_halts_a_run_mid_walk_and_exits_3(
     tmp_path: Path, served: tuple[str, Path], signum: int

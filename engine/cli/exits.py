@@ -20,7 +20,7 @@ import click
 from journal import JournalError, JournalLeaseLost
 
 from ..engine import Engine
-from ..errors import InputError
+from ..errors import InputError, PlanHalted
 from ..fsm import TERMINAL_STATES, FailReason
 from ..results import OrderResult
 
@@ -134,12 +134,16 @@ def _lease_lost(exc: JournalLeaseLost) -> NoReturn:
 def work_exits(engine: Engine) -> Iterator[None]:
     """An error once something was journaled is exit 4, never 2: write-ahead means what
     was journaled may have been sent. Before that, errors go on to the bad-input exit; a
-    lost lease is exit 4 either way (another process owns the orders now)."""
+    lost lease is exit 4 either way (another process owns the orders now), and a plan
+    halted while it was being checked is exit 3 (nothing journaled, nothing sent)."""
     start = engine.journal.last_seq
     try:
         yield
     except JournalLeaseLost as exc:
         _lease_lost(exc)
+    except PlanHalted as exc:
+        click.echo(f"walkbook: {_printable(exc.message)}", err=True)
+        sys.exit(EXIT_HALTED)
     except Exception as exc:
         if engine.journal.last_seq == start:
             raise

@@ -41,10 +41,11 @@ async def halting_on_signals(engine: Engine, work: Coroutine[Any, Any, T]) -> T:
     for sig in HALT_SIGNALS:
         loop.add_signal_handler(sig, first, sig.name)
     try:
-        result = await work
-        for halt in halts:
-            await halt
-        return result
+        return await work
     finally:
-        for sig in HALT_SIGNALS:
-            loop.remove_signal_handler(sig)
+        try:
+            for halt in halts:  # also when the work ended by the halt (PlanHalted)
+                await halt
+        finally:
+            for sig in HALT_SIGNALS:
+                loop.remove_signal_handler(sig)

@@ -9,10 +9,11 @@ from functools import lru_cache
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from journal import canonical_json
+from journal import JournalCorrupt, JournalSchemaTooNew, canonical_json
 
+from .errors import first_validation_error
 from .intents import Urgency
 from .numbers import BPS
 
@@ -240,7 +241,24 @@ WALKED_BEFORE_ADDED: dict[str, Any] = {"repeg_spread_fraction": None}
 
 @lru_cache(maxsize=DISTINCT_CONFIGS_KEPT)
 def _validated(text: str) -> EngineConfig:
-    return EngineConfig.model_validate({**WALKED_BEFORE_ADDED, **json.loads(text)})
+    """An order's journaled configuration; settings this walkbook does not know mean a newer
+    one journaled it, and walking it without them would not walk it as it was walking."""
+    data = json.loads(text)
+    unknown = sorted(set(data) - set(EngineConfig.model_fields))
+    if unknown:
+        raise JournalSchemaTooNew(
+            f"an order was journaled by a newer walkbook: its configuration has settings "
+            f"this version does not know ({', '.join(map(repr, unknown))}); resume it with "
+            "the walkbook that wrote it",
+            settings=unknown,
+        )
+    try:
+        return EngineConfig.model_validate({**WALKED_BEFORE_ADDED, **data})
+    except ValidationError as exc:
+        problem = first_validation_error(exc)
+        raise JournalCorrupt(
+            f"an order's journaled configuration cannot be walked: {problem}"
+        ) from None
 
 
 # id(config) -> (config, its EngineConfig); holding the mapping keeps its id unique.

@@ -31,7 +31,7 @@ from journal.trust import check_before_acting, in_flight_rows
 
 from .broker import Asset, Broker, BrokerOrder
 from .clock import Clock, RealClock
-from .config import EngineConfig
+from .config import EngineConfig, journaled_config
 from .context import WalkContext
 from .crash import CrashingBroker, CrashPoints
 from .errors import (
@@ -585,7 +585,11 @@ class Engine:
     async def _walk_owned(self, records: Sequence[OrderRecord]) -> list[OrderRecord]:
         """Walk `records` as this engine's own until they end; orders another call of this
         engine is walking are waited for instead. A cancelled caller stops these orders
-        (their live broker orders cancelled) before the cancellation goes on."""
+        (their live broker orders cancelled) before the cancellation goes on. Every order's
+        journaled configuration is read first: one this walkbook cannot read stops them all
+        before anything is sent (JournalSchemaTooNew)."""
+        for record in records:
+            journaled_config(record.config)
         taken = {r.order_id for r in records} & self._owned
         mine = [r for r in records if r.order_id not in taken]
         ids = {r.order_id for r in mine}

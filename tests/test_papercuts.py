@@ -12,10 +12,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import START
+from walk_support import kill_after, resting
 
-from engine import InvalidPlan, OrderTransitioned, PlanStatus, parse_plan
+import engine.engine
+import engine.risk
+import engine.walk
+from engine import (
+    BrokerOrderStatus,
+    Engine,
+    EngineConfig,
+    InvalidPlan,
+    MarketSpec,
+    OrderTransitioned,
+    PlanStatus,
+    SimBroker,
+    VirtualClock,
+    parse_plan,
+)
 from engine.brokers.alpaca.errors import error_from_response, redact, shortened
 from engine.clock import WrongEventLoop
+from journal import JournalSchemaTooNew
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN = {"plan_id": "p1", "orders": [{"symbol": "AAPL", "side": "buy", "quantity": "1"}]}
@@ -114,3 +131,35 @@ def test_a_typo_d_field_is_named_before_the_field_it_leaves_missing(
     with pytest.raises(InvalidPlan) as refused:
         parse_plan({"plan_id": "p", "orders": [line]})
     assert refused.value.message.startswith(f"invalid plan: {message}")
+
+
+class NewerConfig(EngineConfig):
+    """What a later walkbook journals with each order: a setting this one does not know."""
+
+    settle_patience: int = 3
+
+
+def test_orders_a_newer_walkbook_journaled_are_refused_before_anything_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume meets an in-flight order whose configuration carries a setting this version
+    does not know: it stops with JournalSchemaTooNew naming the setting, before it journals,
+    reads or cancels anything (walking without the setting would walk it otherwise)."""
+    clock = VirtualClock(START)
+    broker = SimBroker(MarketSpec(**resting()), clock)
+    path = tmp_path / "journal.db"
+    with monkeypatch.context() as newer_version:  # it reads its own configurations back
+        for module in (engine.engine, engine.walk, engine.risk):
+            newer_version.setattr(module, "journaled_config", NewerConfig.model_validate)
+        newer = Engine(broker, path, config=NewerConfig(), clock=clock)
+        order = {"symbol": "AAPL", "side": "buy", "quantity": "5"}
+        kill_after(newer, clock, parse_plan({"plan_id": "p1", "orders": [order]}), 5)
+    live = {o.id: o.status for o in broker.orders.values()}
+    assert list(live.values()) == [BrokerOrderStatus.NEW]
+
+    with Engine(broker, path, clock=clock) as older:
+        last_seq = older.journal.last_seq
+        with pytest.raises(JournalSchemaTooNew, match="'settle_patience'"):
+            older.resume_sync()
+        assert older.journal.last_seq == last_seq
+    assert {o.id: o.status for o in broker.orders.values()} == live

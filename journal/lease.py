@@ -25,7 +25,6 @@ import psycopg
 from .errors import JournalLeaseLost, JournalLocked
 
 __all__ = [
-    "DEFAULT_LEASE_SECONDS",
     "LEASE_TABLE",
     "Lease",
     "LeaseHolder",
@@ -33,7 +32,6 @@ __all__ = [
     "lease_holder",
 ]
 
-DEFAULT_LEASE_SECONDS = 10.0
 LEASE_TABLE = "lease"
 
 _CREATE: LiteralString = """

@@ -13,6 +13,7 @@ from .errors import JournalUnavailable
 
 __all__ = [
     "DATABASE_SCHEMES",
+    "DEFAULT_LEASE_SECONDS",
     "is_database_url",
     "journal_holder",
     "redacted",
@@ -20,6 +21,8 @@ __all__ = [
 ]
 
 DATABASE_SCHEMES = ("postgresql", "postgres")
+# how long a database journal's owner lease outlives its last renewal (journal/lease.py)
+DEFAULT_LEASE_SECONDS = 10.0
 
 
 def is_database_url(location: str | Path) -> bool:

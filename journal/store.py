@@ -30,8 +30,7 @@ from .chain import (
     hash_body,
 )
 from .errors import JournalUnavailable
-from .lease import DEFAULT_LEASE_SECONDS
-from .location import is_database_url
+from .location import DEFAULT_LEASE_SECONDS, is_database_url
 from .recorder import EVENT_FIELDS, OrderWrite, Recorder
 from .sqlite import PROJECTED_COLUMNS, SqliteRecorder, Synchronous, readonly_uri
 

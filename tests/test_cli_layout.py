@@ -1,7 +1,7 @@
 """The `walkbook` CLI is a package whose modules import only downward: each imports alone in
 a fresh interpreter, no import (late ones inside functions included) closes a cycle through
-it, and `import engine.cli` loads each of its modules once and neither Alpaca's SDK nor the
-sim-server. Real interpreters: a process that already imported the modules in a lucky
+it, and `import engine.cli` loads each of its modules once and neither Alpaca's SDK, the
+sim-server nor the PostgreSQL driver. Real interpreters: a process that already imported the modules in a lucky
 order hides what a cycle does to a fresh one."""
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ ENGINE_DIR = Path(engine.__file__).resolve().parent
 ROOT = ENGINE_DIR.parent
 CLI = "engine.cli"
 # what `import engine.cli` must not load: kept for the commands that trade on or serve Alpaca
-LOADED_ONLY_WHEN_USED = ("alpaca", "engine.brokers.alpaca", "engine.brokers.simserver")
+# the SDKs and drivers a command on the embedded simulator and a SQLite journal never needs
+LOADED_ONLY_WHEN_USED = (
+    "alpaca",
+    "engine.brokers.alpaca",
+    "engine.brokers.simserver",
+    "psycopg",
+    "journal.postgres",
+    "journal.lease",
+)
 
 
 def module_name(path: Path) -> str:

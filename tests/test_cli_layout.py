@@ -1,8 +1,8 @@
 """The `walkbook` CLI is a package whose modules import only downward: each imports alone in
 a fresh interpreter, no import (late ones inside functions included) closes a cycle through
 it, and `import engine.cli` loads each of its modules once and neither Alpaca's SDK, the
-sim-server nor the PostgreSQL driver. Real interpreters: a process that already imported the modules in a lucky
-order hides what a cycle does to a fresh one."""
+sim-server nor the PostgreSQL driver. Real interpreters: a process that already imported
+the modules in a lucky order hides what a cycle does to a fresh one."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""A PostgreSQL append in one statement: `walkbook_append_event` (migration 0004) for one
-event, `walkbook_append` (migration 0003) for a group commit. The checks the database makes
-inside each refuse what the old multi-statement transaction refused, and a refused append
-leaves nothing behind: no event, no projection row, no heartbeat.
+"""A PostgreSQL append in one statement: `walkbook_append_event` (migration 0004, its checks
+moved into the event's INSERT by 0005) for one event, `walkbook_append` (migration 0003)
+for a group commit. The checks the database makes inside each refuse what the old
+multi-statement transaction refused, what the foreign key 0005 dropped refused too, and a
+refused append leaves nothing behind: no event, no projection row, no heartbeat.
 
 The contract suite (tests/test_journal_contract.py) holds the stores to the same results;
 these tests are about the owner's path through the lease, and the migration itself.
@@ -10,6 +11,8 @@ these tests are about the owner's path through the lease, and the migration itse
 from __future__ import annotations
 
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -26,7 +29,8 @@ from journal import (
     JournalWriteConflict,
     NewEvent,
 )
-from journal.postgres import MIGRATION_NAMES
+from journal.postgres import _APPEND_EVENT_FUNCTION, _APPEND_FUNCTION, MIGRATION_NAMES
+from journal.sqlite import PROJECTED_COLUMNS
 from journal.trust import check_before_acting
 
 
@@ -37,6 +41,13 @@ def _stored(url: str) -> tuple[list[Any], list[Any], Any]:
         orders = conn.execute("SELECT * FROM orders ORDER BY position").fetchall()
         beat = conn.execute("SELECT heartbeat_at FROM owner").fetchone()
     return events, orders, beat
+
+
+# the append functions as migrations 0003 and 0004 created them
+OLD_FUNCTIONS = {
+    "0003_append_function": _APPEND_FUNCTION,
+    "0004_append_event_function": _APPEND_EVENT_FUNCTION,
+}
 
 
 def _due_heartbeat(journal: Journal) -> None:
@@ -150,28 +161,59 @@ def test_an_append_on_a_connection_the_server_ended_is_unavailable(postgres: Any
         assert _stored(url) == before
 
 
-# A journal as an older walkbook left it: the migrations it never had, undone.
-BEFORE = {
-    "0004": {"0004_append_event_function": "walkbook_append_event"},
-    "0003": {
-        "0003_append_function": "walkbook_append",
-        "0004_append_event_function": "walkbook_append_event",
-    },
-}
+# A journal as an older walkbook left it, before the named migration: the migrations from
+# it on undone, the append functions the ones before them made, the foreign key back.
+BEFORE = ["0005", "0004", "0003"]
 
 
-@pytest.mark.parametrize("before", BEFORE)
-def test_a_journal_from_before_an_append_function_is_migrated(postgres: Any, before: str) -> None:
-    """A journal written before migration 0003 or 0004 (their functions and records gone)
-    gets them on the next writer's open, and appends of both kinds go on the chain
-    unbroken, each through its function."""
+def _as_before(url: str, before: str) -> None:
+    kept = [name for name in MIGRATION_NAMES if name < before]
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("DROP FUNCTION walkbook_append, walkbook_append_event")
+        admin.execute("ALTER TABLE orders ADD FOREIGN KEY (last_seq) REFERENCES events (seq)")
+        for migration, function in OLD_FUNCTIONS.items():
+            if migration in kept:
+                admin.execute(function)
+        admin.execute("DELETE FROM walkbook_migrations WHERE NOT name = ANY(%s)", [kept])
+
+
+def _has_foreign_key(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        query = "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_last_seq_fkey'"
+        return conn.execute(query).fetchone() == (1,)
+
+
+def test_a_journal_an_older_walkbook_migrated_verifies_until_a_writer_migrates_it(
+    postgres: Any,
+) -> None:
+    """A journal as a walkbook before migration 0005 left it (0003's and 0004's functions,
+    the foreign key): a reader finds no guard missing, and the next writer's open replaces
+    the functions and drops the key, its appends going on the chain unbroken."""
     url = postgres.fresh_database()
     with Journal.open(url) as journal:
         journal.append(NewEvent("created", "o1"), at=AT, projection=projection("o1"))
-    with psycopg.connect(url, autocommit=True) as admin:
-        for migration, function in BEFORE[before].items():
-            admin.execute(f"DROP FUNCTION {function}")
-            admin.execute("DELETE FROM walkbook_migrations WHERE name = %s", [migration])
+    _as_before(url, "0005")
+    with Journal.open_readonly(url) as reader:
+        assert reader.recorder.missing_guards() == []
+        assert reader.verify_chain() is None
+    assert _has_foreign_key(url)
+    with Journal.open(url) as journal:
+        assert journal.recorder.missing_guards() == []
+        moved = projection("o1", state="QUOTED")
+        journal.append(NewEvent("transition", "o1", to_state="QUOTED"), at=AT, projection=moved)
+        assert journal.verify_chain() is None
+    assert not _has_foreign_key(url)
+
+
+@pytest.mark.parametrize("before", BEFORE)
+def test_a_journal_from_before_a_migration_is_migrated(postgres: Any, before: str) -> None:
+    """A journal written before migration 0003, 0004 or 0005 gets what it lacks on the next
+    writer's open, and appends of both kinds go on the chain unbroken, each through its
+    function, with no foreign key left to check."""
+    url = postgres.fresh_database()
+    with Journal.open(url) as journal:
+        journal.append(NewEvent("created", "o1"), at=AT, projection=projection("o1"))
+    _as_before(url, before)
     with Journal.open(url) as journal:
         assert journal.recorder.missing_guards() == []
         journal.recorder.conn.execute("SET track_functions = 'pl'")  # type: ignore[attr-defined]
@@ -182,10 +224,97 @@ def test_a_journal_from_before_an_append_function_is_migrated(postgres: Any, bef
         assert journal.verify_chain() is None
         calls = _function_calls(journal, url)
     assert calls == {"walkbook_append": 1, "walkbook_append_event": 1}
+    assert not _has_foreign_key(url)
     with psycopg.connect(url) as conn:
         applied = conn.execute("SELECT name FROM walkbook_migrations ORDER BY applied_seq")
         assert sorted(row[0] for row in applied) == list(MIGRATION_NAMES)
-        assert MIGRATION_NAMES[-1] == "0004_append_event_function"
+        assert MIGRATION_NAMES[-1] == "0005_checks_in_the_insert"
+
+
+# Rows the functions refuse in place of the dropped foreign key: how they are appended,
+# and the refusal.
+UNLINKED_ROWS = [
+    ("one event", "its order's row names another event"),
+    ("group commit", "an order's row names an event of another commit"),
+    ("group commit out of sequence", "seq 4 does not follow the row before it"),
+]
+
+
+@pytest.mark.parametrize(("how", "refusal"), UNLINKED_ROWS)
+def test_a_projection_row_off_its_commit_is_refused_and_writes_nothing(
+    postgres: Any, how: str, refusal: str
+) -> None:
+    """What the foreign key from an order's row to its last event held, the functions
+    check: a row naming an event of another commit (here seq 1, which is stored) is
+    refused, as is a group whose seqs skip one, and nothing of the append is stored."""
+    url = postgres.fresh_database()
+    with Journal.open(url) as journal:
+        journal.append(NewEvent("created", "o1"), at=AT, projection=projection("o1"))
+        before = _stored(url)
+        seq, at, tail = journal.last_seq + 1, AT.isoformat(), journal._last_hash
+        rows = [
+            (seq, "o1", 2, None, at, "transition", None, "QUOTED", "{}", tail, "a" * 64),
+            (seq + 1, None, None, None, at, "note", None, None, "{}", "a" * 64, "b" * 64),
+        ]  # fmt: skip
+        if how == "one event":
+            rows = rows[:1]
+        if how == "group commit out of sequence":
+            rows[1] = (seq + 2, *rows[1][1:])
+        moved = projection("o1", state="QUOTED")
+        names_seq = seq if how == "group commit out of sequence" else 1
+        order_row = [*(moved[column] for column in PROJECTED_COLUMNS), names_seq]
+        with pytest.raises(JournalWriteConflict, match=refusal):
+            journal.recorder.insert(rows, [(False, order_row)], None)
+        assert _stored(url) == before
+
+
+def _waiting_on_a_lock(url: str, backend_pid: int) -> bool:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [backend_pid]
+        ).fetchone()
+    return row == ("Lock",)
+
+
+@pytest.mark.parametrize("how", APPENDS)
+def test_an_append_waiting_on_a_taker_checks_the_lease_it_took(postgres: Any, how: str) -> None:
+    """A taker changes the lease row while the owner's append is on its way: the append
+    waits for the taker's commit, then checks the row the taker left (not the one its
+    statement began by seeing), and is refused, writing nothing."""
+    url = postgres.fresh_database()
+    with Journal.open(url, lease_seconds=30) as owner:
+        owner.append(NewEvent("created", "o1"), at=AT, projection=projection("o1"))
+        before = _stored(url)
+        backend = owner.recorder.conn.info.backend_pid  # type: ignore[attr-defined]
+        with psycopg.connect(url) as taker, ThreadPoolExecutor(1) as pool:
+            taker.execute("UPDATE lease SET epoch = epoch + 1")
+            moved = projection("o1", state="QUOTED")
+            event = NewEvent("transition", "o1", to_state="QUOTED")
+            appending = pool.submit(_append, owner, how, event, moved)
+            deadline = time.monotonic() + 30
+            while not _waiting_on_a_lock(url, backend) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _waiting_on_a_lock(url, backend)
+            taker.commit()
+            with pytest.raises(JournalLeaseLost):
+                appending.result(timeout=30)
+        assert _stored(url) == before
+
+
+@pytest.mark.parametrize("how", APPENDS)
+def test_an_append_holds_the_lease_row_until_its_commit(postgres: Any, how: str) -> None:
+    """The lease is checked by the append's own statement, which locks the lease's row
+    until the commit: a taker cannot change the lease while an append is in flight (it
+    would wait; here its lock times out), and can once the append has committed."""
+    url = postgres.fresh_database()
+    expire = "UPDATE lease SET expires_at = clock_timestamp()"
+    with Journal.open(url) as owner, psycopg.connect(url, autocommit=True) as taker:
+        taker.execute("SET lock_timeout = '100ms'")
+        with owner.recorder.conn.transaction():  # type: ignore[attr-defined]
+            _append(owner, how, NewEvent("created", "o1"), projection("o1"))
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                taker.execute(expire)
+        assert taker.execute(expire).rowcount == 1
 
 
 @pytest.mark.parametrize("commits", ["one commit", "a commit each"])

@@ -60,6 +60,25 @@ def test_rest_quote_fallbacks_asking_at_once_share_one_multi_symbol_read(tmp_pat
         assert broker.counters.by_endpoint["latest_quote"] == 1
 
 
+def test_rest_quotes_asked_one_after_another_are_spaced_and_shared(tmp_path: Path) -> None:
+    """Walks watching symbols the stream does not carry ask for REST quotes one after
+    another: past a burst of three, the reads leave one per `rest_quotes_spacing_seconds`
+    and every walk asking meanwhile shares the next, each answered from a read sent after
+    it asked (without the spacing: one read an ask, ten here)."""
+    spaced = {"rest_quotes_spacing_seconds": 0.5}
+    with broker_on_server(tmp_path / "sim.db", market(NEVER), **spaced) as (server, broker):
+
+        async def scenario() -> list[str | None]:
+            asks = []
+            for symbol in ("AAPL", "MSFT", "TSLA") * 3 + ("AAPL",):
+                asks.append(asyncio.create_task(broker.latest_quote(symbol)))
+                await asyncio.sleep(0.05)
+            return [None if q is None else q.symbol for q in await asyncio.gather(*asks)]
+
+        assert asyncio.run(scenario()) == ["AAPL", "MSFT", "TSLA"] * 3 + ["AAPL"]
+        assert server.app.stats["GET /v2/stocks/quotes/latest"] <= 5
+
+
 def test_assets_come_from_one_listing_and_a_symbol_off_it_is_read_alone(tmp_path: Path) -> None:
     """The listing holds active assets: an inactive one and an unknown one are each read
     alone (the unknown one is Alpaca's 404: UnknownSymbol, as before)."""

@@ -86,9 +86,9 @@ OPEN_ORDERS_PER_PAGE = 500  # what Alpaca lists at most per request
 OPEN_ORDERS_PAGES_MAX = 100
 # symbols per latest-quotes request: Alpaca documents no cap, this keeps the URL short
 QUOTES_PER_REQUEST = 100
-# position reads that leave at once before `positions_spacing_seconds` holds them: a
-# plan's preflight read, then a lone order's before and after reads
-POSITIONS_BURST = 3
+# reads of all positions, or of REST quotes, that leave at once before their spacing
+# (AlpacaSettings) holds them: a plan's preflight read, then a lone order's own reads
+SPACED_READS_BURST = 3
 # the asset list the per-symbol asset reads are served from (what walkbook can trade)
 LISTED = GetAssetsRequest(status=AssetStatus.ACTIVE, asset_class=AssetClass.US_EQUITY)
 
@@ -111,9 +111,11 @@ class AlpacaBroker:
         self._assets: SharedReads[str, Asset] = SharedReads()
         self._asset_list: SharedReads[None, dict[str, Asset]] = SharedReads()
         self._positions: FreshReads[str, Decimal] = FreshReads(
-            self._read_positions, settings.positions_spacing_seconds, POSITIONS_BURST
+            self._read_positions, settings.positions_spacing_seconds, SPACED_READS_BURST
         )
-        self._rest_quotes: FreshReads[str, Quote] = FreshReads(self._read_quotes)
+        self._rest_quotes: FreshReads[str, Quote] = FreshReads(
+            self._read_quotes, settings.rest_quotes_spacing_seconds, SPACED_READS_BURST
+        )
         self._clock: SharedReads[None, MarketClock] = SharedReads()
         self._stream_awaited = False
         self.log = structlog.get_logger("walkbook").bind(broker="alpaca")

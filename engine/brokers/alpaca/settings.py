@@ -90,6 +90,10 @@ class AlpacaSettings:
     # burst, broker.py): walks that settle meanwhile validate from one read, each from a
     # read sent after it asked (fresh.py); about 60 / this reads a minute however many settle
     positions_spacing_seconds: float = 2.0
+    # the same for `GET /v2/stocks/quotes/latest`: the quotes of symbols the stream does not
+    # carry (past the IEX feed's 30), which walks watching a resting step ask for every
+    # `quote_watch_seconds` each, come from about 60 / this shared reads a minute
+    rest_quotes_spacing_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         if self.data_url is None and self.trading_url is not None:

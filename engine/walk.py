@@ -181,21 +181,22 @@ class OrderWalk:
         self.log.warning("order.stopped", reason=reason.value)
         self._fire(_failed(reason, None, {"filled_qty": decimal_text(self.record.filled_qty)}))
 
+    async def _read_unless_stopped(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A read the walk makes on its way (not while winding down): a stop reaching the
+        order meanwhile abandons it (StopRequested), which changes nothing at the broker,
+        rather than wait out a read the REST budget may hold for a minute."""
+        return await self.gateway.unless_stopped(partial(self.gateway.read, call))
+
     async def _quote(self) -> UsableQuote | None:
-        """A usable quote, or None; a stop reaching the order while it waits for one
-        abandons the read (StopRequested), which changes nothing at the broker."""
-
-        async def read() -> UsableQuote | None:
-            return await self.gateway.read(
-                lambda: self.ctx.quotes.get(
-                    self.record.intent.symbol,
-                    self.ctx.clock.now(),
-                    self.asset.price_increment if self.asset else None,
-                    self.ctx.plan_quotes[self.record.plan_id],
-                )
+        """A usable quote, or None (a stop abandons the read: `_read_unless_stopped`)."""
+        quote = await self._read_unless_stopped(
+            lambda: self.ctx.quotes.get(
+                self.record.intent.symbol,
+                self.ctx.clock.now(),
+                self.asset.price_increment if self.asset else None,
+                self.ctx.plan_quotes[self.record.plan_id],
             )
-
-        quote = await self.gateway.unless_stopped(read)
+        )
         if quote is None:
             self.log.warning("quote.unusable", counters=self.ctx.quotes.counters.as_dict())
         return quote
@@ -307,14 +308,14 @@ class OrderWalk:
         broker, intent = self.ctx.broker, self.record.intent
         if not await self._market_open():
             return await self._fail(FailReason.MARKET_CLOSED)
-        self.asset = await self.gateway.read(lambda: broker.get_asset(intent.symbol))
+        self.asset = await self._read_unless_stopped(lambda: broker.get_asset(intent.symbol))
         if not self.asset.tradable:
             return await self._fail(FailReason.NOT_TRADABLE)
         closes = intent.close_type is CloseType.FULL
         # a FULL close sells what the position is now: its size never comes from a snapshot
         position = None if closes or not self._position_before else await self._position_before()
         if position is None:
-            position = await self.gateway.read(lambda: broker.get_position(intent.symbol))
+            position = await self._read_unless_stopped(lambda: broker.get_position(intent.symbol))
         target = position if closes else None
         self.journal.write(PositionRead(phase="before", qty=position, target_qty=target))
         if target is not None and target <= 0:
@@ -339,7 +340,7 @@ class OrderWalk:
 
     async def _market_open(self) -> bool:
         """Open now; or, with `wait_for_open`, open after waiting for the broker's next open."""
-        clock = await self.gateway.read(self.ctx.broker.get_clock)
+        clock = await self._read_unless_stopped(self.ctx.broker.get_clock)
         if clock.is_open or not self.config.wait_for_open or clock.next_open is None:
             return clock.is_open
         wait = (clock.next_open - clock.at).total_seconds()
@@ -347,7 +348,7 @@ class OrderWalk:
             return False
         self.log.info("order.waiting_for_open", next_open=clock.next_open.isoformat())
         await self.gateway.unless_stopped(partial(self.ctx.clock.sleep, max(wait, 0.0)))
-        return (await self.gateway.read(self.ctx.broker.get_clock)).is_open
+        return (await self._read_unless_stopped(self.ctx.broker.get_clock)).is_open
 
     async def _leave_quoted(self) -> None:
         """QUOTED: the fraction a whole-share asset cannot trade is closed first; then urgency

@@ -181,6 +181,26 @@ def test_halt_while_a_plan_is_being_checked_abandons_its_reads_and_journals_noth
     assert [o.state for o in again.orders] == ["VALIDATED"]
 
 
+class SlowPositions(SimBroker):
+    """The simulator with position reads that take a minute each."""
+
+    async def get_position(self, symbol: str) -> Any:
+        await self.clock.sleep(60)
+        return await super().get_position(symbol)
+
+
+def test_halt_while_a_walk_reads_before_trading_ends_it_unsent_at_once(make_rig):
+    """A halt that comes while a walk waits on a read before anything is sent (here its
+    position) abandons the read: the order ends FAILED cancelled, unsent, at once."""
+    rig = make_rig(broker_cls=SlowPositions, **resting())
+    started = rig.clock.monotonic()
+    result, _ = run_with(rig, rig.engine.execute_plan(plan("p1")), after(rig, 5, rig.engine.halt))
+    assert [(o.state, o.reason) for o in result.orders] == [("FAILED", "cancelled")]
+    assert not rig.broker.orders
+    assert rig.clock.monotonic() - started < 60
+    check_invariants(rig, result)
+
+
 def test_many_buys_are_sized_from_one_bulk_quote_read(make_rig):
     """From BULK_QUOTES_FROM buys, sizing costs them all from one bulk REST read (here the
     funds fit the first 9 buys only; the rest fail insufficient_funds, unsent)."""

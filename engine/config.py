@@ -19,8 +19,8 @@ from .numbers import BPS
 
 __all__ = ["DEFAULT_LADDER", "PRICED_LIMITS", "EngineConfig", "journaled_config"]
 
-# the product's ladder, 75% -> 85% -> 95% of the spread; 0.65 / 0.75 / 0.85 walks cheaper
-# on the mean but thinner on the tail (docs/benchmarks.md, quality)
+# the product's ladder, 75% -> 85% -> 95% of the spread (other ladders measured:
+# docs/benchmarks.md, quality)
 DEFAULT_LADDER = (Decimal("0.75"), Decimal("0.85"), Decimal("0.95"))
 DISTINCT_CONFIGS_KEPT = 64
 # validation compares positions; a tolerance of shares (or 1000) would pass a wrong fill

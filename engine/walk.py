@@ -396,7 +396,7 @@ class OrderWalk:
         """The order's asset, read once per walk (a resumed walk reads it when first needed)."""
         if self.asset is None:
             symbol = self.record.intent.symbol
-            self.asset = await self.gateway.read(partial(self.ctx.broker.get_asset, symbol))
+            self.asset = await self._read_unless_stopped(partial(self.ctx.broker.get_asset, symbol))
         return self.asset
 
     async def _step_price(self, k: int, quote: UsableQuote) -> Decimal | None:

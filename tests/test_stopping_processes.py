@@ -1,4 +1,4 @@
-"""Stopping real processes: SIGTERM/SIGINT to `walkbook run --broker alpaca` mid-walk against
+"""Stopping real processes: SIGTERM/SIGINT/SIGHUP to `walkbook run --broker alpaca` mid-walk against
 a `walkbook sim-server` process, `walkbook halt` from a second process (with and without a
 run holding the journal), a person's cancel through alpaca-py, a plan refused while another
 is in flight, and exit code 4 on a journal that can no longer be written.
@@ -152,7 +152,9 @@ def test_a_signal_while_the_plan_is_being_checked_exits_3_at_once(tmp_path: Path
         assert desk.open_at_broker() == []
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+# SIGHUP: the terminal or ssh session went away (left to its default it ended the process
+# on the spot, both orders live at the broker)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_halts_a_run_mid_walk_and_exits_3(
     tmp_path: Path, served: tuple[str, Path], signum: int
 ) -> None:

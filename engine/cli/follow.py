@@ -3,9 +3,9 @@ process (journal/follow.py has the contract: at-least-once, in seq order, nothin
 
 Read-only and without the lock, like the other `journal` commands. Each line is flushed as
 it is printed, so a pipe's reader sees each event at once. Exit codes: 0 when it ends (idle
-for --until-idle seconds, SIGTERM, Ctrl-C, or its reader closed the pipe); 2 for a journal
-that is missing, not a walkbook journal or damaged, or a --from-seq it cannot be followed
-from (one line on stderr).
+for --until-idle seconds, a stop signal such as SIGTERM or Ctrl-C, or its reader closed the
+pipe); 2 for a journal that is missing, not a walkbook journal or damaged, or a --from-seq
+it cannot be followed from (one line on stderr).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from journal import Event, Journal, canonical_json
 from ..audit.tables import EVENT_COLUMNS, json_line
 from .exits import bad_input_exits
 from .options import FiniteFloatRange, JournalFile
+from .signals import stop_signals
 
 __all__ = ["follow_command", "text_line"]
 
@@ -46,20 +47,19 @@ def _jsonl_line(event: Event) -> str:
 
 
 RENDERERS: dict[str, Callable[[Event], str]] = {"jsonl": _jsonl_line, "text": text_line}
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
 def _stop_signals() -> Iterator[Callable[[], bool]]:
-    """Whether SIGTERM or SIGINT came: they ask the feed to end after the line it prints, or
-    within a poll when it waits, so every line is printed whole and the count on stderr is
-    exact."""
+    """Whether a stop signal (SIGTERM, SIGINT, SIGHUP, SIGQUIT) came: it asks the feed to end
+    after the line it prints, or within a poll when it waits, so every line is printed whole
+    and the count on stderr is exact."""
     came: list[int] = []
 
     def ask(signum: int, frame: FrameType | None) -> None:
         came.append(signum)
 
-    previous = {sig: signal.signal(sig, ask) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, ask) for sig in stop_signals()}
     try:
         yield lambda: bool(came)
     finally:
@@ -101,8 +101,8 @@ def follow_command(
     """Print every event after --from-seq as it commits, in seq order, nothing skipped, from
     a second, read-only process; one line each (JSON lines as `journal export` writes them,
     or text), flushed at once. Ends (exit 0) after --until-idle seconds without a new event,
-    on SIGTERM or Ctrl-C, or when the reader closes the pipe; the last line on stderr gives
-    the seq to resume from."""
+    on a stop signal (SIGTERM, Ctrl-C, ...), or when the reader closes the pipe; the last
+    line on stderr gives the seq to resume from."""
     render, printed, last_seq = RENDERERS[format_], 0, from_seq
     with (
         bad_input_exits(),

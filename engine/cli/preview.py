@@ -31,7 +31,7 @@ from .brokers import BrokerChoice, broker_options
 from .engines import alpaca_broker
 from .exits import EXIT_BAD_INPUT, EXIT_OK, EXIT_WOULD_REFUSE, bad_input_exits
 from .options import LOG_LEVEL_OPTION, MAX_PLAN_ORDERS_OPTION, JournalFile
-from .output import configure_logging, report_console
+from .output import configure_output, report_console
 from .progress import PLAIN
 
 __all__ = ["preview_command"]
@@ -78,7 +78,7 @@ def preview_command(
     sizing, the arrival quote, each step's limit price, the expected value and cost against
     the mid, and every risk verdict; then the plan's verdicts and totals. On the
     simulator, or with --broker alpaca on an Alpaca account (reads only)."""
-    configure_logging(log_level)
+    configure_output(log_level)
     with bad_input_exits():
         broker_choice.check(market=market, seed=seed)
         plan = load_plan(plan_file, max_orders=max_plan_orders)

@@ -1,7 +1,7 @@
 """`walkbook run`, `resume` and `demo`: the commands that walk orders to their end.
 
-SIGINT or SIGTERM halts them (live orders cancelled, exit 3); see engine.cli.exits for
-every exit code.
+A stop signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT) halts them (live orders cancelled, exit 3);
+see engine.cli.exits for every exit code.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from .options import (
     FiniteFloatRange,
     JournalFile,
 )
-from .output import configure_logging, report_console
+from .output import configure_output, report_console
 from .progress import PLAIN, Progress, result_table
 from .signals import halting_on_signals
 
@@ -216,8 +216,9 @@ def run_command(
 ) -> None:
     """Execute PLAN_FILE, journaling into --journal: on the simulator in virtual time,
     or with --broker alpaca on an Alpaca account (paper unless --live) in real time.
-    SIGINT or SIGTERM halts it (live orders cancelled, exit 3); a second one exits at once."""
-    configure_logging(log_level)
+    A stop signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT) halts it (live orders cancelled, exit
+    3); a second one exits at once."""
+    configure_output(log_level)
     console = report_console()
     broker_choice = _with_overrides(
         broker_choice, in_flight=in_flight, ignore_unknown_orders=ignore_unknown_orders
@@ -286,7 +287,7 @@ def resume_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, log_level: str, **kwargs: Any) -> Any:
-        configure_logging(log_level)
+        configure_output(log_level)
         asked = {name: kwargs.pop(name) for name in ResumeRequest.__dataclass_fields__}
         return command(*args, request=ResumeRequest(**asked), **kwargs)
 
@@ -300,8 +301,9 @@ def resume_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @resume_options
 def resume_command(request: ResumeRequest) -> None:
     """Finish every order a killed run left in flight: no duplicates, no lost fills.
-    SIGINT or SIGTERM halts it (live orders cancelled, exit 3). A journal with nothing in
-    flight exits 0 at once; one whose live orders the broker does not know is refused."""
+    A stop signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT) halts it (live orders cancelled, exit
+    3). A journal with nothing in flight exits 0 at once; one whose live orders the broker
+    does not know is refused."""
     journal_path = request.journal_path
     with bad_input_exits():
         if isinstance(journal_path, Path) and not journal_path.exists():
@@ -395,7 +397,7 @@ def demo_command(
     journal_path: Path, seed: int | None, result_json: Path | None, log_level: str
 ) -> None:
     """Run the bundled 10-order plan on the simulator into a fresh journal."""
-    configure_logging(log_level)
+    configure_output(log_level)
     console = report_console()
     with bad_input_exits():
         _check_result_path(result_json)

@@ -2,8 +2,8 @@
 owner's lease is live; once the lease has run out with orders in flight, it takes the lease
 with the next epoch and resumes them exactly as `walkbook resume` does (docs/scale-out.md).
 
-SIGINT or SIGTERM while it waits exits 3 at once: nothing was live for it. Once it has
-taken over, they halt it as they halt `resume`.
+A stop signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT) while it waits exits 3 at once: nothing
+was live for it. Once it has taken over, they halt it as they halt `resume`.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from .engines import journal_opener
 from .exits import EXIT_CODES_HELP, EXIT_HALTED, bad_input_exits
 from .options import FiniteFloatRange
 from .run import ResumeRequest, resume_journal, resume_options
+from .signals import stop_signals
 
 __all__ = ["standby_command"]
 
 DEFAULT_POLL_SECONDS = 0.5
-WAIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _quit_waiting(signum: int, frame: FrameType | None) -> None:
@@ -40,9 +40,9 @@ def _quit_waiting(signum: int, frame: FrameType | None) -> None:
 
 @contextmanager
 def _exit_on_signals() -> Iterator[None]:
-    """While standing by, SIGINT and SIGTERM exit 3 quietly (a lease just taken is let go
-    on the way out); once the walk starts, resume's own handlers (engine.cli.signals)."""
-    previous = {sig: signal.signal(sig, _quit_waiting) for sig in WAIT_SIGNALS}
+    """While standing by, a stop signal exits 3 quietly (a lease just taken is let go on
+    the way out); once the walk starts, resume's own handlers (engine.cli.signals)."""
+    previous = {sig: signal.signal(sig, _quit_waiting) for sig in stop_signals()}
     try:
         yield
     finally:
@@ -92,7 +92,7 @@ def _stand_by(url: str, poll_seconds: float) -> None:
 def standby_command(poll_seconds: float, request: ResumeRequest) -> None:
     """Stand by for the owner of a PostgreSQL journal: once its lease runs out with orders
     in flight, take the lease and finish them as `walkbook resume` does, then exit with
-    resume's code. SIGINT or SIGTERM while waiting exits 3."""
+    resume's code. A stop signal while waiting exits 3."""
     with bad_input_exits():
         if not is_database_url(request.journal_path):
             raise InputError(

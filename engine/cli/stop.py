@@ -27,7 +27,7 @@ from .brokers import BrokerChoice, broker_options
 from .engines import alpaca_engine, simulated_engine
 from .exits import EXIT_CODES_HELP, EXIT_OK, bad_input_exits, stopped_with_work_live, work_exits
 from .options import FiniteFloatRange, JournalFile
-from .output import configure_logging
+from .output import configure_output
 
 __all__ = ["abandon_command", "halt_command"]
 
@@ -88,7 +88,7 @@ def _stop(
     open_engine: Callable[[], AbstractContextManager[Engine]],
 ) -> NoReturn:
     """Stop the chosen in-flight orders, through the running owner or, when none, here."""
-    configure_logging("warning")
+    configure_output("warning")
     with bad_input_exits():
         if isinstance(journal_path, Path) and not journal_path.exists():
             raise InputError(f"journal {journal_path} does not exist")

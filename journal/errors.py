@@ -9,6 +9,7 @@ __all__ = [
     "JournalError",
     "JournalLeaseLost",
     "JournalLocked",
+    "JournalMoved",
     "JournalSchemaTooNew",
     "JournalUnavailable",
     "JournalWriteConflict",
@@ -26,6 +27,12 @@ class JournalError(Exception):
 
 class JournalUnavailable(JournalError):
     """The journal file cannot be created, opened or written (path, permissions, disk)."""
+
+
+class JournalMoved(JournalUnavailable):
+    """The journal file was deleted, moved or replaced while this process wrote it: nothing
+    more is journaled (so, write-ahead, nothing more is sent), and what was journaled is
+    saved to `saved_to`."""
 
 
 class JournalLocked(JournalError):

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from .errors import JournalCorrupt, JournalError, JournalUnavailable, JournalWriteConflict
+from .errors import (
+    JournalCorrupt,
+    JournalError,
+    JournalMoved,
+    JournalUnavailable,
+    JournalWriteConflict,
+)
 from .lock import JournalLock, lock_holder
 from .recorder import EVENT_FIELDS, FOLD_FIELDS, HISTORY_FIELDS, EventRow, OrderWrite, Recorder
 from .schema import (
@@ -160,6 +166,15 @@ def _uri(path: Path, query: str = "") -> str:
     return f"file:{quote(str(path))}" + (f"?{query}" if query else "")
 
 
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """The device and inode of the file at `path` (through a symlink), None if none is."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK, effective_ids=True)
 
@@ -234,6 +249,11 @@ class SqliteRecorder(Recorder):
         self.location = str(path)
         self.conn = conn
         self._lock = lock
+        # a writer's file, to notice it deleted, moved or replaced under it (None: a reader)
+        self._identity: tuple[int, int] | None = None
+        # where everything journaled was saved once the file was found gone
+        self._saved: Path | None = None
+        self._closed = False
 
     @classmethod
     def open(cls, path: Path, *, synchronous: Synchronous, lock: bool) -> SqliteRecorder:
@@ -252,7 +272,9 @@ class SqliteRecorder(Recorder):
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA synchronous = {synchronous}")
                 migrate(conn)
-            return cls(path, conn, journal_lock)
+            recorder = cls(path, conn, journal_lock)
+            recorder._identity = _file_identity(path)
+            return recorder
         except BaseException:
             if journal_lock is not None:
                 journal_lock.release()
@@ -272,9 +294,77 @@ class SqliteRecorder(Recorder):
         return cls(path, conn, None)
 
     def close(self) -> None:
+        """A writer whose file was deleted or moved meanwhile saves what it journaled first
+        (closing drops the last reference to a deleted file), and puts it back at its path
+        when nothing else is there. Closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._saved is None and self._moved():
+            with suppress(JournalMoved):
+                self._saved = self._save_copy(anywhere=False)
         self.conn.close()
+        if self._saved is not None and not os.path.lexists(self.path):
+            self._put_back(self._saved)
         if self._lock is not None:
             self._lock.release()
+
+    def _put_back(self, saved: Path) -> None:
+        """The saved copy at the journal's path, once free. A -wal or -shm left there is the
+        deleted file's (SQLite uses none without its database) and would be read as the
+        copy's: it goes first. Should something take the path meanwhile, the copy stays."""
+        for suffix in ("-wal", "-shm"):
+            with suppress(OSError):
+                os.unlink(f"{self.path}{suffix}")
+        with suppress(OSError):
+            os.link(saved, self.path)
+            os.unlink(saved)
+
+    def _moved(self) -> bool:
+        """Whether the writer's file is no longer the one at its path."""
+        return self._identity is not None and _file_identity(self.path) != self._identity
+
+    def _save_copy(self, *, anywhere: bool) -> Path:
+        """Everything journaled, read through the open connection (which still reaches the
+        file when no name does), into a new file beside where the journal was, else
+        (`anywhere`: a live writer's, its directory deleted too) in the working directory."""
+        name = f"{self.path.name}.saved-{os.getpid()}"
+        places = (self.path.with_name(name), Path.cwd() / name)
+        for saved in places if anywhere else places[:1]:
+            try:
+                _create_private(saved)
+            except JournalUnavailable:
+                continue
+            try:
+                copy = sqlite3.connect(_uri(saved), uri=True)
+                try:
+                    self.conn.backup(copy)
+                finally:
+                    copy.close()
+            except sqlite3.Error:
+                saved.unlink(missing_ok=True)
+                continue
+            return saved
+        raise JournalMoved(
+            f"journal {self.path} was deleted or moved while this process wrote it, and no "
+            "copy could be saved: this process holds the only one until it ends",
+            path=str(self.path),
+        )
+
+    def _refuse_if_moved(self) -> None:
+        """Once the writer's file is found deleted, moved or replaced, no append lands in it
+        again (so, write-ahead, nothing more is sent); what it holds is saved first."""
+        if self._saved is None:
+            if not self._moved():
+                return
+            self._saved = self._save_copy(anywhere=True)
+        raise JournalMoved(
+            f"journal {self.path} was deleted, moved or replaced while this process wrote "
+            f"it: nothing more is journaled; everything journaled is saved to {self._saved}, "
+            f"put back at {self.path} when this process ends if nothing else is there",
+            path=str(self.path),
+            saved_to=str(self._saved),
+        )
 
     # -- writing -----------------------------------------------------------------
 
@@ -282,7 +372,9 @@ class SqliteRecorder(Recorder):
         self, rows: Sequence[EventRow], order_rows: Sequence[OrderWrite], heartbeat_at: str | None
     ) -> None:
         """One transaction: the event rows, then the projection rows (each inserted for an
-        order's first event, else updated), then COMMIT."""
+        order's first event, else updated), then COMMIT; first, a writer looks that its
+        file is still the one at its path (a stat, about 2 µs)."""
+        self._refuse_if_moved()
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")

@@ -1,7 +1,7 @@
 """Stopping real processes: SIGTERM/SIGINT/SIGHUP to `walkbook run --broker alpaca` mid-walk against
 a `walkbook sim-server` process, `walkbook halt` from a second process (with and without a
 run holding the journal), a person's cancel through alpaca-py, a plan refused while another
-is in flight, and exit code 4 on a journal that can no longer be written.
+is in flight, and exit code 4 on a journal that can no longer be written or was deleted.
 
 The broker's book is read back over REST after each: no order may be left open.
 """
@@ -260,6 +260,32 @@ def test_a_new_plan_while_another_is_in_flight_is_refused_then_abandon_clears_it
     assert abandoned.returncode == 0, abandoned.stdout + abandoned.stderr
     assert abandoned.stdout.count("FAILED (abandoned)") == 2
     assert desk.open_at_broker() == []
+
+
+def test_a_journal_deleted_mid_walk_stops_the_run_with_4_and_is_put_back_whole(
+    tmp_path: Path, served: tuple[str, Path]
+) -> None:
+    """Before, the run journaled on into the deleted file, and all of it went with the
+    process: no journal to resume or audit, orders live at the broker."""
+    desk = Desk(tmp_path, served[0])
+    run = desk.start_resting()
+    desk.journal.unlink()
+    run.send_signal(signal.SIGTERM)  # the halt's first append finds the file gone
+    out, err = run.communicate(timeout=30)
+    assert run.returncode == 4, out + err
+    assert "was deleted, moved or replaced while this process wrote it" in err
+    assert "Traceback" not in err
+    verified = subprocess.run(
+        [WALKBOOK, "journal", "verify", "--journal", str(desk.journal)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert submitted(desk.journal) == 2  # both orders' submits came back with it
+    halted = desk.walkbook("halt")
+    assert halted.returncode == 0, halted.stdout + halted.stderr
+    assert_halted_clean(desk)
 
 
 def _small_files(limit: int) -> Callable[[], None]:

@@ -18,10 +18,20 @@ from pydantic import BaseModel, ValidationError
 
 from .errors import InputError, first_validation_error
 
-__all__ = ["MAX_JSON_DEPTH", "MAX_NUMBER_CHARS", "load_model", "read_json", "shown"]
+__all__ = [
+    "MAX_JSON_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_NUMBER_CHARS",
+    "load_model",
+    "read_json",
+    "shown",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
+# far larger than any walkbook file (a plan of 10,000 orders is about 1 MB), and read no
+# further: /dev/zero, /dev/urandom or a runaway generator behind a pipe would fill memory
+MAX_JSON_BYTES = 64 * 1024 * 1024
 # far deeper than any walkbook file (a plan nests 3 levels), far below Python's recursion limit
 MAX_JSON_DEPTH = 32
 # longer than any number walkbook reads; Python refuses ints beyond 4,300 digits with a traceback
@@ -85,16 +95,20 @@ def read_json(
     error: type[InputError] = InputError,
     parse_float: Callable[[str], Any] = Decimal,
 ) -> Any:
-    """The strict JSON in the file at `path`: UTF-8, no duplicate keys, no NaN or Infinity,
-    bounded nesting and number lengths; numbers with a fraction or exponent go through
-    `parse_float` (Decimal: never through float). `what` names the file in `error`s."""
+    """The strict JSON in the file at `path`: at most MAX_JSON_BYTES, UTF-8, no duplicate
+    keys, no NaN or Infinity, bounded nesting and number lengths; numbers with a fraction or
+    exponent go through `parse_float` (Decimal: never through float). `what` names the file
+    in `error`s."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:
+            raw = file.read(MAX_JSON_BYTES + 1)
     except FileNotFoundError:
         raise error(f"{what} {path} does not exist", path=str(path)) from None
     except OSError as exc:
         raise error(f"cannot read {what} {path}: {exc.strerror}", path=str(path)) from None
+    if len(raw) > MAX_JSON_BYTES:
+        raise error(f"{what} {path} is larger than {MAX_JSON_BYTES // 2**20} MiB", path=str(path))
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -97,6 +97,22 @@ def test_unreadable_plan_files_are_refused(
     assert_refused(result, needle, journal)
 
 
+@pytest.mark.parametrize("endless", ["/dev/zero", "/dev/urandom"])
+@pytest.mark.parametrize("option", ["plan", "--market", "--engine-config"])
+def test_an_endless_file_is_read_no_further_than_64_mib(
+    tmp_path: Path, endless: str, option: str
+) -> None:
+    """Before, /dev/zero as a plan filled memory (a MemoryError traceback) and /dev/urandom
+    read forever."""
+    journal = tmp_path / "j.db"
+    plan = write(tmp_path / "plan.json", PLAN)
+    if option == "plan":
+        result = invoke("run", endless, "--journal", journal)
+    else:
+        result = invoke("run", plan, "--journal", journal, option, endless)
+    assert_refused(result, f"{endless} is larger than 64 MiB", journal)
+
+
 SPEC_FILES = [
     ("directory", None, "Is a directory"),
     ("price 1e400", {"symbols": {"AAPL": {"price": "1e400"}}}, "symbols.AAPL.price"),
@@ -138,6 +154,25 @@ def test_unreadable_fault_specs_are_refused(
 def test_sim_server_port_out_of_range_is_a_usage_error(tmp_path: Path, port: str) -> None:
     result = invoke("sim-server", "--port", port, "--state", tmp_path / "s.db")
     assert_refused(result, "--port")
+
+
+@pytest.mark.parametrize("command", [["status"], ["journal", "verify"], ["resume"]])
+def test_a_fifo_as_the_journal_is_refused_not_waited_on(tmp_path: Path, command: list[str]) -> None:
+    """Before, a reader's open of a FIFO blocked until something wrote to it: forever."""
+    fifo = tmp_path / "journal.db"
+    os.mkfifo(fifo)
+    done = subprocess.run(
+        [WALKBOOK, *command, "--journal", str(fifo)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2, done.stderr
+    assert "is not a regular file" in done.stderr
+
+
+@pytest.mark.parametrize("device", ["/dev/null", "/dev/zero"])
+def test_a_device_as_the_journal_is_refused(tmp_path: Path, device: str) -> None:
+    assert_refused(invoke("status", "--journal", device), "is not a regular file")
+    plan = write(tmp_path / "plan.json", PLAN)
+    assert_refused(invoke("run", plan, "--journal", device), "is not a regular file")
 
 
 def test_empty_journal_path_is_refused(tmp_path: Path) -> None:

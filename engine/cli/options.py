@@ -64,6 +64,9 @@ class JournalFile(click.Path):
         path = Path(os.fsdecode(super().convert(value, param, ctx)))
         if not path.name:
             self.fail(f"{value!r} names no file.", param, ctx)
+        if path.exists() and not path.is_file():
+            # a FIFO would block the open until something writes to it; a device is no journal
+            self.fail(f"{value!r} is not a regular file.", param, ctx)
         return path
 
 

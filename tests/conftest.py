@@ -136,18 +136,27 @@ def postgres() -> Iterator[Any]:
 
 
 @pytest.fixture
-def new_journal(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str | Path]:
-    """new_journal() -> where a new, empty journal goes, in the store a test names by
+def new_journal(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., str | Path]:
+    """new_journal(slot=0) -> where a new, empty journal goes, in the store a test names by
     parametrizing this fixture indirectly ("sqlite", the default, or "postgresql"): a new
-    file under tmp_path each call, or the session cluster's scratch database emptied each
-    call (one journal at a time: the previous one is gone)."""
+    file under tmp_path each call, or the session cluster's scratch database number `slot`
+    emptied each call (one journal at a time in a slot: its previous one is gone). Processes
+    forked to make journals at once each use a slot of their own."""
     store = getattr(request, "param", "sqlite")
     if store == "sqlite":
         names = count()
-        return lambda: tmp_path / f"journal-{next(names)}.db"
+
+        def new_file(slot: int = 0) -> Path:
+            return tmp_path / f"journal-{slot}-{next(names)}.db"
+
+        return new_file
     if store != "postgresql":
         raise ValueError(f"no journal store {store!r}: sqlite or postgresql")
     from postgres_support import scratch_journal  # here: psycopg only where a test uses it
 
     cluster = request.getfixturevalue("postgres")
-    return lambda: scratch_journal(cluster)
+
+    def emptied(slot: int = 0) -> str:
+        return scratch_journal(cluster, slot)
+
+    return emptied

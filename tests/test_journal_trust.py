@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 from walk_support import kill_after, resting
 
+import journal.sqlite
 from engine import (
     Engine,
     MarketSpec,
@@ -197,9 +198,13 @@ def test_an_empty_journal_is_refused_while_the_broker_shows_its_orders(tmp_path:
         engine.resume_sync()
 
 
-def test_a_journal_held_mid_write_is_busy_not_called_corrupt(tmp_path: Path) -> None:
+def test_a_journal_held_mid_write_is_busy_not_called_corrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A reader that waits out the busy timeout on a writer stopped mid-write is told the
-    journal is busy, never that it is not a walkbook journal."""
+    journal is busy, never that it is not a walkbook journal. The timeout is shortened to a
+    tenth of a second: SQLite gives up the same way after 5 s, only later."""
+    monkeypatch.setattr(journal.sqlite, "BUSY_TIMEOUT_MS", 100)
     path = tmp_path / "j.db"
     Journal.open(path).close()
     holder = sqlite3.connect(path, isolation_level=None)

@@ -142,7 +142,8 @@ def test_a_signal_while_the_plan_is_being_checked_exits_3_at_once(tmp_path: Path
         orders = [{"symbol": f"Q{i:03d}", "side": "buy", "quantity": "1"} for i in range(300)]
         run = desk.start_run({"plan_id": "wide", "orders": orders})
         wait_until(desk.journal.exists, run)
-        time.sleep(1.0)  # the journal is open: the run is reading the plan's assets
+        # the journal is open and the server has answered a read of one of the plan's assets
+        wait_until(lambda: rest(url, "/_sim/stats").get("GET /v2/assets/{symbol}", 0) > 0, run)
         run.send_signal(signal.SIGTERM)
         out, err = run.communicate(timeout=20)
         assert run.returncode == 3, out + err

@@ -85,27 +85,13 @@ def test_a_replaced_journal_is_left_alone_and_the_copy_kept_beside_it(tmp_path: 
     assert seqs(saved) == [1, 2, 3]
 
 
-def test_a_journal_whose_directory_was_deleted_is_saved_in_the_working_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("appends_after", [True, False])
+def test_a_journal_whose_directory_was_deleted_is_saved_in_the_working_directory_while_live(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, appends_after: bool
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "out" / "j.db"
-    path.parent.mkdir()
-    with Journal.open(path) as writer:
-        facts(writer, 2)
-        shutil.rmtree(path.parent)
-        with pytest.raises(JournalMoved) as refused:
-            facts(writer, 1)
-    saved = Path(refused.value.fields["saved_to"])
-    assert saved == tmp_path / f"j.db.saved-{os.getpid()}"
-    assert seqs(saved) == [1, 2]
-
-
-def test_a_closing_writer_never_saves_into_the_working_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Its directory deleted after the last append: cleaning up, most likely (a test's
-    temporary directory); a live writer's copy goes there, a closing one's does not."""
+    """A live writer (it appends after the directory went: an `rm -rf` of a run's output)
+    saves its copy in the working directory; a closing one (the last append came before:
+    cleaning up, most likely, as a test's temporary directory) leaves nothing there."""
     working = tmp_path / "working"
     working.mkdir()
     monkeypatch.chdir(working)
@@ -114,4 +100,12 @@ def test_a_closing_writer_never_saves_into_the_working_directory(
     with Journal.open(path) as writer:
         facts(writer, 2)
         shutil.rmtree(path.parent)
-    assert list(working.iterdir()) == []
+        if appends_after:
+            with pytest.raises(JournalMoved) as refused:
+                facts(writer, 1)
+    if appends_after:
+        saved = Path(refused.value.fields["saved_to"])
+        assert list(working.iterdir()) == [saved] == [working / f"j.db.saved-{os.getpid()}"]
+        assert seqs(saved) == [1, 2]
+    else:
+        assert list(working.iterdir()) == []

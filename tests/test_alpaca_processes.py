@@ -158,10 +158,16 @@ def test_cli_alpaca_policies_reach_the_adapter(tmp_path: Path) -> None:
     with ServerThread(SimServer(tmp_path / "sim.db", market(EAGER), slow, KEYS)) as thread:
         command = ["run", str(plan), "--journal", str(journal), "--broker", "alpaca",
                    "--alpaca-url", thread.url]  # fmt: skip
-        impatient = runner.invoke(cli_main, [*command, "--alpaca-timeout", "0.05"])
+        # the key check retries as the engine config says (before: always 5 tries, 7.5 s)
+        retries = tmp_path / "retries.json"
+        retries.write_text('{"broker_retry_attempts": 2, "broker_retry_backoff_seconds": 0.01}')
+        impatient = runner.invoke(
+            cli_main, [*command, "--alpaca-timeout", "0.05", "--engine-config", str(retries)]
+        )
         assert impatient.exit_code == 2, impatient.output
         assert impatient.stderr.startswith("walkbook: error: cannot reach Alpaca")
         assert not journal.exists()
+        assert rest(thread.url, "/_sim/stats")["GET /v2/account"] == 2
         patient = runner.invoke(cli_main, [*command, "--alpaca-rate-limit", "1000"])
         assert patient.exit_code == 0, patient.output
         assert "REST calls (at most 1000 per 60 s)" in patient.stderr

@@ -99,8 +99,9 @@ def _quiet_sdk_logging() -> None:
 
 @contextmanager
 def alpaca_broker(choice: BrokerChoice) -> Iterator[AlpacaBroker]:
-    """The Alpaca adapter the options describe, its keys checked (one GET /v2/account);
-    its REST counts are printed on stderr when it closes."""
+    """The Alpaca adapter the options describe, its keys checked (one GET /v2/account,
+    retried as --engine-config retries reads); its REST counts are printed on stderr when it
+    closes."""
     from ..brokers.alpaca import (  # here: the SDK only when trading on it
         AlpacaBroker,
         AlpacaSettings,
@@ -115,7 +116,7 @@ def alpaca_broker(choice: BrokerChoice) -> Iterator[AlpacaBroker]:
         **choice.alpaca_policies(),
     )
     with AlpacaBroker(settings) as broker:
-        asyncio.run(broker.check_keys())
+        asyncio.run(broker.check_keys(choice.engine_config()))
         try:
             yield broker
         finally:

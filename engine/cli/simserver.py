@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from ..brokers.keys import KEY_ID_ENV, SECRET_KEY_ENV
 from ..brokers.sim import MarketSpec, load_market_spec
 from ..errors import InputError
 from .exits import bad_input_exits
@@ -20,8 +21,6 @@ MAX_PORT = 65_535
 
 
 def _server_keys() -> tuple[str, str]:
-    from ..brokers.alpaca import KEY_ID_ENV, SECRET_KEY_ENV  # here: the SDK only when serving
-
     key_id, secret = os.environ.get(KEY_ID_ENV, ""), os.environ.get(SECRET_KEY_ENV, "")
     if not key_id or not secret:
         raise InputError(f"set {KEY_ID_ENV} and {SECRET_KEY_ENV}: the keys the server accepts")

@@ -17,12 +17,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 from alpaca.common.enums import BaseURL
 
+from ..keys import KEY_ID_ENV, SECRET_KEY_ENV
 from .errors import AlpacaConfigError
 
 __all__ = ["BASE_URL_ENV", "KEY_ID_ENV", "SECRET_KEY_ENV", "AlpacaSettings"]
 
-KEY_ID_ENV = "APCA_API_KEY_ID"
-SECRET_KEY_ENV = "APCA_API_SECRET_KEY"
 BASE_URL_ENV = "APCA_API_BASE_URL"
 FEEDS = ("iex", "sip")  # the two feeds StockDataStream takes
 # the hosts a URL override may name without --live (besides loopback addresses)

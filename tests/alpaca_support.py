@@ -54,11 +54,17 @@ def keyed_env(key_id: str = KEYS[0], secret: str = KEYS[1]) -> dict[str, str]:
 
 
 @contextmanager
-def sim_server_process(directory: Path, market_spec: dict[str, Any]) -> Iterator[tuple[str, Path]]:
-    """`walkbook sim-server --port 0` in its own process; yields (URL, state file)."""
+def sim_server_process(
+    directory: Path, market_spec: dict[str, Any], faults: dict[str, Any] | None = None
+) -> Iterator[tuple[str, Path]]:
+    """`walkbook sim-server --port 0` in its own process (with `faults` as its --faults
+    spec); yields (URL, state file)."""
     (directory / "market.json").write_text(json.dumps(market_spec))
     state = directory / "server.db"
     command = [WALKBOOK, "sim-server", "--port", "0", "--state", str(state)]
+    if faults is not None:
+        (directory / "faults.json").write_text(json.dumps(faults))
+        command += ["--faults", str(directory / "faults.json")]
     server = subprocess.Popen(
         [*command, "--market", str(directory / "market.json")],
         env=keyed_env(),

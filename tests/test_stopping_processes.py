@@ -122,6 +122,14 @@ def wait_until(
         time.sleep(0.05)
 
 
+def journaled(journal: Path, kind: str) -> int:
+    """How many events of `kind` the journal holds (0 before it exists)."""
+    if not journal.exists():
+        return 0
+    with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as conn:
+        return int(conn.execute("SELECT count(*) FROM events WHERE kind = ?", [kind]).fetchone()[0])
+
+
 def assert_halted_clean(desk: Desk) -> None:
     """Nothing open at the broker, every order FAILED cancelled, resume has nothing to do."""
     assert desk.open_at_broker() == []
@@ -214,6 +222,29 @@ def test_walkbook_halt_with_nothing_running_cancels_what_a_killed_run_left_live(
     assert halted.stdout.count("FAILED (cancelled)") == 2
     assert "order.stopped" not in halted.stdout  # logs go to stderr, results to stdout
     assert_halted_clean(desk)
+
+
+def test_a_signal_to_walkbook_halt_lets_its_halt_finish(tmp_path: Path) -> None:
+    """Each cancel takes the server a second: SIGTERM lands mid-halt. Before, it ended
+    `walkbook halt` on the spot (exit -15), one order cancelled, the other live."""
+    slow_cancels = {"latency_seconds": 1.0, "only": ["DELETE /v2/orders"]}
+    with sim_server_process(tmp_path, RESTING_MARKET, slow_cancels) as (url, _):
+        desk = Desk(tmp_path, url)
+        desk.killed_resting()
+        halt = subprocess.Popen(
+            [WALKBOOK, "halt", "--journal", str(desk.journal), *desk.alpaca],
+            env=keyed_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_until(lambda: journaled(desk.journal, "cancel_intent") >= 1, halt)
+        halt.send_signal(signal.SIGTERM)
+        out, err = halt.communicate(timeout=60)
+        assert halt.returncode == 0, out + err
+        assert "SIGTERM: finishing the stop first" in err
+        assert out.count("FAILED (cancelled)") == 2
+        assert_halted_clean(desk)
 
 
 def test_a_person_s_cancel_through_alpaca_py_is_never_traded_around(

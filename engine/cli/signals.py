@@ -1,4 +1,5 @@
-"""Stop signals while a command walks orders: the first halts, a second exits at once.
+"""Stop signals while a command walks or stops orders: the first halts (or lets a halt
+finish), a second exits at once.
 
 SIGHUP (the terminal or ssh session went away) and SIGQUIT (Ctrl-\\) stop walkbook as SIGINT
 and SIGTERM do: left to their default they would end the process on the spot, its orders
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import click
@@ -19,7 +20,7 @@ import click
 from ..engine import Engine
 from .exits import EXIT_WORK_LIVE
 
-__all__ = ["halting_on_signals", "stop_signals"]
+__all__ = ["finishing_on_signals", "halting_on_signals", "stop_signals"]
 
 # handled whatever the process inherited, as always
 ALWAYS_HANDLED = (signal.SIGINT, signal.SIGTERM)
@@ -39,6 +40,21 @@ def stop_signals() -> tuple[signal.Signals, ...]:
 async def halting_on_signals(engine: Engine, work: Coroutine[Any, Any, T]) -> T:
     """Run `work`; the first stop signal halts the engine (live orders cancelled, each
     order FAILED `cancelled`), a second one exits at once with code 4."""
+    return await _on_stop_signals(work, engine.halt)
+
+
+async def finishing_on_signals(stopping: Coroutine[Any, Any, T]) -> T:
+    """Run `stopping` (a halt, a plan's cancel or abandon) to its end: the first stop signal
+    only says so (stopping more than was asked would be worse), a second one exits at once
+    with code 4."""
+    return await _on_stop_signals(stopping, None)
+
+
+async def _on_stop_signals(
+    work: Coroutine[Any, Any, T], halt: Callable[[], Coroutine[Any, Any, Any]] | None
+) -> T:
+    """Run `work`; the first stop signal starts `halt` (None: the work is a stop already),
+    a second one exits at once with code 4, saying what may be left live."""
     loop = asyncio.get_running_loop()
     halts: list[asyncio.Future[Any]] = []
     handled = stop_signals()
@@ -48,11 +64,10 @@ async def halting_on_signals(engine: Engine, work: Coroutine[Any, Any, T]) -> T:
         os._exit(EXIT_WORK_LIVE)
 
     def first(name: str) -> None:
-        click.echo(
-            f"walkbook: {name}: halting, cancelling live orders ({name} again to exit now)",
-            err=True,
-        )
-        halts.append(asyncio.ensure_future(engine.halt()))
+        doing = "halting, cancelling live orders" if halt else "finishing the stop first"
+        click.echo(f"walkbook: {name}: {doing} ({name} again to exit now)", err=True)
+        if halt is not None:
+            halts.append(asyncio.ensure_future(halt()))
         for sig in handled:
             loop.add_signal_handler(sig, second, sig.name)
 
@@ -62,8 +77,8 @@ async def halting_on_signals(engine: Engine, work: Coroutine[Any, Any, T]) -> T:
         return await work
     finally:
         try:
-            for halt in halts:  # also when the work ended by the halt (PlanHalted)
-                await halt
+            for running in halts:  # also when the work ended by the halt (PlanHalted)
+                await running
         finally:
             for sig in handled:
                 loop.remove_signal_handler(sig)

@@ -28,6 +28,7 @@ from .engines import alpaca_engine, simulated_engine
 from .exits import EXIT_CODES_HELP, EXIT_OK, bad_input_exits, stopped_with_work_live, work_exits
 from .options import FiniteFloatRange, JournalFile
 from .output import configure_output
+from .signals import finishing_on_signals
 
 __all__ = ["abandon_command", "halt_command"]
 
@@ -102,11 +103,12 @@ def _stop(
         try:
             with open_engine() as engine, work_exits(engine):
                 if plan_id is None:
-                    stopped = engine.clock.run(engine.halt())
+                    stopping = engine.halt()
                 elif reason is FailReason.ABANDONED:
-                    stopped = engine.clock.run(engine.abandon(plan_id))
+                    stopping = engine.abandon(plan_id)
                 else:
-                    stopped = engine.clock.run(engine.cancel_plan(plan_id))
+                    stopping = engine.cancel_plan(plan_id)
+                stopped = engine.clock.run(finishing_on_signals(stopping))
         except JournalLocked as exc:  # another process took it between probe and open
             raise InputError(f"{exc.message}; try again") from None
     if not stopped:

@@ -142,11 +142,15 @@ def halt_request_paths(journal_path: Path) -> list[Path]:
     """The requests pending beside a journal file (resolved, so every spelling of it agrees):
     `<journal>.halt.<requester>`, one per requester."""
     resolved = journal_path.resolve()
-    return sorted(
-        path
-        for path in resolved.parent.glob(f"{resolved.name}.halt.*")
-        if not path.name.endswith(_STAGING)
-    )
+    prefix = f"{resolved.name}.halt."
+    # the prefix compared as text: as a glob pattern, a journal named `j[1].db` would look
+    # for `j1.db.halt.*` and never see its own requests
+    with os.scandir(resolved.parent) as entries:
+        return sorted(
+            resolved.parent / entry.name
+            for entry in entries
+            if entry.name.startswith(prefix) and not entry.name.endswith(_STAGING)
+        )
 
 
 def write_halt_request(journal_path: str | Path, request: HaltRequest) -> str:

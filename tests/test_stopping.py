@@ -12,6 +12,7 @@ import json
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -329,6 +330,26 @@ def test_a_halt_request_file_stops_the_engine_that_holds_the_journal(make_rig):
     assert not open_orders(rig)
     # the request ended with the work it stopped: a long-lived engine trades the next plan
     assert rig.engine.execute_plan_sync(plan("p2")).orders[0].state == "VALIDATED"
+
+
+def test_a_halt_request_reaches_a_journal_whose_name_looks_like_a_pattern(tmp_path: Path):
+    """Before, requests were looked for as a glob pattern: `book[1].db.halt.*` matches
+    `book1.db.halt.*`, so this engine never saw one and `walkbook halt` waited in vain."""
+    import os
+
+    clock = VirtualClock()
+    broker = SimBroker(MarketSpec(**resting()), clock)
+    path = tmp_path / "book[1].db"
+
+    async def request_halt() -> None:
+        await clock.sleep(12)
+        write_halt_request(path, HaltRequest(None, FailReason.CANCELLED, os.getpid()))
+
+    with Engine(broker, path, clock=clock) as engine:
+        rig = SimpleNamespace(clock=clock)
+        result, _ = run_with(rig, engine.execute_plan(plan("p1")), request_halt())
+    assert [(o.state, o.reason) for o in result.orders] == [("FAILED", "cancelled")]
+    assert halt_request_paths(path) == []
 
 
 def test_a_halt_request_for_another_process_is_dropped(make_rig):

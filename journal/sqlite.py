@@ -162,8 +162,10 @@ def _create_private(path: Path) -> None:
 
 
 def _uri(path: Path, query: str = "") -> str:
-    """SQLite's URI for `path`, escaped so a `?`, `#` or `%` in it stays part of the name."""
-    return f"file:{quote(str(path))}" + (f"?{query}" if query else "")
+    """SQLite's URI for `path`, escaped so a `?`, `#` or `%` in it stays part of the name,
+    and from the name's bytes, so a name that is not UTF-8 (a byte the file system allows)
+    is the file's own name, not a UnicodeEncodeError."""
+    return f"file:{quote(os.fsencode(path))}" + (f"?{query}" if query else "")
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:

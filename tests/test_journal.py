@@ -882,3 +882,18 @@ def test_decode_json_gives_exactly_what_json_loads_gives(value: Any, ascii_only:
             decode_canonical(text)
     else:
         assert repr(decode_canonical(canonical)) == repr(json.loads(canonical))
+
+
+@pytest.mark.parametrize("name", [b"a?b#c%20.db", b"\xff\xfe.db", "ü [1].db".encode()])
+def test_any_file_name_is_the_journal_s_own(tmp_path: Path, name: bytes) -> None:
+    """A `?`, `#` or `%` stays part of the name SQLite opens, and a name that is not UTF-8
+    (Linux allows any byte but / and NUL) is written and read under its own bytes: before,
+    it was a UnicodeEncodeError after the lock file and an empty file were made."""
+    path = tmp_path / os.fsdecode(name)
+    with Journal.open(path) as journal:
+        for event in sample_events(3):
+            journal.append(event, at=AT)
+    with Journal.open_readonly(path) as journal:
+        assert [event.seq for event in journal.events()] == [1, 2, 3]
+        assert journal.verify_chain() is None
+    assert name in os.listdir(os.fsencode(tmp_path))

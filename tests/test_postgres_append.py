@@ -11,6 +11,7 @@ these tests are about the owner's path through the lease, and the migration itse
 from __future__ import annotations
 
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -229,6 +230,33 @@ def test_a_journal_from_before_a_migration_is_migrated(postgres: Any, before: st
         applied = conn.execute("SELECT name FROM walkbook_migrations ORDER BY applied_seq")
         assert sorted(row[0] for row in applied) == list(MIGRATION_NAMES)
         assert MIGRATION_NAMES[-1] == "0005_checks_in_the_insert"
+
+
+def test_migration_0005_gives_up_on_a_long_read_rather_than_queue_the_owner_behind_it(
+    postgres: Any,
+) -> None:
+    """Dropping the foreign key locks both tables. A read holding them (an audit's long
+    transaction) fails the migrating open within its lock_timeout, typed, for the open to be
+    tried again, rather than leaving the live owner's appends queued behind the migration;
+    once the read ends, the same open migrates. A watchdog ends the read after 30 s, so a
+    migration that waited instead fails this test rather than hanging it."""
+    url = postgres.fresh_database()
+    with Journal.open(url) as journal:
+        journal.append(NewEvent("created", "o1"), at=AT, projection=projection("o1"))
+    _as_before(url, "0005")
+    with psycopg.connect(url) as reader:
+        reader.execute("SELECT count(*) FROM events").fetchone()  # its transaction holds a lock
+        watchdog = threading.Timer(30, reader.close)
+        watchdog.start()
+        try:
+            with pytest.raises(JournalUnavailable, match="lock timeout"):
+                Journal.open(url)
+        finally:
+            watchdog.cancel()
+        reader.rollback()
+    with Journal.open(url) as journal:
+        assert journal.recorder.missing_guards() == []
+    assert not _has_foreign_key(url)
 
 
 # Rows the functions refuse in place of the dropped foreign key: how they are appended,

@@ -29,8 +29,8 @@ __all__ = [
 
 M = TypeVar("M", bound=BaseModel)
 
-# far larger than any walkbook file (a plan of 10,000 orders is about 1 MB), and read no
-# further: /dev/zero, /dev/urandom or a runaway generator behind a pipe would fill memory
+# far larger than any walkbook file (10,000 orders, all free text at its limit: about 4 MB),
+# and read no further: /dev/zero, /dev/urandom or a runaway generator would fill memory
 MAX_JSON_BYTES = 64 * 1024 * 1024
 # far deeper than any walkbook file (a plan nests 3 levels), far below Python's recursion limit
 MAX_JSON_DEPTH = 32

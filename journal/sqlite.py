@@ -375,7 +375,7 @@ class SqliteRecorder(Recorder):
     ) -> None:
         """One transaction: the event rows, then the projection rows (each inserted for an
         order's first event, else updated), then COMMIT; first, a writer looks that its
-        file is still the one at its path (a stat, about 2 µs)."""
+        file is still the one at its path (one stat)."""
         self._refuse_if_moved()
         conn = self.conn
         try:

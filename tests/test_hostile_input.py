@@ -25,6 +25,7 @@ from engine.cli import main
 from engine.config import EngineConfig
 from engine.errors import InvalidIntent, InvalidPlan
 from engine.intents import OrderIntent, load_plan, parse_plan
+from engine.jsonfile import MAX_JSON_BYTES
 from journal import Journal
 
 WALKBOOK = str(Path(sys.executable).parent / "walkbook")
@@ -325,6 +326,17 @@ def test_a_plan_has_at_most_10000_orders_by_default(tmp_path: Path) -> None:
     result, journal = run_plan(tmp_path, many_orders(10_001))
     assert_refused(result, "10001 orders, at most 10000 per plan", journal)
     assert len(parse_plan(many_orders(10_000)).orders) == 10_000
+
+
+def test_the_largest_plan_allowed_by_default_is_far_inside_the_file_size_limit(
+    tmp_path: Path,
+) -> None:
+    """docs/plans.md: 10,000 orders, every free text at its 128 characters, about 4 MB."""
+    order = {**ORDER, "correlation_id": "c" * 128, "strategy_id": "s" * 128}
+    largest = {"plan_id": "p" * 64, "orders": [{**order, "symbol": f"S{i}"} for i in range(10_000)]}
+    path = write(tmp_path / "plan.json", largest)
+    assert path.stat().st_size < MAX_JSON_BYTES / 10
+    assert len(load_plan(path).orders) == 10_000
 
 
 def test_max_plan_orders_sets_the_limit(tmp_path: Path) -> None:

@@ -86,7 +86,7 @@ def test_a_replaced_journal_is_left_alone_and_the_copy_kept_beside_it(tmp_path: 
 
 
 @pytest.mark.parametrize("appends_after", [True, False])
-def test_a_journal_whose_directory_was_deleted_is_saved_in_the_working_directory_while_live(
+def test_a_deleted_directory_s_journal_is_saved_in_the_working_directory_only_while_live(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, appends_after: bool
 ) -> None:
     """A live writer (it appends after the directory went: an `rm -rf` of a run's output)

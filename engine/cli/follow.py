@@ -10,7 +10,6 @@ it cannot be followed from (one line on stderr).
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from journal import Event, Journal, canonical_json
 from ..audit.tables import EVENT_COLUMNS, json_line
 from .exits import bad_input_exits
 from .options import FiniteFloatRange, JournalFile
+from .output import to_devnull
 from .signals import stop_signals
 
 __all__ = ["follow_command", "text_line"]
@@ -73,8 +73,7 @@ def _reader_gone_quietly() -> Iterator[None]:
     try:
         yield
     except BrokenPipeError:
-        # stdout goes nowhere from here, so the flush at exit has nothing to fail on
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        to_devnull(sys.stdout)
 
 
 @click.command("follow")

@@ -10,7 +10,7 @@ from typing import Any, TextIO, cast
 import structlog
 from rich.console import Console
 
-__all__ = ["REPORT_WIDTH", "configure_output", "report_console"]
+__all__ = ["REPORT_WIDTH", "configure_output", "report_console", "to_devnull"]
 
 REPORT_WIDTH = 160
 
@@ -21,6 +21,16 @@ def report_console() -> Console:
     if not console.is_terminal:
         console.width = REPORT_WIDTH
     return console
+
+
+def to_devnull(stream: TextIO) -> None:
+    """`stream`'s descriptor now /dev/null, once its reader has gone: its buffered text, the
+    next writes and the interpreter's flush at exit all go there, none failing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
 
 
 class _OutlivingItsReader:
@@ -36,23 +46,14 @@ class _OutlivingItsReader:
         try:
             return self._stream.write(text)
         except BrokenPipeError:
-            self._to_devnull()
+            to_devnull(self._stream)
             return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
         except BrokenPipeError:
-            self._to_devnull()
-
-    def _to_devnull(self) -> None:
-        """The stream's descriptor now /dev/null: its buffered text, this write and the
-        interpreter's flush at exit all go there."""
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, self._stream.fileno())
-        finally:
-            os.close(devnull)
+            to_devnull(self._stream)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

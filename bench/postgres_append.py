@@ -259,7 +259,7 @@ def walk_row(report: Report, cluster: PostgresCluster, walks: int, rounds: int) 
 
 def main() -> None:
     args = bench_parser(__doc__).parse_args()
-    commits, walks, rounds = (40, 5, 1) if args.quick else (800, 50, 3)
+    commits, walks, rounds = (40, 5, 1) if args.quick else (800, 50, 5)
     quiet_logs()
     report = Report("postgres_append", args)
     with postgres_cluster(durable=True) as cluster:

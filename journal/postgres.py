@@ -4,7 +4,8 @@ The rows, the hash chain and the canonical JSON are the SQLite journal's, so a j
 exported from either verifies the same way. The schema is built by versioned migrations
 recorded in `walkbook_migrations`, each in its own transaction; triggers refuse UPDATE,
 DELETE and TRUNCATE on `events`; every append is one transaction holding its events and
-their orders' projection rows. A writer owns the journal through a fenced lease
+their orders' projection rows (from migration 0006 in the events' own rows, read through
+the `orders` view). A writer owns the journal through a fenced lease
 (journal/lease.py): an owner that stops renewing it loses it to the next, and every append
 checks inside its transaction that the lease is still the writer's.
 """
@@ -31,7 +32,7 @@ from .errors import (
 from .lease import LEASE_TABLE, Lease, create_lease_table, lease_holder
 from .location import redacted, valid_database_url
 from .recorder import EVENT_FIELDS, HISTORY_FIELDS, EventRow, OrderWrite, Recorder
-from .schema import FORMAT_NAME, ORDER_COLUMNS, SCHEMA_VERSION
+from .schema import FORMAT_NAME, MUTABLE_ORDER_COLUMNS, ORDER_COLUMNS, SCHEMA_VERSION
 from .sqlite import (
     TAKE_META,
     events_up_to_sql,
@@ -368,6 +369,219 @@ _APPEND_EVENT_FUNCTION_0005: LiteralString = (
     + _APPEND_EVENT_TAIL
 )
 
+# Migration 0006: an order's row after an event is stored in the event's own row, so a walk
+# step is one INSERT where it was an INSERT and an UPDATE (the UPDATE was the largest part
+# of what an append cost the cluster beyond a raw INSERT: docs/benchmarks.md). `orders`
+# becomes a view: each order's row as first written (`order_baselines`: its `created`'s, or
+# for a journal migrated from 0005 its row then), overlaid by the newest later event that
+# carries one. The projection is still written in the event's own transaction, by the
+# event's own INSERT, and what the view overlays is append-only like every event.
+_ADD_PROJECTED_COLUMNS: LiteralString = """
+    ALTER TABLE events ADD COLUMN projected_quantity TEXT,
+        ADD COLUMN projected_state TEXT, ADD COLUMN projected_reason TEXT,
+        ADD COLUMN projected_filled_qty TEXT, ADD COLUMN projected_notional TEXT,
+        ADD COLUMN projected_avg_price TEXT, ADD COLUMN projected_live_broker_order_id TEXT,
+        ADD COLUMN projected_live_client_order_id TEXT, ADD COLUMN projected_steps_used INTEGER,
+        ADD COLUMN projected_updated_at TEXT
+"""
+_ORDERS_VIEW: LiteralString = """
+    CREATE VIEW orders AS
+    SELECT r.order_id, r.plan_id, r.symbol, r.side, r.close_type, r.urgency,
+        CASE WHEN e.seq IS NULL THEN r.quantity ELSE e.projected_quantity END AS quantity,
+        r.correlation_id, r.strategy_id,
+        CASE WHEN e.seq IS NULL THEN r.state ELSE e.projected_state END AS state,
+        CASE WHEN e.seq IS NULL THEN r.reason ELSE e.projected_reason END AS reason,
+        CASE WHEN e.seq IS NULL THEN r.filled_qty ELSE e.projected_filled_qty END
+            AS filled_qty,
+        CASE WHEN e.seq IS NULL THEN r.notional ELSE e.projected_notional END AS notional,
+        CASE WHEN e.seq IS NULL THEN r.avg_price ELSE e.projected_avg_price END AS avg_price,
+        CASE WHEN e.seq IS NULL THEN r.live_broker_order_id
+            ELSE e.projected_live_broker_order_id END AS live_broker_order_id,
+        CASE WHEN e.seq IS NULL THEN r.live_client_order_id
+            ELSE e.projected_live_client_order_id END AS live_client_order_id,
+        CASE WHEN e.seq IS NULL THEN r.steps_used ELSE e.projected_steps_used END
+            AS steps_used,
+        r.created_at,
+        CASE WHEN e.seq IS NULL THEN r.updated_at ELSE e.projected_updated_at END
+            AS updated_at,
+        COALESCE(e.seq, r.last_seq) AS last_seq,
+        r.position
+    FROM order_baselines AS r LEFT JOIN LATERAL (
+        SELECT * FROM events
+        WHERE events.order_id = r.order_id AND events.seq > r.last_seq
+            AND events.projected_state IS NOT NULL
+        ORDER BY events.order_seq DESC LIMIT 1
+    ) AS e ON true
+"""
+
+
+def _replaced(text: LiteralString, old: LiteralString, new: LiteralString) -> LiteralString:
+    """`text` with `old` replaced, which must be there: a migration's text built from an
+    older one's must not silently keep what it meant to change."""
+    if old not in text:
+        raise ValueError(f"migration text anchor not found: {old!r}")
+    return text.replace(old, new)
+
+
+def _heartbeat_and_end(function: LiteralString) -> LiteralString:
+    """An older append function's last lines: its heartbeat's UPDATE, END and $$."""
+    return function[function.index("        IF heartbeat_at IS NOT NULL THEN") :]
+
+
+def _first_order_row(function: LiteralString, last_value: LiteralString) -> LiteralString:
+    """An older append function's INSERT of an order's row, up to its VALUES' `last_value`,
+    as an INSERT of the order's first row that leaves a row already there as it is."""
+    start = function.index("INSERT INTO orders (")
+    end = function.index(last_value, start) + len(last_value)
+    return (
+        function[start:end].replace("INSERT INTO orders", "INSERT INTO order_baselines")
+        + "\n            ON CONFLICT (order_id) DO NOTHING;"
+    )
+
+
+# 0006's one-event append: 0005's checked INSERT, the order's row after the event written
+# in the event's row (the row must be of the event's own order: the view finds it by
+# order_id), then the order's first row where it has none.
+_APPEND_EVENT_FUNCTION_0006: LiteralString = (
+    _APPEND_EVENT_HEAD.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION")
+    + _replaced(
+        _replaced(
+            _APPEND_EVENT_CHECKED_INSERT,
+            """to_state, data, prev_hash, hash)
+        SELECT e_seq, e_order_id, e_order_seq, e_plan_id, e_at, e_kind, e_from_state,
+               e_to_state, e_data, e_prev_hash, e_hash
+""",
+            """to_state, data, prev_hash, hash, projected_quantity,
+                            projected_state, projected_reason, projected_filled_qty,
+                            projected_notional, projected_avg_price,
+                            projected_live_broker_order_id, projected_live_client_order_id,
+                            projected_steps_used, projected_updated_at)
+        SELECT e_seq, e_order_id, e_order_seq, e_plan_id, e_at, e_kind, e_from_state,
+               e_to_state, e_data, e_prev_hash, e_hash, o_quantity, o_state, o_reason,
+               o_filled_qty, o_notional, o_avg_price, o_live_broker_order_id,
+               o_live_client_order_id, o_steps_used, o_updated_at
+""",
+        ),
+        "IF o_order_id IS NOT NULL AND o_last_seq IS DISTINCT FROM e_seq THEN",
+        """IF o_order_id IS NOT NULL AND (o_last_seq IS DISTINCT FROM e_seq
+                OR o_order_id IS DISTINCT FROM e_order_id) THEN""",
+    )
+    + """        IF o_order_id IS NOT NULL THEN
+            """
+    + _first_order_row(_APPEND_EVENT_TAIL, "o_last_seq)")
+    + """
+        END IF;
+"""
+    + _heartbeat_and_end(_APPEND_EVENT_TAIL)
+)
+
+# 0006's group commit: 0005's checks; each order's row after its event, found by the
+# event's seq (one lookup in an object built once), written in that event's row; then each
+# order's first row where it has none (an order with two events in the commit: the first's
+# row, the second's in its event, which the view shows).
+_APPEND_FUNCTION_0006: LiteralString = (
+    """
+    CREATE OR REPLACE FUNCTION walkbook_append(
+        lease_epoch BIGINT, lease_token TEXT, event_rows JSONB, order_rows JSONB,
+        heartbeat_at TEXT
+    ) RETURNS VOID LANGUAGE plpgsql AS $$
+    DECLARE
+        r JSONB;
+        o JSONB;
+        first_seq BIGINT := (event_rows->0->>0)::BIGINT;
+        stored TEXT;
+        projections JSONB;
+    BEGIN
+"""
+    + _APPEND_CHECKS.format(seq="first_seq", prev_hash="event_rows->0->>9")
+    + """        FOR i IN 0 .. jsonb_array_length(order_rows) - 1 LOOP
+            IF (order_rows->i->>19)::BIGINT NOT BETWEEN first_seq
+                    AND first_seq + jsonb_array_length(event_rows) - 1 THEN
+                RAISE EXCEPTION 'an order''s row names an event of another commit'
+                    USING ERRCODE = 'foreign_key_violation';
+            END IF;
+        END LOOP;
+        SELECT jsonb_object_agg(order_row->>19, order_row) INTO projections
+        FROM jsonb_array_elements(order_rows) AS order_row;
+        FOR i IN 0 .. jsonb_array_length(event_rows) - 1 LOOP
+            r := event_rows->i;
+            IF (r->>0)::BIGINT <> first_seq + i THEN
+                RAISE EXCEPTION 'seq % does not follow the row before it', r->>0
+                    USING ERRCODE = 'check_violation';
+            END IF;
+            o := projections->(r->>0);
+            IF o IS NOT NULL AND o->>0 IS DISTINCT FROM r->>1 THEN
+                RAISE EXCEPTION 'an order''s row names another order''s event'
+                    USING ERRCODE = 'foreign_key_violation';
+            END IF;
+            INSERT INTO events (seq, order_id, order_seq, plan_id, at, kind, from_state,
+                                to_state, data, prev_hash, hash, projected_quantity,
+                                projected_state, projected_reason, projected_filled_qty,
+                                projected_notional, projected_avg_price,
+                                projected_live_broker_order_id,
+                                projected_live_client_order_id, projected_steps_used,
+                                projected_updated_at)
+            VALUES ((r->>0)::BIGINT, r->>1, (r->>2)::BIGINT, r->>3, r->>4, r->>5, r->>6,
+                    r->>7, r->>8, r->>9, r->>10, o->>6, o->>9, o->>10, o->>11, o->>12,
+                    o->>13, o->>14, o->>15, (o->>16)::INTEGER, o->>18);
+        END LOOP;
+        FOR i IN 0 .. jsonb_array_length(order_rows) - 1 LOOP
+            r := order_rows->i;
+            """
+    + _first_order_row(_APPEND_FUNCTION, "(r->>19)::BIGINT)")
+    + """
+        END LOOP;
+"""
+    + _heartbeat_and_end(_APPEND_FUNCTION)
+)
+
+# The walk step's append from 0006 on: one event of an order that has its row, no heartbeat
+# due. The event's INSERT alone, no PL/pgSQL call: its WHERE checks the lease (locking its
+# row until the commit) and the link as walkbook_append_event does, and that the order's
+# row is there and is the event's. When it adds nothing the function is run instead, whose
+# checks name the refusal (or which appends, should the lease have been renewed meanwhile).
+# Parameters: the lease's epoch and token, the event's row, the order's row after it (its
+# changing columns), then that row's order_id and last_seq.
+_APPEND_STEP_NAME = b"walkbook_append_step"
+_APPEND_STEP = b"""
+    INSERT INTO events (seq, order_id, order_seq, plan_id, at, kind, from_state, to_state,
+                        data, prev_hash, hash, projected_quantity, projected_state,
+                        projected_reason, projected_filled_qty, projected_notional,
+                        projected_avg_price, projected_live_broker_order_id,
+                        projected_live_client_order_id, projected_steps_used,
+                        projected_updated_at)
+    SELECT $3::BIGINT, $4::TEXT, $5::BIGINT, $6::TEXT, $7::TEXT, $8::TEXT, $9::TEXT,
+           $10::TEXT, $11::TEXT, $12::TEXT, $13::TEXT, $14::TEXT, $15::TEXT, $16::TEXT,
+           $17::TEXT, $18::TEXT, $19::TEXT, $20::TEXT, $21::TEXT, $22::INTEGER, $23::TEXT
+    WHERE ($1::BIGINT IS NULL OR EXISTS (
+            SELECT FROM lease WHERE id = 1 AND epoch = $1::BIGINT AND token = $2::TEXT
+                AND expires_at > clock_timestamp() FOR UPDATE))
+        AND ($3::BIGINT <= 1 OR EXISTS (
+            SELECT FROM events WHERE seq = $3::BIGINT - 1 AND hash = $12::TEXT))
+        AND $24::TEXT = $4::TEXT AND $25::BIGINT = $3::BIGINT
+        AND EXISTS (SELECT FROM order_baselines WHERE order_id = $4::TEXT)
+"""
+# where the step's parameters take an order's row (ORDER_COLUMNS order) from
+_STEP_ORDER_AT = tuple(
+    ORDER_COLUMNS.index(column) for column in (*MUTABLE_ORDER_COLUMNS[:-1], "order_id", "last_seq")
+)
+_STEP_APPENDED = b"INSERT 0 1"
+
+
+def _projection_in_the_event(conn: psycopg.Connection[Any]) -> None:
+    """Migration 0006: the projection columns added to `events`, `orders` renamed
+    `order_baselines` (its rows kept as each order's row as of now) under the `orders` view,
+    both append functions replaced. The tables are locked in the order an append takes
+    them and for a bounded time, as 0005 does (`_check_in_the_insert`)."""
+    conn.execute("SET LOCAL lock_timeout = '2s'")
+    conn.execute("LOCK TABLE events, orders IN ACCESS EXCLUSIVE MODE")
+    conn.execute(_ADD_PROJECTED_COLUMNS)
+    conn.execute("ALTER TABLE orders RENAME TO order_baselines")
+    conn.execute(_ORDERS_VIEW)
+    conn.execute(_APPEND_FUNCTION_0006)
+    conn.execute(_APPEND_EVENT_FUNCTION_0006)
+
+
 # A server-side prepared statement of its own, run through libpq (psycopg.pq) with the
 # values already text: psycopg's cursor machinery costs more client CPU than the append's
 # own Python (docs/benchmarks.md). The casts pin the call to the one signature.
@@ -399,6 +613,13 @@ _APPEND_FUNCTION_BODIES: tuple[tuple[str, dict[str, str]], ...] = (
         {
             "walkbook_append": _APPEND_FUNCTION_0005.split("$$")[1],
             "walkbook_append_event": _APPEND_EVENT_FUNCTION_0005.split("$$")[1],
+        },
+    ),
+    (
+        "0006_projection_in_the_event",
+        {
+            "walkbook_append": _APPEND_FUNCTION_0006.split("$$")[1],
+            "walkbook_append_event": _APPEND_EVENT_FUNCTION_0006.split("$$")[1],
         },
     ),
 )
@@ -447,6 +668,7 @@ _STEPS: tuple[tuple[str, Callable[[psycopg.Connection[Any]], None]], ...] = (
     ("0003_append_function", _create_append_function),
     ("0004_append_event_function", _create_append_event_function),
     ("0005_checks_in_the_insert", _check_in_the_insert),
+    ("0006_projection_in_the_event", _projection_in_the_event),
 )
 MIGRATION_NAMES = tuple(name for name, _ in _STEPS)
 
@@ -485,8 +707,9 @@ class PostgresRecorder(Recorder):
         self.conn = conn
         self._owning = owning
         self.lease: Lease | None = None
-        # the connection's encoding, once the one-event append's statement is prepared
-        self._encoding: str | None = None
+        self._encoding = conn.info.encoding
+        # the append statements this connection has prepared, by name
+        self._prepared: set[bytes] = set()
 
     @classmethod
     def _connect(
@@ -664,17 +887,24 @@ class PostgresRecorder(Recorder):
     def insert(
         self, rows: Sequence[EventRow], order_rows: Sequence[OrderWrite], heartbeat_at: str | None
     ) -> None:
-        """One statement, one round trip, its own transaction (`walkbook_append_event` for
-        one event, `walkbook_append` for more): the lease and the link to the stored last
-        event checked, then the event rows, the projection rows (upserted) and the
-        heartbeat; the database's refusals as the typed errors."""
+        """One statement, one round trip, its own transaction: a walk step's event alone
+        (`_APPEND_STEP`), else `walkbook_append_event` for one event, `walkbook_append` for
+        more. Each checks the lease and the link to the stored last event, then writes the
+        event rows with their orders' rows after them (and an order's first row, and the
+        heartbeat); the database's refusals as the typed errors."""
         conn = self.conn
         epoch, token = (None, None) if self.lease is None else self.lease.check(conn)
         with self._lease_errors(), self._errors():
             try:
                 if len(rows) == 1 and len(order_rows) <= 1:
                     order = order_rows[0][1] if order_rows else _NO_ORDER_ROW
-                    self._append_event((epoch, token, heartbeat_at, *rows[0], *order))
+                    step = bool(order_rows) and not order_rows[0][0] and heartbeat_at is None
+                    if not (step and self._appended_step(epoch, token, rows[0], order)):
+                        self._run_prepared(
+                            _APPEND_EVENT_NAME,
+                            _APPEND_EVENT,
+                            (epoch, token, heartbeat_at, *rows[0], *order),
+                        )
                 else:
                     orders = _json_rows([values for _, values in order_rows])
                     conn.execute(_APPEND, (epoch, token, _json_rows(rows), orders, heartbeat_at))
@@ -689,19 +919,31 @@ class PostgresRecorder(Recorder):
                     ) from None
                 raise
 
-    def _append_event(self, params: Sequence[Any]) -> None:
-        """`walkbook_append_event` with these values, each as its text (or NULL), through
-        the statement this connection prepares on its first use; the database's refusal
-        as the driver's error."""
+    def _appended_step(
+        self, epoch: int | None, token: str | None, row: EventRow, order: Sequence[Any]
+    ) -> bool:
+        """The walk step's event appended by `_APPEND_STEP`; False where it added nothing
+        (a check refused it) and the caller runs the function for the reason."""
+        values = (epoch, token, *row, *(order[i] for i in _STEP_ORDER_AT))
+        return self._run_prepared(_APPEND_STEP_NAME, _APPEND_STEP, values).command_status == (
+            _STEP_APPENDED
+        )
+
+    def _run_prepared(
+        self, name: bytes, statement: bytes, params: Sequence[Any]
+    ) -> psycopg.pq.abc.PGresult:
+        """`statement` with these values, each as its text (or NULL), through the statement
+        this connection prepares as `name` on its first use; the database's refusal as the
+        driver's error."""
         pgconn, encoding = self.conn.pgconn, self._encoding
-        if encoding is None:
-            encoding = self.conn.info.encoding
-            _raise_failed(pgconn.prepare(_APPEND_EVENT_NAME, _APPEND_EVENT), encoding)
-            self._encoding = encoding
+        if name not in self._prepared:
+            _raise_failed(pgconn.prepare(name, statement), encoding)
+            self._prepared.add(name)
         values = [None if value is None else str(value).encode(encoding) for value in params]
         # None is NULL here as in exec_params, whose annotation says so where this one's does not
-        result = pgconn.exec_prepared(_APPEND_EVENT_NAME, values)  # type: ignore[arg-type]
+        result = pgconn.exec_prepared(name, values)  # type: ignore[arg-type]
         _raise_failed(result, encoding)
+        return result
 
     def begin_snapshot(self) -> None:
         with self._errors():

@@ -1,8 +1,10 @@
-"""A PostgreSQL append in one statement: `walkbook_append_event` (migration 0004, its checks
-moved into the event's INSERT by 0005) for one event, `walkbook_append` (migration 0003)
-for a group commit. The checks the database makes inside each refuse what the old
-multi-statement transaction refused, what the foreign key 0005 dropped refused too, and a
-refused append leaves nothing behind: no event, no projection row, no heartbeat.
+"""A PostgreSQL append in one statement: a walk step's event INSERT alone (migration 0006
+stores an order's row after an event in the event's row), `walkbook_append_event`
+(migration 0004, its checks moved into the event's INSERT by 0005) for any other one event,
+`walkbook_append` (migration 0003) for a group commit. The checks the database makes
+inside each refuse what the old multi-statement transaction refused, what the foreign key
+0005 dropped refused too, and a refused append leaves nothing behind: no event, no
+projection row, no heartbeat.
 
 The contract suite (tests/test_journal_contract.py) holds the stores to the same results;
 these tests are about the owner's path through the lease, and the migration itself.
@@ -30,7 +32,14 @@ from journal import (
     JournalWriteConflict,
     NewEvent,
 )
-from journal.postgres import _APPEND_EVENT_FUNCTION, _APPEND_FUNCTION, MIGRATION_NAMES
+from journal.postgres import (
+    _APPEND_EVENT_FUNCTION,
+    _APPEND_EVENT_FUNCTION_0005,
+    _APPEND_FUNCTION,
+    _APPEND_FUNCTION_0005,
+    MIGRATION_NAMES,
+)
+from journal.schema import MUTABLE_ORDER_COLUMNS
 from journal.sqlite import PROJECTED_COLUMNS
 from journal.trust import check_before_acting
 
@@ -44,10 +53,11 @@ def _stored(url: str) -> tuple[list[Any], list[Any], Any]:
     return events, orders, beat
 
 
-# the append functions as migrations 0003 and 0004 created them
+# the append functions as migrations 0003, 0004 and 0005 created or replaced them, in order
 OLD_FUNCTIONS = {
-    "0003_append_function": _APPEND_FUNCTION,
-    "0004_append_event_function": _APPEND_EVENT_FUNCTION,
+    "0003_append_function": [_APPEND_FUNCTION],
+    "0004_append_event_function": [_APPEND_EVENT_FUNCTION],
+    "0005_checks_in_the_insert": [_APPEND_FUNCTION_0005, _APPEND_EVENT_FUNCTION_0005],
 }
 
 
@@ -56,16 +66,19 @@ def _due_heartbeat(journal: Journal) -> None:
     journal._last_heartbeat = 0.0
 
 
-# How a test appends: one event (walkbook_append_event), or that event and a note in one
-# group commit (walkbook_append).
-APPENDS = ["one event", "group commit"]
+# How a test appends: one event (a walk step's: the event's INSERT alone), one event with
+# the owner's heartbeat due (walkbook_append_event), or that event and a note in one group
+# commit, a heartbeat due too (walkbook_append).
+APPENDS = ["one event", "one event and a heartbeat", "group commit"]
 
 
 def _append(
     journal: Journal, how: str, event: NewEvent, row: dict[str, Any] | None = None
 ) -> Event:
     """`event` (and its order's row) appended `how`; the event as stored."""
-    if how == "one event":
+    if how != "one event":
+        _due_heartbeat(journal)
+    if how != "group commit":
         return journal.append(event, at=AT, projection=row)
     return journal.append_many([(event, row), (NewEvent("note"), None)], at=AT)[0]
 
@@ -101,7 +114,6 @@ def test_a_stale_owner_is_refused_and_writes_nothing(postgres: Any, how: str) ->
         ]
         for (seq, hash_), refusal in stale_views:
             owner._last_seq, owner._last_hash = seq, hash_
-            _due_heartbeat(owner)
             with pytest.raises(JournalWriteConflict, match=refusal):
                 _append(owner, how, NewEvent("transition", "o1", to_state="QUOTED"), moved)
             assert _stored(url) == before
@@ -128,7 +140,6 @@ def test_a_fenced_owner_writes_nothing_not_even_its_projection_or_heartbeat(
         with psycopg.connect(url, autocommit=True) as admin:
             admin.execute("UPDATE lease SET expires_at = clock_timestamp()")
         before = _stored(url)
-        _due_heartbeat(owner)
         moved = projection("o1", state="QUOTED")
         with pytest.raises(JournalLeaseLost) as lost:
             _append(owner, how, NewEvent("transition", "o1", to_state="QUOTED"), moved)
@@ -163,17 +174,23 @@ def test_an_append_on_a_connection_the_server_ended_is_unavailable(postgres: Any
 
 
 # A journal as an older walkbook left it, before the named migration: the migrations from
-# it on undone, the append functions the ones before them made, the foreign key back.
-BEFORE = ["0005", "0004", "0003"]
+# it on undone (the orders table back in place of the view, the foreign key back), the
+# append functions the ones before them made. Its events carry no order rows.
+BEFORE = ["0006", "0005", "0004", "0003"]
+PROJECTED = ", ".join(f"DROP COLUMN projected_{column}" for column in MUTABLE_ORDER_COLUMNS[:-1])
 
 
 def _as_before(url: str, before: str) -> None:
     kept = [name for name in MIGRATION_NAMES if name < before]
     with psycopg.connect(url, autocommit=True) as admin:
         admin.execute("DROP FUNCTION walkbook_append, walkbook_append_event")
-        admin.execute("ALTER TABLE orders ADD FOREIGN KEY (last_seq) REFERENCES events (seq)")
-        for migration, function in OLD_FUNCTIONS.items():
-            if migration in kept:
+        admin.execute("DROP VIEW orders")
+        admin.execute("ALTER TABLE order_baselines RENAME TO orders")
+        admin.execute(f"ALTER TABLE events {PROJECTED}")  # type: ignore[arg-type]
+        if before <= "0005":
+            admin.execute("ALTER TABLE orders ADD FOREIGN KEY (last_seq) REFERENCES events (seq)")
+        for migration, functions in OLD_FUNCTIONS.items():
+            for function in functions if migration in kept else ():
                 admin.execute(function)
         admin.execute("DELETE FROM walkbook_migrations WHERE NOT name = ANY(%s)", [kept])
 
@@ -208,20 +225,25 @@ def test_a_journal_an_older_walkbook_migrated_verifies_until_a_writer_migrates_i
 
 @pytest.mark.parametrize("before", BEFORE)
 def test_a_journal_from_before_a_migration_is_migrated(postgres: Any, before: str) -> None:
-    """A journal written before migration 0003, 0004 or 0005 gets what it lacks on the next
-    writer's open, and appends of both kinds go on the chain unbroken, each through its
-    function, with no foreign key left to check."""
+    """A journal written before migration 0003, 0004, 0005 or 0006 gets what it lacks on the
+    next writer's open, and appends of every kind go on the chain unbroken, the walk step's
+    by its INSERT alone and the others each through its function, with no foreign key left
+    to check; the order's row before the migration stays its row until an event moves it."""
     url = postgres.fresh_database()
     with Journal.open(url) as journal:
         journal.append(NewEvent("created", "o1"), at=AT, projection=projection("o1"))
     _as_before(url, before)
     with Journal.open(url) as journal:
         assert journal.recorder.missing_guards() == []
+        assert [(r["state"], r["last_seq"]) for r in journal.orders()] == [("PENDING", 1)]
         journal.recorder.conn.execute("SET track_functions = 'pl'")  # type: ignore[attr-defined]
-        moved = projection("o1", state="QUOTED")
-        for how in APPENDS:
+        for steps, how in enumerate(APPENDS, 1):
+            moved = projection("o1", state="QUOTED", steps_used=steps)
             _append(journal, how, NewEvent("transition", "o1", to_state="QUOTED"), moved)
-        assert [e.seq for e in journal.events()] == [1, 2, 3, 4]
+            assert [(r["steps_used"], r["last_seq"]) for r in journal.orders()] == [
+                (steps, steps + 1)
+            ]
+        assert [e.seq for e in journal.events()] == [1, 2, 3, 4, 5]
         assert journal.verify_chain() is None
         calls = _function_calls(journal, url)
     assert calls == {"walkbook_append": 1, "walkbook_append_event": 1}
@@ -229,7 +251,7 @@ def test_a_journal_from_before_a_migration_is_migrated(postgres: Any, before: st
     with psycopg.connect(url) as conn:
         applied = conn.execute("SELECT name FROM walkbook_migrations ORDER BY applied_seq")
         assert sorted(row[0] for row in applied) == list(MIGRATION_NAMES)
-        assert MIGRATION_NAMES[-1] == "0005_checks_in_the_insert"
+        assert MIGRATION_NAMES[-1] == "0006_projection_in_the_event"
 
 
 def test_migration_0005_gives_up_on_a_long_read_rather_than_queue_the_owner_behind_it(
@@ -260,11 +282,14 @@ def test_migration_0005_gives_up_on_a_long_read_rather_than_queue_the_owner_behi
 
 
 # Rows the functions refuse in place of the dropped foreign key: how they are appended,
-# and the refusal.
+# and the refusal. From 0006 on an order's row is stored in its event's row, so it must
+# also be the row of that event's own order.
 UNLINKED_ROWS = [
     ("one event", "its order's row names another event"),
     ("group commit", "an order's row names an event of another commit"),
-    ("group commit out of sequence", "seq 4 does not follow the row before it"),
+    ("group commit out of sequence", "seq 5 does not follow the row before it"),
+    ("one event, another order's row", "its order's row names another event"),
+    ("group commit, another order's row", "an order's row names another order's event"),
 ]
 
 
@@ -274,22 +299,26 @@ def test_a_projection_row_off_its_commit_is_refused_and_writes_nothing(
 ) -> None:
     """What the foreign key from an order's row to its last event held, the functions
     check: a row naming an event of another commit (here seq 1, which is stored) is
-    refused, as is a group whose seqs skip one, and nothing of the append is stored."""
+    refused, as is a group whose seqs skip one, and a row of another order (o2, stored)
+    naming this commit's event of o1; nothing of the append is stored. A one-event append
+    of an order that has its row is a walk step's: its INSERT adds nothing, and the
+    function run for the reason refuses it."""
     url = postgres.fresh_database()
     with Journal.open(url) as journal:
         journal.append(NewEvent("created", "o1"), at=AT, projection=projection("o1"))
+        journal.append(NewEvent("created", "o2"), at=AT, projection=projection("o2"))
         before = _stored(url)
         seq, at, tail = journal.last_seq + 1, AT.isoformat(), journal._last_hash
         rows = [
             (seq, "o1", 2, None, at, "transition", None, "QUOTED", "{}", tail, "a" * 64),
             (seq + 1, None, None, None, at, "note", None, None, "{}", "a" * 64, "b" * 64),
         ]  # fmt: skip
-        if how == "one event":
+        if how.startswith("one event"):
             rows = rows[:1]
         if how == "group commit out of sequence":
             rows[1] = (seq + 2, *rows[1][1:])
-        moved = projection("o1", state="QUOTED")
-        names_seq = seq if how == "group commit out of sequence" else 1
+        moved = projection("o2" if "another order" in how else "o1", state="QUOTED")
+        names_seq = 1 if how in ("one event", "group commit") else seq
         order_row = [*(moved[column] for column in PROJECTED_COLUMNS), names_seq]
         with pytest.raises(JournalWriteConflict, match=refusal):
             journal.recorder.insert(rows, [(False, order_row)], None)
@@ -349,16 +378,20 @@ def test_an_append_holds_the_lease_row_until_its_commit(postgres: Any, how: str)
 def test_an_orders_creation_and_its_moves_match_sqlite(
     postgres: Any, tmp_path: Any, commits: str
 ) -> None:
-    """Two events of one order, an order-less event and another order's creation, in one
-    commit (the order's row inserted with its first event, then updated by the next, as
-    the SQLite store does it row by row) or each in its own (the typed one-event function,
-    its NULLs NULL): the events and rows are SQLite's."""
+    """Two events of one order, an order-less event, another order's creation, and a third
+    order created with no row whose next event brings its first, in one commit (the
+    order's row inserted with its first event, then updated by the next, as the SQLite
+    store does it row by row) or each in its own (a walk step's INSERT, and the typed
+    one-event function, its NULLs NULL, where the order has no row yet): the events and
+    rows are SQLite's."""
     items = [
         (NewEvent("created", "o1", data={"qty": Decimal("10")}), projection("o1")),
         (NewEvent("transition", "o1", to_state="QUOTED"),
          projection("o1", state="QUOTED", quantity="12", steps_used=1)),
         (NewEvent("note", data={"text": "é ✓"}), None),
         (NewEvent("created", "o2"), projection("o2", symbol="MSFT", avg_price="1.5")),
+        (NewEvent("created", "o3"), None),
+        (NewEvent("transition", "o3", to_state="QUOTED"), projection("o3", state="QUOTED")),
     ]  # fmt: skip
     rows, events = [], []
     for location in (tmp_path / "journal.db", postgres.fresh_database()):
@@ -375,6 +408,7 @@ def test_an_orders_creation_and_its_moves_match_sqlite(
     assert [(r["order_id"], r["state"], r["quantity"], r["last_seq"]) for r in postgres_rows] == [
         ("o1", "QUOTED", "12", 2),
         ("o2", "PENDING", "10", 4),
+        ("o3", "QUOTED", "10", 6),
     ]
 
 

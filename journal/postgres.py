@@ -25,14 +25,19 @@ from .errors import (
     JournalCorrupt,
     JournalError,
     JournalLocked,
-    JournalSchemaTooNew,
     JournalUnavailable,
     JournalWriteConflict,
 )
 from .lease import LEASE_TABLE, Lease, create_lease_table, lease_holder
 from .location import redacted, valid_database_url
 from .recorder import EVENT_FIELDS, HISTORY_FIELDS, EventRow, OrderWrite, Recorder
-from .schema import FORMAT_NAME, MUTABLE_ORDER_COLUMNS, ORDER_COLUMNS, SCHEMA_VERSION
+from .schema import (
+    FORMAT_NAME,
+    MUTABLE_ORDER_COLUMNS,
+    ORDER_COLUMNS,
+    SCHEMA_VERSION,
+    refuse_newer,
+)
 from .sqlite import (
     TAKE_META,
     events_up_to_sql,
@@ -852,14 +857,7 @@ class PostgresRecorder(Recorder):
                 f"{self.location} is not a walkbook journal (wrong format marker)",
                 format=meta.get("format"),
             )
-        version = int(meta.get("schema_version", "0"))
-        unknown = [name for name in applied if name not in MIGRATION_NAMES]
-        if version > SCHEMA_VERSION or unknown:
-            raise JournalSchemaTooNew(
-                f"journal schema version {version} is newer than this walkbook ({SCHEMA_VERSION})",
-                schema_version=version,
-                unknown_migrations=unknown,
-            )
+        refuse_newer(int(meta.get("schema_version", "0")), applied, MIGRATION_NAMES)
         return tables
 
     def _migrate(self) -> None:

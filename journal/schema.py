@@ -12,7 +12,7 @@ Checking a journal's schema is plain SQL.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ __all__ = [
     "check_schema",
     "migrate",
     "missing_triggers",
+    "refuse_newer",
     "table_names",
 ]
 
@@ -284,14 +285,21 @@ def check_schema(conn: sqlite3.Connection) -> None:
         raise JournalCorrupt(
             "not a walkbook journal (wrong format marker)", format=meta.get("format")
         )
-    version = int(meta.get("schema_version", "0"))
-    unknown = [name for name in applied if name not in MIGRATION_NAMES]
-    if version > SCHEMA_VERSION or unknown:
-        raise JournalSchemaTooNew(
-            f"journal schema version {version} is newer than this walkbook ({SCHEMA_VERSION})",
-            schema_version=version,
-            unknown_migrations=unknown,
-        )
+    refuse_newer(int(meta.get("schema_version", "0")), applied, MIGRATION_NAMES)
+
+
+def refuse_newer(version: int, applied: Collection[str], known: Collection[str]) -> None:
+    """JournalSchemaTooNew for a journal a newer walkbook wrote: its schema version is past
+    this one's, or it holds a migration this walkbook does not know (named, since the
+    version alone says nothing when a migration left the tables' version as it was)."""
+    unknown = [name for name in applied if name not in known]
+    if version > SCHEMA_VERSION:
+        problem = f"journal schema version {version} is newer than this walkbook ({SCHEMA_VERSION})"
+    elif unknown:
+        problem = f"journal holds migrations a newer walkbook applied: {', '.join(unknown)}"
+    else:
+        return
+    raise JournalSchemaTooNew(problem, schema_version=version, unknown_migrations=unknown)
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -26,6 +26,7 @@ from journal import (
     Journal,
     JournalCorrupt,
     JournalLocked,
+    JournalSchemaTooNew,
     JournalUnavailable,
     JournalWriteConflict,
     NewEvent,
@@ -233,6 +234,32 @@ def test_a_removed_guard_is_noticed_before_acting(journal: Journal, location: st
     assert journal.recorder.missing_guards() == [trigger]
     with pytest.raises(JournalCorrupt, match=trigger):
         check_before_acting(journal)
+
+
+def test_a_migration_this_walkbook_does_not_know_is_refused_by_name(
+    location: str | Path,
+) -> None:
+    """A journal a newer walkbook migrated, its schema version unchanged (a migration need
+    not change it): a writer's and a reader's open refuse it, naming the migration, and
+    nothing is written."""
+    with Journal.open(location) as journal:
+        walk(journal)
+        written = contents(journal)
+    if isinstance(location, Path):
+        record = "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES (?, ?, ?)"
+        raw_execute(location, record, ["walkbook", "0099_from_the_future", AT.isoformat()])
+    else:
+        record = "INSERT INTO walkbook_migrations (name, applied_at) VALUES (?, ?)"
+        raw_execute(location, record, ["0099_from_the_future", AT.isoformat()])
+    newer = "journal holds migrations a newer walkbook applied: 0099_from_the_future$"
+    with pytest.raises(JournalSchemaTooNew, match=newer):
+        Journal.open(location)
+    with pytest.raises(JournalSchemaTooNew, match=newer):
+        Journal.open_readonly(location)
+    table = "_sqlite_migrations" if isinstance(location, Path) else "walkbook_migrations"
+    raw_execute(location, f"DELETE FROM {table} WHERE name = ?", ["0099_from_the_future"])
+    with Journal.open_readonly(location) as journal:
+        assert contents(journal) == written
 
 
 def test_a_failed_append_leaves_neither_event_nor_projection(journal: Journal) -> None:

@@ -9,17 +9,19 @@ when a lease has run out.
 from __future__ import annotations
 
 import json
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psycopg
 import pytest
@@ -320,6 +322,56 @@ def test_standby_refuses_a_journal_file_and_exits_3_on_sigterm_while_waiting(
         standby.send_signal(signal.SIGTERM)
         assert standby.wait(timeout=30) == 3
         assert standby.stderr.read() == ""
+        assert _lease_row(url)[0] == 1
+
+
+def _lines(stream: IO[str]) -> queue.Queue[str]:
+    """The lines `stream` yields, read by a thread, for a test to wait on each with a
+    deadline ("" once it ends) rather than block on a line that never comes."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put("")
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def test_a_standby_says_when_the_journal_goes_out_of_reach_and_comes_back(
+    tmp_path: Path, postgres: Any
+) -> None:
+    """The journal's database refuses connections while the standby waits (as during a
+    failover): it says so once, on one line naming the journal, waits it out, says when
+    the journal is back, and goes on standing by (SIGTERM: exit 3, the lease untouched)."""
+    url, sim_state = postgres.fresh_database(), tmp_path / "sim.db"
+    database = url.rsplit("/", 1)[1]
+    SimBroker.open(sim_state, MarketSpec(), VirtualClock()).close()
+    admin = psycopg.connect(postgres.url("postgres"), autocommit=True)
+    with Journal.open(url) as owner, admin:
+        standby = subprocess.Popen(
+            [WALKBOOK, "standby", "--journal", url, "--sim-state", str(sim_state),
+             "--poll-seconds", "0.05"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert standby.stderr is not None
+        lines = _lines(standby.stderr)
+        assert lines.get(timeout=30).startswith("walkbook: standing by: waiting for the lease")
+        admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+        try:
+            gone = lines.get(timeout=30)
+        finally:
+            admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+        assert gone.startswith(f"walkbook: standing by: cannot open journal {owner.location}: ")
+        assert "not currently accepting connections" in gone
+        assert gone.endswith("; trying again every 0.05 s\n")
+        back = lines.get(timeout=30)
+        assert back == "walkbook: standing by: the journal is within reach again\n"
+        standby.send_signal(signal.SIGTERM)
+        assert standby.wait(timeout=30) == 3
+        assert lines.get(timeout=30) == ""
         assert _lease_row(url)[0] == 1
 
 

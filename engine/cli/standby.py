@@ -59,14 +59,24 @@ def _look(url: str) -> tuple[str | None, bool]:
 def _stand_by(url: str, poll_seconds: float) -> None:
     """Return once no live lease holds the journal and orders are in flight; say once, on
     stderr, that it stands by and for whom. The database out of reach meanwhile (a failover)
-    is waited out."""
-    announced = False
+    is waited out, said on stderr when it goes and when it comes back, so an operator
+    watching a silent standby knows whether it still sees the journal."""
+    announced = unreachable = False
     while True:
         try:
             holder, in_flight = _look(url)
-        except JournalUnavailable:
+        except JournalUnavailable as exc:
+            if not unreachable:
+                click.echo(
+                    f"walkbook: standing by: {exc}; trying again every {poll_seconds:g} s",
+                    err=True,
+                )
+                unreachable = True
             time.sleep(poll_seconds)
             continue
+        if unreachable:
+            click.echo("walkbook: standing by: the journal is within reach again", err=True)
+            unreachable = False
         if holder is None and in_flight:
             return
         if not announced:

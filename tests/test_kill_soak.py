@@ -64,7 +64,13 @@ class NewJournal(Protocol):
     def __call__(self, slot: int = 0) -> str | Path: ...
 
 
-RunSeconds = Callable[[NewJournal], float]
+class RunSeconds(Protocol):
+    """The run_seconds fixture: how long a run walks on new_journal's store (measured anew
+    with `again`)."""
+
+    def __call__(self, new_journal: NewJournal, *, again: bool = False) -> float: ...
+
+
 # kill(seed, driver) -> whether the kill left orders in flight
 Kill = Callable[[int, int], bool]
 EXEC_KILLS = 4
@@ -183,13 +189,14 @@ def run_seconds(tmp_path_factory: pytest.TempPathFactory) -> RunSeconds:
     The median of three clean runs after an untimed one, in this process. One run can
     measure slow (most likely the first on a fresh checkout, its files not yet cached), and
     kills timed on a slow measure land after most runs have finished (seen once in a fresh
-    clone: 96 of 200 kills mid-walk against the 100 required)."""
+    clone: 96 of 200 kills mid-walk against the 100 required). `again` measures anew, for
+    a soak whose kills fell short of mid-walk."""
     measured: dict[bool, float] = {}
 
-    def seconds(new_journal: NewJournal) -> float:
+    def seconds(new_journal: NewJournal, *, again: bool = False) -> float:
         journal = new_journal()
         in_database = is_database_url(journal)
-        if in_database not in measured:
+        if again or in_database not in measured:
             root = tmp_path_factory.mktemp("calibrate")
             _warm_up_in_process(Files.make(root / "warm-up", 0, journal))
             measured[in_database] = statistics.median(
@@ -269,16 +276,17 @@ def kill_and_resume(files: Files, rng: random.Random, run_seconds: float, fork: 
     return in_flight
 
 
-def in_drivers(drivers: int, kills: int, kill: Kill, reports: Path) -> int:
-    """kill(seed, driver) for every seed below `kills`, dealt among `drivers` forked drivers
+def in_drivers(drivers: int, seeds: range, kill: Kill, reports: Path) -> int:
+    """kill(seed, driver) for every seed of `seeds`, dealt among `drivers` forked drivers
     that run at once (`driver`: whose journal slot); how many returned True. A driver that
     fails fails the test with its traceback. Each reports in a file under `reports`, which
     (unlike a pipe) no process it left running holds open."""
     pids: dict[int, int] = {}
+    reports.mkdir(parents=True, exist_ok=True)
     try:
         for driver in range(drivers):
             report = reports / f"driver-{driver}.txt"
-            pids[driver] = _fork_driver(kill, driver, range(driver, kills, drivers), report)
+            pids[driver] = _fork_driver(kill, driver, seeds[driver::drivers], report)
         codes = {driver: _wait(pids.pop(driver)) for driver in range(drivers)}
     finally:
         for pid in pids.values():  # interrupted: no driver outlives the test
@@ -381,9 +389,21 @@ def _running(pid: int) -> bool:
 def test_sigkilled_runs_resume_without_duplicates_or_lost_fills(
     tmp_path: Path, run_seconds: RunSeconds, new_journal: NewJournal, kills: int
 ) -> None:
-    kill = seeded_kills(tmp_path, new_journal, run_seconds(new_journal), fork=True)
-    mid_walk = in_drivers(DRIVERS, kills, kill, tmp_path)
-    assert mid_walk >= kills // 2, f"only {mid_walk} of {kills} kills landed mid-walk"
+    """Every kill is checked in full (kill_and_resume), and at least half as many as `kills`
+    must land mid-walk, so that resume had real work. A walk measured in a slow moment times
+    the kills after most walks have ended: when the first `kills` fall short, the walk is
+    measured again and as many more seeds are killed, the bar unchanged."""
+    seconds = run_seconds(new_journal)
+    kill = seeded_kills(tmp_path, new_journal, seconds, fork=True)
+    mid_walk = in_drivers(DRIVERS, range(kills), kill, tmp_path / "first")
+    tried = [f"{mid_walk} of {kills} with walks measured at {seconds:.3f} s"]
+    if mid_walk < kills // 2:
+        seconds = run_seconds(new_journal, again=True)
+        kill = seeded_kills(tmp_path, new_journal, seconds, fork=True)
+        more = in_drivers(DRIVERS, range(kills, 2 * kills), kill, tmp_path / "again")
+        tried.append(f"{more} of {kills} more, measured again at {seconds:.3f} s")
+        mid_walk += more
+    assert mid_walk >= kills // 2, f"too few kills landed mid-walk: {'; '.join(tried)}"
 
 
 def test_installed_walkbook_killed_mid_walk_resumes(
@@ -392,7 +412,7 @@ def test_installed_walkbook_killed_mid_walk_resumes(
     """EXEC_KILLS kills of the installed executable, each process paying its own start-up;
     dealt among the drivers like the soak's."""
     kill = seeded_kills(tmp_path, new_journal, run_seconds(new_journal), fork=False)
-    in_drivers(DRIVERS, EXEC_KILLS, kill, tmp_path)
+    in_drivers(DRIVERS, range(EXEC_KILLS), kill, tmp_path)
 
 
 def test_two_resumes_at_once_one_drives_the_other_says_in_use(tmp_path: Path) -> None:

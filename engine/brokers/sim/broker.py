@@ -335,23 +335,31 @@ class SimBroker:
         book.ask = max(ceil_to(mid + half, tick), book.bid + tick)
 
     def _advance(self, symbol: str, book: _Book) -> None:
-        """Run the symbol's market forward, one tick at a time, up to the clock."""
+        """Run the symbol's market forward, one tick at a time, up to the clock. The quote
+        is worked out at a tick only while an order of the symbol is open to meet it, and
+        once at the end: the price path and every random draw are the same, and a book read
+        once and left (a plan's long tail of symbols) no longer costs a requote a tick
+        (bench.scale's 10,000-order plan)."""
         target = self._now_tick()
+        if book.tick_index >= target:
+            return
         while book.tick_index < target:
             book.tick_index += 1
             rng = book.prices
             book.mid *= math.exp(book.spec.volatility_bps / 10_000 * rng.normalvariate(0.0, 1.0))
-            self._requote(book)
             if book.zero_side is not None and book.tick_index >= book.zero_until:
                 book.zero_side = None
             if book.zero_side is None and rng.random() < book.spec.zero_quote_probability:
                 book.zero_side = rng.choice(("bid", "bid", "ask", "both"))
                 book.zero_until = book.tick_index + rng.randint(2, 8)
-            at = self._tick_time(book.tick_index)
-            self._route_due(symbol, book, at)  # what reached the venue before this tick
-            if self._session_open(at):
-                for order in self._working_orders(symbol):
-                    self._tick_order(order, book)
+            if self._live.get(symbol):
+                self._requote(book)
+                at = self._tick_time(book.tick_index)
+                self._route_due(symbol, book, at)  # what reached the venue before this tick
+                if self._session_open(at):
+                    for order in self._working_orders(symbol):
+                        self._tick_order(order, book)
+        self._requote(book)
 
     def _tick_time(self, tick_index: int) -> datetime:
         return self._origin + timedelta(seconds=tick_index * TICK_SECONDS)

@@ -356,22 +356,27 @@ def test_a_standby_says_when_the_journal_goes_out_of_reach_and_comes_back(
             stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip
-        assert standby.stderr is not None
-        lines = _lines(standby.stderr)
-        assert lines.get(timeout=30).startswith("walkbook: standing by: waiting for the lease")
-        admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
         try:
-            gone = lines.get(timeout=30)
-        finally:
-            admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
-        assert gone.startswith(f"walkbook: standing by: cannot open journal {owner.location}: ")
-        assert "not currently accepting connections" in gone
-        assert gone.endswith("; trying again every 0.05 s\n")
-        back = lines.get(timeout=30)
-        assert back == "walkbook: standing by: the journal is within reach again\n"
-        standby.send_signal(signal.SIGTERM)
-        assert standby.wait(timeout=30) == 3
-        assert lines.get(timeout=30) == ""
+            assert standby.stderr is not None
+            lines = _lines(standby.stderr)
+            assert lines.get(timeout=30).startswith("walkbook: standing by: waiting for the lease")
+            admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+            try:
+                gone = lines.get(timeout=30)
+            finally:
+                admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+            assert gone.startswith(f"walkbook: standing by: cannot open journal {owner.location}: ")
+            assert "not currently accepting connections" in gone
+            assert gone.endswith("; trying again every 0.05 s\n")
+            back = lines.get(timeout=30)
+            assert back == "walkbook: standing by: the journal is within reach again\n"
+            standby.send_signal(signal.SIGTERM)
+            assert standby.wait(timeout=30) == 3
+            assert lines.get(timeout=30) == ""
+        finally:  # a failed assertion must not leave the standby running
+            if standby.poll() is None:
+                standby.kill()
+                standby.wait()
         assert _lease_row(url)[0] == 1
 
 
